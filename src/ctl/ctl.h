@@ -1,0 +1,18 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl: one file per command, dispatched from ctl_main.c.
+ */
+
+#ifndef MXJ_CTL_H
+#define MXJ_CTL_H
+
+#define MXJ_VERSION  "0.1.0"
+
+/* Exit codes: 0 ok, 1 the operation failed, 2 usage error. */
+#define MXJ_EXIT_OK      0
+#define MXJ_EXIT_FAIL    1
+#define MXJ_EXIT_USAGE   2
+
+int mxj_cmd_keygen(int argc, char **argv);
+
+#endif /* MXJ_CTL_H */

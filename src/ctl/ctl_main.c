@@ -1,0 +1,60 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl: the operator's tool. Links the same core as the module,
+ * so the two can never disagree about an event ID or a signature.
+ */
+
+#include <stdio.h>
+#include <string.h>
+
+#include <jansson.h>
+#include <sodium.h>
+
+#include "ctl.h"
+
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+        "usage: matrix-join-ctl COMMAND [ARGS]\n"
+        "\n"
+        "commands:\n"
+        "  keygen SERVER_NAME   print a new Synapse-format signing key line\n"
+        "                       (\"ed25519 <version> <seed>\") on stdout\n"
+        "  version              print the version and the library versions\n"
+        "  help                 this text\n");
+}
+
+
+int
+main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return MXJ_EXIT_USAGE;
+    }
+
+    if (strcmp(argv[1], "keygen") == 0) {
+        return mxj_cmd_keygen(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)
+    {
+        printf("matrix-join-ctl %s (jansson %s, libsodium %s)\n",
+               MXJ_VERSION, jansson_version_str(), sodium_version_string());
+        return MXJ_EXIT_OK;
+    }
+
+    if (strcmp(argv[1], "help") == 0 || strcmp(argv[1], "--help") == 0
+        || strcmp(argv[1], "-h") == 0)
+    {
+        usage(stdout);
+        return MXJ_EXIT_OK;
+    }
+
+    fprintf(stderr, "matrix-join-ctl: unknown command \"%s\"\n\n", argv[1]);
+    usage(stderr);
+
+    return MXJ_EXIT_USAGE;
+}

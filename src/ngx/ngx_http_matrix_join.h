@@ -1,0 +1,97 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * Types shared by the module's files. The Matrix rules live in src/core;
+ * these files only translate HTTP to calls of the core and back.
+ */
+
+#ifndef NGX_HTTP_MATRIX_JOIN_H
+#define NGX_HTTP_MATRIX_JOIN_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "mx_crypto.h"
+
+
+#define NGX_HTTP_MATRIX_JOIN_VERSION  "0.1.0"
+
+
+/*
+ * The keys of one "matrix_signing_key" file. The seeds are read with the
+ * configuration (so "nginx -t" reports a bad file); each worker expands
+ * them into keys[] in locked memory at startup and wipes the seeds from
+ * its copy of the configuration.
+ */
+typedef struct {
+    ngx_str_t                    path;
+    ngx_uint_t                   nkeys;
+    char                       (*key_ids)[MX_KEY_ID_MAX];
+    u_char                     (*seeds)[MX_ED25519_SEED_LEN];
+    mx_signing_key_t            *keys;          /* per worker, sodium_malloc */
+} ngx_http_matrix_keyset_t;
+
+
+typedef struct {
+    ngx_str_t                    key_id;
+    u_char                       key[MX_ED25519_PK_LEN];
+    int64_t                      expired_ts;
+} ngx_http_matrix_old_key_t;
+
+
+/* The signed key document, built once per worker and re-signed when half
+ * of its validity has passed. */
+typedef struct {
+    u_char                      *data;          /* malloc'ed */
+    size_t                       len;
+    int64_t                      refresh_at_ms;
+} ngx_http_matrix_key_doc_t;
+
+
+typedef struct {
+    ngx_array_t                  keysets;   /* of ngx_http_matrix_keyset_t * */
+    ngx_array_t                  key_servers;  /* of ..._key_server_ref_t */
+} ngx_http_matrix_join_main_conf_t;
+
+
+typedef struct {
+    ngx_str_t                    server_name;
+    ngx_http_matrix_keyset_t    *keyset;
+    ngx_array_t                 *old_keys;  /* of ngx_http_matrix_old_key_t */
+    ngx_msec_t                   key_validity;
+    ngx_http_matrix_key_doc_t   *key_doc;
+} ngx_http_matrix_join_srv_conf_t;
+
+
+/* Where "matrix_key_server" was used, checked once the servers are merged. */
+typedef struct {
+    ngx_http_matrix_join_srv_conf_t  *mscf;
+    u_char                           *file;
+    ngx_uint_t                        line;
+} ngx_http_matrix_key_server_ref_t;
+
+
+extern ngx_module_t  ngx_http_matrix_join_module;
+
+
+/* Sends {"errcode": ..., "error": ...} with status; returns what the
+ * content handler should return. */
+ngx_int_t ngx_http_matrix_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *errcode, const char *fmt, ...);
+
+/* Sends a complete JSON body from memory that outlives the request. */
+ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len, ngx_uint_t copy);
+
+int64_t ngx_http_matrix_now_ms(void);
+
+/* ngx_matrix_keys.c */
+char *ngx_http_matrix_key_server(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_matrix_keyset_read(ngx_conf_t *cf,
+    ngx_http_matrix_keyset_t *ks);
+ngx_int_t ngx_http_matrix_keys_init_worker(ngx_cycle_t *cycle,
+    ngx_http_matrix_join_main_conf_t *mmcf);
+void ngx_http_matrix_keys_exit_worker(ngx_http_matrix_join_main_conf_t *mmcf);
+
+#endif /* NGX_HTTP_MATRIX_JOIN_H */

@@ -1,0 +1,544 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * The module: directives, configuration, worker start and exit, and the
+ * Matrix error responses shared by every handler.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "ngx_http_matrix_join.h"
+#include "mx_base64.h"
+#include "mx_id.h"
+
+
+#define NGX_HTTP_MATRIX_KEY_VALIDITY_MIN  (3600 * 1000)
+
+
+static ngx_int_t ngx_http_matrix_join_init_process(ngx_cycle_t *cycle);
+static void ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_matrix_join_create_srv_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_old_verify_key(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+
+static ngx_command_t  ngx_http_matrix_join_commands[] = {
+
+    { ngx_string("matrix_server_name"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_server_name,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_signing_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_signing_key,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_old_verify_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE3,
+      ngx_http_matrix_old_verify_key,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_key_validity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_key_validity,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_srv_conf_t, key_validity),
+      NULL },
+
+    { ngx_string("matrix_key_server"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_key_server,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_matrix_join_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_matrix_join_postconfiguration, /* postconfiguration */
+
+    ngx_http_matrix_join_create_main_conf, /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    ngx_http_matrix_join_create_srv_conf,  /* create server configuration */
+    ngx_http_matrix_join_merge_srv_conf,   /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_matrix_join_module = {
+    NGX_MODULE_V1,
+    &ngx_http_matrix_join_module_ctx,      /* module context */
+    ngx_http_matrix_join_commands,         /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_matrix_join_init_process,     /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_matrix_join_exit_process,     /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_int_t
+ngx_http_matrix_join_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_matrix_join_module);
+    if (mmcf == NULL) {
+        return NGX_OK;
+    }
+
+    return ngx_http_matrix_keys_init_worker(cycle, mmcf);
+}
+
+
+static void
+ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_matrix_join_module);
+    if (mmcf == NULL) {
+        return;
+    }
+
+    ngx_http_matrix_keys_exit_worker(mmcf);
+}
+
+
+ngx_int_t
+ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *data, size_t len, ngx_uint_t copy)
+{
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    ngx_http_discard_request_body(r);
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = len;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (copy && len) {
+        b->start = ngx_pnalloc(r->pool, len);
+        if (b->start == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(b->start, data, len);
+        data = b->start;
+    }
+
+    b->pos = data;
+    b->last = data + len;
+    b->memory = len ? 1 : 0;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *errcode, const char *fmt, ...)
+{
+    char      msg[512];
+    char     *body;
+    size_t    len;
+    json_t   *obj;
+    va_list   ap;
+    ngx_int_t rc;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "matrix: %ui %s: %s", status, errcode, msg);
+
+    obj = json_pack("{s:s, s:s}", "errcode", errcode, "error", msg);
+    if (obj == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    body = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(obj);
+
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(body);
+    rc = ngx_http_matrix_send_json(r, status, (u_char *) body, len, 1);
+    free(body);
+
+    return rc;
+}
+
+
+int64_t
+ngx_http_matrix_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
+{
+    ngx_uint_t                         i;
+    ngx_http_matrix_key_server_ref_t  *ref;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    /* the servers are merged by now: every key server needs a name and key */
+
+    ref = mmcf->key_servers.elts;
+
+    for (i = 0; i < mmcf->key_servers.nelts; i++) {
+
+        if (ref[i].mscf->server_name.len == 0
+            || ref[i].mscf->keyset == NULL)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"matrix_key_server\" in %s:%ui needs "
+                          "\"matrix_server_name\" and \"matrix_signing_key\" "
+                          "in its server or http block",
+                          ref[i].file, ref[i].line);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void *
+ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_join_main_conf_t));
+    if (mmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&mmcf->keysets, cf->pool, 2,
+                       sizeof(ngx_http_matrix_keyset_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (ngx_array_init(&mmcf->key_servers, cf->pool, 2,
+                       sizeof(ngx_http_matrix_key_server_ref_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return mmcf;
+}
+
+
+static void *
+ngx_http_matrix_join_create_srv_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_join_srv_conf_t  *mscf;
+
+    mscf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_join_srv_conf_t));
+    if (mscf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mscf->server_name = { 0, NULL };
+     *     mscf->keyset = NULL;
+     *     mscf->key_doc = NULL;
+     */
+
+    mscf->old_keys = NGX_CONF_UNSET_PTR;
+    mscf->key_validity = NGX_CONF_UNSET_MSEC;
+
+    return mscf;
+}
+
+
+static char *
+ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_matrix_join_srv_conf_t *prev = parent;
+    ngx_http_matrix_join_srv_conf_t *conf = child;
+
+    ngx_conf_merge_str_value(conf->server_name, prev->server_name, "");
+
+    if (conf->keyset == NULL) {
+        conf->keyset = prev->keyset;
+    }
+
+    ngx_conf_merge_ptr_value(conf->old_keys, prev->old_keys, NULL);
+    ngx_conf_merge_msec_value(conf->key_validity, prev->key_validity,
+                              86400 * 1000);
+
+    /* a key is either current or old, never both (Complement checks it) */
+
+    if (conf->keyset && conf->old_keys) {
+        ngx_uint_t                  i, k;
+        ngx_http_matrix_old_key_t  *old;
+
+        old = conf->old_keys->elts;
+
+        for (i = 0; i < conf->old_keys->nelts; i++) {
+            for (k = 0; k < conf->keyset->nkeys; k++) {
+                if (ngx_strcmp(old[i].key_id.data, conf->keyset->key_ids[k])
+                    == 0)
+                {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "old verify key \"%V\" is also a "
+                                       "current key in \"%V\"",
+                                       &old[i].key_id, &conf->keyset->path);
+                    return NGX_CONF_ERROR;
+                }
+            }
+        }
+    }
+
+    /* each server block caches its own key document, per worker */
+
+    conf->key_doc = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_key_doc_t));
+    if (conf->key_doc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_server_name(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_srv_conf_t *mscf = conf;
+
+    ngx_str_t  *value;
+
+    if (mscf->server_name.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (!mx_server_name_valid((char *) value[1].data, value[1].len)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Matrix server name \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    mscf->server_name = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_srv_conf_t *mscf = conf;
+
+    ngx_str_t                          *value;
+    ngx_http_matrix_keyset_t           *ks, **ksp;
+    ngx_http_matrix_join_main_conf_t   *mmcf;
+
+    if (mscf->keyset) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    ks = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_keyset_t));
+    if (ks == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ks->path = value[1];
+
+    if (ngx_conf_full_name(cf->cycle, &ks->path, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_matrix_keyset_read(cf, ks) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    ksp = ngx_array_push(&mmcf->keysets);
+    if (ksp == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *ksp = ks;
+    mscf->keyset = ks;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_old_verify_key(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_matrix_join_srv_conf_t *mscf = conf;
+
+    long                        n;
+    ngx_str_t                  *value;
+    ngx_uint_t                  i;
+    ngx_http_matrix_old_key_t  *ok, *old;
+
+    value = cf->args->elts;
+
+    if (mscf->old_keys == NGX_CONF_UNSET_PTR) {
+        mscf->old_keys = ngx_array_create(cf->pool, 2,
+                                          sizeof(ngx_http_matrix_old_key_t));
+        if (mscf->old_keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (value[1].len < sizeof("ed25519:") - 1 + 1
+        || ngx_strncmp(value[1].data, "ed25519:", sizeof("ed25519:") - 1)
+           != 0
+        || !mx_key_id_valid((char *) value[1].data, value[1].len)
+        || value[1].len >= MX_KEY_ID_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid key id \"%V\", expected "
+                           "\"ed25519:<version>\" with a version of "
+                           "[a-zA-Z0-9_]", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    old = mscf->old_keys->elts;
+
+    for (i = 0; i < mscf->old_keys->nelts; i++) {
+        if (old[i].key_id.len == value[1].len
+            && ngx_strncmp(old[i].key_id.data, value[1].data, value[1].len)
+               == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate old verify key \"%V\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ok = ngx_array_push(mscf->old_keys);
+    if (ok == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ok->key_id = value[1];
+
+    n = mx_b64_decode(ok->key, sizeof(ok->key), (char *) value[2].data,
+                      value[2].len, MX_B64_STD);
+    if (n != MX_ED25519_PK_LEN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid public key \"%V\", expected the unpadded "
+                           "base64 of 32 bytes", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    ok->expired_ts = ngx_atoof(value[3].data, value[3].len);
+    if (ok->expired_ts == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid expiry \"%V\", expected milliseconds "
+                           "since the epoch", &value[3]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_key_validity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char  *rv;
+
+    ngx_msec_t  *msp;
+
+    rv = ngx_conf_set_msec_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    msp = (ngx_msec_t *) ((char *) conf + cmd->offset);
+
+    if (*msp < NGX_HTTP_MATRIX_KEY_VALIDITY_MIN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"matrix_key_validity\" must be at least 1h: "
+                           "servers must not publish keys that expire "
+                           "within the hour");
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}

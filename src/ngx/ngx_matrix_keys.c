@@ -1,0 +1,415 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * Our own keys: the signing key file read with the configuration, the
+ * keypairs expanded in each worker, and GET /_matrix/key/v2/server.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <sodium.h>
+#include <jansson.h>
+
+#include "ngx_http_matrix_join.h"
+#include "mx_base64.h"
+#include "mx_json.h"
+#include "mx_keyfile.h"
+
+
+static ngx_int_t ngx_http_matrix_key_server_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_matrix_key_doc_build(ngx_http_request_t *r,
+    ngx_http_matrix_join_srv_conf_t *mscf, int64_t now);
+static void ngx_http_matrix_keyset_wipe(void *data);
+
+
+/* Signing key files are small; anything bigger is not one. */
+#define NGX_HTTP_MATRIX_KEYFILE_MAX  65536
+
+
+ngx_int_t
+ngx_http_matrix_keyset_read(ngx_conf_t *cf, ngx_http_matrix_keyset_t *ks)
+{
+    u_char               *text;
+    size_t                n, i;
+    ssize_t               got;
+    ngx_fd_t              fd;
+    mx_err_t              err;
+    ngx_file_info_t       fi;
+    ngx_pool_cleanup_t   *cln;
+    mx_signing_key_t     *keys;
+
+    if (mx_crypto_init() != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sodium_init() failed");
+        return NGX_ERROR;
+    }
+
+    fd = ngx_open_file(ks->path.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_open_file_n " signing key \"%s\" failed",
+                           ks->path.data);
+        return NGX_ERROR;
+    }
+
+    text = NULL;
+    keys = NULL;
+
+    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_fd_info_n " signing key \"%s\" failed",
+                           ks->path.data);
+        goto failed;
+    }
+
+    if (ngx_file_size(&fi) > NGX_HTTP_MATRIX_KEYFILE_MAX) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "signing key \"%s\" is too large to be a key file",
+                           ks->path.data);
+        goto failed;
+    }
+
+    n = (size_t) ngx_file_size(&fi);
+
+    /* the key material passes through locked memory that is wiped after */
+
+    text = sodium_malloc(n + 1);
+    keys = sodium_malloc(MX_KEYFILE_MAX_KEYS * sizeof(mx_signing_key_t));
+
+    if (text == NULL || keys == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "sodium_malloc() failed");
+        goto failed;
+    }
+
+    got = ngx_read_fd(fd, text, n);
+    if (got == -1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           ngx_read_fd_n " signing key \"%s\" failed",
+                           ks->path.data);
+        goto failed;
+    }
+
+    text[got] = '\0';
+
+    if (mx_keyfile_parse((char *) text, (size_t) got, keys,
+                         MX_KEYFILE_MAX_KEYS, &n, &err)
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid signing key file \"%s\": %s",
+                           ks->path.data, err.text);
+        goto failed;
+    }
+
+    ks->nkeys = n;
+    ks->key_ids = ngx_pcalloc(cf->pool, n * sizeof(ks->key_ids[0]));
+    ks->seeds = ngx_pcalloc(cf->pool, n * sizeof(ks->seeds[0]));
+
+    if (ks->key_ids == NULL || ks->seeds == NULL) {
+        goto failed;
+    }
+
+    for (i = 0; i < n; i++) {
+        ngx_memcpy(ks->key_ids[i], keys[i].key_id, MX_KEY_ID_MAX);
+        ngx_memcpy(ks->seeds[i], keys[i].sk, MX_ED25519_SEED_LEN);
+    }
+
+    /* the configuration's copy of the seeds is wiped when it is freed */
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        goto failed;
+    }
+
+    cln->handler = ngx_http_matrix_keyset_wipe;
+    cln->data = ks;
+
+    ngx_close_file(fd);
+    sodium_free(text);
+    sodium_free(keys);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_close_file(fd);
+
+    if (text) {
+        sodium_free(text);
+    }
+
+    if (keys) {
+        sodium_free(keys);
+    }
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_matrix_keyset_wipe(void *data)
+{
+    ngx_http_matrix_keyset_t *ks = data;
+
+    if (ks->seeds) {
+        sodium_memzero(ks->seeds, ks->nkeys * sizeof(ks->seeds[0]));
+    }
+}
+
+
+ngx_int_t
+ngx_http_matrix_keys_init_worker(ngx_cycle_t *cycle,
+    ngx_http_matrix_join_main_conf_t *mmcf)
+{
+    mx_err_t                    err;
+    ngx_uint_t                  i, k;
+    ngx_http_matrix_keyset_t  **ksp, *ks;
+
+    if (mmcf->keysets.nelts == 0) {
+        return NGX_OK;
+    }
+
+    if (mx_crypto_init() != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0, "sodium_init() failed");
+        return NGX_ERROR;
+    }
+
+    ksp = mmcf->keysets.elts;
+
+    for (i = 0; i < mmcf->keysets.nelts; i++) {
+        ks = ksp[i];
+
+        /* sodium_malloc() locks the pages and surrounds them with guards */
+
+        ks->keys = sodium_malloc(ks->nkeys * sizeof(mx_signing_key_t));
+        if (ks->keys == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "sodium_malloc() for the signing keys failed");
+            return NGX_ERROR;
+        }
+
+        for (k = 0; k < ks->nkeys; k++) {
+            if (mx_signing_key_from_seed(&ks->keys[k], ks->key_ids[k],
+                                         ks->seeds[k], &err)
+                != 0)
+            {
+                /* the seeds were validated with the configuration */
+                ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                              "signing key \"%s\": %s", ks->path.data,
+                              err.text);
+                return NGX_ERROR;
+            }
+        }
+
+        /* the worker keeps only the expanded keys */
+        sodium_memzero(ks->seeds, ks->nkeys * sizeof(ks->seeds[0]));
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_keys_exit_worker(ngx_http_matrix_join_main_conf_t *mmcf)
+{
+    ngx_uint_t                  i;
+    ngx_http_matrix_keyset_t  **ksp;
+
+    ksp = mmcf->keysets.elts;
+
+    for (i = 0; i < mmcf->keysets.nelts; i++) {
+        if (ksp[i]->keys) {
+            sodium_free(ksp[i]->keys);      /* zeroes before unmapping */
+            ksp[i]->keys = NULL;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_key_server_handler(ngx_http_request_t *r)
+{
+    int64_t                           now;
+    ngx_http_matrix_key_doc_t        *doc;
+    ngx_http_matrix_join_srv_conf_t  *mscf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "M_UNRECOGNIZED",
+                                          "Unrecognized request: only GET "
+                                          "is supported here");
+    }
+
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+    doc = mscf->key_doc;
+    now = ngx_http_matrix_now_ms();
+
+    if (doc->data == NULL || now >= doc->refresh_at_ms) {
+        if (ngx_http_matrix_key_doc_build(r, mscf, now) != NGX_OK) {
+            if (doc->data == NULL) {
+                return ngx_http_matrix_send_error(r,
+                                          NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                          "M_UNKNOWN",
+                                          "cannot build the key document");
+            }
+
+            /* the previous document is still valid for half its life */
+        }
+    }
+
+    return ngx_http_matrix_send_json(r, NGX_HTTP_OK, doc->data, doc->len, 1);
+}
+
+
+/*
+ * The document lives in malloc'ed memory owned by the worker and is replaced
+ * when half of its validity has passed; requests send a copy from their own
+ * pool (a few hundred bytes), so a slow client never holds the old one.
+ */
+static ngx_int_t
+ngx_http_matrix_key_doc_build(ngx_http_request_t *r,
+    ngx_http_matrix_join_srv_conf_t *mscf, int64_t now)
+{
+    char                        pkb64[MX_ED25519_PK_B64_LEN + 1];
+    char                       *key_id;
+    size_t                      len;
+    json_t                     *doc, *vk, *ovk, *k;
+    mx_err_t                    err;
+    ngx_uint_t                  i;
+    mx_signing_key_t           *keys;
+    ngx_http_matrix_keyset_t   *ks;
+    ngx_http_matrix_old_key_t  *old;
+    ngx_http_matrix_key_doc_t  *kd;
+
+    ks = mscf->keyset;
+    keys = ks->keys;
+    kd = mscf->key_doc;
+
+    doc = json_object();
+    vk = json_object();
+    ovk = json_object();
+
+    if (doc == NULL || vk == NULL || ovk == NULL) {
+        goto failed;
+    }
+
+    if (json_object_set_new(doc, "server_name",
+                            json_stringn((char *) mscf->server_name.data,
+                                         mscf->server_name.len))
+        || json_object_set(doc, "verify_keys", vk)
+        || json_object_set(doc, "old_verify_keys", ovk)
+        || json_object_set_new(doc, "valid_until_ts",
+                               json_integer(now + (int64_t) mscf->key_validity)))
+    {
+        goto failed;
+    }
+
+    for (i = 0; i < ks->nkeys; i++) {
+        mx_b64_encode(pkb64, keys[i].pk, MX_ED25519_PK_LEN, MX_B64_STD);
+
+        k = json_pack("{s:s}", "key", pkb64);
+        if (k == NULL || json_object_set_new(vk, keys[i].key_id, k) != 0) {
+            goto failed;
+        }
+    }
+
+    if (mscf->old_keys) {
+        old = mscf->old_keys->elts;
+
+        for (i = 0; i < mscf->old_keys->nelts; i++) {
+            mx_b64_encode(pkb64, old[i].key, MX_ED25519_PK_LEN, MX_B64_STD);
+
+            /* configuration arguments are NUL-terminated */
+            key_id = (char *) old[i].key_id.data;
+
+            k = json_pack("{s:s, s:I}", "key", pkb64,
+                          "expired_ts", (json_int_t) old[i].expired_ts);
+            if (k == NULL || json_object_set_new(ovk, key_id, k) != 0) {
+                goto failed;
+            }
+        }
+    }
+
+    /* every current key signs, as Synapse does */
+
+    for (i = 0; i < ks->nkeys; i++) {
+        if (mx_json_sign(doc, (char *) mscf->server_name.data, &keys[i], &err)
+            != 0)
+        {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "signing the key document failed: %s", err.text);
+            goto failed;
+        }
+    }
+
+    {
+        mx_buf_t  out = MX_BUF_INIT;
+
+        if (mx_json_canonical(doc, &out, &err) != 0) {
+            ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                          "encoding the key document failed: %s", err.text);
+            mx_buf_free(&out);
+            goto failed;
+        }
+
+        len = out.len;
+
+        if (kd->data) {
+            free(kd->data);
+        }
+
+        kd->data = (u_char *) out.data;
+        kd->len = len;
+    }
+
+    kd->refresh_at_ms = now + (int64_t) mscf->key_validity / 2;
+
+    json_decref(vk);
+    json_decref(ovk);
+    json_decref(doc);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "matrix key document built, %uz bytes", len);
+
+    return NGX_OK;
+
+failed:
+
+    json_decref(vk);
+    json_decref(ovk);
+    json_decref(doc);
+
+    return NGX_ERROR;
+}
+
+
+char *
+ngx_http_matrix_key_server(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_matrix_key_server_ref_t  *ref;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate: this location already has a content handler";
+    }
+
+    clcf->handler = ngx_http_matrix_key_server_handler;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    ref = ngx_array_push(&mmcf->key_servers);
+    if (ref == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ref->mscf = ngx_http_conf_get_module_srv_conf(cf,
+                                                  ngx_http_matrix_join_module);
+    ref->file = cf->conf_file->file.name.data;
+    ref->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}

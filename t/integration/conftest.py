@@ -1,0 +1,18 @@
+"""Fixtures of the integration suite; the harness is in mxj_nginx.py."""
+
+import pytest
+
+from mxj_nginx import Nginx
+
+
+@pytest.fixture
+def nginx():
+    """A factory-made nginx that is stopped and checked after the test."""
+    n = Nginx()
+    yield n
+    n.stop()
+    bad = n.bad_log_lines()
+    log = n.log_text()
+    n.cleanup()
+    assert not bad, "nginx error log has alerts:\n" + "\n".join(bad) \
+        + "\n--- full log ---\n" + log

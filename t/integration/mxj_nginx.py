@@ -1,0 +1,163 @@
+"""Integration harness (imported by conftest.py and the tests): the real Debian /usr/sbin/nginx with our module, on a
+loopback port picked here, in a private prefix; at teardown the error log is
+scanned for [alert], [emerg] and "exited on signal", as nginx-tests does.
+
+Run with Debian's /usr/bin/python3 (t/test does)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("MXJ_BUILD", TOP / "build"))
+MODULE = BUILD / "ngx_http_matrix_join_module.so"
+CTL = BUILD / "matrix-join-ctl"
+NGINX = "/usr/sbin/nginx"
+
+BAD_LOG_MARKERS = ("[alert]", "[emerg]", "[crit]", "exited on signal")
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc=None, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class Nginx:
+    """One private nginx: prefix dir, config from a template, start/stop."""
+
+    def __init__(self, workers=1):
+        if not MODULE.exists():
+            pytest.fail(f"{MODULE} is missing: run t/build first")
+        self.prefix = Path(tempfile.mkdtemp(prefix="mxj-nginx-"))
+        os.chmod(self.prefix, 0o755)   # workers run as nobody
+        (self.prefix / "conf").mkdir()
+        (self.prefix / "logs").mkdir()
+        self.port = free_port()
+        self.workers = workers
+        self.proc = None
+        self.allowed_log = []          # substrings of expected bad lines
+
+    @property
+    def conf_path(self):
+        return self.prefix / "conf" / "nginx.conf"
+
+    @property
+    def error_log(self):
+        return self.prefix / "logs" / "error.log"
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def write_file(self, name, text, mode=0o644):
+        p = self.prefix / "conf" / name
+        p.write_text(text)
+        os.chmod(p, mode)
+        return p
+
+    def write_conf(self, http_body, main_extra=""):
+        """http_body goes inside http {}; $PORT and $PREFIX are replaced."""
+        p = self.prefix
+        conf = textwrap.dedent(f"""\
+            load_module {MODULE};
+            worker_processes {self.workers};
+            pid {p}/logs/nginx.pid;
+            error_log {p}/logs/error.log info;
+            {main_extra}
+            events {{ worker_connections 1024; }}
+            http {{
+                access_log {p}/logs/access.log;
+                client_body_temp_path {p}/client_body_temp;
+                proxy_temp_path {p}/proxy_temp;
+                fastcgi_temp_path {p}/fastcgi_temp;
+                uwsgi_temp_path {p}/uwsgi_temp;
+                scgi_temp_path {p}/scgi_temp;
+            """)
+        body = textwrap.dedent(http_body).replace("$PORT", str(self.port))
+        body = body.replace("$PREFIX", str(p))
+        conf += textwrap.indent(body, "    ") + "}\n"
+        self.conf_path.write_text(conf)
+
+    def test_config(self):
+        """nginx -t; returns (returncode, output)."""
+        r = subprocess.run([NGINX, "-t", "-p", str(self.prefix), "-c",
+                            str(self.conf_path), "-e", str(self.error_log)],
+                           capture_output=True, text=True, timeout=30)
+        return r.returncode, r.stdout + r.stderr
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [NGINX, "-p", str(self.prefix), "-c", str(self.conf_path),
+             "-e", str(self.error_log), "-g", "daemon off;"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            wait_port(self.port, self.proc)
+        except RuntimeError as e:
+            out = self.proc.stdout.read().decode(errors="replace")
+            raise RuntimeError(f"nginx did not start: {e}\n{out}\n"
+                               f"{self.log_text()}")
+        return self
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def reload(self, timeout=10.0):
+        """SIGHUP and wait until a new generation of workers is up."""
+        before = self.log_text().count("start worker process")
+        self.signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log_text().count("start worker process") > before:
+                time.sleep(0.2)    # let the old workers hand over
+                return
+            time.sleep(0.05)
+        raise RuntimeError("reload did not start new workers\n"
+                           + self.log_text())
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("nginx did not quit within 15 s")
+
+    def log_text(self):
+        try:
+            return self.error_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def bad_log_lines(self):
+        bad = []
+        for line in self.log_text().splitlines():
+            if any(m in line for m in BAD_LOG_MARKERS):
+                if not any(a in line for a in self.allowed_log):
+                    bad.append(line)
+        return bad
+
+    def cleanup(self):
+        shutil.rmtree(self.prefix, ignore_errors=True)
