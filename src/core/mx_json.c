@@ -116,6 +116,11 @@ mx_json_check_value(const json_t *v, mx_json_path_t *path, unsigned depth,
     json_int_t    n;
     const char   *key;
 
+    if (v == NULL) {
+        mx_err_set(err, "no value at %s", mx_json_path_str(path));
+        return -1;
+    }
+
     if (depth > MX_JSON_MAX_DEPTH) {
         mx_err_set(err, "nesting too deep at %s", mx_json_path_str(path));
         return -1;
