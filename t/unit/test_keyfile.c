@@ -1,8 +1,8 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
  * Synapse signing key files: "ed25519 <version> <seed b64>" per line.
- * Public keys come from the reference §8 (spec seed) and RFC 8032 §7.1
- * TEST 1, not from our code.
+ * Public keys come from the reference §8 (spec_vectors.h) and RFC 8032
+ * §7.1 TEST 1, not from our code.
  */
 
 #include <stdarg.h>
@@ -13,18 +13,8 @@
 #include <cmocka.h>
 
 #include "mx_keyfile.h"
+#include "spec_vectors.h"
 
-
-/* reference §8: the spec's seed and the public key derived from it */
-#define SPEC_SEED  "YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1"
-
-static const uint8_t  spec_pk[32] = {
-    /* XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI */
-    0x5c, 0x65, 0xf4, 0x25, 0x14, 0xb6, 0x01, 0xfd,
-    0xdb, 0x7b, 0x79, 0x27, 0xcf, 0x67, 0xc1, 0x89,
-    0x16, 0xc0, 0xa6, 0x39, 0xb6, 0x0e, 0x1e, 0xb5,
-    0x81, 0x70, 0xc9, 0x03, 0xc9, 0x1c, 0x24, 0xd2
-};
 
 /* RFC 8032 §7.1 TEST 1, seed 9d61b1...7f60 as padded std base64 */
 #define RFC_SEED  "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
@@ -54,8 +44,8 @@ test_single_line(void **state)
     mx_err_t          err;
     mx_signing_key_t  keys[4];
 
-    assert_int_equal(parse("ed25519 a_1 " SPEC_SEED "\n", keys, 4, &n, &err),
-                     0);
+    assert_int_equal(parse("ed25519 a_1 " SPEC_SEED_B64 "\n", keys, 4, &n,
+                           &err), 0);
     assert_int_equal(n, 1);
     assert_string_equal(keys[0].key_id, "ed25519:a_1");
     assert_memory_equal(keys[0].pk, spec_pk, 32);
@@ -77,7 +67,7 @@ test_multi_line(void **state)
     mx_signing_key_t  keys[4];
 
     assert_int_equal(parse("\n  \n"
-                           "ed25519 first " SPEC_SEED "\r\n"
+                           "ed25519 first " SPEC_SEED_B64 "\r\n"
                            "\r\n"
                            "\t\n"
                            "  ed25519 Second_2 " RFC_SEED "  \r\n"
@@ -113,16 +103,16 @@ test_malformed(void **state)
     check_error("", 4, "no signing key");
     check_error("\n \r\n\t\n", 4, "no signing key");
 
-    check_error("ed448 a " SPEC_SEED "\n", 4, "line 1: unsupported key "
+    check_error("ed448 a " SPEC_SEED_B64 "\n", 4, "line 1: unsupported key "
                 "algorithm \"ed448\"");
-    check_error("\nED25519 a " SPEC_SEED "\n", 4, "line 2: unsupported");
+    check_error("\nED25519 a " SPEC_SEED_B64 "\n", 4, "line 2: unsupported");
 
-    check_error("ed25519 a-b " SPEC_SEED "\n", 4,
+    check_error("ed25519 a-b " SPEC_SEED_B64 "\n", 4,
                 "line 1: invalid key version \"a-b\"");
-    check_error("ed25519 a " SPEC_SEED "\n"
-                "ed25519 a:b " SPEC_SEED "\n", 4,
+    check_error("ed25519 a " SPEC_SEED_B64 "\n"
+                "ed25519 a:b " SPEC_SEED_B64 "\n", 4,
                 "line 2: invalid key version");
-    check_error("ed25519 \xc3\xa4 " SPEC_SEED "\n", 4,
+    check_error("ed25519 \xc3\xa4 " SPEC_SEED_B64 "\n", 4,
                 "line 1: invalid key version");
 
     check_error("ed25519 a YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA!\n", 4,
@@ -139,15 +129,15 @@ test_malformed(void **state)
                 "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n", 4,
                 "line 1: seed is too long");
 
-    check_error("ed25519 a " SPEC_SEED " extra\n", 4,
+    check_error("ed25519 a " SPEC_SEED_B64 " extra\n", 4,
                 "line 1: too many fields");
     check_error("ed25519 a\n", 4, "line 1: too few fields");
     check_error("ed25519\n", 4, "line 1: too few fields");
 
-    check_error("ed25519 a " SPEC_SEED "\n"
+    check_error("ed25519 a " SPEC_SEED_B64 "\n"
                 "ed25519 b " RFC_SEED "\n", 1,
                 "line 2: more than 1 signing keys");
-    check_error("ed25519 a " SPEC_SEED "\n"
+    check_error("ed25519 a " SPEC_SEED_B64 "\n"
                 "ed25519 a " RFC_SEED "\n", 4,
                 "line 2: duplicate key \"ed25519:a\"");
 }
@@ -168,8 +158,8 @@ test_format(void **state)
         "ed25519 a_1 nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A\n");
 
     /* the spec seed has non-zero trailing bits: they are not kept */
-    assert_int_equal(parse("ed25519 a_1 " SPEC_SEED "\n", keys, 1, &n, &err),
-                     0);
+    assert_int_equal(parse("ed25519 a_1 " SPEC_SEED_B64 "\n", keys, 1, &n,
+                           &err), 0);
     assert_int_equal(mx_keyfile_format(&keys[0], buf, sizeof(buf)), 56);
     assert_string_equal(buf,
         "ed25519 a_1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA0\n");
