@@ -16,3 +16,12 @@ def nginx():
     n.cleanup()
     assert not bad, "nginx error log has alerts:\n" + "\n".join(bad) \
         + "\n--- full log ---\n" + log
+
+
+@pytest.fixture
+def redis_server():
+    """A private redis-server on a free loopback port, removed after."""
+    from mxj_redis import RedisServer
+    r = RedisServer().start()
+    yield r
+    r.cleanup()
