@@ -100,9 +100,12 @@ class Nginx:
         self.conf_path.write_text(conf)
 
     def test_config(self):
-        """nginx -t; returns (returncode, output)."""
+        """nginx -t; returns (returncode, output). Its messages go to the
+        output and to a log of its own, not to the error log that the
+        teardown scans for alerts."""
         r = subprocess.run([NGINX, "-t", "-p", str(self.prefix), "-c",
-                            str(self.conf_path), "-e", str(self.error_log)],
+                            str(self.conf_path), "-e",
+                            str(self.prefix / "logs" / "test-config.log")],
                            capture_output=True, text=True, timeout=30)
         return r.returncode, r.stdout + r.stderr
 
