@@ -12,6 +12,7 @@
 #include <ngx_http.h>
 
 #include "mx_crypto.h"
+#include "ngx_matrix_redis.h"
 
 
 #define NGX_HTTP_MATRIX_JOIN_VERSION  "0.1.0"
@@ -51,6 +52,8 @@ typedef struct {
 typedef struct {
     ngx_array_t                  keysets;   /* of ngx_http_matrix_keyset_t * */
     ngx_array_t                  key_servers;  /* of ..._key_server_ref_t */
+    ngx_matrix_redis_conf_t      redis;
+    ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
 } ngx_http_matrix_join_main_conf_t;
 
 
@@ -84,6 +87,16 @@ ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len, ngx_uint_t copy);
 
 int64_t ngx_http_matrix_now_ms(void);
+
+/* Builds "<prefix>{<room_id>}:<suffix>" in r's pool. */
+ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
+    const char *suffix, ngx_str_t *key);
+
+/* Ends a request suspended with NGX_DONE after a reply. */
+void ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc);
+
+/* ngx_http_matrix_status.c */
+char *ngx_http_matrix_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* ngx_matrix_keys.c */
 char *ngx_http_matrix_key_server(ngx_conf_t *cf, ngx_command_t *cmd,

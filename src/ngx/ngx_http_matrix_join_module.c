@@ -26,6 +26,7 @@ static ngx_int_t ngx_http_matrix_join_init_process(ngx_cycle_t *cycle);
 static void ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_matrix_join_create_srv_conf(ngx_conf_t *cf);
 static char *ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -36,6 +37,10 @@ static char *ngx_http_matrix_signing_key(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_matrix_old_verify_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 
@@ -69,6 +74,48 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       offsetof(ngx_http_matrix_join_srv_conf_t, key_validity),
       NULL },
 
+    { ngx_string("matrix_redis"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_redis,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_redis_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_main_conf_t, redis.password),
+      NULL },
+
+    { ngx_string("matrix_redis_db"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_main_conf_t, redis.db),
+      NULL },
+
+    { ngx_string("matrix_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_main_conf_t, redis.timeout),
+      NULL },
+
+    { ngx_string("matrix_redis_prefix"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_redis_prefix,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("matrix_key_server"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_key_server,
@@ -85,7 +132,7 @@ static ngx_http_module_t  ngx_http_matrix_join_module_ctx = {
     ngx_http_matrix_join_postconfiguration, /* postconfiguration */
 
     ngx_http_matrix_join_create_main_conf, /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_matrix_join_init_main_conf,   /* init main configuration */
 
     ngx_http_matrix_join_create_srv_conf,  /* create server configuration */
     ngx_http_matrix_join_merge_srv_conf,   /* merge server configuration */
@@ -122,7 +169,15 @@ ngx_http_matrix_join_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    return ngx_http_matrix_keys_init_worker(cycle, mmcf);
+    if (ngx_http_matrix_keys_init_worker(cycle, mmcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mmcf->redis.address.len) {
+        return ngx_matrix_redis_init_worker(cycle, &mmcf->redis);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -137,6 +192,7 @@ ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
+    ngx_matrix_redis_exit_worker();
     ngx_http_matrix_keys_exit_worker(mmcf);
 }
 
@@ -267,6 +323,15 @@ ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
         }
     }
 
+    ref = mmcf->redis_users.elts;
+
+    if (mmcf->redis.address.len == 0 && mmcf->redis_users.nelts) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "the handler in %s:%ui needs \"matrix_redis\" in the "
+                      "http block", ref[0].file, ref[0].line);
+        return NGX_ERROR;
+    }
+
     return NGX_OK;
 }
 
@@ -295,7 +360,41 @@ ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&mmcf->redis_users, cf->pool, 2,
+                       sizeof(ngx_http_matrix_key_server_ref_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mmcf->redis.address = { 0, NULL };
+     *     mmcf->redis.password = { 0, NULL };
+     *     mmcf->redis.prefix = { 0, NULL };
+     */
+
+    mmcf->redis.db = NGX_CONF_UNSET;
+    mmcf->redis.timeout = NGX_CONF_UNSET_MSEC;
+
     return mmcf;
+}
+
+
+static char *
+ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_matrix_join_main_conf_t *mmcf = conf;
+
+    ngx_conf_init_value(mmcf->redis.db, 0);
+    ngx_conf_init_msec_value(mmcf->redis.timeout, 1000);
+
+    if (mmcf->redis.prefix.data == NULL) {
+        ngx_str_set(&mmcf->redis.prefix, "mxj:");
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -541,4 +640,95 @@ ngx_http_matrix_key_validity(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_main_conf_t *mmcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mmcf->redis.address.len) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    return ngx_matrix_redis_parse_address(cf, &mmcf->redis, &value[1]);
+}
+
+
+static char *
+ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_main_conf_t *mmcf = conf;
+
+    u_char     *p;
+    ngx_str_t  *value;
+
+    if (mmcf->redis.prefix.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /* braces would change the hash tag that keeps a room in one slot */
+
+    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
+        if (*p == '{' || *p == '}' || *p <= ' ') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis key prefix \"%V\": braces, "
+                               "spaces and control characters are not "
+                               "allowed", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    mmcf->redis.prefix = value[1];
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
+    const char *suffix, ngx_str_t *key)
+{
+    u_char                            *p;
+    size_t                             slen;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    slen = ngx_strlen(suffix);
+
+    p = ngx_pnalloc(r->pool, mmcf->redis.prefix.len + room_id->len + 3 + slen);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    key->data = p;
+    p = ngx_cpymem(p, mmcf->redis.prefix.data, mmcf->redis.prefix.len);
+    *p++ = '{';
+    p = ngx_cpymem(p, room_id->data, room_id->len);
+    *p++ = '}';
+    *p++ = ':';
+    p = ngx_cpymem(p, suffix, slen);
+    key->len = p - key->data;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
 }

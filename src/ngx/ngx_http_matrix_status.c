@@ -1,0 +1,447 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * matrix_status: what the room cache holds, read from Redis, and the state
+ * of this worker's Redis connection. An operator's tool; protect it with
+ * allow/deny.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "ngx_http_matrix_join.h"
+
+
+#define NGX_HTTP_MATRIX_STATUS_MAX_ROOMS  10000
+
+
+typedef struct {
+    json_t                      *rooms;
+    ngx_uint_t                   pending;
+    ngx_uint_t                   one_room;
+    ngx_matrix_redis_status_e    failed;
+    ngx_uint_t                   done;
+} ngx_http_matrix_status_ctx_t;
+
+
+static ngx_int_t ngx_http_matrix_status_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_matrix_status_room(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx, ngx_str_t *room_id);
+static void ngx_http_matrix_status_rooms_reply(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+static void ngx_http_matrix_status_room_reply(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+static void ngx_http_matrix_status_done(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx);
+static void ngx_http_matrix_status_cleanup(void *data);
+
+
+static ngx_int_t
+ngx_http_matrix_status_handler(ngx_http_request_t *r)
+{
+    ngx_str_t                          arg, room_id, key;
+    ngx_int_t                          rc;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_matrix_status_ctx_t      *ctx;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+    const char                        *argv[2];
+    size_t                             argvlen[2];
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "M_UNRECOGNIZED",
+                                          "only GET is supported here");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_status_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->rooms = json_object();
+    if (ctx->rooms == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        json_decref(ctx->rooms);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_status_cleanup;
+    cln->data = ctx;
+
+    if (ngx_http_arg(r, (u_char *) "room_id", 7, &arg) == NGX_OK) {
+        room_id.data = ngx_pnalloc(r->pool, arg.len);
+        if (room_id.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        {
+            u_char  *dst = room_id.data, *src = arg.data;
+
+            ngx_unescape_uri(&dst, &src, arg.len, NGX_UNESCAPE_URI);
+            room_id.len = dst - room_id.data;
+        }
+
+        if (room_id.len == 0 || room_id.len > 255 || room_id.data[0] != '!'
+            || ngx_strlchr(room_id.data, room_id.data + room_id.len, '}'))
+        {
+            return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                              "M_INVALID_PARAM",
+                                              "room_id is not a room ID");
+        }
+
+        ctx->one_room = 1;
+        rc = ngx_http_matrix_status_room(r, ctx, &room_id);
+
+    } else {
+        mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+        key.len = mmcf->redis.prefix.len + sizeof("rooms") - 1;
+        key.data = ngx_pnalloc(r->pool, key.len);
+        if (key.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(ngx_cpymem(key.data, mmcf->redis.prefix.data,
+                              mmcf->redis.prefix.len),
+                   "rooms", sizeof("rooms") - 1);
+
+        argv[0] = "SMEMBERS";
+        argvlen[0] = sizeof("SMEMBERS") - 1;
+        argv[1] = (char *) key.data;
+        argvlen[1] = key.len;
+
+        rc = ngx_matrix_redis_command(r, ngx_http_matrix_status_rooms_reply,
+                                      ctx, 2, argv, argvlen);
+        if (rc == NGX_OK) {
+            ctx->pending = 1;
+        }
+    }
+
+    if (rc != NGX_OK) {
+        return ngx_http_matrix_send_error(r,
+                                     ngx_matrix_redis_http_status(rc),
+                                     "M_UNKNOWN", "%s",
+                                     ngx_matrix_redis_status_text(rc));
+    }
+
+    if (!r->discard_body) {
+        r->read_event_handler = ngx_http_test_reading;
+    }
+
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_status_room(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx, ngx_str_t *room_id)
+{
+    ngx_int_t    rc;
+    ngx_str_t    meta, extrem;
+    const char  *argv[2];
+    size_t       argvlen[2];
+
+    if (ngx_http_matrix_room_key(r, room_id, "meta", &meta) != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, "extrem", &extrem) != NGX_OK)
+    {
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    argv[0] = (char *) meta.data;
+    argvlen[0] = meta.len;
+    argv[1] = (char *) extrem.data;
+    argvlen[1] = extrem.len;
+
+    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_STATUS,
+                                 ngx_http_matrix_status_room_reply, ctx,
+                                 2, 0, argv, argvlen);
+    if (rc == NGX_OK) {
+        ctx->pending++;
+    }
+
+    return rc;
+}
+
+
+static void
+ngx_http_matrix_status_rooms_reply(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_status_ctx_t *ctx = data;
+
+    size_t     i, n;
+    ngx_str_t  room_id;
+    ngx_int_t  rc;
+
+    ctx->pending--;
+
+    if (status != NGX_MATRIX_REDIS_OK) {
+        ctx->failed = status;
+        ngx_http_matrix_status_done(r, ctx);
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ARRAY) {
+        n = ngx_min(reply->elements, NGX_HTTP_MATRIX_STATUS_MAX_ROOMS);
+
+        for (i = 0; i < n; i++) {
+            if (reply->element[i]->type != REDIS_REPLY_STRING) {
+                continue;
+            }
+
+            room_id.data = (u_char *) reply->element[i]->str;
+            room_id.len = reply->element[i]->len;
+
+            rc = ngx_http_matrix_status_room(r, ctx, &room_id);
+            if (rc != NGX_OK) {
+                ctx->failed = rc;
+                break;
+            }
+        }
+    }
+
+    ngx_http_matrix_status_done(r, ctx);
+}
+
+
+static json_t *
+ngx_http_matrix_status_number(redisReply *v)
+{
+    char       *end;
+    long long   n;
+
+    n = strtoll(v->str, &end, 10);
+
+    if (v->len == 0 || end != v->str + v->len) {
+        return json_stringn(v->str, v->len);
+    }
+
+    return json_integer(n);
+}
+
+
+static void
+ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_status_ctx_t *ctx = data;
+
+    size_t        i;
+    json_t       *room, *ex, *e, *parsed, *depth;
+    int64_t       loaded_at;
+    const char   *room_id;
+    redisReply   *meta, *extrem, *k, *v;
+
+    ctx->pending--;
+
+    if (status != NGX_MATRIX_REDIS_OK) {
+        ctx->failed = status;
+        ngx_http_matrix_status_done(r, ctx);
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+        || reply->element[0]->type != REDIS_REPLY_ARRAY
+        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+    {
+        /* nil: the room is not (or no longer) in the cache */
+        ngx_http_matrix_status_done(r, ctx);
+        return;
+    }
+
+    meta = reply->element[0];
+    extrem = reply->element[1];
+
+    room = json_object();
+    ex = json_array();
+
+    if (room == NULL || ex == NULL) {
+        json_decref(room);
+        json_decref(ex);
+        ctx->failed = NGX_MATRIX_REDIS_UNAVAILABLE;
+        ngx_http_matrix_status_done(r, ctx);
+        return;
+    }
+
+    room_id = NULL;
+    loaded_at = 0;
+
+    for (i = 0; i + 1 < meta->elements; i += 2) {
+        k = meta->element[i];
+        v = meta->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        if (ngx_strcmp(k->str, "room_version") == 0
+            || ngx_strcmp(k->str, "create_event_id") == 0
+            || ngx_strcmp(k->str, "room_id") == 0)
+        {
+            json_object_set_new(room, k->str, json_stringn(v->str, v->len));
+
+        } else {
+            json_object_set_new(room, k->str,
+                                ngx_http_matrix_status_number(v));
+        }
+
+        if (ngx_strcmp(k->str, "loaded_at") == 0) {
+            loaded_at = strtoll(v->str, NULL, 10);
+        }
+
+        if (ngx_strcmp(k->str, "room_id") == 0) {
+            room_id = v->str;
+        }
+    }
+
+    for (i = 0; i + 1 < extrem->elements; i += 2) {
+        k = extrem->element[i];
+        v = extrem->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        parsed = json_loadb(v->str, v->len, 0, NULL);
+        depth = parsed ? json_object_get(parsed, "depth") : NULL;
+
+        e = json_pack("{s:s%, s:O?}", "event_id", k->str, k->len,
+                      "depth", depth);
+        json_decref(parsed);
+
+        if (e) {
+            json_array_append_new(ex, e);
+        }
+    }
+
+    json_object_set_new(room, "forward_extremities", ex);
+
+    if (loaded_at) {
+        json_object_set_new(room, "snapshot_age_ms",
+                            json_integer(ngx_http_matrix_now_ms()
+                                         - loaded_at));
+    }
+
+    /* the meta hash carries the room ID; the key is the fallback */
+    if (room_id == NULL) {
+        room_id = "";
+    }
+
+    json_object_set_new(ctx->rooms, room_id, room);
+
+    ngx_http_matrix_status_done(r, ctx);
+}
+
+
+static void
+ngx_http_matrix_status_done(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx)
+{
+    char                              *body;
+    json_t                            *doc, *redis;
+    ngx_int_t                          rc;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    if (ctx->pending || ctx->done) {
+        return;
+    }
+
+    ctx->done = 1;
+
+    if (ctx->failed != NGX_MATRIX_REDIS_OK) {
+        rc = ngx_http_matrix_send_error(r,
+                                 ngx_matrix_redis_http_status(ctx->failed),
+                                 "M_UNKNOWN", "%s",
+                                 ngx_matrix_redis_status_text(ctx->failed));
+        ngx_http_matrix_finalize(r, rc);
+        return;
+    }
+
+    if (ctx->one_room && json_object_size(ctx->rooms) == 0) {
+        rc = ngx_http_matrix_send_error(r, NGX_HTTP_NOT_FOUND, "M_NOT_FOUND",
+                                        "room not in the cache");
+        ngx_http_matrix_finalize(r, rc);
+        return;
+    }
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    redis = json_pack("{s:s%, s:s, s:I, s:s, s:I}",
+                      "address", mmcf->redis.address.data,
+                      mmcf->redis.address.len,
+                      "state", ngx_matrix_redis_state(),
+                      "connects", (json_int_t) ngx_matrix_redis_connects(),
+                      "last_error", ngx_matrix_redis_last_error(),
+                      "worker_pid", (json_int_t) ngx_pid);
+
+    doc = json_pack("{s:o?, s:O}", "redis", redis, "rooms", ctx->rooms);
+
+    body = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(doc);
+
+    if (body == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) body,
+                                   ngx_strlen(body), 1);
+    free(body);
+
+    ngx_http_matrix_finalize(r, rc);
+}
+
+
+static void
+ngx_http_matrix_status_cleanup(void *data)
+{
+    ngx_http_matrix_status_ctx_t *ctx = data;
+
+    json_decref(ctx->rooms);
+}
+
+
+char *
+ngx_http_matrix_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_matrix_key_server_ref_t  *ref;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate: this location already has a content handler";
+    }
+
+    clcf->handler = ngx_http_matrix_status_handler;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    ref = ngx_array_push(&mmcf->redis_users);
+    if (ref == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ref->mscf = NULL;
+    ref->file = cf->conf_file->file.name.data;
+    ref->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}

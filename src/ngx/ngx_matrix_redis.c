@@ -1,0 +1,929 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * The hiredis async adapter: one context per worker on nginx's event loop.
+ *
+ * The rules it follows (each one was broken by a public adapter once):
+ *
+ * 1. Level-triggered events: hiredis reads at most 16 KiB per call, so with
+ *    edge-triggered registration a larger reply would stall.
+ * 2. The fd belongs to hiredis: our cleanup hook frees the nginx connection
+ *    but never closes the fd; redisFree() does.
+ * 3. hiredis never gets a request as privdata, but an operation record; a
+ *    request cleanup detaches the request when it dies first. hiredis calls
+ *    every callback exactly once (with a NULL reply when the context dies),
+ *    so the callback always frees the record.
+ * 4. Every operation in flight has a non-cancelable timer: it is the
+ *    timeout (hiredis 0.14 has none) and it makes a graceful shutdown wait
+ *    for the reply instead of dropping the request.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_sha1.h>
+
+#include "ngx_matrix_redis.h"
+
+
+#define NGX_MATRIX_REDIS_BACKOFF_MIN   100
+#define NGX_MATRIX_REDIS_BACKOFF_MAX   5000
+
+
+typedef enum {
+    NGX_MATRIX_REDIS_DISCONNECTED = 0,
+    NGX_MATRIX_REDIS_CONNECTING,
+    NGX_MATRIX_REDIS_CONNECTED
+} ngx_matrix_redis_state_e;
+
+
+typedef struct {
+    ngx_matrix_redis_conf_t     *conf;
+    ngx_log_t                   *log;
+    redisAsyncContext           *ac;
+    ngx_matrix_redis_state_e     state;
+    ngx_msec_t                   backoff;
+    ngx_msec_t                   next_connect;  /* ngx_current_msec based */
+    ngx_uint_t                   connects;
+    ngx_uint_t                   schema_bad;
+    char                         last_error[128];
+    unsigned                     exiting:1;
+} ngx_matrix_redis_t;
+
+
+typedef struct {
+    ngx_http_request_t          *request;       /* NULL once it is gone */
+    ngx_http_cleanup_t          *cleanup;
+    ngx_matrix_redis_handler_pt  handler;
+    void                        *data;
+    ngx_event_t                  timer;
+    ngx_matrix_script_e          script;
+    int                          nkeys;
+    int                          argc;
+    char                       **argv;          /* a copy, for NOSCRIPT */
+    size_t                      *argvlen;
+    unsigned                     is_script:1;
+    unsigned                     retried:1;
+    unsigned                     timed_out:1;
+} ngx_matrix_redis_op_t;
+
+
+typedef struct {
+    const char                  *source;
+    char                         sha1[41];
+} ngx_matrix_script_t;
+
+
+static ngx_int_t ngx_matrix_redis_connect(ngx_matrix_redis_t *rd);
+static void ngx_matrix_redis_connected(const redisAsyncContext *ac,
+    int status);
+static void ngx_matrix_redis_disconnected(const redisAsyncContext *ac,
+    int status);
+static void ngx_matrix_redis_lost(ngx_matrix_redis_t *rd, const char *why);
+static void ngx_matrix_redis_read_handler(ngx_event_t *ev);
+static void ngx_matrix_redis_write_handler(ngx_event_t *ev);
+static void ngx_matrix_redis_add_read(void *privdata);
+static void ngx_matrix_redis_del_read(void *privdata);
+static void ngx_matrix_redis_add_write(void *privdata);
+static void ngx_matrix_redis_del_write(void *privdata);
+static void ngx_matrix_redis_cleanup(void *privdata);
+static void ngx_matrix_redis_setup_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static void ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static ngx_int_t ngx_matrix_redis_start(ngx_http_request_t *r,
+    ngx_matrix_redis_handler_pt handler, void *data, int argc,
+    const char **argv, const size_t *argvlen, ngx_uint_t is_script,
+    ngx_matrix_script_e script, int nkeys);
+static ngx_int_t ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op);
+static void ngx_matrix_redis_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static void ngx_matrix_redis_timeout(ngx_event_t *ev);
+static void ngx_matrix_redis_request_gone(void *data);
+static void ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
+static void ngx_matrix_redis_op_free(ngx_matrix_redis_op_t *op);
+
+
+/* the worker's only context */
+static ngx_matrix_redis_t  *ngx_matrix_redis;
+
+
+static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
+
+    /* KEYS: room meta, room extremities. One room, read atomically. */
+    { "local meta = redis.call('HGETALL', KEYS[1])\n"
+      "if #meta == 0 then return false end\n"
+      "return {meta, redis.call('HGETALL', KEYS[2])}\n", "" },
+};
+
+
+static void
+ngx_matrix_script_sha1(ngx_matrix_script_t *s)
+{
+    u_char      digest[20];
+    ngx_sha1_t  sha1;
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, s->source, ngx_strlen(s->source));
+    ngx_sha1_final(digest, &sha1);
+
+    ngx_hex_dump((u_char *) s->sha1, digest, sizeof(digest));
+    s->sha1[40] = '\0';
+}
+
+
+char *
+ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
+    ngx_str_t *value)
+{
+    u_char     *p;
+    ngx_url_t   u;
+
+    rcf->address = *value;
+
+    if (value->len > 5 && ngx_strncmp(value->data, "unix:", 5) == 0) {
+        rcf->host.len = value->len - 5;
+        rcf->host.data = value->data + 5;    /* NUL-terminated argument */
+        rcf->port = 0;
+
+        if (rcf->host.len == 0 || rcf->host.data[0] != '/') {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid Redis address \"%V\": a unix socket "
+                               "needs an absolute path", value);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    /* names are resolved once, here: hiredis would resolve while blocking */
+
+    ngx_memzero(&u, sizeof(ngx_url_t));
+
+    u.url = *value;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.no_port || u.naddrs == 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\"%s%s, expected "
+                           "\"host:port\" or \"unix:/path\"", value,
+                           u.err ? ": " : "", u.err ? u.err : "");
+        return NGX_CONF_ERROR;
+    }
+
+    p = ngx_pnalloc(cf->pool, NGX_SOCKADDR_STRLEN + 1);
+    if (p == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->host.len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen,
+                                  p, NGX_SOCKADDR_STRLEN, 0);
+    p[rcf->host.len] = '\0';
+    rcf->host.data = p;
+
+    /* hiredis wants IPv6 addresses without brackets */
+
+    if (rcf->host.len > 2 && p[0] == '[') {
+        rcf->host.data = p + 1;
+        rcf->host.len -= 2;
+        p[rcf->host.len + 1] = '\0';
+    }
+
+    rcf->port = u.port;
+
+    return NGX_CONF_OK;
+}
+
+
+ngx_int_t
+ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
+{
+    ngx_uint_t           i;
+    ngx_matrix_redis_t  *rd;
+
+    rd = ngx_pcalloc(cycle->pool, sizeof(ngx_matrix_redis_t));
+    if (rd == NULL) {
+        return NGX_ERROR;
+    }
+
+    rd->conf = rcf;
+    rd->log = cycle->log;
+    rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
+    rd->next_connect = ngx_current_msec;
+
+    for (i = 0; i < NGX_MATRIX_SCRIPT_COUNT; i++) {
+        ngx_matrix_script_sha1(&ngx_matrix_scripts[i]);
+    }
+
+    ngx_matrix_redis = rd;
+
+    /* workers connect now, so that the first request does not pay for it */
+
+    if (ngx_process == NGX_PROCESS_WORKER
+        || ngx_process == NGX_PROCESS_SINGLE)
+    {
+        (void) ngx_matrix_redis_connect(rd);
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_matrix_redis_exit_worker(void)
+{
+    ngx_matrix_redis_t  *rd;
+
+    rd = ngx_matrix_redis;
+    if (rd == NULL) {
+        return;
+    }
+
+    rd->exiting = 1;
+
+    if (rd->ac) {
+        /* calls every pending callback with a NULL reply, then cleanup */
+        redisAsyncFree(rd->ac);
+        rd->ac = NULL;
+    }
+
+    ngx_matrix_redis = NULL;
+}
+
+
+static ngx_int_t
+ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
+{
+    u_char                    *p;
+    ngx_connection_t          *c;
+    redisAsyncContext         *ac;
+    ngx_matrix_redis_conf_t   *rcf;
+    ngx_uint_t                 i;
+    const char                *argv[3];
+    size_t                     argvlen[3];
+
+    rcf = rd->conf;
+
+    if ((ngx_msec_int_t) (ngx_current_msec - rd->next_connect) < 0) {
+        return NGX_DECLINED;    /* backing off after a failure */
+    }
+
+    if (rcf->port) {
+        ac = redisAsyncConnect((char *) rcf->host.data, rcf->port);
+    } else {
+        ac = redisAsyncConnectUnix((char *) rcf->host.data);
+    }
+
+    rd->next_connect = ngx_current_msec + rd->backoff;
+    rd->backoff = ngx_min(rd->backoff * 2, NGX_MATRIX_REDIS_BACKOFF_MAX);
+
+    if (ac == NULL) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis %V: cannot allocate a context", &rcf->address);
+        return NGX_ERROR;
+    }
+
+    if (ac->err) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0, "redis %V: connect failed: %s",
+                      &rcf->address, ac->errstr);
+        p = ngx_cpystrn((u_char *) rd->last_error, (u_char *) ac->errstr,
+                        sizeof(rd->last_error));
+        (void) p;
+        redisAsyncFree(ac);
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(ac->c.fd, rd->log);
+    if (c == NULL) {
+        redisAsyncFree(ac);
+        return NGX_ERROR;
+    }
+
+    c->data = rd;
+    c->read->handler = ngx_matrix_redis_read_handler;
+    c->write->handler = ngx_matrix_redis_write_handler;
+    c->read->log = rd->log;
+    c->write->log = rd->log;
+
+    ac->data = rd;
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_matrix_redis_add_read;
+    ac->ev.delRead = ngx_matrix_redis_del_read;
+    ac->ev.addWrite = ngx_matrix_redis_add_write;
+    ac->ev.delWrite = ngx_matrix_redis_del_write;
+    ac->ev.cleanup = ngx_matrix_redis_cleanup;
+
+    rd->ac = ac;
+    rd->state = NGX_MATRIX_REDIS_CONNECTING;
+
+    redisAsyncSetConnectCallback(ac, ngx_matrix_redis_connected);
+    redisAsyncSetDisconnectCallback(ac, ngx_matrix_redis_disconnected);
+
+    /*
+     * Queued before any request's command, so they run first: AUTH,
+     * SELECT, the schema check and the scripts.
+     */
+
+    if (rcf->password.len) {
+        argv[0] = "AUTH";
+        argvlen[0] = 4;
+        argv[1] = (char *) rcf->password.data;
+        argvlen[1] = rcf->password.len;
+        redisAsyncCommandArgv(ac, ngx_matrix_redis_setup_reply, "AUTH", 2,
+                              argv, argvlen);
+    }
+
+    if (rcf->db) {
+        redisAsyncCommand(ac, ngx_matrix_redis_setup_reply, "SELECT",
+                          "SELECT %d", (int) rcf->db);
+    }
+
+    redisAsyncCommand(ac, ngx_matrix_redis_schema_reply, NULL, "GET %bschema",
+                      rcf->prefix.data, rcf->prefix.len);
+
+    for (i = 0; i < NGX_MATRIX_SCRIPT_COUNT; i++) {
+        redisAsyncCommand(ac, ngx_matrix_redis_setup_reply, "SCRIPT LOAD",
+                          "SCRIPT LOAD %s", ngx_matrix_scripts[i].source);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "redis %V: connecting", &rcf->address);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_matrix_redis_connected(const redisAsyncContext *ac, int status)
+{
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this; 0.14 calls no onDisconnect */
+        ngx_matrix_redis_lost(rd, ac->errstr);
+        return;
+    }
+
+    rd->state = NGX_MATRIX_REDIS_CONNECTED;
+    rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
+    rd->connects++;
+
+    ngx_log_error(NGX_LOG_INFO, rd->log, 0, "redis %V: connected",
+                  &rd->conf->address);
+}
+
+
+static void
+ngx_matrix_redis_disconnected(const redisAsyncContext *ac, int status)
+{
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    ngx_matrix_redis_lost(rd, status == REDIS_OK ? "closed" : ac->errstr);
+}
+
+
+static void
+ngx_matrix_redis_lost(ngx_matrix_redis_t *rd, const char *why)
+{
+    if (!rd->exiting) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0, "redis %V: connection %s: %s",
+                      &rd->conf->address,
+                      rd->state == NGX_MATRIX_REDIS_CONNECTED
+                      ? "lost" : "failed", why);
+    }
+
+    ngx_cpystrn((u_char *) rd->last_error, (u_char *) why,
+                sizeof(rd->last_error));
+
+    rd->ac = NULL;
+    rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+}
+
+
+static void
+ngx_matrix_redis_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply          *reply = r;
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0, "redis %V: %s failed: %s",
+                  &rd->conf->address, (char *) privdata, reply->str);
+
+    ngx_cpystrn((u_char *) rd->last_error, (u_char *) reply->str,
+                sizeof(rd->last_error));
+
+    /* a wrong password or database makes every later reply meaningless */
+    if (ngx_strcmp(privdata, "SCRIPT LOAD") != 0) {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+
+static void
+ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply          *reply = r;
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (reply == NULL) {
+        return;
+    }
+
+    rd->schema_bad = 0;
+
+    if (reply->type == REDIS_REPLY_STRING
+        && (reply->len != sizeof(NGX_MATRIX_REDIS_SCHEMA) - 1
+            || ngx_strncmp(reply->str, NGX_MATRIX_REDIS_SCHEMA, reply->len)
+               != 0))
+    {
+        rd->schema_bad = 1;
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis %V: unsupported schema version \"%*s\" under "
+                      "prefix \"%V\" (this module knows "
+                      NGX_MATRIX_REDIS_SCHEMA ")", &rd->conf->address,
+                      (size_t) ngx_min(reply->len, 32), reply->str,
+                      &rd->conf->prefix);
+    }
+}
+
+
+/* event glue: level-triggered, idempotent */
+
+static void
+ngx_matrix_redis_add_read(void *privdata)
+{
+    ngx_connection_t  *c = privdata;
+
+    if (!c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "redis: adding the read event failed");
+        }
+    }
+}
+
+
+static void
+ngx_matrix_redis_del_read(void *privdata)
+{
+    ngx_connection_t  *c = privdata;
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+}
+
+
+static void
+ngx_matrix_redis_add_write(void *privdata)
+{
+    ngx_connection_t  *c = privdata;
+
+    if (!c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                          "redis: adding the write event failed");
+        }
+    }
+}
+
+
+static void
+ngx_matrix_redis_del_write(void *privdata)
+{
+    ngx_connection_t  *c = privdata;
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+/* hiredis is freeing the context: free the connection, not the fd */
+
+static void
+ngx_matrix_redis_cleanup(void *privdata)
+{
+    ngx_connection_t  *c = privdata;
+
+    if (c->read->active) {
+        (void) ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        (void) ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);     /* hiredis closes the fd after this */
+}
+
+
+static void
+ngx_matrix_redis_read_handler(ngx_event_t *ev)
+{
+    ngx_connection_t    *c = ev->data;
+    ngx_matrix_redis_t  *rd = c->data;
+
+    if (rd->ac) {
+        redisAsyncHandleRead(rd->ac);
+    }
+}
+
+
+static void
+ngx_matrix_redis_write_handler(ngx_event_t *ev)
+{
+    ngx_connection_t    *c = ev->data;
+    ngx_matrix_redis_t  *rd = c->data;
+
+    if (rd->ac) {
+        redisAsyncHandleWrite(rd->ac);
+    }
+}
+
+
+/* operations */
+
+static ngx_int_t
+ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
+    handler, void *data, int argc, const char **argv, const size_t *argvlen,
+    ngx_uint_t is_script, ngx_matrix_script_e script, int nkeys)
+{
+    u_char                 *p;
+    size_t                  size;
+    ngx_int_t               i, rc;
+    ngx_matrix_redis_t     *rd;
+    ngx_matrix_redis_op_t  *op;
+
+    rd = ngx_matrix_redis;
+
+    if (rd == NULL) {
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    if (rd->ac == NULL) {
+        if (ngx_matrix_redis_connect(rd) != NGX_OK) {
+            return NGX_MATRIX_REDIS_UNAVAILABLE;
+        }
+    }
+
+    if (rd->schema_bad) {
+        return NGX_MATRIX_REDIS_SCHEMA_ERROR;
+    }
+
+    /* one block: the record, then argv, argvlen and the argument bytes */
+
+    size = sizeof(ngx_matrix_redis_op_t)
+           + argc * (sizeof(char *) + sizeof(size_t));
+
+    for (i = 0; i < argc; i++) {
+        size += argvlen[i];
+    }
+
+    op = ngx_calloc(size, r->connection->log);
+    if (op == NULL) {
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    op->argv = (char **) (op + 1);
+    op->argvlen = (size_t *) (op->argv + argc);
+    p = (u_char *) (op->argvlen + argc);
+
+    for (i = 0; i < argc; i++) {
+        op->argv[i] = (char *) p;
+        op->argvlen[i] = argvlen[i];
+        p = ngx_cpymem(p, argv[i], argvlen[i]);
+    }
+
+    op->argc = argc;
+    op->request = r;
+    op->handler = handler;
+    op->data = data;
+    op->is_script = is_script;
+    op->script = script;
+    op->nkeys = nkeys;
+
+    op->cleanup = ngx_http_cleanup_add(r, 0);
+    if (op->cleanup == NULL) {
+        ngx_free(op);
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    op->cleanup->handler = ngx_matrix_redis_request_gone;
+    op->cleanup->data = op;
+
+    rc = ngx_matrix_redis_send_op(op);
+    if (rc != NGX_OK) {
+        op->cleanup->handler = NULL;
+        ngx_free(op);
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    op->timer.handler = ngx_matrix_redis_timeout;
+    op->timer.data = op;
+    op->timer.log = rd->log;
+    op->timer.cancelable = 0;   /* a graceful quit waits for the reply */
+
+    ngx_add_timer(&op->timer, rd->conf->timeout);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op)
+{
+    int                   argc, rc;
+    const char          **argv;
+    size_t               *argvlen;
+    ngx_matrix_redis_t   *rd;
+    const char           *sargv[64];
+    size_t                sargvlen[64];
+    char                  nkeys[NGX_INT_T_LEN + 1];
+
+    rd = ngx_matrix_redis;
+
+    argc = op->argc;
+    argv = (const char **) op->argv;
+    argvlen = op->argvlen;
+
+    if (op->is_script) {
+        /* EVALSHA sha nkeys keys... args...; EVAL source ... after NOSCRIPT */
+
+        if (argc + 3 > 64) {
+            return NGX_ERROR;
+        }
+
+        if (op->retried) {
+            sargv[0] = "EVAL";
+            sargv[1] = ngx_matrix_scripts[op->script].source;
+        } else {
+            sargv[0] = "EVALSHA";
+            sargv[1] = ngx_matrix_scripts[op->script].sha1;
+        }
+
+        sargvlen[0] = ngx_strlen(sargv[0]);
+        sargvlen[1] = ngx_strlen(sargv[1]);
+
+        ngx_sprintf((u_char *) nkeys, "%d%Z", op->nkeys);
+
+        sargv[2] = nkeys;
+        sargvlen[2] = ngx_strlen(nkeys);
+
+        ngx_memcpy(&sargv[3], argv, argc * sizeof(char *));
+        ngx_memcpy(&sargvlen[3], argvlen, argc * sizeof(size_t));
+
+        argv = sargv;
+        argvlen = sargvlen;
+        argc += 3;
+    }
+
+    rc = redisAsyncCommandArgv(rd->ac, ngx_matrix_redis_reply, op, argc,
+                               argv, argvlen);
+
+    return rc == REDIS_OK ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_matrix_redis_command(ngx_http_request_t *r,
+    ngx_matrix_redis_handler_pt handler, void *data, int argc,
+    const char **argv, const size_t *argvlen)
+{
+    return ngx_matrix_redis_start(r, handler, data, argc, argv, argvlen, 0,
+                                  0, 0);
+}
+
+
+ngx_int_t
+ngx_matrix_redis_script(ngx_http_request_t *r, ngx_matrix_script_e script,
+    ngx_matrix_redis_handler_pt handler, void *data, int nkeys, int nargs,
+    const char **argv, const size_t *argvlen)
+{
+    return ngx_matrix_redis_start(r, handler, data, nkeys + nargs, argv,
+                                  argvlen, 1, script, nkeys);
+}
+
+
+static void
+ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply             *reply = r;
+    ngx_matrix_redis_t     *rd = ac->data;
+    ngx_matrix_redis_op_t  *op = privdata;
+
+    if (reply == NULL) {
+        /* the context is going away: connection lost, or worker exit */
+        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+                                NULL);
+        return;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+
+        if (op->is_script && !op->retried
+            && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
+            && !rd->exiting && rd->ac == ac)
+        {
+            /* script cache flushed or a new server: EVAL caches it again */
+            op->retried = 1;
+
+            ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                          "redis %V: script not cached, sending it again",
+                          &rd->conf->address);
+
+            if (ngx_matrix_redis_send_op(op) == NGX_OK) {
+                return;     /* the op lives on, with the same timer */
+            }
+        }
+
+        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_REPLY_ERROR,
+                                reply->str);
+        return;
+    }
+
+    ngx_matrix_redis_finish(op, reply, NGX_MATRIX_REDIS_OK, NULL);
+}
+
+
+/* the reply or the loss of the context: the op ends here, always */
+
+static void
+ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
+    ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_request_t  *r;
+
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+
+    r = op->request;
+
+    if (r && !op->timed_out && ngx_matrix_redis && !ngx_matrix_redis->exiting)
+    {
+        op->request = NULL;
+        op->cleanup->handler = NULL;
+
+        if (status == NGX_MATRIX_REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "redis error: %s", err);
+        }
+
+        op->handler(r, op->data, reply, status, err);
+    }
+
+    ngx_matrix_redis_op_free(op);
+}
+
+
+static void
+ngx_matrix_redis_timeout(ngx_event_t *ev)
+{
+    ngx_http_request_t     *r;
+    ngx_matrix_redis_op_t  *op = ev->data;
+
+    /*
+     * The request is answered now; the record stays with hiredis until
+     * its callback, which frees it.
+     */
+
+    op->timed_out = 1;
+
+    r = op->request;
+    if (r == NULL) {
+        return;
+    }
+
+    op->request = NULL;
+    op->cleanup->handler = NULL;
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "redis %V: no reply within %M ms",
+                  &ngx_matrix_redis->conf->address,
+                  ngx_matrix_redis->conf->timeout);
+
+    op->handler(r, op->data, NULL, NGX_MATRIX_REDIS_TIMEOUT, NULL);
+}
+
+
+static void
+ngx_matrix_redis_request_gone(void *data)
+{
+    ngx_matrix_redis_op_t  *op = data;
+
+    /* the timer stays: it is harmless, and the callback deletes it */
+    op->request = NULL;
+}
+
+
+static void
+ngx_matrix_redis_op_free(ngx_matrix_redis_op_t *op)
+{
+    ngx_free(op);
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_http_status(ngx_matrix_redis_status_e status)
+{
+    switch (status) {
+
+    case NGX_MATRIX_REDIS_TIMEOUT:
+        return NGX_HTTP_GATEWAY_TIME_OUT;
+
+    case NGX_MATRIX_REDIS_SCHEMA_ERROR:
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+
+    case NGX_MATRIX_REDIS_REPLY_ERROR:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    default:
+        return NGX_HTTP_BAD_GATEWAY;
+    }
+}
+
+
+const char *
+ngx_matrix_redis_status_text(ngx_matrix_redis_status_e status)
+{
+    switch (status) {
+
+    case NGX_MATRIX_REDIS_OK:
+        return "ok";
+
+    case NGX_MATRIX_REDIS_TIMEOUT:
+        return "the room cache (Redis) did not answer in time";
+
+    case NGX_MATRIX_REDIS_SCHEMA_ERROR:
+        return "the room cache (Redis) holds a schema version this module "
+               "does not know";
+
+    case NGX_MATRIX_REDIS_REPLY_ERROR:
+        return "the room cache (Redis) answered with an error";
+
+    default:
+        return "the room cache (Redis) is unavailable";
+    }
+}
+
+
+const char *
+ngx_matrix_redis_state(void)
+{
+    if (ngx_matrix_redis == NULL) {
+        return "not configured";
+    }
+
+    switch (ngx_matrix_redis->state) {
+
+    case NGX_MATRIX_REDIS_CONNECTED:
+        return ngx_matrix_redis->schema_bad ? "unsupported schema"
+                                            : "connected";
+
+    case NGX_MATRIX_REDIS_CONNECTING:
+        return "connecting";
+
+    default:
+        return "disconnected";
+    }
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_connects(void)
+{
+    return ngx_matrix_redis ? ngx_matrix_redis->connects : 0;
+}
+
+
+const char *
+ngx_matrix_redis_last_error(void)
+{
+    return ngx_matrix_redis ? ngx_matrix_redis->last_error : "";
+}

@@ -1,0 +1,91 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * One hiredis async context per worker, driven by nginx's event loop.
+ */
+
+#ifndef NGX_MATRIX_REDIS_H
+#define NGX_MATRIX_REDIS_H
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+
+
+#define NGX_MATRIX_REDIS_SCHEMA  "1"
+
+
+typedef enum {
+    NGX_MATRIX_REDIS_OK = 0,
+    NGX_MATRIX_REDIS_UNAVAILABLE,   /* cannot connect, or connection lost */
+    NGX_MATRIX_REDIS_TIMEOUT,       /* no reply within matrix_redis_timeout */
+    NGX_MATRIX_REDIS_SCHEMA_ERROR,  /* Redis holds a schema we do not know */
+    NGX_MATRIX_REDIS_REPLY_ERROR    /* Redis answered with an error */
+} ngx_matrix_redis_status_e;
+
+
+/* Lua scripts, loaded with SCRIPT LOAD at connect and run with EVALSHA. */
+typedef enum {
+    NGX_MATRIX_SCRIPT_ROOM_STATUS = 0,
+    NGX_MATRIX_SCRIPT_COUNT
+} ngx_matrix_script_e;
+
+
+typedef struct {
+    ngx_str_t                    address;       /* as configured */
+    ngx_str_t                    host;          /* numeric, or unix path */
+    int                          port;          /* 0 for unix sockets */
+    ngx_str_t                    password;
+    ngx_int_t                    db;
+    ngx_msec_t                   timeout;
+    ngx_str_t                    prefix;
+} ngx_matrix_redis_conf_t;
+
+
+/*
+ * Called once per command with the reply (valid only during the call) and
+ * a status; only while the request is alive. reply is NULL unless status is
+ * NGX_MATRIX_REDIS_OK. Error replies come as NGX_MATRIX_REDIS_REPLY_ERROR
+ * with err set to Redis's message.
+ */
+typedef void (*ngx_matrix_redis_handler_pt)(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+
+
+ngx_int_t ngx_matrix_redis_init_worker(ngx_cycle_t *cycle,
+    ngx_matrix_redis_conf_t *rcf);
+void ngx_matrix_redis_exit_worker(void);
+
+/*
+ * Sends a command on behalf of r. Returns NGX_OK when the handler will be
+ * called (exactly once, unless the request dies first), or an error status
+ * (not NGX_OK) when the command could not even be queued; the handler is
+ * not called then.
+ */
+ngx_int_t ngx_matrix_redis_command(ngx_http_request_t *r,
+    ngx_matrix_redis_handler_pt handler, void *data, int argc,
+    const char **argv, const size_t *argvlen);
+
+/* EVALSHA of a script with nkeys keys and nargs args (keys first). */
+ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r,
+    ngx_matrix_script_e script, ngx_matrix_redis_handler_pt handler,
+    void *data, int nkeys, int nargs, const char **argv,
+    const size_t *argvlen);
+
+/* The status code and Matrix message for an adapter status. */
+ngx_uint_t ngx_matrix_redis_http_status(ngx_matrix_redis_status_e status);
+const char *ngx_matrix_redis_status_text(ngx_matrix_redis_status_e status);
+
+/* Connection state for matrix_status: "connected", "connecting", ... */
+const char *ngx_matrix_redis_state(void);
+ngx_uint_t ngx_matrix_redis_connects(void);
+const char *ngx_matrix_redis_last_error(void);
+
+char *ngx_matrix_redis_parse_address(ngx_conf_t *cf,
+    ngx_matrix_redis_conf_t *rcf, ngx_str_t *value);
+
+#endif /* NGX_MATRIX_REDIS_H */
