@@ -539,7 +539,10 @@ ngx_matrix_redis_cleanup(void *privdata)
         ngx_delete_posted_event(c->write);
     }
 
-    ngx_free_connection(c);     /* hiredis closes the fd after this */
+    /* as ngx_close_connection() does, but hiredis closes the fd itself */
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
 }
 
 
