@@ -17,6 +17,12 @@
 /* a sig value is 86 characters, 88 when padded: one more is too long */
 #define MX_XMATRIX_SIG_B64_MAX  (MX_ED25519_SIG_B64_LEN + 3)
 
+/* the known parameters, as bits of "seen" */
+#define MX_XMATRIX_ORIGIN       0x01
+#define MX_XMATRIX_DESTINATION  0x02
+#define MX_XMATRIX_KEY          0x04
+#define MX_XMATRIX_SIG          0x08
+
 
 typedef struct {
     const char  *start;
@@ -34,13 +40,6 @@ static int mx_xmatrix_param(mx_xmatrix_ctx_t *ctx, mx_xmatrix_t *out,
     unsigned *seen, char *sig, size_t sig_cap);
 static int mx_xmatrix_append_param(mx_buf_t *out, const char *name,
     const char *value);
-
-
-/* bits of "seen" */
-#define MX_XMATRIX_ORIGIN       0x01
-#define MX_XMATRIX_DESTINATION  0x02
-#define MX_XMATRIX_KEY          0x04
-#define MX_XMATRIX_SIG          0x08
 
 
 int
@@ -290,7 +289,6 @@ static int
 mx_xmatrix_param(mx_xmatrix_ctx_t *ctx, mx_xmatrix_t *out, unsigned *seen,
     char *sig, size_t sig_cap)
 {
-    int          rc;
     char         name[16];
     size_t       name_len, cap;
     unsigned     bit;
@@ -366,9 +364,7 @@ mx_xmatrix_param(mx_xmatrix_ctx_t *ctx, mx_xmatrix_t *out, unsigned *seen,
 
     *seen |= bit;
 
-    rc = mx_xmatrix_value(ctx, name_len < sizeof(name) ? name : "",
-                          dst, cap);
-    if (rc != 0) {
+    if (mx_xmatrix_value(ctx, name, dst, cap) != 0) {
         return -1;
     }
 
