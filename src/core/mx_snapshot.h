@@ -1,0 +1,157 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * Room snapshots: the document matrix-join-ctl loads, parsed and checked,
+ * and the model the loader writes to Redis (docs/redis-schema.md).
+ *
+ * The document:
+ *   {"room_version": "10", "state": [PDU...], "auth_chain": [PDU...],
+ *    "forward_extremities": [PDU...], "aliases": ["#a:example.org"]}
+ * PDUs are as sent over federation (v1/v2 carry event_id, v3+ do not).
+ */
+
+#ifndef MX_SNAPSHOT_H
+#define MX_SNAPSHOT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "mx_util.h"
+#include "mx_crypto.h"
+#include "mx_id.h"
+#include "mx_event.h"
+#include "mx_room_version.h"
+
+
+/*
+ * Chunks are at most 64 KiB (the schema's limit) unless one PDU is larger.
+ * The model fills them up to MX_SNAPSHOT_CHUNK_FILL: a Redis list node
+ * adds a few bytes of header to each element, and a chunk that stays
+ * within 64 KiB with them fits jemalloc's 64 KiB size class instead of
+ * spilling into the 80 KiB one (a quarter of the memory wasted).
+ */
+#define MX_SNAPSHOT_CHUNK_MAX   65536
+#define MX_SNAPSHOT_CHUNK_FILL  (65536 - 64)
+
+/* unpadded base64 of a SHA-256, with the NUL */
+#define MX_SNAPSHOT_SHA256_B64  44
+
+
+/* The three chunked lists of the schema. */
+typedef enum {
+    MX_SNAPSHOT_STATE_NM = 0,   /* state, type != m.room.member */
+    MX_SNAPSHOT_STATE_M,        /* state, m.room.member */
+    MX_SNAPSHOT_AUTH,           /* auth chain */
+    MX_SNAPSHOT_NLISTS
+} mx_snapshot_list_e;
+
+
+/* One event of state or auth chain (stored once when in both). */
+typedef struct {
+    char           *id;         /* event ID, NUL-terminated */
+    char           *pdu;        /* canonical PDU bytes, NUL-terminated */
+    size_t          pdu_len;
+    char           *state_key;  /* canonical ["type","state_key"], state
+                                   events only, else NULL */
+    char           *membership; /* content.membership of a member event
+                                   in state, else NULL */
+    int64_t         depth;
+    unsigned        in_state:1;
+    unsigned        in_auth:1;
+    unsigned        member:1;   /* m.room.member in state */
+} mx_snapshot_event_t;
+
+
+typedef struct {
+    size_t          first;      /* index into the list's events */
+    size_t          count;
+    size_t          bytes;      /* PDU bytes plus the commas between */
+} mx_snapshot_chunk_t;
+
+
+typedef struct {
+    size_t                *events;     /* indices into snap->events */
+    size_t                 n;
+    mx_snapshot_chunk_t   *chunks;
+    size_t                 nchunks;
+} mx_snapshot_list_t;
+
+
+typedef struct {
+    char            id[MX_EVENT_ID_MAX];
+    int64_t         depth;
+    char            sha256[MX_SNAPSHOT_SHA256_B64]; /* std b64 ref hash */
+} mx_snapshot_extrem_t;
+
+
+typedef struct {
+    const mx_room_version_t  *rv;
+    char                      room_id[MX_ID_MAX_LEN + 1];
+    char                      create_event_id[MX_EVENT_ID_MAX];
+
+    mx_snapshot_event_t      *events;
+    size_t                    nevents;
+
+    mx_snapshot_list_t        lists[MX_SNAPSHOT_NLISTS];
+
+    mx_snapshot_extrem_t     *extrem;
+    size_t                    nextrem;
+
+    char                    **aliases;
+    size_t                    naliases;
+
+    /* the counts of the schema's meta hash */
+    size_t                    state_events;
+    size_t                    member_events;
+    size_t                    members;        /* membership "join" */
+    size_t                    auth_chain;
+    int64_t                   max_depth;      /* among the extremities */
+    uint64_t                  bytes;          /* state + auth chain PDUs,
+                                                 as the chunks hold them */
+
+    /* the ID index of mx_snapshot_find: event index + 1, 0 is empty */
+    size_t                   *index;
+    size_t                    index_cap;
+} mx_snapshot_t;
+
+
+/*
+ * What was wrong: where names the event ("state[3] ($abc...)") or the
+ * part of the document ("room_version", "aliases[0]", "document");
+ * reason says why ("content hash mismatch").
+ */
+typedef struct {
+    char            where[384];
+    char            reason[256];
+} mx_snapshot_err_t;
+
+
+/* Called now and then while parsing: bytes of the document done so far. */
+typedef void (*mx_snapshot_progress_pt)(void *data, size_t done,
+    size_t total);
+
+/*
+ * Parses and checks the snapshot document buf[0..len). On success *out is
+ * a new model (mx_snapshot_free) and 0 is returned; on failure -1 with
+ * err filled. buf is not needed after the call. progress may be NULL.
+ */
+int mx_snapshot_parse(const char *buf, size_t len,
+    mx_snapshot_progress_pt progress, void *data, mx_snapshot_t **out,
+    mx_snapshot_err_t *err);
+
+void mx_snapshot_free(mx_snapshot_t *snap);
+
+/* Event i of the given list. */
+#define mx_snapshot_list_event(snap, l, i)                                    \
+    (&(snap)->events[(snap)->lists[l].events[i]])
+
+/*
+ * Appends chunk c of list l (canonical PDUs joined by ',') to out.
+ * 0 or -1 (out of memory).
+ */
+int mx_snapshot_chunk(const mx_snapshot_t *snap, mx_snapshot_list_e l,
+    size_t c, mx_buf_t *out);
+
+/* Index of the event with ID id, or -1. */
+long mx_snapshot_find(const mx_snapshot_t *snap, const char *id);
+
+#endif /* MX_SNAPSHOT_H */
