@@ -227,6 +227,7 @@ mx_snapshot_free(mx_snapshot_t *snap)
         free(snap->events[i].id);
         free(snap->events[i].pdu);
         free(snap->events[i].state_key);
+        free(snap->events[i].user);
         free(snap->events[i].membership);
     }
 
@@ -1331,10 +1332,14 @@ mx_snap_add_state(mx_snap_ctx_t *ctx, size_t i, json_t *ev, int is_create)
                                               "membership"));
         x->member = 1;
         x->membership = strdup(m);
+        x->user = malloc(json_string_length(skey) + 1);
 
-        if (x->membership == NULL) {
+        if (x->membership == NULL || x->user == NULL) {
             return mx_snap_fail(ctx, NULL, "out of memory");
         }
+
+        memcpy(x->user, json_string_value(skey),
+               json_string_length(skey) + 1);
 
         if (strcmp(m, "join") == 0) {
             ctx->snap->members++;

@@ -52,8 +52,9 @@ typedef struct {
     size_t          pdu_len;
     char           *state_key;  /* canonical ["type","state_key"], state
                                    events only, else NULL */
-    char           *membership; /* content.membership of a member event
-                                   in state, else NULL */
+    char           *user;       /* the state_key of a member event in
+                                   state (a user ID), else NULL */
+    char           *membership; /* its content.membership, else NULL */
     int64_t         depth;
     unsigned        in_state:1;
     unsigned        in_auth:1;

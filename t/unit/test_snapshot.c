@@ -333,6 +333,7 @@ check_ok(const char *version)
     assert_string_equal(x->id, buf[0]);
     assert_string_equal(x->state_key,
                         "[\"m.room.member\",\"@bob:b.example.org\"]");
+    assert_string_equal(x->user, "@bob:b.example.org");
     assert_string_equal(x->membership, "join");
     assert_true(x->in_state && !x->in_auth && x->member);
 
