@@ -14,5 +14,8 @@
 #define MXJ_EXIT_USAGE   2
 
 int mxj_cmd_keygen(int argc, char **argv);
+int mxj_cmd_load(int argc, char **argv);
+int mxj_cmd_show(int argc, char **argv);
+int mxj_cmd_rooms(int argc, char **argv);
 
 #endif /* MXJ_CTL_H */

@@ -22,6 +22,14 @@ usage(FILE *f)
         "commands:\n"
         "  keygen SERVER_NAME   print a new Synapse-format signing key line\n"
         "                       (\"ed25519 <version> <seed>\") on stdout\n"
+        "  load --redis ADDRESS [--prefix P] SNAPSHOT.json\n"
+        "                       check a room snapshot and load it into Redis\n"
+        "  show --redis ADDRESS [--prefix P] ROOM_ID\n"
+        "                       the loaded snapshot of a room\n"
+        "  rooms --redis ADDRESS [--prefix P]\n"
+        "                       one line per loaded room\n"
+        "                       (ADDRESS: host:port or unix:/path; also\n"
+        "                       --password PW or MXJ_REDIS_PASSWORD, --db N)\n"
         "  version              print the version and the library versions\n"
         "  help                 this text\n");
 }
@@ -37,6 +45,18 @@ main(int argc, char **argv)
 
     if (strcmp(argv[1], "keygen") == 0) {
         return mxj_cmd_keygen(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "load") == 0) {
+        return mxj_cmd_load(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "show") == 0) {
+        return mxj_cmd_show(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "rooms") == 0) {
+        return mxj_cmd_rooms(argc - 1, argv + 1);
     }
 
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)

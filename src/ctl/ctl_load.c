@@ -1,0 +1,918 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl load --redis ADDRESS [--prefix P] SNAPSHOT.json
+ *
+ * Checks the whole snapshot first (nothing is written for a bad one),
+ * then loads it as docs/redis-schema.md says: schema key, the room's load
+ * lock, staging keys written in a pipeline, one script that switches the
+ * staging keys in, UNLINK of the previous generation, the rooms set and
+ * the aliases, unlock.
+ */
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "ctl.h"
+#include "ctl_redis.h"
+#include "mx_snapshot.h"
+
+
+#define MXJ_LOAD_NKEYS        8
+#define MXJ_LOAD_LOCK_MS      "600000"
+#define MXJ_LOAD_PROGRESS_MIN (8 * 1024 * 1024)   /* bytes of snapshot */
+
+/* a pipeline: commands of at most this many arguments or bytes, replies
+ * read back every so many commands or bytes */
+#define MXJ_LOAD_EXTREM_LEN   128     /* {"depth":N,"sha256":"..."} */
+
+#define MXJ_PIPE_ARGS         2048
+#define MXJ_PIPE_ARG_BYTES    (1024 * 1024)
+#define MXJ_PIPE_CMDS         64
+#define MXJ_PIPE_BYTES        (16 * 1024 * 1024)
+
+
+/* The per-room keys, in the order the switch script takes them. */
+static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
+    "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem"
+};
+
+enum {
+    MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
+    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM
+};
+
+
+/*
+ * KEYS: the n current keys (meta first), the n staging keys, the n old
+ * keys, then the load lock; ARGV[1] our lock token. An absent staging key
+ * (an empty list) leaves the current one absent too.
+ */
+static const char  mxj_load_switch_lua[] =
+    "local n = (#KEYS - 1) / 3\n"
+    "if redis.call('GET', KEYS[#KEYS]) ~= ARGV[1] then\n"
+    "  return redis.error_reply('the load lock is no longer ours')\n"
+    "end\n"
+    "if redis.call('EXISTS', KEYS[n + 1]) == 0 then\n"
+    "  return redis.error_reply('the staging meta key is missing')\n"
+    "end\n"
+    "for i = 1, n do\n"
+    "  redis.call('UNLINK', KEYS[2 * n + i])\n"
+    "  if redis.call('EXISTS', KEYS[i]) == 1 then\n"
+    "    redis.call('RENAME', KEYS[i], KEYS[2 * n + i])\n"
+    "  end\n"
+    "  if redis.call('EXISTS', KEYS[n + i]) == 1 then\n"
+    "    redis.call('RENAME', KEYS[n + i], KEYS[i])\n"
+    "  end\n"
+    "end\n"
+    "local t = redis.call('TIME')\n"
+    "redis.call('HSET', KEYS[1], 'loaded_at', t[1] .. string.format('%03d',"
+    " math.floor(tonumber(t[2]) / 1000)))\n"
+    "return 1\n";
+
+static const char  mxj_load_unlock_lua[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+    "  return redis.call('DEL', KEYS[1])\n"
+    "end\n"
+    "return 0\n";
+
+
+typedef struct {
+    mxj_redis_t    *r;
+    const char    **argv;
+    size_t         *lens;
+    size_t          argc;
+    size_t          arg_bytes;
+    size_t          pending;        /* commands sent, replies not read */
+    size_t          pending_bytes;
+    uint64_t        done_bytes;     /* for the progress line */
+    uint64_t        total_bytes;
+    int             progress;
+} mxj_pipe_t;
+
+
+typedef struct {
+    mxj_redis_t     r;
+    const char     *path;
+    mx_snapshot_t  *snap;
+    char           *cur[MXJ_LOAD_NKEYS];
+    char           *load[MXJ_LOAD_NKEYS];
+    char           *old[MXJ_LOAD_NKEYS];
+    char           *lock;
+    char            token[33];
+    int             locked;
+    int             progress;
+} mxj_load_t;
+
+
+static int mxj_load_usage(void);
+static char *mxj_load_read(const char *path, size_t *len);
+static void mxj_load_progress(void *data, size_t done, size_t total);
+static int mxj_load_keys(mxj_load_t *ld);
+static int mxj_load_lock(mxj_load_t *ld);
+static void mxj_load_unlock(mxj_load_t *ld);
+static int mxj_load_stage(mxj_load_t *ld);
+static int mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_switch(mxj_load_t *ld);
+static int mxj_load_finish(mxj_load_t *ld);
+static void mxj_load_cleanup(mxj_load_t *ld);
+static int mxj_pipe_start(mxj_pipe_t *p, const char *cmd, const char *key);
+static int mxj_pipe_arg(mxj_pipe_t *p, const char *cmd, const char *key,
+    const char *arg, size_t len);
+static int mxj_pipe_end(mxj_pipe_t *p);
+static int mxj_pipe_drain(mxj_pipe_t *p);
+static double mxj_now(void);
+
+
+int
+mxj_cmd_load(int argc, char **argv)
+{
+    int          i, rc, o;
+    char        *doc;
+    size_t       len;
+    double       t0;
+    mxj_load_t   ld;
+    mx_snapshot_err_t  err;
+
+    t0 = mxj_now();
+
+    memset(&ld, 0, sizeof(mxj_load_t));
+    mxj_redis_init(&ld.r);
+
+    for (i = 1; i < argc; i++) {
+        o = mxj_redis_option(&ld.r, argc, argv, &i);
+
+        if (o < 0) {
+            return mxj_load_usage();
+        }
+
+        if (o > 0) {
+            continue;
+        }
+
+        if (argv[i][0] == '-' && argv[i][1] != '\0') {
+            fprintf(stderr, "matrix-join-ctl: load: unknown option \"%s\"\n",
+                    argv[i]);
+            return mxj_load_usage();
+        }
+
+        if (ld.path != NULL) {
+            fprintf(stderr, "matrix-join-ctl: load: one snapshot at a "
+                    "time\n");
+            return mxj_load_usage();
+        }
+
+        ld.path = argv[i];
+    }
+
+    if (ld.path == NULL || ld.r.address == NULL) {
+        return mxj_load_usage();
+    }
+
+    if (mx_crypto_init() != 0) {
+        fprintf(stderr, "matrix-join-ctl: sodium_init() failed\n");
+        return MXJ_EXIT_FAIL;
+    }
+
+    /* 1. check everything before Redis is touched */
+
+    doc = mxj_load_read(ld.path, &len);
+    if (doc == NULL) {
+        return MXJ_EXIT_FAIL;
+    }
+
+    ld.progress = isatty(STDERR_FILENO) && len >= MXJ_LOAD_PROGRESS_MIN;
+
+    rc = mx_snapshot_parse(doc, len, ld.progress ? mxj_load_progress : NULL,
+                           &ld, &ld.snap, &err);
+    free(doc);
+
+    if (ld.progress) {
+        fprintf(stderr, "\r\033[K");
+    }
+
+    if (rc != 0) {
+        fprintf(stderr, "matrix-join-ctl: %s: %s: %s\n", ld.path, err.where,
+                err.reason);
+        return MXJ_EXIT_FAIL;
+    }
+
+    /* 2. load */
+
+    rc = MXJ_EXIT_FAIL;
+
+    if (mxj_load_keys(&ld) != 0 || mxj_redis_connect(&ld.r) != 0) {
+        goto done;
+    }
+
+    if (mxj_redis_schema(&ld.r, 1) != 0) {
+        goto done;
+    }
+
+    if (mxj_load_lock(&ld) != 0) {
+        goto done;
+    }
+
+    if (mxj_load_stage(&ld) != 0 || mxj_load_switch(&ld) != 0) {
+        mxj_load_cleanup(&ld);
+        goto done;
+    }
+
+    if (mxj_load_finish(&ld) != 0) {
+        goto done;
+    }
+
+    printf("loaded %s: version %s, %zu state events, %zu members, "
+           "%zu auth chain events, %zu forward extremities, %llu bytes "
+           "in %.2f s\n",
+           ld.snap->room_id, ld.snap->rv->id, ld.snap->state_events,
+           ld.snap->members, ld.snap->auth_chain, ld.snap->nextrem,
+           (unsigned long long) ld.snap->bytes, mxj_now() - t0);
+
+    rc = (fflush(stdout) == 0) ? MXJ_EXIT_OK : MXJ_EXIT_FAIL;
+
+done:
+
+    if (ld.locked) {
+        mxj_load_unlock(&ld);
+    }
+
+    mxj_redis_close(&ld.r);
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        free(ld.cur[i]);
+        free(ld.load[i]);
+        free(ld.old[i]);
+    }
+
+    free(ld.lock);
+    mx_snapshot_free(ld.snap);
+
+    return rc;
+}
+
+
+static int
+mxj_load_usage(void)
+{
+    fprintf(stderr, "usage: matrix-join-ctl load --redis ADDRESS "
+            "[--prefix P] [--password PW] [--db N] SNAPSHOT.json\n");
+
+    return MXJ_EXIT_USAGE;
+}
+
+
+static char *
+mxj_load_read(const char *path, size_t *len)
+{
+    char         *buf;
+    FILE         *f;
+    size_t        n;
+    struct stat   st;
+
+    f = fopen(path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "matrix-join-ctl: %s: cannot open: %s\n", path,
+                strerror(errno));
+        return NULL;
+    }
+
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fprintf(stderr, "matrix-join-ctl: %s: not a regular file\n", path);
+        fclose(f);
+        return NULL;
+    }
+
+    buf = malloc((size_t) st.st_size + 1);
+    if (buf == NULL) {
+        fprintf(stderr, "matrix-join-ctl: %s: out of memory for %lld "
+                "bytes\n", path, (long long) st.st_size);
+        fclose(f);
+        return NULL;
+    }
+
+    n = fread(buf, 1, (size_t) st.st_size, f);
+
+    if (n != (size_t) st.st_size || ferror(f)) {
+        fprintf(stderr, "matrix-join-ctl: %s: cannot read: %s\n", path,
+                ferror(f) ? strerror(errno) : "file changed size");
+        free(buf);
+        fclose(f);
+        return NULL;
+    }
+
+    fclose(f);
+
+    buf[n] = '\0';
+    *len = n;
+
+    return buf;
+}
+
+
+static void
+mxj_load_progress(void *data, size_t done, size_t total)
+{
+    mxj_load_t  *ld;
+
+    ld = data;
+
+    fprintf(stderr, "\r\033[Kmatrix-join-ctl: checking %s: %3d%%", ld->path,
+            total ? (int) ((done * 100) / total) : 100);
+}
+
+
+static int
+mxj_load_keys(mxj_load_t *ld)
+{
+    int     i;
+    char    name[32];
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        snprintf(name, sizeof(name), ":%s", mxj_load_names[i]);
+        ld->cur[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+
+        snprintf(name, sizeof(name), ":load:%s", mxj_load_names[i]);
+        ld->load[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+
+        snprintf(name, sizeof(name), ":old:%s", mxj_load_names[i]);
+        ld->old[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+
+        if (ld->cur[i] == NULL || ld->load[i] == NULL || ld->old[i] == NULL)
+        {
+            return -1;
+        }
+    }
+
+    ld->lock = mxj_room_key(&ld->r, ld->snap->room_id, ":loadlock");
+
+    return ld->lock ? 0 : -1;
+}
+
+
+static int
+mxj_load_lock(mxj_load_t *ld)
+{
+    unsigned char  raw[16];
+    redisReply    *reply;
+
+    randombytes_buf(raw, sizeof(raw));
+    sodium_bin2hex(ld->token, sizeof(ld->token), raw, sizeof(raw));
+
+    reply = mxj_redis_cmdf(&ld->r, "SET %s %s NX PX " MXJ_LOAD_LOCK_MS,
+                           ld->lock, ld->token);
+    if (reply == NULL) {
+        return -1;
+    }
+
+    if (reply->type == REDIS_REPLY_NIL) {
+        fprintf(stderr, "matrix-join-ctl: room %s is being loaded by another "
+                "matrix-join-ctl (lock %s held; it expires within 10 "
+                "minutes)\n", ld->snap->room_id, ld->lock);
+        freeReplyObject(reply);
+        return -1;
+    }
+
+    freeReplyObject(reply);
+    ld->locked = 1;
+
+    return 0;
+}
+
+
+static void
+mxj_load_unlock(mxj_load_t *ld)
+{
+    redisReply  *reply;
+
+    if (ld->r.c == NULL || ld->r.c->err) {
+        return;
+    }
+
+    reply = mxj_redis_cmdf(&ld->r, "EVAL %s 1 %s %s", mxj_load_unlock_lua,
+                           ld->lock, ld->token);
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+
+    ld->locked = 0;
+}
+
+
+/* A failed load: the staging keys go; the current generation stays. */
+
+static void
+mxj_load_cleanup(mxj_load_t *ld)
+{
+    int           i;
+    const char   *argv[1 + MXJ_LOAD_NKEYS];
+    redisReply   *reply;
+
+    if (ld->r.c == NULL || ld->r.c->err) {
+        return;
+    }
+
+    argv[0] = "UNLINK";
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[1 + i] = ld->load[i];
+    }
+
+    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+}
+
+
+/* Steps 3: the staging keys, pipelined. */
+
+static int
+mxj_load_stage(mxj_load_t *ld)
+{
+    int                    i;
+    char                  *ext, *v;
+    size_t                 c, e;
+    mx_buf_t               chunk = MX_BUF_INIT;
+    mxj_pipe_t             p;
+    redisReply            *reply;
+    mx_snapshot_t         *s;
+    mx_snapshot_list_e     l;
+    mx_snapshot_event_t   *ev;
+    mx_snapshot_extrem_t  *x;
+    const char            *argv[1 + MXJ_LOAD_NKEYS];
+    static const int       list_key[MX_SNAPSHOT_NLISTS] = {
+        MXJ_K_STATE_NM, MXJ_K_STATE_M, MXJ_K_AUTH
+    };
+
+    s = ld->snap;
+    ext = NULL;
+
+    argv[0] = "UNLINK";
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[1 + i] = ld->load[i];
+    }
+
+    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    if (reply == NULL) {
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    memset(&p, 0, sizeof(mxj_pipe_t));
+    p.r = &ld->r;
+    p.progress = ld->progress;
+    p.total_bytes = 2 * s->bytes;
+
+    p.argv = malloc(MXJ_PIPE_ARGS * sizeof(char *));
+    p.lens = malloc(MXJ_PIPE_ARGS * sizeof(size_t));
+
+    if (p.argv == NULL || p.lens == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        goto failed;
+    }
+
+    if (mxj_load_meta(ld, &p) != 0) {
+        goto failed;
+    }
+
+    /* the state index, the memberships and the PDUs by ID */
+
+    if (mxj_pipe_start(&p, "HSET", ld->load[MXJ_K_STATE]) != 0) {
+        goto failed;
+    }
+
+    for (e = 0; e < s->nevents; e++) {
+        ev = &s->events[e];
+
+        if (ev->state_key == NULL) {
+            continue;
+        }
+
+        if (mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_STATE], ev->state_key,
+                         strlen(ev->state_key)) != 0
+            || mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_STATE], ev->id,
+                            strlen(ev->id)) != 0)
+        {
+            goto failed;
+        }
+    }
+
+    if (mxj_pipe_end(&p) != 0
+        || mxj_pipe_start(&p, "HSET", ld->load[MXJ_K_MEMBER]) != 0)
+    {
+        goto failed;
+    }
+
+    for (e = 0; e < s->nevents; e++) {
+        ev = &s->events[e];
+
+        if (!ev->member) {
+            continue;
+        }
+
+        if (mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_MEMBER], ev->user,
+                         strlen(ev->user)) != 0
+            || mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_MEMBER],
+                            ev->membership, strlen(ev->membership)) != 0)
+        {
+            goto failed;
+        }
+    }
+
+    if (mxj_pipe_end(&p) != 0
+        || mxj_pipe_start(&p, "HSET", ld->load[MXJ_K_PDU]) != 0)
+    {
+        goto failed;
+    }
+
+    /*
+     * A member event of state is read whole only in v1/v2, whose
+     * templates need its reference hash; otherwise its ID (state) and
+     * membership (member) are enough, and its bytes stay in the chunks
+     * alone: the pdu hash would double the memory of a big room.
+     */
+
+    for (e = 0; e < s->nevents; e++) {
+        ev = &s->events[e];
+
+        if (ev->member && !ev->in_auth && !s->rv->event_refs_with_hashes) {
+            continue;
+        }
+
+        if (mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_PDU], ev->id,
+                         strlen(ev->id)) != 0
+            || mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_PDU], ev->pdu,
+                            ev->pdu_len) != 0)
+        {
+            goto failed;
+        }
+
+        p.done_bytes += ev->pdu_len;
+    }
+
+    if (mxj_pipe_end(&p) != 0) {
+        goto failed;
+    }
+
+    /* the chunks: one RPUSH each, the chunk is copied by hiredis */
+
+    for (l = 0; l < MX_SNAPSHOT_NLISTS; l++) {
+        for (c = 0; c < s->lists[l].nchunks; c++) {
+            mx_buf_reset(&chunk);
+
+            if (mx_snapshot_chunk(s, l, c, &chunk) != 0) {
+                fprintf(stderr, "matrix-join-ctl: out of memory\n");
+                goto failed;
+            }
+
+            if (mxj_pipe_start(&p, "RPUSH", ld->load[list_key[l]]) != 0
+                || mxj_pipe_arg(&p, "RPUSH", ld->load[list_key[l]],
+                                chunk.data, chunk.len) != 0
+                || mxj_pipe_end(&p) != 0)
+            {
+                goto failed;
+            }
+
+            p.done_bytes += chunk.len;
+        }
+    }
+
+    /* the forward extremities: {"depth":N,"sha256":"<b64>"} */
+
+    ext = malloc(s->nextrem * MXJ_LOAD_EXTREM_LEN);
+    if (ext == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        goto failed;
+    }
+
+    if (mxj_pipe_start(&p, "HSET", ld->load[MXJ_K_EXTREM]) != 0) {
+        goto failed;
+    }
+
+    for (e = 0; e < s->nextrem; e++) {
+        x = &s->extrem[e];
+        v = ext + e * MXJ_LOAD_EXTREM_LEN;
+
+        snprintf(v, MXJ_LOAD_EXTREM_LEN, "{\"depth\":%lld,\"sha256\":\"%s\"}",
+                 (long long) x->depth, x->sha256);
+
+        if (mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_EXTREM], x->id,
+                         strlen(x->id)) != 0
+            || mxj_pipe_arg(&p, "HSET", ld->load[MXJ_K_EXTREM], v,
+                            strlen(v)) != 0)
+        {
+            goto failed;
+        }
+    }
+
+    if (mxj_pipe_end(&p) != 0 || mxj_pipe_drain(&p) != 0) {
+        goto failed;
+    }
+
+    if (p.progress) {
+        fprintf(stderr, "\r\033[K");
+    }
+
+    mx_buf_free(&chunk);
+    free(ext);
+    free(p.argv);
+    free(p.lens);
+
+    return 0;
+
+failed:
+
+    if (p.progress) {
+        fprintf(stderr, "\n");
+    }
+
+    mx_buf_free(&chunk);
+    free(ext);
+    free(p.argv);
+    free(p.lens);
+
+    return -1;
+}
+
+
+/* The meta hash; loaded_at is set by the switch. */
+
+static int
+mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    char            num[7][32];
+    size_t          k;
+    mx_snapshot_t  *s;
+    const char     *meta[20];
+
+    s = ld->snap;
+
+    snprintf(num[0], sizeof(num[0]), "%zu", s->state_events);
+    snprintf(num[1], sizeof(num[1]), "%zu", s->members);
+    snprintf(num[2], sizeof(num[2]), "%zu", s->member_events);
+    snprintf(num[3], sizeof(num[3]), "%zu", s->auth_chain);
+    snprintf(num[4], sizeof(num[4]), "%zu", s->nextrem);
+    snprintf(num[5], sizeof(num[5]), "%lld", (long long) s->max_depth);
+    snprintf(num[6], sizeof(num[6]), "%llu", (unsigned long long) s->bytes);
+
+    meta[0] = "schema";             meta[1] = MXJ_SCHEMA_VERSION;
+    meta[2] = "room_version";       meta[3] = s->rv->id;
+    meta[4] = "create_event_id";    meta[5] = s->create_event_id;
+    meta[6] = "state_events";       meta[7] = num[0];
+    meta[8] = "members";            meta[9] = num[1];
+    meta[10] = "member_events";     meta[11] = num[2];
+    meta[12] = "auth_chain";        meta[13] = num[3];
+    meta[14] = "extremities";       meta[15] = num[4];
+    meta[16] = "max_depth";         meta[17] = num[5];
+    meta[18] = "bytes";             meta[19] = num[6];
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0) {
+        return -1;
+    }
+
+    for (k = 0; k < 20; k++) {
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], meta[k],
+                         strlen(meta[k]))
+            != 0)
+        {
+            return -1;
+        }
+    }
+
+    /* sent now: num[] lives on this stack frame */
+
+    return mxj_pipe_end(p);
+}
+
+
+/* Step 4: one script, every key in KEYS. */
+
+static int
+mxj_load_switch(mxj_load_t *ld)
+{
+    int           i, n;
+    char          nkeys[16];
+    const char   *argv[3 + 3 * MXJ_LOAD_NKEYS + 2];
+    redisReply   *reply;
+
+    n = 0;
+    snprintf(nkeys, sizeof(nkeys), "%d", 3 * MXJ_LOAD_NKEYS + 1);
+
+    argv[n++] = "EVAL";
+    argv[n++] = mxj_load_switch_lua;
+    argv[n++] = nkeys;
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[n++] = ld->cur[i];
+    }
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[n++] = ld->load[i];
+    }
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[n++] = ld->old[i];
+    }
+
+    argv[n++] = ld->lock;
+    argv[n++] = ld->token;
+
+    reply = mxj_redis_cmd(&ld->r, n, argv, NULL);
+    if (reply == NULL) {
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    return 0;
+}
+
+
+/* Step 5: the previous generation goes, the room and aliases are named. */
+
+static int
+mxj_load_finish(mxj_load_t *ld)
+{
+    int           i;
+    char         *key;
+    size_t        a;
+    const char   *argv[1 + MXJ_LOAD_NKEYS];
+    redisReply   *reply;
+
+    argv[0] = "UNLINK";
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        argv[1 + i] = ld->old[i];
+    }
+
+    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    if (reply == NULL) {
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    key = mxj_global_key(&ld->r, "rooms");
+    if (key == NULL) {
+        return -1;
+    }
+
+    reply = mxj_redis_cmdf(&ld->r, "SADD %s %s", key, ld->snap->room_id);
+    free(key);
+
+    if (reply == NULL) {
+        return -1;
+    }
+
+    freeReplyObject(reply);
+
+    for (a = 0; a < ld->snap->naliases; a++) {
+        key = mxj_global_key(&ld->r, "alias:");
+        if (key == NULL) {
+            return -1;
+        }
+
+        reply = mxj_redis_cmdf(&ld->r, "SET %s%s %s", key,
+                               ld->snap->aliases[a], ld->snap->room_id);
+        free(key);
+
+        if (reply == NULL) {
+            return -1;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_pipe_start(mxj_pipe_t *p, const char *cmd, const char *key)
+{
+    p->argv[0] = cmd;
+    p->lens[0] = strlen(cmd);
+    p->argv[1] = key;
+    p->lens[1] = strlen(key);
+    p->argc = 2;
+    p->arg_bytes = 0;
+
+    return 0;
+}
+
+
+/*
+ * Adds an argument; a full command is sent and a new one started with the
+ * same cmd and key. Field/value pairs stay together: MXJ_PIPE_ARGS is even
+ * and a command is only cut after an even number of arguments.
+ */
+static int
+mxj_pipe_arg(mxj_pipe_t *p, const char *cmd, const char *key,
+    const char *arg, size_t len)
+{
+    p->argv[p->argc] = arg;
+    p->lens[p->argc] = len;
+    p->argc++;
+    p->arg_bytes += len;
+
+    if (p->argc % 2 == 0
+        && (p->argc >= MXJ_PIPE_ARGS || p->arg_bytes >= MXJ_PIPE_ARG_BYTES))
+    {
+        if (mxj_pipe_end(p) != 0) {
+            return -1;
+        }
+
+        return mxj_pipe_start(p, cmd, key);
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_pipe_end(mxj_pipe_t *p)
+{
+    if (p->argc <= 2) {
+        /* nothing to send (a hash with no field) */
+        p->argc = 0;
+        return 0;
+    }
+
+    if (redisAppendCommandArgv(p->r->c, (int) p->argc, p->argv, p->lens)
+        != REDIS_OK)
+    {
+        fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", p->r->address,
+                p->r->c->errstr);
+        return -1;
+    }
+
+    p->pending++;
+    p->pending_bytes += p->arg_bytes;
+    p->argc = 0;
+    p->arg_bytes = 0;
+
+    if (p->pending >= MXJ_PIPE_CMDS || p->pending_bytes >= MXJ_PIPE_BYTES) {
+        return mxj_pipe_drain(p);
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_pipe_drain(mxj_pipe_t *p)
+{
+    int          rc;
+    void        *v;
+    redisReply  *reply;
+
+    rc = 0;
+
+    while (p->pending) {
+        if (redisGetReply(p->r->c, &v) != REDIS_OK) {
+            fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n",
+                    p->r->address, p->r->c->errstr);
+            return -1;
+        }
+
+        p->pending--;
+        reply = v;
+
+        if (reply->type == REDIS_REPLY_ERROR && rc == 0) {
+            fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n",
+                    p->r->address, reply->str);
+            rc = -1;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    p->pending_bytes = 0;
+
+    if (p->progress && p->total_bytes) {
+        fprintf(stderr, "\r\033[Kmatrix-join-ctl: writing: %3d%%",
+                (int) ((p->done_bytes * 100) / p->total_bytes));
+    }
+
+    return rc;
+}
+
+
+static double
+mxj_now(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (double) ts.tv_sec + (double) ts.tv_nsec / 1e9;
+}

@@ -1,0 +1,370 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * Redis for matrix-join-ctl: options, a blocking connection, key names
+ * and the schema check (docs/redis-schema.md).
+ */
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "ctl_redis.h"
+
+
+#define MXJ_REDIS_CONNECT_TIMEOUT  5      /* seconds */
+#define MXJ_REDIS_IO_TIMEOUT       120    /* a big pipeline reply */
+
+
+static int mxj_redis_reply_ok(mxj_redis_t *r, redisReply *reply);
+
+
+void
+mxj_redis_init(mxj_redis_t *r)
+{
+    memset(r, 0, sizeof(mxj_redis_t));
+
+    r->prefix = MXJ_PREFIX_DEFAULT;
+    r->password = getenv("MXJ_REDIS_PASSWORD");
+
+    if (r->password != NULL && r->password[0] == '\0') {
+        r->password = NULL;
+    }
+}
+
+
+int
+mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i)
+{
+    char         *end;
+    size_t        n;
+    const char   *arg, *value, **dst;
+    static const char  *names[] = { "--redis", "--prefix", "--password",
+                                    "--db", NULL };
+    const char  **name;
+
+    arg = argv[*i];
+
+    for (name = names; *name; name++) {
+        n = strlen(*name);
+
+        if (strncmp(arg, *name, n) == 0 && (arg[n] == '\0' || arg[n] == '='))
+        {
+            break;
+        }
+    }
+
+    if (*name == NULL) {
+        return 0;
+    }
+
+    if (arg[n] == '=') {
+        value = arg + n + 1;
+
+    } else {
+        if (*i + 1 >= argc) {
+            fprintf(stderr, "matrix-join-ctl: %s needs a value\n", *name);
+            return -1;
+        }
+
+        value = argv[++*i];
+    }
+
+    if (strcmp(*name, "--db") == 0) {
+        errno = 0;
+        r->db = strtol(value, &end, 10);
+
+        if (errno || *value == '\0' || *end != '\0' || r->db < 0) {
+            fprintf(stderr, "matrix-join-ctl: invalid --db \"%s\"\n", value);
+            return -1;
+        }
+
+        return 1;
+    }
+
+    dst = (strcmp(*name, "--redis") == 0) ? &r->address
+          : (strcmp(*name, "--prefix") == 0) ? &r->prefix
+          : &r->password;
+
+    *dst = value;
+
+    return 1;
+}
+
+
+int
+mxj_redis_connect(mxj_redis_t *r)
+{
+    char             host[256], *end;
+    long             port;
+    size_t           n;
+    const char      *a, *colon;
+    redisReply      *reply;
+    struct timeval   tv;
+
+    a = r->address;
+    tv.tv_sec = MXJ_REDIS_CONNECT_TIMEOUT;
+    tv.tv_usec = 0;
+
+    if (strncmp(a, "unix:", 5) == 0) {
+        if (a[5] == '\0') {
+            fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\" "
+                    "(want unix:/path)\n", a);
+            return -1;
+        }
+
+        r->c = redisConnectUnixWithTimeout(a + 5, tv);
+
+    } else {
+        colon = strrchr(a, ':');
+
+        if (colon == NULL || colon == a || colon[1] == '\0') {
+            fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\" "
+                    "(want host:port or unix:/path)\n", a);
+            return -1;
+        }
+
+        errno = 0;
+        port = strtol(colon + 1, &end, 10);
+
+        if (errno || *end != '\0' || port < 1 || port > 65535) {
+            fprintf(stderr, "matrix-join-ctl: invalid port in Redis address "
+                    "\"%s\"\n", a);
+            return -1;
+        }
+
+        n = (size_t) (colon - a);
+
+        /* "[::1]:6379" */
+        if (a[0] == '[' && n >= 2 && a[n - 1] == ']') {
+            a++;
+            n -= 2;
+        }
+
+        if (n >= sizeof(host)) {
+            fprintf(stderr, "matrix-join-ctl: Redis host name too long in "
+                    "\"%s\"\n", r->address);
+            return -1;
+        }
+
+        memcpy(host, a, n);
+        host[n] = '\0';
+
+        r->c = redisConnectWithTimeout(host, (int) port, tv);
+    }
+
+    if (r->c == NULL) {
+        fprintf(stderr, "matrix-join-ctl: cannot connect to Redis at %s: "
+                "out of memory\n", r->address);
+        return -1;
+    }
+
+    if (r->c->err) {
+        fprintf(stderr, "matrix-join-ctl: cannot connect to Redis at %s: "
+                "%s\n", r->address, r->c->errstr);
+        mxj_redis_close(r);
+        return -1;
+    }
+
+    tv.tv_sec = MXJ_REDIS_IO_TIMEOUT;
+
+    if (redisSetTimeout(r->c, tv) != REDIS_OK) {
+        fprintf(stderr, "matrix-join-ctl: cannot set the Redis timeout\n");
+        mxj_redis_close(r);
+        return -1;
+    }
+
+    if (r->password != NULL) {
+        reply = mxj_redis_cmdf(r, "AUTH %s", r->password);
+
+        if (reply == NULL) {
+            mxj_redis_close(r);
+            return -1;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    if (r->db != 0) {
+        reply = mxj_redis_cmdf(r, "SELECT %ld", r->db);
+
+        if (reply == NULL) {
+            mxj_redis_close(r);
+            return -1;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    return 0;
+}
+
+
+void
+mxj_redis_close(mxj_redis_t *r)
+{
+    if (r->c != NULL) {
+        redisFree(r->c);
+        r->c = NULL;
+    }
+}
+
+
+redisReply *
+mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
+    const size_t *lens)
+{
+    redisReply  *reply;
+
+    reply = redisCommandArgv(r->c, argc, argv, lens);
+
+    if (!mxj_redis_reply_ok(r, reply)) {
+        return NULL;
+    }
+
+    return reply;
+}
+
+
+redisReply *
+mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
+{
+    va_list      args;
+    redisReply  *reply;
+
+    va_start(args, fmt);
+    reply = redisvCommand(r->c, fmt, args);
+    va_end(args);
+
+    if (!mxj_redis_reply_ok(r, reply)) {
+        return NULL;
+    }
+
+    return reply;
+}
+
+
+/* Prints what went wrong and frees the reply; 1 when all is well. */
+
+static int
+mxj_redis_reply_ok(mxj_redis_t *r, redisReply *reply)
+{
+    if (reply == NULL) {
+        fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r->address,
+                r->c->errstr[0] ? r->c->errstr : "no reply");
+        return 0;
+    }
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r->address,
+                reply->str);
+        freeReplyObject(reply);
+        return 0;
+    }
+
+    return 1;
+}
+
+
+int
+mxj_redis_schema(mxj_redis_t *r, int create)
+{
+    int          rc;
+    char        *key;
+    redisReply  *reply;
+
+    key = mxj_global_key(r, "schema");
+    if (key == NULL) {
+        return -1;
+    }
+
+    rc = -1;
+
+    reply = mxj_redis_cmdf(r, "GET %s", key);
+    if (reply == NULL) {
+        goto done;
+    }
+
+    if (reply->type == REDIS_REPLY_NIL && create) {
+        freeReplyObject(reply);
+
+        /* NX: a concurrent first load may win; the GET below judges */
+
+        reply = mxj_redis_cmdf(r, "SET %s %s NX", key, MXJ_SCHEMA_VERSION);
+        if (reply == NULL) {
+            goto done;
+        }
+
+        freeReplyObject(reply);
+
+        reply = mxj_redis_cmdf(r, "GET %s", key);
+        if (reply == NULL) {
+            goto done;
+        }
+    }
+
+    if (reply->type == REDIS_REPLY_NIL) {
+        rc = 1;
+
+    } else if (reply->type == REDIS_REPLY_STRING
+               && strcmp(reply->str, MXJ_SCHEMA_VERSION) == 0)
+    {
+        rc = 0;
+
+    } else {
+        fprintf(stderr, "matrix-join-ctl: unsupported Redis schema version "
+                "\"%.64s\" under prefix \"%s\" (this build knows %s)\n",
+                reply->type == REDIS_REPLY_STRING ? reply->str : "?",
+                r->prefix, MXJ_SCHEMA_VERSION);
+    }
+
+    freeReplyObject(reply);
+
+done:
+
+    free(key);
+
+    return rc;
+}
+
+
+char *
+mxj_room_key(const mxj_redis_t *r, const char *room, const char *suffix)
+{
+    char    *key;
+    size_t   n;
+
+    n = strlen(r->prefix) + strlen(room) + strlen(suffix) + 3;
+
+    key = malloc(n);
+    if (key == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return NULL;
+    }
+
+    snprintf(key, n, "%s{%s}%s", r->prefix, room, suffix);
+
+    return key;
+}
+
+
+char *
+mxj_global_key(const mxj_redis_t *r, const char *name)
+{
+    char    *key;
+    size_t   n;
+
+    n = strlen(r->prefix) + strlen(name) + 1;
+
+    key = malloc(n);
+    if (key == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return NULL;
+    }
+
+    snprintf(key, n, "%s%s", r->prefix, name);
+
+    return key;
+}

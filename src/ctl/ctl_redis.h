@@ -1,0 +1,69 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * What load, show and rooms share: the Redis options, a blocking hiredis
+ * connection (the CLI may block, the nginx worker never does), the key
+ * names of docs/redis-schema.md and the schema version check.
+ */
+
+#ifndef MXJ_CTL_REDIS_H
+#define MXJ_CTL_REDIS_H
+
+#include <stddef.h>
+
+#include <hiredis/hiredis.h>
+
+
+#define MXJ_SCHEMA_VERSION  "1"
+#define MXJ_PREFIX_DEFAULT  "mxj:"
+
+
+typedef struct {
+    const char     *address;    /* host:port, [v6]:port or unix:/path */
+    const char     *prefix;
+    const char     *password;   /* --password or MXJ_REDIS_PASSWORD */
+    long            db;
+    redisContext   *c;
+} mxj_redis_t;
+
+
+void mxj_redis_init(mxj_redis_t *r);
+
+/*
+ * Consumes the Redis option at argv[*i] (--redis, --prefix, --password,
+ * --db, with the value as the next argument or after '='). Returns 1 when
+ * consumed, 0 when argv[*i] is not one of them, -1 on a usage error
+ * (printed).
+ */
+int mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i);
+
+/* Connects, authenticates, selects the db; prints why not. 0 or -1. */
+int mxj_redis_connect(mxj_redis_t *r);
+
+void mxj_redis_close(mxj_redis_t *r);
+
+/*
+ * One command, waiting for its reply. Returns the reply, or NULL with the
+ * reason printed (connection error or an error reply).
+ */
+redisReply *mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
+    const size_t *lens);
+
+/* Same with printf-style hiredis formatting. */
+redisReply *mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...);
+
+/*
+ * Checks P schema. With create set, an absent key is set to the version
+ * this build knows. Returns 0 when it matches, 1 when it is absent (and
+ * not created), -1 on any other value (printed) or error.
+ */
+int mxj_redis_schema(mxj_redis_t *r, int create);
+
+/* malloc'ed "P{R}" + suffix, the per-room key names; NULL when out of
+ * memory (printed). */
+char *mxj_room_key(const mxj_redis_t *r, const char *room,
+    const char *suffix);
+
+/* malloc'ed "P" + name, for the global keys. */
+char *mxj_global_key(const mxj_redis_t *r, const char *name);
+
+#endif /* MXJ_CTL_REDIS_H */
