@@ -52,6 +52,7 @@ typedef struct {
 typedef struct {
     ngx_array_t                  keysets;   /* of ngx_http_matrix_keyset_t * */
     ngx_array_t                  key_servers;  /* of ..._key_server_ref_t */
+    ngx_array_t                  key_docs;  /* of ngx_http_matrix_key_doc_t * */
     ngx_matrix_redis_conf_t      redis;
     ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
 } ngx_http_matrix_join_main_conf_t;

@@ -360,6 +360,13 @@ ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    if (ngx_array_init(&mmcf->key_docs, cf->pool, 4,
+                       sizeof(ngx_http_matrix_key_doc_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
     if (ngx_array_init(&mmcf->redis_users, cf->pool, 2,
                        sizeof(ngx_http_matrix_key_server_ref_t))
         != NGX_OK)
@@ -429,6 +436,9 @@ ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_matrix_join_srv_conf_t *prev = parent;
     ngx_http_matrix_join_srv_conf_t *conf = child;
 
+    ngx_http_matrix_key_doc_t         **doc;
+    ngx_http_matrix_join_main_conf_t   *mmcf;
+
     ngx_conf_merge_str_value(conf->server_name, prev->server_name, "");
 
     if (conf->keyset == NULL) {
@@ -468,6 +478,15 @@ ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     if (conf->key_doc == NULL) {
         return NGX_CONF_ERROR;
     }
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    doc = ngx_array_push(&mmcf->key_docs);
+    if (doc == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *doc = conf->key_doc;
 
     return NGX_CONF_OK;
 }

@@ -215,6 +215,16 @@ ngx_http_matrix_keys_exit_worker(ngx_http_matrix_join_main_conf_t *mmcf)
 {
     ngx_uint_t                  i;
     ngx_http_matrix_keyset_t  **ksp;
+    ngx_http_matrix_key_doc_t **docs;
+
+    /* the documents are malloc'ed; the pool that points to them is not */
+
+    docs = mmcf->key_docs.elts;
+
+    for (i = 0; i < mmcf->key_docs.nelts; i++) {
+        free(docs[i]->data);
+        docs[i]->data = NULL;
+    }
 
     ksp = mmcf->keysets.elts;
 
@@ -242,6 +252,15 @@ ngx_http_matrix_key_server_handler(ngx_http_request_t *r)
     }
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+
+    if (mscf->keyset->keys == NULL) {
+        /* reconfigured without a worker start (master_process off) */
+        return ngx_http_matrix_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                          "M_UNKNOWN",
+                                          "the signing keys are not loaded "
+                                          "in this process");
+    }
+
     doc = mscf->key_doc;
     now = ngx_http_matrix_now_ms();
 

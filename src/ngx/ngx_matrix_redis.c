@@ -46,6 +46,7 @@ typedef struct {
     ngx_msec_t                   next_connect;  /* ngx_current_msec based */
     ngx_uint_t                   connects;
     ngx_uint_t                   schema_bad;
+    redisAsyncContext           *broken;    /* AUTH or SELECT failed on it */
     char                         last_error[128];
     unsigned                     exiting:1;
 } ngx_matrix_redis_t;
@@ -397,6 +398,7 @@ ngx_matrix_redis_lost(ngx_matrix_redis_t *rd, const char *why)
                 sizeof(rd->last_error));
 
     rd->ac = NULL;
+    rd->broken = NULL;
     rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
 }
 
@@ -407,7 +409,9 @@ ngx_matrix_redis_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply          *reply = r;
     ngx_matrix_redis_t  *rd = ac->data;
 
-    if (reply == NULL || reply->type != REDIS_REPLY_ERROR) {
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR
+        || rd->broken == ac)
+    {
         return;
     }
 
@@ -417,9 +421,16 @@ ngx_matrix_redis_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
     ngx_cpystrn((u_char *) rd->last_error, (u_char *) reply->str,
                 sizeof(rd->last_error));
 
-    /* a wrong password or database makes every later reply meaningless */
+    /*
+     * A wrong password or database makes every later reply meaningless:
+     * the replies already read for commands queued behind are answered as
+     * "unavailable" (not as the NOAUTH errors they are), and the context
+     * is freed (hiredis defers that until the replies in hand are
+     * processed). A script that fails to load is retried with EVAL.
+     */
     if (ngx_strcmp(privdata, "SCRIPT LOAD") != 0) {
-        redisAsyncDisconnect(ac);
+        rd->broken = ac;
+        redisAsyncFree(ac);
     }
 }
 
@@ -430,7 +441,7 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply          *reply = r;
     ngx_matrix_redis_t  *rd = ac->data;
 
-    if (reply == NULL) {
+    if (reply == NULL || rd->broken == ac) {
         return;
     }
 
@@ -740,7 +751,7 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     ngx_matrix_redis_t     *rd = ac->data;
     ngx_matrix_redis_op_t  *op = privdata;
 
-    if (reply == NULL) {
+    if (reply == NULL || rd->broken == ac) {
         /* the context is going away: connection lost, or worker exit */
         ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
                                 NULL);
@@ -787,6 +798,14 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
     }
 
     r = op->request;
+
+    if (status == NGX_MATRIX_REDIS_OK && ngx_matrix_redis
+        && ngx_matrix_redis->schema_bad)
+    {
+        /* queued before the schema check answered: do not trust it */
+        status = NGX_MATRIX_REDIS_SCHEMA_ERROR;
+        reply = NULL;
+    }
 
     if (r && !op->timed_out && ngx_matrix_redis && !ngx_matrix_redis->exiting)
     {

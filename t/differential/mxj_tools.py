@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 TOP = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("MXJ_BUILD", TOP / "build"))
+BUILD = Path(os.environ.get("MXJ_BUILD", TOP / "build")).resolve()
 
 
 def tool_path(name):

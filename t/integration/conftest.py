@@ -25,3 +25,9 @@ def redis_server():
     r = RedisServer().start()
     yield r
     r.cleanup()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "no_valgrind: cannot run with master_process off "
+                   "(t/valgrind deselects it)")

@@ -191,6 +191,7 @@ def test_same_document_until_half_validity(nginx):
     assert a == b
 
 
+@pytest.mark.no_valgrind     # one process reconfigures without a worker start
 def test_reload_serves_the_new_key(nginx):
     (old,) = make_key_file(nginx, versions=("old",))
     nginx.write_conf(key_server_conf())

@@ -216,6 +216,7 @@ def test_client_gone_before_reply(nginx, redis_server):
     assert ROOM in r.json()["rooms"]
 
 
+@pytest.mark.no_valgrind     # one process (master_process off) quits at once
 def test_graceful_quit_completes_request_in_flight(nginx, redis_server):
     put_room(redis_server.client())
     nginx.write_conf(status_conf(redis_server.address,
