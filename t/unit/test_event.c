@@ -71,7 +71,7 @@
 static const mx_room_version_t *
 rv(int v)
 {
-    char                      id[4];
+    char                      id[16];
     const mx_room_version_t  *r;
 
     snprintf(id, sizeof(id), "%d", v);
