@@ -42,7 +42,8 @@ typedef struct {
 
 /* What the checks at the end need per event and the model does not. */
 typedef struct {
-    size_t         ref_off;     /* auth_events IDs in ctx->refs */
+    size_t         ref_off;     /* auth_events IDs not yet seen when
+                                   the event was, in ctx->refs */
     unsigned       ref_n;
     unsigned       list;        /* where it was first seen */
     size_t         pos;
@@ -73,6 +74,7 @@ typedef struct {
     mx_buf_t                 refs;      /* NUL-terminated event IDs */
 
     long                     create;    /* event index, -1 */
+    long                     create_any;  /* also from the auth chain */
 
     /* every event's room: the first seen, and where it was seen */
     char                     room_id[MX_ID_MAX_LEN + 1];
@@ -136,6 +138,7 @@ static int mx_snap_table_add(mx_snap_table_t *t,
     const mx_snapshot_event_t *events, size_t i);
 static const char *mx_snap_str(const json_t *obj, const char *key,
     size_t *len);
+static char *mx_snap_shrink(char *p, size_t len);
 
 
 int
@@ -165,6 +168,7 @@ mx_snapshot_parse(const char *buf, size_t len,
     ctx.snap = snap;
     ctx.err = err;
     ctx.create = -1;
+    ctx.create_any = -1;
     ctx.doc = buf;
     ctx.doc_len = len;
     ctx.progress = progress;
@@ -1146,7 +1150,7 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
     json_t *ev, const char *id, int is_create)
 {
     long                  found;
-    size_t                i, ncap, k, before;
+    size_t                i, ncap, k, before, len;
     char                 *pdu;
     json_t               *a, *r;
     mx_err_t              e;
@@ -1189,10 +1193,12 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
         return mx_snap_fail(ctx, NULL, "hashes.sha256 is too long");
     }
 
-    pdu = mx_json_canonical_str(ev, NULL, &e);
+    pdu = mx_json_canonical_str(ev, &len, &e);
     if (pdu == NULL) {
         return mx_snap_fail(ctx, NULL, "%s", e.text);
     }
+
+    pdu = mx_snap_shrink(pdu, len);
 
     if (snap->nevents == ctx->cap) {
         ncap = ctx->cap ? ctx->cap * 2 : 1024;
@@ -1220,7 +1226,7 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
     memset(x, 0, sizeof(mx_snapshot_event_t));
 
     x->pdu = pdu;
-    x->pdu_len = strlen(pdu);
+    x->pdu_len = len;
     x->depth = json_integer_value(json_object_get(ev, "depth"));
     x->id = strdup(id);
 
@@ -1240,7 +1246,15 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
     aux->pos = pos;
     memcpy(aux->chash, chash, strlen(chash) + 1);
 
-    /* the auth_events IDs, checked once every event is known */
+    if (is_create) {
+        ctx->create_any = (long) i;
+    }
+
+    /*
+     * The auth_events: those already seen are checked now, the others
+     * are kept for the end (most events refer back to create, power
+     * levels and join rules, so few are kept).
+     */
 
     aux->ref_off = ctx->refs.len;
     aux->ref_n = 0;
@@ -1250,6 +1264,20 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
         r = json_array_get(a, k);
         rid = json_string_value(ctx->rv->event_refs_with_hashes
                                 ? json_array_get(r, 0) : r);
+
+        found = mx_snap_table_find(&ctx->ids, snap->events, rid);
+
+        if (found >= 0) {
+            if (!ctx->rv->create_in_auth_events
+                && found == ctx->create_any)
+            {
+                return mx_snap_fail(ctx, NULL, "auth_events lists the "
+                                    "create event (room version %s "
+                                    "implies it)", ctx->rv->id);
+            }
+
+            continue;
+        }
 
         before = ctx->refs.len;
 
@@ -1278,6 +1306,7 @@ static int
 mx_snap_add_state(mx_snap_ctx_t *ctx, size_t i, json_t *ev, int is_create)
 {
     long                  found;
+    size_t                len;
     json_t               *pair, *skey;
     mx_err_t              e;
     const char           *type, *m;
@@ -1296,12 +1325,14 @@ mx_snap_add_state(mx_snap_ctx_t *ctx, size_t i, json_t *ev, int is_create)
         return mx_snap_fail(ctx, NULL, "out of memory");
     }
 
-    x->state_key = mx_json_canonical_str(pair, NULL, &e);
+    x->state_key = mx_json_canonical_str(pair, &len, &e);
     json_decref(pair);
 
     if (x->state_key == NULL) {
         return mx_snap_fail(ctx, NULL, "%s", e.text);
     }
+
+    x->state_key = mx_snap_shrink(x->state_key, len);
 
     found = mx_snap_table_find(&ctx->keys, ctx->snap->events, x->state_key);
 
@@ -1663,4 +1694,19 @@ mx_snap_str(const json_t *obj, const char *key, size_t *len)
     *len = json_string_length(v);
 
     return json_string_value(v);
+}
+
+
+/*
+ * A canonical string of len bytes cut to its size: the buffer it was built
+ * in doubles as it grows, and 100,000 of them add up.
+ */
+static char *
+mx_snap_shrink(char *p, size_t len)
+{
+    char  *q;
+
+    q = realloc(p, len + 1);
+
+    return q ? q : p;
 }
