@@ -1538,7 +1538,7 @@ mx_snap_finish(mx_snap_ctx_t *ctx)
 }
 
 
-/* Greedy: as many PDUs per chunk as fit MX_SNAPSHOT_CHUNK_FILL. */
+/* Greedy: as many PDUs per chunk as fit MX_SNAPSHOT_CHUNK_MAX. */
 
 static int
 mx_snap_chunk_list(mx_snapshot_list_t *list,
@@ -1553,7 +1553,7 @@ mx_snap_chunk_list(mx_snapshot_list_t *list,
     for (i = 0; i < list->n; i++) {
         len = events[list->events[i]].pdu_len;
 
-        if (c != NULL && c->bytes + 1 + len <= MX_SNAPSHOT_CHUNK_FILL) {
+        if (c != NULL && c->bytes + 1 + len <= MX_SNAPSHOT_CHUNK_MAX) {
             c->bytes += 1 + len;
             c->count++;
             continue;

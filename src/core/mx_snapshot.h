@@ -22,15 +22,8 @@
 #include "mx_room_version.h"
 
 
-/*
- * Chunks are at most 64 KiB (the schema's limit) unless one PDU is larger.
- * The model fills them up to MX_SNAPSHOT_CHUNK_FILL: a Redis list node
- * adds a few bytes of header to each element, and a chunk that stays
- * within 64 KiB with them fits jemalloc's 64 KiB size class instead of
- * spilling into the 80 KiB one (a quarter of the memory wasted).
- */
+/* Chunks are at most 64 KiB (the schema's limit) unless one PDU is larger. */
 #define MX_SNAPSHOT_CHUNK_MAX   65536
-#define MX_SNAPSHOT_CHUNK_FILL  (65536 - 64)
 
 /* unpadded base64 of a SHA-256, with the NUL */
 #define MX_SNAPSHOT_SHA256_B64  44

@@ -612,7 +612,8 @@ test_reject_room_id_mismatch(void **state)
     room_t  r;
 
     room_build(&r, "10");
-    json_object_set_new(r.ev[BOB], "room_id", json_string("!other:example.org"));
+    json_object_set_new(r.ev[BOB], "room_id",
+                        json_string("!other:example.org"));
     rehash(&r, r.ev[BOB]);
     expect_reject(&r, "state[4]", "room ID \"!other:example.org\" differs");
     room_free(&r);
@@ -621,7 +622,8 @@ test_reject_room_id_mismatch(void **state)
 
     room_build(&r, "12");
     json_object_set_new(r.ev[JR], "room_id",
-                        json_string("!AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"));
+                        json_string("!AAAAAAAAAAAAAAAAAAAAA"
+                                    "AAAAAAAAAAAAAAAAAAAAAA"));
     rehash(&r, r.ev[JR]);
     expect_reject(&r, "state[2]", "differs");
     room_free(&r);
@@ -870,7 +872,7 @@ test_chunks(void **state)
                         + mx_snapshot_list_event(snap, MX_SNAPSHOT_STATE_M,
                                                  l->chunks[c + 1].first)
                           ->pdu_len
-                        > MX_SNAPSHOT_CHUNK_FILL);
+                        > MX_SNAPSHOT_CHUNK_MAX);
         }
 
         total += l->chunks[c].count;
