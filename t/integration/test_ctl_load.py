@@ -172,6 +172,27 @@ def check_summary(out, r):
                           str(e["bytes"]))
 
 
+# -- the judge itself ---------------------------------------------------------
+
+@pytest.mark.parametrize("version", mxj_room.VERSIONS)
+def test_generator_signs_verifiably(version):
+    """Every event verifies with signedjson under its server's key."""
+    from signedjson.sign import verify_signed_json
+    r = room(version)
+    for eid, ev in r.events.items():
+        red = mxj_room.redact(version, ev)
+        server = mxj_room.server_of(ev["sender"])
+        verify_signed_json(red, server, r.verify_key(server))
+        assert ev["hashes"]["sha256"] == mxj_room.encode_base64(
+            mxj_room.content_hash(ev))
+        if int(version) >= 3:
+            assert eid == mxj_room.event_id(version, ev)
+        if int(version) >= 12:
+            assert all(a != r.create_id for a in ev["auth_events"])
+    if int(version) >= 4:
+        assert all("+" not in e and "/" not in e for e in r.events)
+
+
 # -- loading ---------------------------------------------------------------
 
 @pytest.mark.parametrize("version", mxj_room.VERSIONS)
