@@ -652,7 +652,7 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     char            num[7][32];
     size_t          k;
     mx_snapshot_t  *s;
-    const char     *meta[20];
+    const char     *meta[22];
 
     s = ld->snap;
 
@@ -674,12 +674,13 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     meta[14] = "extremities";       meta[15] = num[4];
     meta[16] = "max_depth";         meta[17] = num[5];
     meta[18] = "bytes";             meta[19] = num[6];
+    meta[20] = "room_id";           meta[21] = s->room_id;
 
     if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0) {
         return -1;
     }
 
-    for (k = 0; k < 20; k++) {
+    for (k = 0; k < sizeof(meta) / sizeof(meta[0]); k++) {
         if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], meta[k],
                          strlen(meta[k]))
             != 0)

@@ -100,6 +100,7 @@ def check_room(client, r, prefix="mxj:"):
     assert abs(loaded_at - time.time() * 1000) < 120000
     assert meta == {
         "schema": "1",
+        "room_id": rid,
         "room_version": e["room_version"],
         "create_event_id": e["create_event_id"],
         "state_events": str(e["state_events"]),
