@@ -67,7 +67,7 @@ typedef struct {
 } ngx_http_matrix_join_srv_conf_t;
 
 
-/* Where "matrix_key_server" was used, checked once the servers are merged. */
+/* Where a handler directive was used, checked once the servers are merged. */
 typedef struct {
     ngx_http_matrix_join_srv_conf_t  *mscf;
     u_char                           *file;
@@ -88,6 +88,10 @@ ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len, ngx_uint_t copy);
 
 int64_t ngx_http_matrix_now_ms(void);
+
+/* Sets a location's content handler and records the use in uses[]. */
+char *ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
+    ngx_array_t *uses);
 
 /* Builds "<prefix>{<room_id>}:<suffix>" in r's pool. */
 ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,

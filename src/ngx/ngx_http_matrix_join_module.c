@@ -751,3 +751,34 @@ ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc)
     ngx_http_finalize_request(r, rc);
     ngx_http_run_posted_requests(c);
 }
+
+
+char *
+ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
+    ngx_array_t *uses)
+{
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_matrix_key_server_ref_t  *ref;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate: this location already has a content handler";
+    }
+
+    clcf->handler = handler;
+
+    /* remembered so that postconfiguration can name the location */
+
+    ref = ngx_array_push(uses);
+    if (ref == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ref->mscf = ngx_http_conf_get_module_srv_conf(cf,
+                                                  ngx_http_matrix_join_module);
+    ref->file = cf->conf_file->file.name.data;
+    ref->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}

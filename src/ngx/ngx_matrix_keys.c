@@ -406,29 +406,9 @@ failed:
 char *
 ngx_http_matrix_key_server(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_core_loc_conf_t          *clcf;
-    ngx_http_matrix_key_server_ref_t  *ref;
     ngx_http_matrix_join_main_conf_t  *mmcf;
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-
-    if (clcf->handler) {
-        return "is duplicate: this location already has a content handler";
-    }
-
-    clcf->handler = ngx_http_matrix_key_server_handler;
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
 
-    ref = ngx_array_push(&mmcf->key_servers);
-    if (ref == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ref->mscf = ngx_http_conf_get_module_srv_conf(cf,
-                                                  ngx_http_matrix_join_module);
-    ref->file = cf->conf_file->file.name.data;
-    ref->line = cf->conf_file->line;
-
-    return NGX_CONF_OK;
+    return ngx_http_matrix_set_handler(cf, ngx_http_matrix_key_server_handler, &mmcf->key_servers);
 }
