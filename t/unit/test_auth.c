@@ -1,0 +1,912 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * The membership auth rules of reference §6.2 and the power levels of
+ * §6.3, written from the reference, for each version column where a rule
+ * changes: v1, v6, v7, v8, v9, v10, v11, v12.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "mx_auth.h"
+#include "auth_room.h"
+
+
+static const char  *all_versions[] = {
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"
+};
+
+#define NVERSIONS  (sizeof(all_versions) / sizeof(all_versions[0]))
+
+
+/* sender == state_key == user */
+static void
+check_join(room_t *r, const char *user, const char *authoriser,
+    mx_auth_e code, const char *rule)
+{
+    mx_auth_result_t  res;
+
+    memset(&res, 0xa5, sizeof(res));
+
+    if (mx_auth_join(r->rv, room_get, r, user, user, authoriser, &res)
+        != code)
+    {
+        fail_msg("v%s join of %s: got %d (%s), want %d", r->rv->id, user,
+                 res.code, res.rule, code);
+    }
+
+    assert_int_equal(res.code, code);
+    assert_rule(&res, rule);
+
+    switch (code) {
+
+    case MX_AUTH_ALLOW:
+        assert_int_equal(res.status, 200);
+        assert_null(res.errcode);
+        break;
+
+    case MX_AUTH_FORBIDDEN:
+        assert_int_equal(res.status, 403);
+        assert_string_equal(res.errcode, "M_FORBIDDEN");
+        break;
+
+    case MX_AUTH_BAD_JSON:
+        assert_int_equal(res.status, 400);
+        assert_string_equal(res.errcode, "M_BAD_JSON");
+        break;
+
+    default:
+        fail_msg("unexpected code %d", code);
+    }
+}
+
+
+static void
+test_public(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+        room_join_rule(&r, "public");
+
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "join rule is public");
+
+        /* the authoriser field changes nothing in a public room */
+        check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "public");
+
+        room_member(&r, BOB, "leave");
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "public");
+
+        room_free(&r);
+    }
+}
+
+
+static void
+test_invite(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+        room_join_rule(&r, "invite");
+
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+                   "join rule is invite and the user is not invited");
+
+        room_member(&r, BOB, "leave");
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+
+        room_member(&r, BOB, "invite");
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
+
+        /* already joined: a join after a join is fine */
+        room_member(&r, BOB, "join");
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
+
+        room_member(&r, BOB, "knock");
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+
+        room_free(&r);
+    }
+}
+
+
+/* No m.room.join_rules event: treated as invite. */
+static void
+test_no_join_rules(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+
+        room_member(&r, BOB, "invite");
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
+
+        room_free(&r);
+    }
+
+    /* a join rules event without join_rule is invite too */
+    room_init(&r, "10");
+    room_put(&r, "m.room.join_rules", "", ALICE, json_object());
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+    room_free(&r);
+}
+
+
+static void
+test_knock_rule(void **state)
+{
+    room_t  r;
+
+    /* v6 has no knock: the rule admits no one, invited or not */
+    room_init(&r, "6");
+    room_join_rule(&r, "knock");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+               "join rule knock is not supported in room version 6");
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
+    room_free(&r);
+
+    /* v7+: a join needs an invite, as under invite */
+    room_init(&r, "7");
+    room_join_rule(&r, "knock");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+               "join rule is knock and the user is not invited");
+    room_member(&r, BOB, "knock");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
+    room_member(&r, BOB, "join");
+    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
+    room_free(&r);
+
+    room_init(&r, "12");
+    room_join_rule(&r, "knock");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+    room_free(&r);
+}
+
+
+/* A v8+ restricted room where ALICE (100) and CAROL (0) are joined. */
+static void
+restricted_room(room_t *r, const char *id, const char *rule, int invite)
+{
+    room_init(r, id);
+    room_put(r, "m.room.join_rules", "", ALICE,
+             json_pack("{ss s[{ss ss}]}", "join_rule", rule, "allow",
+                       "type", "m.room_membership",
+                       "room_id", "!space:hs1"));
+    room_power(r, json_pack("{s{si} si}", "users", ALICE, 100,
+                            "invite", invite));
+    room_member(r, CAROL, "join");
+}
+
+
+static void
+test_restricted(void **state)
+{
+    room_t  r;
+
+    restricted_room(&r, "8", "restricted", 0);
+
+    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, ALICE " authorised the join");
+
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+               "join rule is restricted and the join has no "
+               "join_authorised_via_users_server");
+
+    /* the authoriser must be currently joined */
+    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN,
+               "authorising user " DAVE " is not joined");
+    room_member(&r, DAVE, "invite");
+    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN, "is not joined");
+    room_member(&r, DAVE, "leave");
+    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN, "is not joined");
+
+    /* at the invite level (0) */
+    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
+
+    /* an invited or joined user needs no authoriser */
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_ALLOW,
+               "join rule is restricted and the user is already invited");
+    room_member(&r, BOB, "join");
+    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
+
+    room_member(&r, BOB, "ban");
+    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN, "user is banned");
+
+    room_free(&r);
+
+    /* below the invite level */
+    restricted_room(&r, "8", "restricted", 50);
+    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN,
+               "authorising user " CAROL " has power 0, below the invite "
+               "level 50");
+    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
+    room_free(&r);
+
+    restricted_room(&r, "9", "restricted", 50);
+    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
+    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN, "below the invite level");
+    room_free(&r);
+
+    /* v7 has no restricted rooms: the rule admits no one */
+    restricted_room(&r, "7", "restricted", 0);
+    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
+               "join rule restricted is not supported in room version 7");
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
+    room_free(&r);
+
+    restricted_room(&r, "1", "restricted", 0);
+    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN, "not supported");
+    room_free(&r);
+}
+
+
+static void
+test_knock_restricted(void **state)
+{
+    room_t  r;
+
+    restricted_room(&r, "9", "knock_restricted", 0);
+    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
+               "join rule knock_restricted is not supported in room "
+               "version 9");
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
+    room_free(&r);
+
+    restricted_room(&r, "10", "knock_restricted", 50);
+    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+               "no join_authorised_via_users_server");
+    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN, "below the invite level");
+    room_member(&r, BOB, "invite");
+    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already invited");
+    room_free(&r);
+
+    restricted_room(&r, "11", "knock_restricted", 0);
+    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
+    room_free(&r);
+}
+
+
+static void
+test_banned(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+        room_join_rule(&r, "public");
+        room_member(&r, BOB, "ban");
+
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "user is banned");
+
+        room_free(&r);
+    }
+}
+
+
+static void
+test_sender_not_state_key(void **state)
+{
+    room_t            r;
+    mx_auth_result_t  res;
+
+    room_init(&r, "10");
+    room_join_rule(&r, "public");
+
+    assert_int_equal(mx_auth_join(r.rv, room_get, &r, ALICE, BOB, NULL,
+                                  &res), MX_AUTH_BAD_JSON);
+    assert_int_equal(res.status, 400);
+    assert_string_equal(res.errcode, "M_BAD_JSON");
+    assert_rule(&res, "sender " ALICE " is not the state_key " BOB);
+
+    room_free(&r);
+}
+
+
+static void
+test_federate(void **state)
+{
+    size_t            i;
+    room_t            r;
+    mx_auth_result_t  res;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+        room_join_rule(&r, "public");
+        json_object_set_new(room_create_content(&r), "m.federate",
+                            json_false());
+
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+                   "m.federate is false and " BOB " is not on the "
+                   "creator's server hs1");
+
+        /* a user of the creator's server may join */
+        check_join(&r, CAROL, NULL, MX_AUTH_ALLOW, "public");
+
+        /* the target's domain counts too (Synapse) */
+        assert_int_equal(mx_auth_join(r.rv, room_get, &r, CAROL, BOB, NULL,
+                                      &res), MX_AUTH_FORBIDDEN);
+        assert_rule(&res, "m.federate");
+
+        json_object_set_new(room_create_content(&r), "m.federate",
+                            json_true());
+        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "public");
+
+        room_free(&r);
+    }
+
+    /* the server name must match exactly, port and all */
+    room_init(&r, "10");
+    room_join_rule(&r, "public");
+    json_object_set_new(room_create_content(&r), "m.federate", json_false());
+    check_join(&r, "@bob:hs1:8448", NULL, MX_AUTH_FORBIDDEN, "m.federate");
+    check_join(&r, "@bob:HS1", NULL, MX_AUTH_FORBIDDEN, "m.federate");
+
+    /* not a boolean: Synapse federates only on a literal true */
+    json_object_set_new(room_create_content(&r), "m.federate",
+                        json_string("true"));
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "m.federate is not true");
+    room_free(&r);
+}
+
+
+static void
+test_private_and_unknown(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+
+        room_join_rule(&r, "private");
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
+                   "join rule is private, which admits no join");
+
+        /* rule 9 rejects whatever the membership */
+        room_member(&r, BOB, "invite");
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "private");
+        room_member(&r, BOB, "join");
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "private");
+
+        room_join_rule(&r, "open_sesame");
+        check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
+                   "join rule is open_sesame");
+
+        room_put(&r, "m.room.join_rules", "", ALICE,
+                 json_pack("{si}", "join_rule", 1));
+        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not a string");
+
+        room_free(&r);
+    }
+}
+
+
+static void
+test_no_create(void **state)
+{
+    room_t  r;
+
+    room_init(&r, "10");
+    room_join_rule(&r, "public");
+    room_del(&r, "m.room.create", "");
+
+    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "no create event");
+
+    room_free(&r);
+}
+
+
+/* Power levels (§6.3) */
+
+static void
+test_power_no_event(void **state)
+{
+    room_t  r;
+
+    /* v1-v10: the creator is content.creator, whoever sent the event */
+    room_init(&r, "1");
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 100);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 0);
+    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 0);
+    assert_true(mx_auth_is_creator(r.rv, room_get, &r, ALICE));
+    room_free(&r);
+
+    room_init(&r, "10");
+    json_object_set_new(room_create_content(&r), "creator",
+                        json_string(CAROL));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL) == 100);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 0);
+    assert_false(mx_auth_is_creator(r.rv, room_get, &r, ALICE));
+    room_free(&r);
+
+    /* v11: the create event's sender; content.creator means nothing */
+    room_init(&r, "11");
+    json_object_set_new(room_create_content(&r), "creator",
+                        json_string(CAROL));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 100);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL) == 0);
+    assert_true(mx_auth_is_creator(r.rv, room_get, &r, ALICE));
+    assert_false(mx_auth_is_creator(r.rv, room_get, &r, CAROL));
+    room_free(&r);
+
+    /* v12: creators have infinite power */
+    room_init(&r, "12");
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE)
+                == MX_POWER_INFINITE);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 0);
+    room_free(&r);
+}
+
+
+static void
+test_power_defaults(void **state)
+{
+    room_t  r;
+
+    room_init(&r, "10");
+
+    /* an empty event: users_default 0, invite 0, creator not special */
+    room_power(&r, json_object());
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 0);
+    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 0);
+
+    room_power(&r, json_pack("{s{si si} si si}",
+                             "users", ALICE, 100, CAROL, -5,
+                             "users_default", 10, "invite", 50));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 100);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL) == -5);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 10);
+    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 50);
+
+    /* null is absent (Synapse: .get() returns None) */
+    room_power(&r, json_pack("{s{sn} si}", "users", BOB,
+                             "users_default", 7));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 7);
+
+    /* users not an object */
+    room_power(&r, json_pack("{s[s] si}", "users", BOB, "users_default", 3));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 3);
+
+    room_free(&r);
+}
+
+
+static void
+test_power_strings(void **state)
+{
+    room_t  r;
+
+    /* v9: strings count as Python's int() reads them */
+    room_init(&r, "9");
+    room_power(&r, json_pack("{s{ss ss ss ss ss ss ss} ss ss}",
+                             "users",
+                             "@a:x", "50", "@b:x", " +7 ", "@c:x", "-3",
+                             "@d:x", "1_000", "@e:x", "abc", "@f:x", "5.0",
+                             "@g:x", "",
+                             "users_default", "20", "invite", "25"));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 50);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 7);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == -3);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@d:x") == 1000);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@e:x") == 20);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@f:x") == 20);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@g:x") == 20);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@z:x") == 20);
+    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 25);
+
+    room_power(&r, json_pack("{s{ss ss ss ss} ss}",
+                             "users",
+                             "@a:x", "1__0", "@b:x", "_1", "@c:x", "1_",
+                             "@d:x", "+ 5", "users_default", "x"));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 0);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 0);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == 0);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@d:x") == 0);
+
+    /* huge values keep their order */
+    room_power(&r, json_pack("{s{ss ss}}", "users",
+                             "@a:x", "99999999999999999999999",
+                             "@b:x", "-99999999999999999999999"));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x")
+                > 9007199254740991LL);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x")
+                < MX_POWER_INFINITE);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x")
+                < -9007199254740991LL);
+    room_free(&r);
+
+    /* v10: integers only, anything else takes the default */
+    room_init(&r, "10");
+    room_power(&r, json_pack("{s{ss si} ss ss}",
+                             "users", "@a:x", "50", "@b:x", 40,
+                             "users_default", "20", "invite", "25"));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 0);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 40);
+    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 0);
+
+    room_power(&r, json_pack("{s{sb sf} si}", "users", "@a:x", 1,
+                             "@b:x", 50.0, "users_default", 5));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 5);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 5);
+    room_free(&r);
+
+    /* v1 events may carry reals and booleans: int() truncates, True is 1 */
+    room_init(&r, "1");
+    room_power(&r, json_pack("{s{sf sf sb} si}", "users", "@a:x", 50.7,
+                             "@b:x", -2.5, "@c:x", 1, "users_default", 9));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 50);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == -2);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == 1);
+    room_free(&r);
+}
+
+
+/* The string levels decide a restricted join in v9 and not in v10. */
+static void
+test_power_strings_join(void **state)
+{
+    room_t  r;
+
+    restricted_room(&r, "9", "restricted", 0);
+    room_power(&r, json_pack("{s{ss} ss}", "users", CAROL, "60",
+                             "invite", "50"));
+    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
+    room_free(&r);
+
+    restricted_room(&r, "10", "restricted", 0);
+    room_power(&r, json_pack("{s{ss} si}", "users", CAROL, "60",
+                             "invite", 50));
+    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN,
+               "has power 0, below the invite level 50");
+    room_free(&r);
+}
+
+
+static void
+test_power_v12_creators(void **state)
+{
+    room_t  r;
+
+    room_init(&r, "12");
+    json_object_set_new(room_create_content(&r), "additional_creators",
+                        json_pack("[s i]", CAROL, 5));
+    room_power(&r, json_pack("{s{si} si sI}", "users", DAVE, 100,
+                             "users_default", 0,
+                             "invite", (json_int_t) 9007199254740991LL));
+
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE)
+                == MX_POWER_INFINITE);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL)
+                == MX_POWER_INFINITE);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, DAVE) == 100);
+    assert_true(mx_auth_is_creator(r.rv, room_get, &r, CAROL));
+    assert_false(mx_auth_is_creator(r.rv, room_get, &r, DAVE));
+
+    /* a creator outranks any number, even when listed (it may not be) */
+    room_power(&r, json_pack("{s{si si} sI}", "users", CAROL, 0, DAVE, 100,
+                             "invite", (json_int_t) 9007199254740991LL));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL)
+                == MX_POWER_INFINITE);
+
+    room_put(&r, "m.room.join_rules", "", ALICE,
+             json_pack("{ss s[{ss ss}]}", "join_rule", "restricted", "allow",
+                       "type", "m.room_membership", "room_id", "!s:hs1"));
+    room_member(&r, CAROL, "join");
+    room_member(&r, DAVE, "join");
+
+    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
+    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
+    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN,
+               "has power 100, below the invite level 9007199254740991");
+    room_free(&r);
+
+    /* v11: additional_creators is nothing special */
+    room_init(&r, "11");
+    json_object_set_new(room_create_content(&r), "additional_creators",
+                        json_pack("[s]", CAROL));
+    room_power(&r, json_pack("{s{si} si}", "users", ALICE, 100,
+                             "invite", 50));
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL) == 0);
+    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 100);
+    assert_false(mx_auth_is_creator(r.rv, room_get, &r, CAROL));
+    room_free(&r);
+}
+
+
+/* Knock (v7+, knock_restricted v10+) */
+
+static void
+check_knock(room_t *r, const char *sender, const char *skey, mx_auth_e code,
+    const char *rule)
+{
+    mx_auth_result_t  res;
+
+    if (mx_auth_knock(r->rv, room_get, r, sender, skey, &res) != code) {
+        fail_msg("v%s knock: got %d (%s), want %d", r->rv->id, res.code,
+                 res.rule, code);
+    }
+
+    assert_rule(&res, rule);
+    assert_int_equal(res.status, code == MX_AUTH_ALLOW ? 200
+                                 : code == MX_AUTH_BAD_JSON ? 400 : 403);
+}
+
+
+static void
+test_knock(void **state)
+{
+    room_t  r;
+
+    room_init(&r, "6");
+    room_join_rule(&r, "knock");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
+                "knocking is not supported in room version 6");
+    room_free(&r);
+
+    room_init(&r, "7");
+    room_join_rule(&r, "knock");
+    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW,
+                "join rule is knock and the user may knock");
+    room_member(&r, BOB, "leave");
+    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
+    room_member(&r, BOB, "knock");
+    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
+    check_knock(&r, ALICE, BOB, MX_AUTH_BAD_JSON,
+                "a user can only knock for themselves");
+    room_member(&r, BOB, "ban");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "user is banned");
+    room_member(&r, BOB, "invite");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "already invited");
+    room_member(&r, BOB, "join");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "already joined");
+    room_member(&r, BOB, "leave");
+
+    room_join_rule(&r, "invite");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
+                "join rule is invite, which admits no knock");
+    room_join_rule(&r, "public");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
+    room_del(&r, "m.room.join_rules", "");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
+
+    json_object_set_new(room_create_content(&r), "m.federate", json_false());
+    room_join_rule(&r, "knock");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "m.federate is false");
+    room_free(&r);
+
+    room_init(&r, "9");
+    room_join_rule(&r, "knock_restricted");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
+                "join rule is knock_restricted, which admits no knock");
+    room_free(&r);
+
+    room_init(&r, "10");
+    room_join_rule(&r, "knock_restricted");
+    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
+    room_join_rule(&r, "restricted");
+    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
+    room_free(&r);
+}
+
+
+/* Leave by oneself */
+
+static void
+check_leave(room_t *r, const char *sender, const char *skey, mx_auth_e code,
+    const char *rule)
+{
+    mx_auth_result_t  res;
+
+    if (mx_auth_leave(r->rv, room_get, r, sender, skey, &res) != code) {
+        fail_msg("v%s leave: got %d (%s), want %d", r->rv->id, res.code,
+                 res.rule, code);
+    }
+
+    assert_rule(&res, rule);
+}
+
+
+static void
+test_leave(void **state)
+{
+    size_t  i;
+    room_t  r;
+
+    for (i = 0; i < NVERSIONS; i++) {
+        room_init(&r, all_versions[i]);
+        room_join_rule(&r, "public");
+
+        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
+                    "user's membership is none");
+        room_member(&r, BOB, "join");
+        check_leave(&r, BOB, BOB, MX_AUTH_ALLOW, "from membership join");
+        room_member(&r, BOB, "invite");
+        check_leave(&r, BOB, BOB, MX_AUTH_ALLOW, "from membership invite");
+        room_member(&r, BOB, "leave");
+        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "membership is leave");
+        room_member(&r, BOB, "ban");
+        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "membership is ban");
+
+        /* from knock only where knocking exists */
+        room_member(&r, BOB, "knock");
+        check_leave(&r, BOB, BOB,
+                    r.rv->knock ? MX_AUTH_ALLOW : MX_AUTH_FORBIDDEN,
+                    "knock");
+
+        /* a kick is not a leave by oneself */
+        check_leave(&r, ALICE, BOB, MX_AUTH_BAD_JSON,
+                    "only a leave by oneself");
+
+        room_free(&r);
+    }
+
+    room_init(&r, "10");
+    room_member(&r, BOB, "join");
+    json_object_set_new(room_create_content(&r), "m.federate", json_false());
+    check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "m.federate is false");
+    room_free(&r);
+}
+
+
+/* The whole-PDU entry point */
+
+static mx_auth_e
+member_event(room_t *r, json_t *ev, mx_auth_result_t *res)
+{
+    mx_auth_e  rc;
+
+    rc = mx_auth_member_event(r->rv, room_get, r, ev, res);
+    json_decref(ev);
+
+    return rc;
+}
+
+
+static void
+test_member_event(void **state)
+{
+    room_t            r;
+    mx_auth_result_t  res;
+
+    restricted_room(&r, "10", "knock_restricted", 0);
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss ss}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", "join",
+        "join_authorised_via_users_server", ALICE), &res), MX_AUTH_ALLOW);
+    assert_rule(&res, "authorised");
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", "join"), &res),
+        MX_AUTH_FORBIDDEN);
+    assert_rule(&res, "no join_authorised_via_users_server");
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", "knock"), &res),
+        MX_AUTH_ALLOW);
+    assert_rule(&res, "may knock");
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss}}", "type", "m.room.member", "sender", CAROL,
+        "state_key", CAROL, "content", "membership", "leave"), &res),
+        MX_AUTH_ALLOW);
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss}}", "type", "m.room.member", "sender", ALICE,
+        "state_key", BOB, "content", "membership", "invite"), &res),
+        MX_AUTH_FORBIDDEN);
+    assert_rule(&res, "membership invite is not handled");
+
+    /* shape: 400 M_BAD_JSON */
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss}}", "type", "m.room.message", "sender", BOB,
+        "state_key", BOB, "content", "membership", "join"), &res),
+        MX_AUTH_BAD_JSON);
+    assert_rule(&res, "event type is not m.room.member");
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss s{ss}}", "type", "m.room.member", "sender", BOB,
+        "content", "membership", "join"), &res), MX_AUTH_BAD_JSON);
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content"), &res), MX_AUTH_BAD_JSON);
+    assert_rule(&res, "content.membership");
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{si}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", 1), &res),
+        MX_AUTH_BAD_JSON);
+
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss si}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", "join",
+        "join_authorised_via_users_server", 7), &res), MX_AUTH_BAD_JSON);
+    assert_rule(&res, "join_authorised_via_users_server is not a user ID");
+
+    room_free(&r);
+
+    /* before v8 the field means nothing */
+    room_init(&r, "7");
+    room_join_rule(&r, "public");
+    assert_int_equal(member_event(&r, json_pack(
+        "{ss ss ss s{ss si}}", "type", "m.room.member", "sender", BOB,
+        "state_key", BOB, "content", "membership", "join",
+        "join_authorised_via_users_server", 7), &res), MX_AUTH_ALLOW);
+    room_free(&r);
+}
+
+
+/* res may be NULL everywhere */
+static void
+test_null_result(void **state)
+{
+    room_t  r;
+
+    room_init(&r, "10");
+    room_join_rule(&r, "invite");
+    json_object_set_new(room_create_content(&r), "m.federate", json_false());
+
+    assert_int_equal(mx_auth_join(r.rv, room_get, &r, BOB, BOB, NULL, NULL),
+                     MX_AUTH_FORBIDDEN);
+    assert_int_equal(mx_auth_join(r.rv, room_get, &r, CAROL, CAROL, NULL,
+                                  NULL), MX_AUTH_FORBIDDEN);
+    assert_int_equal(mx_auth_knock(r.rv, room_get, &r, BOB, BOB, NULL),
+                     MX_AUTH_FORBIDDEN);
+    assert_int_equal(mx_auth_leave(r.rv, room_get, &r, ALICE, ALICE, NULL),
+                     MX_AUTH_ALLOW);
+
+    room_free(&r);
+}
+
+
+int
+main(void)
+{
+    const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_public),
+        cmocka_unit_test(test_invite),
+        cmocka_unit_test(test_no_join_rules),
+        cmocka_unit_test(test_knock_rule),
+        cmocka_unit_test(test_restricted),
+        cmocka_unit_test(test_knock_restricted),
+        cmocka_unit_test(test_banned),
+        cmocka_unit_test(test_sender_not_state_key),
+        cmocka_unit_test(test_federate),
+        cmocka_unit_test(test_private_and_unknown),
+        cmocka_unit_test(test_no_create),
+        cmocka_unit_test(test_power_no_event),
+        cmocka_unit_test(test_power_defaults),
+        cmocka_unit_test(test_power_strings),
+        cmocka_unit_test(test_power_strings_join),
+        cmocka_unit_test(test_power_v12_creators),
+        cmocka_unit_test(test_knock),
+        cmocka_unit_test(test_leave),
+        cmocka_unit_test(test_member_event),
+        cmocka_unit_test(test_null_result),
+    };
+
+    return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
+}
