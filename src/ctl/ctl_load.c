@@ -21,10 +21,11 @@
 
 #include "ctl.h"
 #include "ctl_redis.h"
+#include "mx_id.h"
 #include "mx_snapshot.h"
 
 
-#define MXJ_LOAD_NKEYS        8
+#define MXJ_LOAD_NKEYS        9
 #define MXJ_LOAD_LOCK_MS      "600000"
 #define MXJ_LOAD_PROGRESS_MIN (8 * 1024 * 1024)   /* bytes of snapshot */
 
@@ -40,12 +41,13 @@
 
 /* The per-room keys, in the order the switch script takes them. */
 static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
-    "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem"
+    "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem",
+    "servers"
 };
 
 enum {
     MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
-    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM
+    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS
 };
 
 
@@ -119,6 +121,7 @@ static int mxj_load_lock(mxj_load_t *ld);
 static void mxj_load_unlock(mxj_load_t *ld);
 static int mxj_load_stage(mxj_load_t *ld);
 static int mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_switch(mxj_load_t *ld);
 static int mxj_load_finish(mxj_load_t *ld);
 static void mxj_load_cleanup(mxj_load_t *ld);
@@ -529,6 +532,7 @@ mxj_load_stage(mxj_load_t *ld)
     }
 
     if (mxj_pipe_end(&p) != 0
+        || mxj_load_servers(ld, &p) != 0
         || mxj_pipe_start(&p, "HSET", ld->load[MXJ_K_PDU]) != 0)
     {
         goto failed;
@@ -692,6 +696,116 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     /* sent now: num[] lives on this stack frame */
 
     return mxj_pipe_end(p);
+}
+
+
+/* The servers with joined members, by count: the directory's candidates. */
+
+typedef struct {
+    const char  *name;
+    size_t       len;
+} mxj_server_t;
+
+
+static int
+mxj_server_cmp(const void *a, const void *b)
+{
+    int                  c;
+    const mxj_server_t  *x = a, *y = b;
+
+    c = memcmp(x->name, y->name, x->len < y->len ? x->len : y->len);
+
+    if (c != 0) {
+        return c;
+    }
+
+    return (x->len > y->len) - (x->len < y->len);
+}
+
+
+static int
+mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    int                   rc;
+    char                (*scores)[24];
+    size_t                e, n, i, run, nservers;
+    mx_snapshot_t        *s;
+    mxj_server_t         *sv;
+    mx_snapshot_event_t  *ev;
+
+    s = ld->snap;
+
+    sv = malloc((s->members ? s->members : 1) * sizeof(mxj_server_t));
+    scores = malloc((s->members ? s->members : 1) * sizeof(scores[0]));
+
+    if (sv == NULL || scores == NULL) {
+        free(sv);
+        free(scores);
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    n = 0;
+
+    for (e = 0; e < s->nevents && n < s->members; e++) {
+        ev = &s->events[e];
+
+        if (!ev->member || strcmp(ev->membership, "join") != 0) {
+            continue;
+        }
+
+        sv[n].name = mx_id_server(ev->user, strlen(ev->user), '@',
+                                  &sv[n].len);
+        if (sv[n].name != NULL) {
+            n++;
+        }
+    }
+
+    rc = 0;
+
+    if (n == 0) {
+        goto done;
+    }
+
+    qsort(sv, n, sizeof(mxj_server_t), mxj_server_cmp);
+
+    if (mxj_pipe_start(p, "ZADD", ld->load[MXJ_K_SERVERS]) != 0) {
+        rc = -1;
+        goto done;
+    }
+
+    nservers = 0;
+
+    for (i = 0; i < n; i += run) {
+        for (run = 1; i + run < n
+                      && mxj_server_cmp(&sv[i], &sv[i + run]) == 0; run++)
+        {
+            /* void */
+        }
+
+        snprintf(scores[nservers], sizeof(scores[0]), "%zu", run);
+
+        if (mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS],
+                         scores[nservers], strlen(scores[nservers])) != 0
+            || mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS], sv[i].name,
+                            sv[i].len) != 0)
+        {
+            rc = -1;
+            goto done;
+        }
+
+        nservers++;
+    }
+
+    /* sent before the scores are freed */
+    rc = mxj_pipe_end(p);
+
+done:
+
+    free(sv);
+    free(scores);
+
+    return rc;
 }
 
 

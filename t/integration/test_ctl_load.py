@@ -23,7 +23,7 @@ import mxj_room  # noqa: E402
 
 CHUNK_MAX = 65536
 KEY_NAMES = ("meta", "state", "member", "pdu", "state_nm", "state_m",
-             "auth", "extrem")
+             "auth", "extrem", "servers")
 SUMMARY = re.compile(
     r"^loaded (\S+): version (\d+), (\d+) state events, (\d+) members, "
     r"(\d+) auth chain events, (\d+) forward extremities, (\d+) bytes "
@@ -116,6 +116,17 @@ def check_room(client, r, prefix="mxj:"):
     state = {k.decode(): v.decode()
              for k, v in client.hgetall(rkey(prefix, rid, "state")).items()}
     assert state == e["state_index"]
+
+    # servers: joined members per server, from the generator's own events
+    want_servers = {}
+    for (t, sk), eid in r.state.items():
+        if t == "m.room.member" and \
+                r.events[eid]["content"]["membership"] == "join":
+            server = sk.split(":", 1)[1]
+            want_servers[server] = want_servers.get(server, 0) + 1
+    got_servers = {m.decode(): int(sc) for m, sc in client.zrange(
+        rkey(prefix, rid, "servers"), 0, -1, withscores=True)}
+    assert got_servers == want_servers
 
     # member index: user -> membership
     members = {k.decode(): v.decode()
