@@ -11,6 +11,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <jansson.h>
+
 #include "mx_crypto.h"
 #include "ngx_matrix_redis.h"
 
@@ -53,6 +55,7 @@ typedef struct {
     ngx_array_t                  keysets;   /* of ngx_http_matrix_keyset_t * */
     ngx_array_t                  key_servers;  /* of ..._key_server_ref_t */
     ngx_array_t                  key_docs;  /* of ngx_http_matrix_key_doc_t * */
+    ngx_array_t                  fed_users;     /* of ..._key_server_ref_t */
     ngx_matrix_redis_conf_t      redis;
     ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
 } ngx_http_matrix_join_main_conf_t;
@@ -65,6 +68,57 @@ typedef struct {
     ngx_msec_t                   key_validity;
     ngx_http_matrix_key_doc_t   *key_doc;
 } ngx_http_matrix_join_srv_conf_t;
+
+
+typedef struct {
+    ngx_str_t                    key_fetch;         /* URI prefix */
+    ngx_msec_t                   key_fetch_negative_ttl;
+    ngx_msec_t                   key_fetch_timeout;
+    ngx_uint_t                   key_fetch_rate;    /* per origin a minute */
+    ngx_str_t                    fallback;          /* @name */
+    ngx_msec_t                   max_age;           /* 0: off */
+} ngx_http_matrix_join_loc_conf_t;
+
+
+typedef struct ngx_http_matrix_ctx_s  ngx_http_matrix_ctx_t;
+
+typedef void (*ngx_http_matrix_next_pt)(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+
+
+/*
+ * Per-request state shared by the federation handlers. A handler suspends
+ * the request once (r->main->count++, NGX_DONE) and every path then ends in
+ * exactly one ngx_http_matrix_finalize() (or the fallback).
+ */
+struct ngx_http_matrix_ctx_s {
+    ngx_str_t                    origin;        /* verified: $matrix_origin */
+    json_t                      *content;       /* parsed body, or NULL */
+
+    /* X-Matrix headers and the one being checked */
+    void                        *xm;            /* mx_xmatrix_t[] */
+    ngx_uint_t                   nxm;
+    ngx_uint_t                   cur;
+    ngx_http_matrix_next_pt      authenticated;
+    ngx_str_t                    why;           /* the last failure */
+
+    /* waiting for a key fetch */
+    void                        *fetch;
+    ngx_queue_t                  wait_link;
+    ngx_event_t                  wait_timer;
+    ngx_event_t                  resume;
+    ngx_http_cleanup_t          *cleanup;
+
+    /* in a key fetch subrequest: the variables */
+    ngx_str_t                    fetch_server;
+    ngx_str_t                    fetch_key_id;
+
+    void                        *data;          /* the handler's own */
+    unsigned                     sync:1;        /* inside the handler */
+    unsigned                     suspended:1;
+    unsigned                     waiting:1;
+    unsigned                     fetching:1;
+};
 
 
 /* Where a handler directive was used, checked once the servers are merged. */
@@ -99,6 +153,30 @@ ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
 
 /* Ends a request suspended with NGX_DONE after a reply. */
 void ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc);
+
+/* The request's context, created on first use; NULL on allocation error. */
+ngx_http_matrix_ctx_t *ngx_http_matrix_ctx(ngx_http_request_t *r);
+
+/* Sends a Matrix error on a suspended request and finalizes it. */
+void ngx_http_matrix_fail(ngx_http_request_t *r, ngx_uint_t status,
+    const char *errcode, const char *fmt, ...);
+
+/*
+ * The cache cannot answer (reason is logged): continue at the fallback
+ * location, or answer status with M_NOT_FOUND / M_UNKNOWN.
+ */
+void ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason);
+
+/* ngx_http_matrix_auth.c */
+void ngx_http_matrix_authenticate(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_next_pt next);
+ngx_int_t ngx_http_matrix_auth_add_variables(ngx_conf_t *cf);
+void ngx_http_matrix_auth_exit_worker(void);
+
+/* ngx_http_matrix_directory.c */
+char *ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* ngx_http_matrix_status.c */
 char *ngx_http_matrix_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

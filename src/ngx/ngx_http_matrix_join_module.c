@@ -38,6 +38,12 @@ static char *ngx_http_matrix_old_verify_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_matrix_key_validity(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_int_t ngx_http_matrix_join_preconfiguration(ngx_conf_t *cf);
+static void *ngx_http_matrix_join_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_matrix_join_fallback(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -116,6 +122,55 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       0,
       NULL },
 
+    { ngx_string("matrix_key_fetch"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch),
+      NULL },
+
+    { ngx_string("matrix_key_fetch_negative_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch_negative_ttl),
+      NULL },
+
+    { ngx_string("matrix_key_fetch_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch_timeout),
+      NULL },
+
+    { ngx_string("matrix_key_fetch_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch_rate),
+      NULL },
+
+    { ngx_string("matrix_join_fallback"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_matrix_join_fallback,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_join_max_age"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_loc_conf_t, max_age),
+      NULL },
+
+    { ngx_string("matrix_directory"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_directory,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("matrix_key_server"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_key_server,
@@ -128,7 +183,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_matrix_join_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_matrix_join_preconfiguration, /* preconfiguration */
     ngx_http_matrix_join_postconfiguration, /* postconfiguration */
 
     ngx_http_matrix_join_create_main_conf, /* create main configuration */
@@ -137,8 +192,8 @@ static ngx_http_module_t  ngx_http_matrix_join_module_ctx = {
     ngx_http_matrix_join_create_srv_conf,  /* create server configuration */
     ngx_http_matrix_join_merge_srv_conf,   /* merge server configuration */
 
-    NULL,                                  /* create location configuration */
-    NULL                                   /* merge location configuration */
+    ngx_http_matrix_join_create_loc_conf,  /* create location configuration */
+    ngx_http_matrix_join_merge_loc_conf    /* merge location configuration */
 };
 
 
@@ -297,6 +352,13 @@ ngx_http_matrix_now_ms(void)
 
 
 static ngx_int_t
+ngx_http_matrix_join_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_matrix_auth_add_variables(cf);
+}
+
+
+static ngx_int_t
 ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
 {
     ngx_uint_t                         i;
@@ -319,6 +381,22 @@ ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
                           "\"matrix_server_name\" and \"matrix_signing_key\" "
                           "in its server or http block",
                           ref[i].file, ref[i].line);
+            return NGX_ERROR;
+        }
+    }
+
+    ref = mmcf->fed_users.elts;
+
+    for (i = 0; i < mmcf->fed_users.nelts; i++) {
+
+        if (ref[i].mscf->server_name.len == 0
+            || ref[i].mscf->keyset == NULL
+            || mmcf->redis.address.len == 0)
+        {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "the federation handler in %s:%ui needs "
+                          "\"matrix_server_name\", \"matrix_signing_key\" "
+                          "and \"matrix_redis\"", ref[i].file, ref[i].line);
             return NGX_ERROR;
         }
     }
@@ -362,6 +440,13 @@ ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&mmcf->key_docs, cf->pool, 4,
                        sizeof(ngx_http_matrix_key_doc_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    if (ngx_array_init(&mmcf->fed_users, cf->pool, 4,
+                       sizeof(ngx_http_matrix_key_server_ref_t))
         != NGX_OK)
     {
         return NULL;
@@ -487,6 +572,77 @@ ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     *doc = conf->key_doc;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_matrix_join_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+
+    mlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_matrix_join_loc_conf_t));
+    if (mlcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mlcf->key_fetch = { 0, NULL };
+     *     mlcf->fallback = { 0, NULL };
+     */
+
+    mlcf->key_fetch_negative_ttl = NGX_CONF_UNSET_MSEC;
+    mlcf->key_fetch_timeout = NGX_CONF_UNSET_MSEC;
+    mlcf->key_fetch_rate = NGX_CONF_UNSET_UINT;
+    mlcf->max_age = NGX_CONF_UNSET_MSEC;
+
+    return mlcf;
+}
+
+
+static char *
+ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_matrix_join_loc_conf_t *prev = parent;
+    ngx_http_matrix_join_loc_conf_t *conf = child;
+
+    ngx_conf_merge_str_value(conf->key_fetch, prev->key_fetch, "");
+    ngx_conf_merge_msec_value(conf->key_fetch_negative_ttl,
+                              prev->key_fetch_negative_ttl, 30000);
+    ngx_conf_merge_msec_value(conf->key_fetch_timeout,
+                              prev->key_fetch_timeout, 10000);
+    ngx_conf_merge_uint_value(conf->key_fetch_rate, prev->key_fetch_rate, 10);
+    ngx_conf_merge_str_value(conf->fallback, prev->fallback, "");
+    ngx_conf_merge_msec_value(conf->max_age, prev->max_age, 0);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_join_fallback(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_loc_conf_t *mlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mlcf->fallback.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len < 2 || value[1].data[0] != '@') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid fallback \"%V\": a named location "
+                           "(\"@name\") is expected", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    mlcf->fallback = value[1];
 
     return NGX_CONF_OK;
 }
@@ -744,12 +900,88 @@ ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
 void
 ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc)
 {
-    ngx_connection_t  *c;
+    ngx_connection_t       *c;
+    ngx_http_matrix_ctx_t  *ctx;
 
     c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
 
     ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
+
+    /* inside the content handler nginx runs them itself, after it */
+    if (ctx == NULL || !ctx->sync) {
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+ngx_http_matrix_ctx_t *
+ngx_http_matrix_ctx(ngx_http_request_t *r)
+{
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_ctx_t));
+        if (ctx == NULL) {
+            return NULL;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_matrix_join_module);
+    }
+
+    return ctx;
+}
+
+
+void
+ngx_http_matrix_fail(ngx_http_request_t *r, ngx_uint_t status,
+    const char *errcode, const char *fmt, ...)
+{
+    char       msg[512];
+    va_list    ap;
+    ngx_int_t  rc;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    rc = ngx_http_matrix_send_error(r, status, errcode, "%s", msg);
+
+    ngx_http_matrix_finalize(r, rc);
+}
+
+
+void
+ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
+    const char *reason)
+{
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    if (mlcf->fallback.len == 0) {
+        if (status == NGX_HTTP_NOT_FOUND) {
+            ngx_http_matrix_fail(r, status, "M_NOT_FOUND", "%s", reason);
+
+        } else {
+            ngx_http_matrix_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE, "M_UNKNOWN",
+                                 "%s", reason);
+        }
+
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "matrix: %s, passing the request to \"%V\"", reason,
+                  &mlcf->fallback);
+
+    /* the request continues there unchanged: our count goes with it */
+
+    (void) ngx_http_named_location(r, &mlcf->fallback);
+
+    ngx_http_matrix_finalize(r, NGX_DONE);
 }
 
 

@@ -116,6 +116,23 @@ static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
     { "local meta = redis.call('HGETALL', KEYS[1])\n"
       "if #meta == 0 then return false end\n"
       "return {meta, redis.call('HGETALL', KEYS[2])}\n", "" },
+
+    /*
+     * KEYS: room meta, room servers; ARGV: how many servers. Returns
+     * {loaded_at, stale, server...}, most joined members first, then by
+     * name; nil when the room is not cached.
+     */
+    { "local m = redis.call('HMGET', KEYS[1], 'loaded_at', 'stale')\n"
+      "if not m[1] then return false end\n"
+      "local s = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
+      "local t = {}\n"
+      "for i = 1, #s, 2 do t[#t + 1] = {s[i], tonumber(s[i + 1])} end\n"
+      "table.sort(t, function(a, b)\n"
+      "  if a[2] ~= b[2] then return a[2] > b[2] end\n"
+      "  return a[1] < b[1] end)\n"
+      "local r = {m[1], m[2] or '0'}\n"
+      "for i = 1, math.min(#t, tonumber(ARGV[1])) do r[#r + 1] = t[i][1] end\n"
+      "return r\n", "" },
 };
 
 
@@ -619,7 +636,7 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         size += argvlen[i];
     }
 
-    op = ngx_calloc(size, r->connection->log);
+    op = ngx_calloc(size, r ? r->connection->log : rd->log);
     if (op == NULL) {
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
@@ -642,18 +659,23 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     op->script = script;
     op->nkeys = nkeys;
 
-    op->cleanup = ngx_http_cleanup_add(r, 0);
-    if (op->cleanup == NULL) {
-        ngx_free(op);
-        return NGX_MATRIX_REDIS_UNAVAILABLE;
-    }
+    if (r) {
+        op->cleanup = ngx_http_cleanup_add(r, 0);
+        if (op->cleanup == NULL) {
+            ngx_free(op);
+            return NGX_MATRIX_REDIS_UNAVAILABLE;
+        }
 
-    op->cleanup->handler = ngx_matrix_redis_request_gone;
-    op->cleanup->data = op;
+        op->cleanup->handler = ngx_matrix_redis_request_gone;
+        op->cleanup->data = op;
+    }
 
     rc = ngx_matrix_redis_send_op(op);
     if (rc != NGX_OK) {
-        op->cleanup->handler = NULL;
+        if (op->cleanup) {
+            op->cleanup->handler = NULL;
+        }
+
         ngx_free(op);
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
@@ -805,6 +827,16 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
         /* queued before the schema check answered: do not trust it */
         status = NGX_MATRIX_REDIS_SCHEMA_ERROR;
         reply = NULL;
+    }
+
+    if (r == NULL && op->cleanup == NULL && status != NGX_MATRIX_REDIS_OK
+        && ngx_matrix_redis && !ngx_matrix_redis->exiting)
+    {
+        /* a write no request waits for: its failure is only logged */
+        ngx_log_error(NGX_LOG_WARN, ngx_matrix_redis->log, 0,
+                      "redis %V: %s failed: %s",
+                      &ngx_matrix_redis->conf->address, op->argv[0],
+                      err ? err : ngx_matrix_redis_status_text(status));
     }
 
     if (r && !op->timed_out && ngx_matrix_redis && !ngx_matrix_redis->exiting)

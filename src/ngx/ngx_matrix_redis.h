@@ -30,6 +30,7 @@ typedef enum {
 /* Lua scripts, loaded with SCRIPT LOAD at connect and run with EVALSHA. */
 typedef enum {
     NGX_MATRIX_SCRIPT_ROOM_STATUS = 0,
+    NGX_MATRIX_SCRIPT_ROOM_SERVERS,
     NGX_MATRIX_SCRIPT_COUNT
 } ngx_matrix_script_e;
 
@@ -61,7 +62,9 @@ ngx_int_t ngx_matrix_redis_init_worker(ngx_cycle_t *cycle,
 void ngx_matrix_redis_exit_worker(void);
 
 /*
- * Sends a command on behalf of r. Returns NGX_OK when the handler will be
+ * Sends a command on behalf of r, or of no request when r is NULL (a
+ * write nobody waits for: handler may be NULL, failures are logged).
+ * Returns NGX_OK when the handler will be
  * called (exactly once, unless the request dies first), or an error status
  * (not NGX_OK) when the command could not even be queued; the handler is
  * not called then.

@@ -1,0 +1,1189 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * The front door of every federation handler: X-Matrix authentication.
+ *
+ * The origin's key is looked up in the worker's memory, then in Redis, then
+ * fetched with an nginx subrequest to the matrix_key_fetch location. Misses
+ * for one key in one worker share one fetch; failed fetches are remembered
+ * for a while; fetches per origin are rate-limited. Nothing blocks.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_matrix_join.h"
+#include "mx_base64.h"
+#include "mx_crypto.h"
+#include "mx_json.h"
+#include "mx_xmatrix.h"
+
+
+#define NGX_HTTP_MATRIX_KEY_CACHE_SIZE    1024
+#define NGX_HTTP_MATRIX_RATE_SIZE         1024
+#define NGX_HTTP_MATRIX_MAX_FETCHES       64
+#define NGX_HTTP_MATRIX_MAX_HEADERS       8
+#define NGX_HTTP_MATRIX_KEY_MAX_AGE       (7 * 86400 * 1000LL)
+
+
+/* a remote key in the worker's memory; negative entries have no key */
+typedef struct {
+    uint32_t                     hash;
+    char                         server[MX_XMATRIX_NAME_MAX];
+    char                         key_id[MX_KEY_ID_MAX];
+    u_char                       pk[MX_ED25519_PK_LEN];
+    int64_t                      valid_until;   /* ms; 0: empty slot */
+    int64_t                      negative_until;
+} ngx_http_matrix_key_entry_t;
+
+
+typedef struct {
+    uint32_t                     hash;
+    char                         server[MX_XMATRIX_NAME_MAX];
+    double                       tokens;
+    int64_t                      last;
+} ngx_http_matrix_rate_entry_t;
+
+
+/* one fetch in flight: its owner runs the subrequest, others wait */
+typedef struct {
+    char                         server[MX_XMATRIX_NAME_MAX];
+    char                         key_id[MX_KEY_ID_MAX];
+    ngx_http_request_t          *owner;
+    ngx_queue_t                  waiters;
+    unsigned                     used:1;
+} ngx_http_matrix_fetch_t;
+
+
+typedef enum {
+    NGX_HTTP_MATRIX_KEY_FOUND = 0,
+    NGX_HTTP_MATRIX_KEY_UNKNOWN,        /* recently failed to fetch */
+    NGX_HTTP_MATRIX_KEY_MISS
+} ngx_http_matrix_key_lookup_e;
+
+
+static void ngx_http_matrix_auth_step(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+static void ngx_http_matrix_auth_redis_reply(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+static ngx_int_t ngx_http_matrix_auth_verify(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, const u_char *pk);
+static void ngx_http_matrix_auth_next_header(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+static void ngx_http_matrix_auth_fetch(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+static ngx_int_t ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr,
+    void *data, ngx_int_t rc);
+static void ngx_http_matrix_auth_owner_wake(ngx_http_request_t *r);
+static void ngx_http_matrix_auth_owner_gone(void *data);
+static void ngx_http_matrix_auth_waiter_gone(void *data);
+static void ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev);
+static void ngx_http_matrix_auth_resume(ngx_event_t *ev);
+static void ngx_http_matrix_auth_fetch_end(ngx_http_matrix_fetch_t *f);
+static ngx_int_t ngx_http_matrix_auth_parse_keys(ngx_http_request_t *sr,
+    ngx_http_matrix_fetch_t *f, u_char *body, size_t len, u_char *pk,
+    int64_t *valid_until, const char **why);
+static void ngx_http_matrix_key_store(ngx_http_request_t *r,
+    const char *server, const char *key_id, const u_char *pk,
+    int64_t valid_until);
+static ngx_int_t ngx_http_matrix_variable_origin(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+static ngx_int_t ngx_http_matrix_variable_fetch(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+
+static ngx_http_matrix_key_entry_t
+    ngx_http_matrix_keys[NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
+static ngx_http_matrix_rate_entry_t
+    ngx_http_matrix_rates[NGX_HTTP_MATRIX_RATE_SIZE];
+static ngx_http_matrix_fetch_t
+    ngx_http_matrix_fetches[NGX_HTTP_MATRIX_MAX_FETCHES];
+
+
+static ngx_http_variable_t  ngx_http_matrix_vars[] = {
+
+    { ngx_string("matrix_origin"), NULL, ngx_http_matrix_variable_origin,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("matrix_key_fetch_server"), NULL,
+      ngx_http_matrix_variable_fetch,
+      offsetof(ngx_http_matrix_ctx_t, fetch_server),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("matrix_key_fetch_key_id"), NULL,
+      ngx_http_matrix_variable_fetch,
+      offsetof(ngx_http_matrix_ctx_t, fetch_key_id),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+      ngx_http_null_variable
+};
+
+
+/*
+ * Collects and parses the X-Matrix headers, then checks them one by one
+ * until one verifies; next() runs when one does. The request is suspended.
+ */
+void
+ngx_http_matrix_authenticate(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_next_pt next)
+{
+    int                                rc;
+    mx_err_t                           err;
+    ngx_uint_t                         i, n;
+    ngx_list_part_t                   *part;
+    ngx_table_elt_t                   *h;
+    mx_xmatrix_t                      *xm;
+    ngx_http_matrix_join_srv_conf_t   *mscf;
+
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+
+    xm = ngx_pcalloc(r->pool,
+                     NGX_HTTP_MATRIX_MAX_HEADERS * sizeof(mx_xmatrix_t));
+    if (xm == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    n = 0;
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len != sizeof("Authorization") - 1
+            || ngx_strncasecmp(h[i].key.data, (u_char *) "Authorization",
+                               sizeof("Authorization") - 1) != 0)
+        {
+            continue;
+        }
+
+        if (n == NGX_HTTP_MATRIX_MAX_HEADERS) {
+            ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_UNAUTHORIZED",
+                                 "too many Authorization headers");
+            return;
+        }
+
+        rc = mx_xmatrix_parse((char *) h[i].value.data, h[i].value.len,
+                              &xm[n], &err);
+
+        if (rc == MX_XMATRIX_OTHER_SCHEME) {
+            continue;
+        }
+
+        if (rc != MX_XMATRIX_OK) {
+            ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_UNAUTHORIZED",
+                                 "Invalid X-Matrix Authorization header: %s",
+                                 err.text);
+            return;
+        }
+
+        if (n && ngx_strcmp(xm[n].origin, xm[0].origin) != 0) {
+            ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_UNAUTHORIZED",
+                                 "X-Matrix headers name different origins "
+                                 "(\"%s\" and \"%s\")", xm[0].origin,
+                                 xm[n].origin);
+            return;
+        }
+
+        if (xm[n].has_destination
+            && (ngx_strlen(xm[n].destination) != mscf->server_name.len
+                || ngx_strncmp(xm[n].destination, mscf->server_name.data,
+                               mscf->server_name.len) != 0))
+        {
+            ngx_http_matrix_fail(r, NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED",
+                                 "Destination mismatch in auth header: "
+                                 "\"%s\" is not \"%V\"", xm[n].destination,
+                                 &mscf->server_name);
+            return;
+        }
+
+        n++;
+    }
+
+    if (n == 0) {
+        ngx_http_matrix_fail(r, NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED",
+                             "Missing X-Matrix Authorization header");
+        return;
+    }
+
+    ctx->xm = xm;
+    ctx->nxm = n;
+    ctx->cur = 0;
+    ctx->authenticated = next;
+
+    ngx_http_matrix_auth_step(r, ctx);
+}
+
+
+static uint32_t
+ngx_http_matrix_key_hash(const char *server, const char *key_id)
+{
+    uint32_t  h;
+
+    h = ngx_crc32_short((u_char *) server, ngx_strlen(server));
+
+    return h ^ ngx_crc32_short((u_char *) key_id, ngx_strlen(key_id));
+}
+
+
+static ngx_http_matrix_key_entry_t *
+ngx_http_matrix_key_slot(const char *server, const char *key_id,
+    uint32_t *hash)
+{
+    *hash = ngx_http_matrix_key_hash(server, key_id);
+
+    return &ngx_http_matrix_keys[*hash % NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
+}
+
+
+static ngx_http_matrix_key_lookup_e
+ngx_http_matrix_key_lookup(const char *server, const char *key_id,
+    u_char *pk)
+{
+    int64_t                       now;
+    uint32_t                      hash;
+    ngx_http_matrix_key_entry_t  *e;
+
+    e = ngx_http_matrix_key_slot(server, key_id, &hash);
+
+    if (e->hash != hash || ngx_strcmp(e->server, server) != 0
+        || ngx_strcmp(e->key_id, key_id) != 0)
+    {
+        return NGX_HTTP_MATRIX_KEY_MISS;
+    }
+
+    now = ngx_http_matrix_now_ms();
+
+    if (e->negative_until > now) {
+        return NGX_HTTP_MATRIX_KEY_UNKNOWN;
+    }
+
+    if (e->valid_until > now) {
+        ngx_memcpy(pk, e->pk, MX_ED25519_PK_LEN);
+        return NGX_HTTP_MATRIX_KEY_FOUND;
+    }
+
+    return NGX_HTTP_MATRIX_KEY_MISS;
+}
+
+
+static void
+ngx_http_matrix_key_remember(const char *server, const char *key_id,
+    const u_char *pk, int64_t valid_until, int64_t negative_until)
+{
+    uint32_t                      hash;
+    ngx_http_matrix_key_entry_t  *e;
+
+    e = ngx_http_matrix_key_slot(server, key_id, &hash);
+
+    e->hash = hash;
+    ngx_cpystrn((u_char *) e->server, (u_char *) server, sizeof(e->server));
+    ngx_cpystrn((u_char *) e->key_id, (u_char *) key_id, sizeof(e->key_id));
+
+    if (pk) {
+        ngx_memcpy(e->pk, pk, MX_ED25519_PK_LEN);
+    }
+
+    e->valid_until = valid_until;
+    e->negative_until = negative_until;
+}
+
+
+/* Checks the current header; waits, moves on, or ends. */
+
+static void
+ngx_http_matrix_auth_step(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
+{
+    u_char                             pk[MX_ED25519_PK_LEN];
+    ngx_int_t                          rc;
+    ngx_str_t                          key;
+    mx_xmatrix_t                      *h;
+    const char                        *argv[3];
+    size_t                             argvlen[3];
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    while (ctx->cur < ctx->nxm) {
+        h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+
+        switch (ngx_http_matrix_key_lookup(h->origin, h->key_id, pk)) {
+
+        case NGX_HTTP_MATRIX_KEY_FOUND:
+            if (ngx_http_matrix_auth_verify(r, ctx, pk) == NGX_OK) {
+                return;
+            }
+
+            ctx->cur++;
+            continue;
+
+        case NGX_HTTP_MATRIX_KEY_UNKNOWN:
+            ngx_str_set(&ctx->why, "the key could not be fetched recently");
+            ctx->cur++;
+            continue;
+
+        default: /* NGX_HTTP_MATRIX_KEY_MISS */
+            break;
+        }
+
+        /* the shared cache in Redis */
+
+        mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+        if (mmcf->redis.address.len == 0) {
+            ngx_http_matrix_auth_fetch(r, ctx);
+            return;
+        }
+
+        key.len = mmcf->redis.prefix.len + sizeof("keys:") - 1
+                  + ngx_strlen(h->origin);
+        key.data = ngx_pnalloc(r->pool, key.len);
+        if (key.data == NULL) {
+            ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+
+        ngx_sprintf(key.data, "%Vkeys:%s", &mmcf->redis.prefix, h->origin);
+
+        argv[0] = "HGET";
+        argvlen[0] = 4;
+        argv[1] = (char *) key.data;
+        argvlen[1] = key.len;
+        argv[2] = h->key_id;
+        argvlen[2] = ngx_strlen(h->key_id);
+
+        rc = ngx_matrix_redis_command(r, ngx_http_matrix_auth_redis_reply,
+                                      ctx, 3, argv, argvlen);
+        if (rc != NGX_OK) {
+            /* Redis is optional here: fetch the key instead */
+            ngx_http_matrix_auth_fetch(r, ctx);
+        }
+
+        return;
+    }
+
+    ngx_http_matrix_fail(r, NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED",
+                         "Failed to verify the X-Matrix signature of "
+                         "\"%s\" with key \"%s\": %V",
+                         ((mx_xmatrix_t *) ctx->xm)[ctx->nxm - 1].origin,
+                         ((mx_xmatrix_t *) ctx->xm)[ctx->nxm - 1].key_id,
+                         &ctx->why);
+}
+
+
+static void
+ngx_http_matrix_auth_redis_reply(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_ctx_t *ctx = data;
+
+    u_char         pk[MX_ED25519_PK_LEN];
+    json_t        *v, *key, *until;
+    int64_t        valid_until;
+    mx_xmatrix_t  *h;
+
+    h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+
+    if (status != NGX_MATRIX_REDIS_OK || reply->type != REDIS_REPLY_STRING) {
+        ngx_http_matrix_auth_fetch(r, ctx);
+        ngx_http_run_posted_requests(r->connection);
+        return;
+    }
+
+    v = json_loadb(reply->str, reply->len, 0, NULL);
+    key = json_object_get(v, "key");
+    until = json_object_get(v, "valid_until_ts");
+
+    if (!json_is_string(key) || !json_is_integer(until)
+        || mx_b64_decode(pk, sizeof(pk), json_string_value(key),
+                         json_string_length(key), MX_B64_STD)
+           != MX_ED25519_PK_LEN)
+    {
+        json_decref(v);
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "matrix: ignoring a malformed cached key \"%s\" of "
+                      "\"%s\"", h->key_id, h->origin);
+        ngx_http_matrix_auth_fetch(r, ctx);
+        ngx_http_run_posted_requests(r->connection);
+        return;
+    }
+
+    valid_until = json_integer_value(until);
+    json_decref(v);
+
+    if (valid_until <= ngx_http_matrix_now_ms()) {
+        /* expired: perhaps the server has a newer document */
+        ngx_http_matrix_auth_fetch(r, ctx);
+        ngx_http_run_posted_requests(r->connection);
+        return;
+    }
+
+    ngx_http_matrix_key_remember(h->origin, h->key_id, pk, valid_until, 0);
+
+    ngx_http_matrix_auth_step(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
+    const u_char *pk)
+{
+    mx_err_t                          err;
+    mx_xmatrix_t                     *h;
+    ngx_http_matrix_join_srv_conf_t  *mscf;
+
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+
+    h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+
+    /* configuration arguments are NUL-terminated */
+
+    if (mx_xmatrix_verify(h, (char *) r->method_name.data,
+                          r->method_name.len, (char *) r->unparsed_uri.data,
+                          r->unparsed_uri.len,
+                          (char *) mscf->server_name.data, ctx->content, pk,
+                          &err)
+        != 0)
+    {
+        ctx->why.data = ngx_pnalloc(r->pool, sizeof(err.text));
+        if (ctx->why.data) {
+            ctx->why.len = ngx_cpystrn(ctx->why.data, (u_char *) err.text,
+                                       sizeof(err.text))
+                           - ctx->why.data;
+        }
+
+        return NGX_DECLINED;
+    }
+
+    ctx->origin.len = ngx_strlen(h->origin);
+    ctx->origin.data = ngx_pnalloc(r->pool, ctx->origin.len);
+    if (ctx->origin.data == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return NGX_OK;
+    }
+
+    ngx_memcpy(ctx->origin.data, h->origin, ctx->origin.len);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "matrix: request authenticated as \"%V\"", &ctx->origin);
+
+    ctx->authenticated(r, ctx);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_matrix_auth_next_header(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx)
+{
+    ctx->cur++;
+    ngx_http_matrix_auth_step(r, ctx);
+}
+
+
+static ngx_uint_t
+ngx_http_matrix_rate_allows(ngx_http_request_t *r, const char *server)
+{
+    double                             rate;
+    int64_t                            now;
+    uint32_t                           hash;
+    ngx_http_matrix_rate_entry_t      *e;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    hash = ngx_crc32_short((u_char *) server, ngx_strlen(server));
+    e = &ngx_http_matrix_rates[hash % NGX_HTTP_MATRIX_RATE_SIZE];
+    now = ngx_http_matrix_now_ms();
+    rate = (double) mlcf->key_fetch_rate;
+
+    if (e->hash != hash || ngx_strcmp(e->server, server) != 0) {
+        e->hash = hash;
+        ngx_cpystrn((u_char *) e->server, (u_char *) server,
+                    sizeof(e->server));
+        e->tokens = rate;
+        e->last = now;
+    }
+
+    /* a bucket of "rate" tokens, refilled evenly over a minute */
+
+    e->tokens += (double) (now - e->last) * rate / 60000.0;
+    e->last = now;
+
+    if (e->tokens > rate) {
+        e->tokens = rate;
+    }
+
+    if (e->tokens < 1.0) {
+        return 0;
+    }
+
+    e->tokens -= 1.0;
+
+    return 1;
+}
+
+
+/* The key is not cached: wait for a fetch of it, or start one. */
+
+static void
+ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
+{
+    u_char                            *p;
+    ngx_str_t                          uri, args;
+    ngx_uint_t                         i;
+    mx_xmatrix_t                      *h;
+    ngx_http_request_t                *sr;
+    ngx_http_matrix_ctx_t             *sctx;
+    ngx_http_matrix_fetch_t           *f, *free_slot;
+    ngx_http_post_subrequest_t        *ps;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+
+    h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    if (mlcf->key_fetch.len == 0) {
+        ngx_str_set(&ctx->why, "the key is unknown and no matrix_key_fetch "
+                               "location is configured");
+        ngx_http_matrix_auth_next_header(r, ctx);
+        return;
+    }
+
+    free_slot = NULL;
+
+    for (i = 0; i < NGX_HTTP_MATRIX_MAX_FETCHES; i++) {
+        f = &ngx_http_matrix_fetches[i];
+
+        if (!f->used) {
+            if (free_slot == NULL) {
+                free_slot = f;
+            }
+
+            continue;
+        }
+
+        if (ngx_strcmp(f->server, h->origin) == 0
+            && ngx_strcmp(f->key_id, h->key_id) == 0)
+        {
+            /* somebody fetches it already: wait for that */
+            break;
+        }
+    }
+
+    if (i < NGX_HTTP_MATRIX_MAX_FETCHES) {
+        f = &ngx_http_matrix_fetches[i];
+        goto wait;
+    }
+
+    if (free_slot == NULL) {
+        ngx_str_set(&ctx->why, "too many key fetches in progress");
+        ngx_http_matrix_auth_next_header(r, ctx);
+        return;
+    }
+
+    if (!ngx_http_matrix_rate_allows(r, h->origin)) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "matrix: key fetch rate limit reached for \"%s\"",
+                      h->origin);
+        ngx_str_set(&ctx->why, "the key is unknown and the key fetch rate "
+                               "limit for this server is reached");
+        ngx_http_matrix_auth_next_header(r, ctx);
+        return;
+    }
+
+    /* start a fetch: this request owns it */
+
+    f = free_slot;
+    ngx_memzero(f, sizeof(ngx_http_matrix_fetch_t));
+    f->used = 1;
+    f->owner = r;
+    ngx_cpystrn((u_char *) f->server, (u_char *) h->origin, sizeof(f->server));
+    ngx_cpystrn((u_char *) f->key_id, (u_char *) h->key_id, sizeof(f->key_id));
+    ngx_queue_init(&f->waiters);
+
+    uri.len = mlcf->key_fetch.len + ngx_strlen(h->origin) + 1
+              + ngx_strlen(h->key_id);
+    uri.data = ngx_pnalloc(r->pool, uri.len);
+
+    args.data = ngx_pnalloc(r->pool, sizeof("minimum_valid_until_ts=") - 1
+                                     + NGX_INT64_LEN);
+
+    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
+    sctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_ctx_t));
+
+    if (uri.data == NULL || args.data == NULL || ps == NULL || sctx == NULL) {
+        f->used = 0;
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    p = ngx_cpymem(uri.data, mlcf->key_fetch.data, mlcf->key_fetch.len);
+    sctx->fetch_server.data = p;
+    sctx->fetch_server.len = ngx_strlen(h->origin);
+    p = ngx_cpymem(p, h->origin, sctx->fetch_server.len);
+    *p++ = '/';
+    sctx->fetch_key_id.data = p;
+    sctx->fetch_key_id.len = ngx_strlen(h->key_id);
+    ngx_memcpy(p, h->key_id, sctx->fetch_key_id.len);
+
+    args.len = ngx_sprintf(args.data, "minimum_valid_until_ts=%L",
+                           ngx_http_matrix_now_ms())
+               - args.data;
+
+    ps->handler = ngx_http_matrix_auth_fetch_done;
+    ps->data = f;
+
+    if (ngx_http_subrequest(r, &uri, &args, &sr, ps,
+                            NGX_HTTP_SUBREQUEST_IN_MEMORY
+                            |NGX_HTTP_SUBREQUEST_WAITED)
+        != NGX_OK)
+    {
+        f->used = 0;
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_set_ctx(sr, sctx, ngx_http_matrix_join_module);
+
+    /* if this request dies first, the waiters must not wait forever */
+
+    ctx->cleanup = ngx_http_cleanup_add(r, 0);
+    if (ctx->cleanup == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->cleanup->handler = ngx_http_matrix_auth_owner_gone;
+    ctx->cleanup->data = f;
+
+    ctx->fetch = f;
+    ctx->fetching = 1;
+    r->write_event_handler = ngx_http_matrix_auth_owner_wake;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "matrix: fetching key \"%s\" of \"%s\" via \"%V\"",
+                  h->key_id, h->origin, &uri);
+
+    return;
+
+wait:
+
+    ctx->fetch = f;
+    ctx->waiting = 1;
+    ngx_queue_insert_tail(&f->waiters, &ctx->wait_link);
+
+    ctx->cleanup = ngx_http_cleanup_add(r, 0);
+    if (ctx->cleanup == NULL) {
+        ngx_queue_remove(&ctx->wait_link);
+        ctx->waiting = 0;
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ctx->cleanup->handler = ngx_http_matrix_auth_waiter_gone;
+    ctx->cleanup->data = ctx;
+
+    ctx->wait_timer.handler = ngx_http_matrix_auth_wait_timeout;
+    ctx->wait_timer.data = r;
+    ctx->wait_timer.log = r->connection->log;
+
+    ctx->resume.handler = ngx_http_matrix_auth_resume;
+    ctx->resume.data = r;
+    ctx->resume.log = r->connection->log;
+
+    ngx_add_timer(&ctx->wait_timer, mlcf->key_fetch_timeout);
+}
+
+
+/* In the subrequest's context, when it is done: read the key document. */
+
+static ngx_int_t
+ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
+    ngx_int_t rc)
+{
+    ngx_http_matrix_fetch_t *f = data;
+
+    u_char                            *body;
+    u_char                             pk[MX_ED25519_PK_LEN];
+    size_t                             len;
+    int64_t                            valid_until, now;
+    const char                        *why;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+
+    if (!f->used || f->owner != sr->parent) {
+        return rc;      /* the owner went away; nobody waits for this */
+    }
+
+    body = NULL;
+    len = 0;
+
+    if (sr->out && sr->out->buf) {
+        body = sr->out->buf->pos;
+        len = sr->out->buf->last - sr->out->buf->pos;
+    }
+
+    why = NULL;
+
+    if (rc != NGX_OK && rc != NGX_HTTP_OK) {
+        why = "the fetch failed";
+
+    } else if (sr->headers_out.status != NGX_HTTP_OK) {
+        why = "the key server did not answer 200";
+
+    } else if (body == NULL || len == 0) {
+        why = "the key server's answer is empty (or larger than "
+              "subrequest_output_buffer_size)";
+
+    } else {
+        (void) ngx_http_matrix_auth_parse_keys(sr, f, body, len, pk,
+                                               &valid_until, &why);
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(sr->parent,
+                                        ngx_http_matrix_join_module);
+    now = ngx_http_matrix_now_ms();
+
+    if (why) {
+        ngx_log_error(NGX_LOG_WARN, sr->connection->log, 0,
+                      "matrix: fetching key \"%s\" of \"%s\" failed: %s "
+                      "(status %ui)", f->key_id, f->server, why,
+                      sr->headers_out.status);
+
+        ngx_http_matrix_key_remember(f->server, f->key_id, NULL, 0,
+                                     now + mlcf->key_fetch_negative_ttl);
+
+    } else {
+        ngx_http_matrix_key_remember(f->server, f->key_id, pk, valid_until,
+                                     0);
+        ngx_http_matrix_key_store(sr, f->server, f->key_id, pk, valid_until);
+    }
+
+    /* the owner resumes through its write event handler, the rest here */
+
+    ngx_http_matrix_auth_fetch_end(f);
+
+    return rc;
+}
+
+
+/*
+ * A server's key document, or a notary's {"server_keys": [...]}: the
+ * document for f->server must be self-signed and name f->key_id in
+ * verify_keys.
+ */
+static ngx_int_t
+ngx_http_matrix_auth_parse_keys(ngx_http_request_t *sr,
+    ngx_http_matrix_fetch_t *f, u_char *body, size_t len, u_char *pk,
+    int64_t *valid_until, const char **why)
+{
+    size_t        i;
+    json_t       *root, *docs, *doc, *vk, *k, *sigs, *sig, *until;
+    int64_t       cap, now;
+    u_char        spk[MX_ED25519_PK_LEN];
+    mx_err_t      err;
+    const char   *kid;
+    ngx_uint_t    signed_ok, bad_sig, found;
+
+    root = json_loadb((char *) body, len, 0, NULL);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        *why = "the answer is not a JSON object";
+        return NGX_ERROR;
+    }
+
+    docs = json_object_get(root, "server_keys");
+
+    if (docs == NULL) {
+        docs = json_array();
+        if (docs == NULL) {
+            json_decref(root);
+            *why = "out of memory";
+            return NGX_ERROR;
+        }
+
+        json_array_append(docs, root);
+
+    } else if (json_is_array(docs)) {
+        json_incref(docs);
+
+    } else {
+        json_decref(root);
+        *why = "\"server_keys\" is not a list";
+        return NGX_ERROR;
+    }
+
+    now = ngx_http_matrix_now_ms();
+    found = 0;
+    *why = "no document of the server names the key";
+
+    json_array_foreach(docs, i, doc) {
+        k = json_object_get(doc, "server_name");
+
+        if (!json_is_string(k) || ngx_strcmp(json_string_value(k), f->server))
+        {
+            continue;
+        }
+
+        vk = json_object_get(doc, "verify_keys");
+        sigs = json_object_get(json_object_get(doc, "signatures"), f->server);
+        until = json_object_get(doc, "valid_until_ts");
+
+        if (!json_is_object(vk) || !json_is_object(sigs)
+            || !json_is_integer(until))
+        {
+            *why = "a document of the server is malformed";
+            continue;
+        }
+
+        /* every signature of the server by a key it lists must verify */
+
+        signed_ok = 0;
+        bad_sig = 0;
+
+        json_object_foreach(sigs, kid, sig) {
+            k = json_object_get(json_object_get(vk, kid), "key");
+
+            if (!json_is_string(k)
+                || mx_b64_decode(spk, sizeof(spk), json_string_value(k),
+                                 json_string_length(k), MX_B64_STD)
+                   != MX_ED25519_PK_LEN)
+            {
+                continue;       /* signed by a key it does not list */
+            }
+
+            if (mx_json_verify(doc, f->server, kid, spk, &err) != 0) {
+                bad_sig = 1;
+                break;
+            }
+
+            signed_ok = 1;
+        }
+
+        if (bad_sig) {
+            *why = "the document's self-signature does not verify";
+            continue;
+        }
+
+        if (!signed_ok) {
+            *why = "the document is not signed by the server itself";
+            continue;
+        }
+
+        k = json_object_get(json_object_get(vk, f->key_id), "key");
+
+        if (!json_is_string(k)
+            || mx_b64_decode(pk, MX_ED25519_PK_LEN, json_string_value(k),
+                             json_string_length(k), MX_B64_STD)
+               != MX_ED25519_PK_LEN)
+        {
+            *why = "the server's document does not list the key";
+            continue;
+        }
+
+        *valid_until = json_integer_value(until);
+        cap = now + NGX_HTTP_MATRIX_KEY_MAX_AGE;
+
+        if (*valid_until > cap) {
+            *valid_until = cap;
+        }
+
+        if (*valid_until <= now) {
+            *why = "the key's document has expired";
+            continue;
+        }
+
+        found = 1;
+        break;
+    }
+
+    json_decref(docs);
+    json_decref(root);
+
+    if (!found) {
+        return NGX_ERROR;
+    }
+
+    *why = NULL;
+
+    return NGX_OK;
+}
+
+
+/* Into Redis, for the other workers and hosts; nobody waits for it. */
+
+static void
+ngx_http_matrix_key_store(ngx_http_request_t *r, const char *server,
+    const char *key_id, const u_char *pk, int64_t valid_until)
+{
+    u_char                             *p;
+    char                                b64[MX_ED25519_PK_B64_LEN + 1];
+    char                                value[128], until[NGX_INT64_LEN + 1];
+    ngx_str_t                           key;
+    const char                         *argv[4];
+    size_t                              argvlen[4];
+    ngx_http_matrix_join_main_conf_t   *mmcf;
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    if (mmcf->redis.address.len == 0) {
+        return;
+    }
+
+    key.len = mmcf->redis.prefix.len + sizeof("keys:") - 1
+              + ngx_strlen(server);
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return;
+    }
+
+    ngx_sprintf(key.data, "%Vkeys:%s", &mmcf->redis.prefix, server);
+
+    mx_b64_encode(b64, pk, MX_ED25519_PK_LEN, MX_B64_STD);
+
+    /* canonical: keys sorted, compact */
+    p = ngx_snprintf((u_char *) value, sizeof(value),
+                     "{\"key\":\"%s\",\"valid_until_ts\":%L}", b64,
+                     valid_until);
+
+    argv[0] = "HSET";
+    argvlen[0] = 4;
+    argv[1] = (char *) key.data;
+    argvlen[1] = key.len;
+    argv[2] = key_id;
+    argvlen[2] = ngx_strlen(key_id);
+    argv[3] = value;
+    argvlen[3] = p - (u_char *) value;
+
+    (void) ngx_matrix_redis_command(NULL, NULL, NULL, 4, argv, argvlen);
+
+    /* the hash lives as long as its newest key */
+    p = ngx_sprintf((u_char *) until, "%L", valid_until);
+
+    argv[0] = "PEXPIREAT";
+    argvlen[0] = sizeof("PEXPIREAT") - 1;
+    argv[2] = until;
+    argvlen[2] = p - (u_char *) until;
+
+    (void) ngx_matrix_redis_command(NULL, NULL, NULL, 3, argv, argvlen);
+}
+
+
+/* The fetch is over: wake everyone waiting for it, free the slot. */
+
+static void
+ngx_http_matrix_auth_fetch_end(ngx_http_matrix_fetch_t *f)
+{
+    ngx_queue_t            *q;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    while (!ngx_queue_empty(&f->waiters)) {
+        q = ngx_queue_head(&f->waiters);
+        ngx_queue_remove(q);
+
+        ctx = ngx_queue_data(q, ngx_http_matrix_ctx_t, wait_link);
+        ctx->waiting = 0;
+        ctx->fetch = NULL;
+
+        if (ctx->wait_timer.timer_set) {
+            ngx_del_timer(&ctx->wait_timer);
+        }
+
+        /* each waiter looks its key up again, from its own event */
+        ngx_post_event(&ctx->resume, &ngx_posted_events);
+    }
+
+    f->used = 0;
+    f->owner = NULL;
+}
+
+
+static void
+ngx_http_matrix_auth_owner_wake(ngx_http_request_t *r)
+{
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    if (ctx == NULL || !ctx->fetching) {
+        return;
+    }
+
+    if (ctx->fetch && ((ngx_http_matrix_fetch_t *) ctx->fetch)->used
+        && ((ngx_http_matrix_fetch_t *) ctx->fetch)->owner == r)
+    {
+        /* not done yet (a spurious wake-up) */
+        return;
+    }
+
+    ctx->fetching = 0;
+    ctx->fetch = NULL;
+    ctx->cleanup->handler = NULL;
+    r->write_event_handler = ngx_http_request_empty_handler;
+
+    ngx_http_matrix_auth_step(r, ctx);
+}
+
+
+static void
+ngx_http_matrix_auth_owner_gone(void *data)
+{
+    ngx_http_matrix_fetch_t *f = data;
+
+    /* the waiters start a fetch of their own */
+
+    if (f->used) {
+        ngx_http_matrix_auth_fetch_end(f);
+    }
+}
+
+
+static void
+ngx_http_matrix_auth_waiter_gone(void *data)
+{
+    ngx_http_matrix_ctx_t *ctx = data;
+
+    if (ctx->waiting) {
+        ngx_queue_remove(&ctx->wait_link);
+        ctx->waiting = 0;
+    }
+
+    if (ctx->wait_timer.timer_set) {
+        ngx_del_timer(&ctx->wait_timer);
+    }
+
+    if (ctx->resume.posted) {
+        ngx_delete_posted_event(&ctx->resume);
+    }
+}
+
+
+static void
+ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev)
+{
+    ngx_http_request_t     *r = ev->data;
+    ngx_http_matrix_ctx_t  *ctx;
+    mx_xmatrix_t           *h;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    if (ctx->waiting) {
+        ngx_queue_remove(&ctx->wait_link);
+        ctx->waiting = 0;
+    }
+
+    ctx->cleanup->handler = NULL;
+    h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+
+    ngx_http_matrix_fail(r, NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED",
+                         "Timed out fetching key \"%s\" of \"%s\"",
+                         h->key_id, h->origin);
+}
+
+
+static void
+ngx_http_matrix_auth_resume(ngx_event_t *ev)
+{
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r = ev->data;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    ctx->cleanup->handler = NULL;
+
+    ngx_http_matrix_auth_step(r, ctx);
+    ngx_http_run_posted_requests(c);
+}
+
+
+void
+ngx_http_matrix_auth_exit_worker(void)
+{
+    /* nothing is allocated: the tables are static, fetches end with
+     * their requests */
+}
+
+
+ngx_int_t
+ngx_http_matrix_auth_add_variables(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var, *v;
+
+    for (v = ngx_http_matrix_vars; v->name.len; v++) {
+        var = ngx_http_add_variable(cf, &v->name, v->flags);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
+
+        var->get_handler = v->get_handler;
+        var->data = v->data;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_variable_origin(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r->main, ngx_http_matrix_join_module);
+
+    if (ctx == NULL || ctx->origin.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->origin.len;
+    v->data = ctx->origin.data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_variable_fetch(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_str_t              *s;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    if (ctx == NULL) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    s = (ngx_str_t *) ((char *) ctx + data);
+
+    if (s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
+    v->data = s->data;
+    v->valid = 1;
+    v->no_cacheable = 1;
+    v->not_found = 0;
+
+    return NGX_OK;
+}

@@ -1,0 +1,340 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * GET /_matrix/federation/v1/query/directory?room_alias=#alias:server
+ *
+ * The alias is resolved in Redis; an alias (or room) the cache cannot
+ * answer for goes to the fallback before any authentication, so that the
+ * homeserver handles it as it always did. A cached one is authenticated,
+ * then answered with our server first and the servers with joined members,
+ * most members first.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_matrix_join.h"
+#include "mx_id.h"
+
+
+#define NGX_HTTP_MATRIX_DIRECTORY_SERVERS      100
+#define NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR  "100"
+
+
+typedef struct {
+    ngx_str_t                    alias;
+    ngx_str_t                    room_id;
+    json_t                      *servers;      /* the answer's list */
+} ngx_http_matrix_directory_ctx_t;
+
+
+static ngx_int_t ngx_http_matrix_directory_handler(ngx_http_request_t *r);
+static void ngx_http_matrix_directory_alias(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+static void ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
+static void ngx_http_matrix_directory_answer(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx);
+static void ngx_http_matrix_directory_cleanup(void *data);
+
+
+static ngx_int_t
+ngx_http_matrix_directory_handler(ngx_http_request_t *r)
+{
+    u_char                            *dst, *src;
+    const char                        *srv;
+    size_t                             slen;
+    ngx_str_t                          arg, key;
+    ngx_int_t                          rc;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_matrix_ctx_t             *ctx;
+    ngx_http_matrix_directory_ctx_t   *dctx;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+    const char                        *argv[2];
+    size_t                             argvlen[2];
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "M_UNRECOGNIZED",
+                                          "Unrecognized request: only GET "
+                                          "is supported here");
+    }
+
+    ctx = ngx_http_matrix_ctx(r);
+    dctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_directory_ctx_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+
+    if (ctx == NULL || dctx == NULL || cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_matrix_directory_cleanup;
+    cln->data = dctx;
+    ctx->data = dctx;
+
+    if (ngx_http_arg(r, (u_char *) "room_alias", 10, &arg) != NGX_OK) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM",
+                                          "room_alias is missing");
+    }
+
+    dctx->alias.data = ngx_pnalloc(r->pool, arg.len + 1);
+    if (dctx->alias.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    dst = dctx->alias.data;
+    src = arg.data;
+    ngx_unescape_uri(&dst, &src, arg.len, 0);
+    dctx->alias.len = dst - dctx->alias.data;
+    *dst = '\0';
+
+    srv = mx_id_server((char *) dctx->alias.data, dctx->alias.len, '#',
+                       &slen);
+
+    if (dctx->alias.len > MX_ID_MAX_LEN
+        || srv == NULL
+        || srv - (const char *) dctx->alias.data < 3    /* "#" local ":" */
+        || ngx_strlchr(dctx->alias.data, dst, '\0') != NULL
+        || !mx_server_name_valid(srv, slen))
+    {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM",
+                                          "room_alias is not a room alias "
+                                          "(#localpart:server, at most 255 "
+                                          "bytes)");
+    }
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    key.len = mmcf->redis.prefix.len + sizeof("alias:") - 1
+              + dctx->alias.len;
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_sprintf(key.data, "%Valias:%V", &mmcf->redis.prefix, &dctx->alias);
+
+    argv[0] = "GET";
+    argvlen[0] = 3;
+    argv[1] = (char *) key.data;
+    argvlen[1] = key.len;
+
+    r->main->count++;
+    r->read_event_handler = ngx_http_test_reading;
+    ctx->sync = 1;
+
+    rc = ngx_matrix_redis_command(r, ngx_http_matrix_directory_alias, ctx,
+                                  2, argv, argvlen);
+    if (rc != NGX_OK) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 ngx_matrix_redis_status_text(rc));
+    }
+
+    ctx->sync = 0;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_ctx_t *ctx = data;
+
+    ngx_int_t                         rc;
+    ngx_str_t                         meta, servers;
+    const char                       *argv[3];
+    size_t                            argvlen[3];
+    ngx_http_matrix_directory_ctx_t  *dctx;
+
+    dctx = ctx->data;
+
+    if (status != NGX_MATRIX_REDIS_OK) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 ngx_matrix_redis_status_text(status));
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_STRING || reply->len == 0
+        || reply->len > MX_ID_MAX_LEN)
+    {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
+                                 "Room alias not found");
+        return;
+    }
+
+    dctx->room_id.len = reply->len;
+    dctx->room_id.data = ngx_pnalloc(r->pool, reply->len);
+    if (dctx->room_id.data == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_memcpy(dctx->room_id.data, reply->str, reply->len);
+
+    if (ngx_http_matrix_room_key(r, &dctx->room_id, "meta", &meta) != NGX_OK
+        || ngx_http_matrix_room_key(r, &dctx->room_id, "servers", &servers)
+           != NGX_OK)
+    {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    argv[0] = (char *) meta.data;
+    argvlen[0] = meta.len;
+    argv[1] = (char *) servers.data;
+    argvlen[1] = servers.len;
+    argv[2] = NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR;
+    argvlen[2] = sizeof(NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR) - 1;
+
+    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_SERVERS,
+                                 ngx_http_matrix_directory_room, ctx, 2, 1,
+                                 argv, argvlen);
+    if (rc != NGX_OK) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 ngx_matrix_redis_status_text(rc));
+    }
+}
+
+
+/* The script's reply: {loaded_at, stale, server, server, ...} or nil. */
+
+static void
+ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_ctx_t *ctx = data;
+
+    size_t                             i;
+    int64_t                            loaded_at;
+    json_t                            *list;
+    redisReply                        *e;
+    ngx_http_matrix_directory_ctx_t   *dctx;
+    ngx_http_matrix_join_srv_conf_t   *mscf;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+
+    dctx = ctx->data;
+
+    if (status != NGX_MATRIX_REDIS_OK) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                 ngx_matrix_redis_status_text(status));
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
+                                 "Room alias not found (its room is not "
+                                 "cached)");
+        return;
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    e = reply->element[1];
+
+    if (e->type == REDIS_REPLY_STRING && e->len == 1 && e->str[0] == '1') {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
+                                 "the room's snapshot is marked stale");
+        return;
+    }
+
+    e = reply->element[0];
+    loaded_at = (e->type == REDIS_REPLY_STRING) ? strtoll(e->str, NULL, 10)
+                                                : 0;
+
+    if (mlcf->max_age
+        && ngx_http_matrix_now_ms() - loaded_at > (int64_t) mlcf->max_age)
+    {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
+                                 "the room's snapshot is older than "
+                                 "matrix_join_max_age");
+        return;
+    }
+
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+
+    list = json_array();
+    if (list == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    dctx->servers = list;
+
+    json_array_append_new(list, json_stringn((char *) mscf->server_name.data,
+                                             mscf->server_name.len));
+
+    for (i = 2; i < reply->elements
+                && json_array_size(list) < NGX_HTTP_MATRIX_DIRECTORY_SERVERS;
+         i++)
+    {
+        e = reply->element[i];
+
+        if (e->type != REDIS_REPLY_STRING
+            || (e->len == mscf->server_name.len
+                && ngx_strncmp(e->str, mscf->server_name.data, e->len) == 0))
+        {
+            continue;
+        }
+
+        json_array_append_new(list, json_stringn(e->str, e->len));
+    }
+
+    ngx_http_matrix_authenticate(r, ctx, ngx_http_matrix_directory_answer);
+}
+
+
+static void
+ngx_http_matrix_directory_answer(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx)
+{
+    char                             *body;
+    json_t                           *doc;
+    ngx_int_t                         rc;
+    ngx_http_matrix_directory_ctx_t  *dctx;
+
+    dctx = ctx->data;
+
+    doc = json_pack("{s:s%, s:O}", "room_id", dctx->room_id.data,
+                    dctx->room_id.len, "servers", dctx->servers);
+
+    body = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(doc);
+
+    if (body == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) body,
+                                   ngx_strlen(body), 1);
+    free(body);
+
+    ngx_http_matrix_finalize(r, rc);
+}
+
+
+static void
+ngx_http_matrix_directory_cleanup(void *data)
+{
+    ngx_http_matrix_directory_ctx_t *dctx = data;
+
+    json_decref(dctx->servers);
+}
+
+
+char *
+ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    return ngx_http_matrix_set_handler(cf, ngx_http_matrix_directory_handler,
+                                       &mmcf->fed_users);
+}
