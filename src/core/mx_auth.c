@@ -1083,8 +1083,11 @@ mx_auth_federate(const json_t *create, const char *sender,
 
     fed = json_object_get(mx_auth_content(create), "m.federate");
 
+    /* res is written only on a rejection: the caller's authoriser may
+     * live in it */
+
     if (fed == NULL || json_is_true(fed)) {
-        return mx_auth_set(res, MX_AUTH_ALLOW, "room is federated");
+        return MX_AUTH_ALLOW;
     }
 
     csender = mx_auth_str(create, "sender");
@@ -1114,8 +1117,7 @@ mx_auth_federate(const json_t *create, const char *sender,
                            state_key, (int) slen, server);
     }
 
-    return mx_auth_set(res, MX_AUTH_ALLOW,
-                       "room is not federated and the user is local to it");
+    return MX_AUTH_ALLOW;
 }
 
 
@@ -1474,13 +1476,15 @@ mx_auth_set(mx_auth_result_t *res, mx_auth_e code, const char *fmt, ...)
         break;
     }
 
-    if (code != MX_AUTH_AUTHORISED) {
-        res->authoriser[0] = '\0';
-    }
+    /* after formatting: an argument may be res->authoriser itself */
 
     va_start(args, fmt);
     vsnprintf(res->rule, sizeof(res->rule), fmt, args);
     va_end(args);
+
+    if (code != MX_AUTH_AUTHORISED) {
+        res->authoriser[0] = '\0';
+    }
 
     return code;
 }
