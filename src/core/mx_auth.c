@@ -669,6 +669,11 @@ mx_auth_check_auth_events(const mx_room_version_t *rv,
     unsigned       found[MX_AUTH_KEYS_MAX];
     mx_auth_key_t  keys[MX_AUTH_KEYS_MAX];
 
+    if (user == NULL) {
+        return mx_auth_set(res, MX_AUTH_BAD_JSON,
+                           "member event without sender");
+    }
+
     if (n > MX_AUTH_EVENTS_MAX) {
         return mx_auth_set(res, MX_AUTH_BAD_JSON,
                            "auth_events has %zu entries, more than %d",
@@ -757,6 +762,11 @@ mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
 
     if (res == NULL) {
         res = &tmp;
+    }
+
+    if (sender == NULL || state_key == NULL) {
+        return mx_auth_set(res, MX_AUTH_BAD_JSON,
+                           "member event without sender or state_key");
     }
 
     create = get(data, MX_AUTH_CREATE, "");
@@ -867,15 +877,11 @@ mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
 
     case MX_JR_PRIVATE:
     case MX_JR_OTHER:
-        break;
-    }
-
-    /* private, unknown, or a rule this version does not have */
-
-    if (rule == MX_JR_PRIVATE || rule == MX_JR_OTHER) {
         return mx_auth_set(res, MX_AUTH_FORBIDDEN,
                            "join rule is %s, which admits no join", name);
     }
+
+    /* knock, restricted or knock_restricted in a version without it */
 
     return mx_auth_set(res, MX_AUTH_FORBIDDEN,
                        "join rule %s is not supported in room version %s",
@@ -895,6 +901,11 @@ mx_auth_knock(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
 
     if (res == NULL) {
         res = &tmp;
+    }
+
+    if (sender == NULL || state_key == NULL) {
+        return mx_auth_set(res, MX_AUTH_BAD_JSON,
+                           "member event without sender or state_key");
     }
 
     if (!rv->knock) {
@@ -962,6 +973,11 @@ mx_auth_leave(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
 
     if (res == NULL) {
         res = &tmp;
+    }
+
+    if (sender == NULL || state_key == NULL) {
+        return mx_auth_set(res, MX_AUTH_BAD_JSON,
+                           "member event without sender or state_key");
     }
 
     create = get(data, MX_AUTH_CREATE, "");
@@ -1234,6 +1250,11 @@ mx_auth_pick_authoriser(const mx_room_version_t *rv, mx_state_get_pt get,
     const json_t    *create, *pl, *content, *users, *v;
     mx_auth_pick_t   pk;
 
+    if (me == NULL || me->server == NULL) {
+        return mx_auth_set(res, MX_AUTH_UNABLE_TO_GRANT,
+                           "no local server name to pick an authoriser of");
+    }
+
     pk.rv = rv;
     pk.get = get;
     pk.data = data;
@@ -1347,7 +1368,7 @@ mx_auth_restricted(const mx_room_version_t *rv, mx_state_get_pt get,
     mx_auth_result_t *res)
 {
     int                r;
-    char               rule[MX_AUTH_RULE_LEN];
+    char               who[MX_ID_MAX_LEN + 1];
     size_t             i, n;
     const char        *name, *room, *met, *unknown;
     const json_t      *jr, *e;
@@ -1357,6 +1378,10 @@ mx_auth_restricted(const mx_room_version_t *rv, mx_state_get_pt get,
 
     if (res == NULL) {
         res = &tmp;
+    }
+
+    if (user == NULL) {
+        return mx_auth_set(res, MX_AUTH_BAD_JSON, "no user to join");
     }
 
     jrule = mx_auth_join_rule(get, data, &name);
@@ -1391,8 +1416,9 @@ mx_auth_restricted(const mx_room_version_t *rv, mx_state_get_pt get,
 
         n++;
 
-        r = me->room_joined ? me->room_joined(me->room_data, room, user)
-                            : MX_AUTH_ROOM_UNKNOWN;
+        r = (me != NULL && me->room_joined != NULL)
+            ? me->room_joined(me->room_data, room, user)
+            : MX_AUTH_ROOM_UNKNOWN;
 
         if (r == 1) {
             met = room;
@@ -1426,11 +1452,11 @@ mx_auth_restricted(const mx_room_version_t *rv, mx_state_get_pt get,
         return res->code;
     }
 
-    snprintf(rule, sizeof(rule), "%s", res->authoriser);
+    snprintf(who, sizeof(who), "%s", res->authoriser);
 
     return mx_auth_set(res, MX_AUTH_AUTHORISED,
                        "user is joined to the allowed room %s; %s "
-                       "authorises", met, rule);
+                       "authorises", met, who);
 }
 
 

@@ -39,7 +39,8 @@
 typedef const json_t *(*mx_state_get_pt)(void *data, const char *type,
     const char *state_key);
 
-/* The event ID of that same current state event, or NULL. */
+/* The event ID of that same current state event, or NULL. It must know
+ * the create event in every version, v12 included. */
 typedef const char *(*mx_state_id_pt)(void *data, const char *type,
     const char *state_key);
 
@@ -166,7 +167,9 @@ mx_auth_e mx_auth_check_auth_events(const mx_room_version_t *rv,
  * The membership rules (§6.2) against current state, the m.federate rule
  * included. The caller checks the event's shape, the sender's origin, the
  * auth events and, in v8+, the authoriser server's signature (rule 2).
- * Return MX_AUTH_ALLOW or a rejection.
+ * Return MX_AUTH_ALLOW or a rejection; sender != state_key is 400
+ * M_BAD_JSON as residents answer it (§2.2). authoriser may point into
+ * res->authoriser (the result of mx_auth_restricted).
  */
 mx_auth_e mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get,
     void *data, const char *sender, const char *state_key,
