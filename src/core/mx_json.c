@@ -39,7 +39,6 @@ typedef struct {
 
 static int mx_json_canonical_value(const json_t *v, mx_buf_t *out,
     unsigned depth, mx_err_t *err);
-static int mx_json_canonical_string(const char *s, size_t n, mx_buf_t *out);
 static int mx_json_canonical_object(const json_t *v, mx_buf_t *out,
     unsigned depth, mx_err_t *err);
 static int mx_json_member_cmp(const void *a, const void *b);
@@ -509,7 +508,7 @@ mx_json_member_cmp(const void *a, const void *b)
  * Only '"', '\\' and U+0000-U+001F are escaped; everything else, U+007F,
  * '/' and U+2028 included, is copied as raw UTF-8.
  */
-static int
+int
 mx_json_canonical_string(const char *s, size_t n, mx_buf_t *out)
 {
     char           esc[8];

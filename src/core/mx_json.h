@@ -47,6 +47,12 @@ int mx_json_check_strict(const json_t *v, mx_err_t *err);
  */
 int mx_json_canonical(const json_t *v, mx_buf_t *out, mx_err_t *err);
 
+/*
+ * Appends s[0..n) as a canonical JSON string, quotes included (s must be
+ * valid UTF-8). For callers that format a known object shape directly.
+ */
+int mx_json_canonical_string(const char *s, size_t n, mx_buf_t *out);
+
 /* Same, into a fresh malloc'ed NUL-terminated string (free()); NULL on error. */
 char *mx_json_canonical_str(const json_t *v, size_t *len, mx_err_t *err);
 

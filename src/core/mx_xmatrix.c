@@ -237,6 +237,123 @@ mx_xmatrix_sign(const char *method, const char *uri, const char *origin,
 }
 
 
+/* Well-formed UTF-8 (no overlongs, no surrogates, at most U+10FFFF). */
+
+static int
+mx_xmatrix_utf8_valid(const char *s, size_t n)
+{
+    size_t          i, k, more;
+    uint32_t        cp, min;
+    unsigned char   c;
+
+    for (i = 0; i < n; i++) {
+        c = (unsigned char) s[i];
+
+        if (c < 0x80) {
+            continue;
+        }
+
+        if ((c & 0xe0) == 0xc0) {
+            more = 1; cp = c & 0x1f; min = 0x80;
+
+        } else if ((c & 0xf0) == 0xe0) {
+            more = 2; cp = c & 0x0f; min = 0x800;
+
+        } else if ((c & 0xf8) == 0xf0) {
+            more = 3; cp = c & 0x07; min = 0x10000;
+
+        } else {
+            return 0;
+        }
+
+        if (n - i - 1 < more) {
+            return 0;
+        }
+
+        for (k = 1; k <= more; k++) {
+            c = (unsigned char) s[i + k];
+
+            if ((c & 0xc0) != 0x80) {
+                return 0;
+            }
+
+            cp = (cp << 6) | (c & 0x3f);
+        }
+
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+            return 0;
+        }
+
+        i += more;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The object {"content"?, "destination", "method", "origin", "uri"} has a
+ * fixed shape, so its canonical form is written directly, keys already in
+ * code point order: no JSON object is built for every request.
+ */
+int
+mx_xmatrix_signed_bytes(const mx_xmatrix_t *h, const char *method,
+    size_t method_len, const char *uri, size_t uri_len, const char *our_name,
+    const json_t *content, mx_buf_t *out, mx_err_t *err)
+{
+    size_t  start;
+
+    if (!mx_xmatrix_utf8_valid(uri, uri_len)
+        || !mx_xmatrix_utf8_valid(method, method_len))
+    {
+        mx_err_set(err, "the request URI or method is not valid UTF-8");
+        return -1;
+    }
+
+    start = out->len;
+
+    if (mx_buf_append_byte(out, '{') != 0) {
+        goto nomem;
+    }
+
+    if (content) {
+        if (mx_buf_append_str(out, "\"content\":") != 0) {
+            goto nomem;
+        }
+
+        if (mx_json_canonical(content, out, err) != 0) {
+            out->len = start;
+            return -1;
+        }
+
+        if (mx_buf_append_byte(out, ',') != 0) {
+            goto nomem;
+        }
+    }
+
+    if (mx_buf_append_str(out, "\"destination\":") != 0
+        || mx_json_canonical_string(our_name, strlen(our_name), out) != 0
+        || mx_buf_append_str(out, ",\"method\":") != 0
+        || mx_json_canonical_string(method, method_len, out) != 0
+        || mx_buf_append_str(out, ",\"origin\":") != 0
+        || mx_json_canonical_string(h->origin, strlen(h->origin), out) != 0
+        || mx_buf_append_str(out, ",\"uri\":") != 0
+        || mx_json_canonical_string(uri, uri_len, out) != 0
+        || mx_buf_append_byte(out, '}') != 0)
+    {
+        goto nomem;
+    }
+
+    return 0;
+
+nomem:
+
+    out->len = start;
+    mx_err_set(err, "out of memory");
+    return -1;
+}
+
+
 int
 mx_xmatrix_verify(const mx_xmatrix_t *h, const char *method,
     size_t method_len, const char *uri, size_t uri_len, const char *our_name,
@@ -244,23 +361,12 @@ mx_xmatrix_verify(const mx_xmatrix_t *h, const char *method,
     mx_err_t *err)
 {
     int       rc;
-    json_t   *obj;
     mx_buf_t  bytes = MX_BUF_INIT;
 
-    /* the destination is always ours, whatever the header said */
-
-    obj = mx_xmatrix_request_object(method, method_len, uri, uri_len,
-                                    h->origin, our_name, content);
-    if (obj == NULL) {
-        mx_err_set(err, "cannot build the X-Matrix request object");
-        return -1;
-    }
-
-    rc = mx_json_signing_bytes(obj, &bytes, err);
-
-    json_decref(obj);
-
-    if (rc != 0) {
+    if (mx_xmatrix_signed_bytes(h, method, method_len, uri, uri_len,
+                                our_name, content, &bytes, err)
+        != 0)
+    {
         mx_buf_free(&bytes);
         return -1;
     }

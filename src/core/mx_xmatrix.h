@@ -58,6 +58,14 @@ int mx_xmatrix_sign(const char *method, const char *uri, const char *origin,
     const mx_signing_key_t *k, mx_buf_t *out, mx_err_t *err);
 
 /*
+ * The canonical bytes an X-Matrix signature covers for this request
+ * (destination = our_name), appended to out. 0 or -1.
+ */
+int mx_xmatrix_signed_bytes(const mx_xmatrix_t *h, const char *method,
+    size_t method_len, const char *uri, size_t uri_len, const char *our_name,
+    const json_t *content, mx_buf_t *out, mx_err_t *err);
+
+/*
  * Verifies a parsed header for a request (method, raw uri incl. query,
  * body content or NULL) received by our_name: rebuilds the object with
  * destination = our_name and checks h->sig with pk. Does not compare

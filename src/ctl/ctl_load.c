@@ -22,6 +22,7 @@
 #include "ctl.h"
 #include "ctl_redis.h"
 #include "mx_id.h"
+#include "mx_json.h"
 #include "mx_snapshot.h"
 
 
@@ -699,16 +700,24 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
 }
 
 
-/* The servers with joined members, by count: the directory's candidates. */
+/*
+ * The servers with joined members, by count: the directory's candidates, as
+ * a sorted set (counts negated, so ZRANGE lists the most members first, then
+ * by name) and, for the directory's answer, the first MXJ_LOAD_CANDIDATES of
+ * them as a JSON array in meta.servers.
+ */
+
+#define MXJ_LOAD_CANDIDATES  100
 
 typedef struct {
     const char  *name;
     size_t       len;
+    size_t       count;
 } mxj_server_t;
 
 
 static int
-mxj_server_cmp(const void *a, const void *b)
+mxj_server_name_cmp(const void *a, const void *b)
 {
     int                  c;
     const mxj_server_t  *x = a, *y = b;
@@ -724,11 +733,25 @@ mxj_server_cmp(const void *a, const void *b)
 
 
 static int
+mxj_server_rank_cmp(const void *a, const void *b)
+{
+    const mxj_server_t  *x = a, *y = b;
+
+    if (x->count != y->count) {
+        return (x->count < y->count) - (x->count > y->count);
+    }
+
+    return mxj_server_name_cmp(a, b);
+}
+
+
+static int
 mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
 {
     int                   rc;
     char                (*scores)[24];
     size_t                e, n, i, run, nservers;
+    mx_buf_t              list = MX_BUF_INIT;
     mx_snapshot_t        *s;
     mxj_server_t         *sv;
     mx_snapshot_event_t  *ev;
@@ -761,47 +784,76 @@ mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
         }
     }
 
-    rc = 0;
+    /* one entry per server, with its count */
 
-    if (n == 0) {
-        goto done;
-    }
-
-    qsort(sv, n, sizeof(mxj_server_t), mxj_server_cmp);
-
-    if (mxj_pipe_start(p, "ZADD", ld->load[MXJ_K_SERVERS]) != 0) {
-        rc = -1;
-        goto done;
-    }
+    qsort(sv, n, sizeof(mxj_server_t), mxj_server_name_cmp);
 
     nservers = 0;
 
     for (i = 0; i < n; i += run) {
         for (run = 1; i + run < n
-                      && mxj_server_cmp(&sv[i], &sv[i + run]) == 0; run++)
+                      && mxj_server_name_cmp(&sv[i], &sv[i + run]) == 0;
+             run++)
         {
             /* void */
         }
 
-        snprintf(scores[nservers], sizeof(scores[0]), "%zu", run);
-
-        if (mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS],
-                         scores[nservers], strlen(scores[nservers])) != 0
-            || mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS], sv[i].name,
-                            sv[i].len) != 0)
-        {
-            rc = -1;
-            goto done;
-        }
-
+        sv[nservers] = sv[i];
+        sv[nservers].count = run;
         nservers++;
     }
 
-    /* sent before the scores are freed */
-    rc = mxj_pipe_end(p);
+    qsort(sv, nservers, sizeof(mxj_server_t), mxj_server_rank_cmp);
+
+    rc = -1;
+
+    if (mx_buf_append_byte(&list, '[') != 0) {
+        goto done;
+    }
+
+    for (i = 0; i < nservers && i < MXJ_LOAD_CANDIDATES; i++) {
+        if ((i && mx_buf_append_byte(&list, ',') != 0)
+            || mx_json_canonical_string(sv[i].name, sv[i].len, &list) != 0)
+        {
+            goto done;
+        }
+    }
+
+    if (mx_buf_append_byte(&list, ']') != 0) {
+        goto done;
+    }
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0
+        || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], "servers", 7) != 0
+        || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], list.data, list.len)
+           != 0
+        || mxj_pipe_end(p) != 0)
+    {
+        goto done;
+    }
+
+    if (nservers && mxj_pipe_start(p, "ZADD", ld->load[MXJ_K_SERVERS]) != 0) {
+        goto done;
+    }
+
+    for (i = 0; i < nservers; i++) {
+        snprintf(scores[i], sizeof(scores[0]), "-%zu", sv[i].count);
+
+        if (mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS], scores[i],
+                         strlen(scores[i])) != 0
+            || mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS], sv[i].name,
+                            sv[i].len) != 0)
+        {
+            goto done;
+        }
+    }
+
+    /* sent (copied by hiredis) before the scores are freed */
+    rc = nservers ? mxj_pipe_end(p) : 0;
 
 done:
 
+    mx_buf_free(&list);
     free(sv);
     free(scores);
 

@@ -13,6 +13,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <sodium.h>
+
 #include "ngx_http_matrix_join.h"
 #include "mx_base64.h"
 #include "mx_crypto.h"
@@ -25,6 +27,7 @@
 #define NGX_HTTP_MATRIX_MAX_FETCHES       64
 #define NGX_HTTP_MATRIX_MAX_HEADERS       8
 #define NGX_HTTP_MATRIX_KEY_MAX_AGE       (7 * 86400 * 1000LL)
+#define NGX_HTTP_MATRIX_VERIFIED_SIZE     4096
 
 
 /* a remote key in the worker's memory; negative entries have no key */
@@ -100,6 +103,15 @@ static ngx_http_matrix_rate_entry_t
     ngx_http_matrix_rates[NGX_HTTP_MATRIX_RATE_SIZE];
 static ngx_http_matrix_fetch_t
     ngx_http_matrix_fetches[NGX_HTTP_MATRIX_MAX_FETCHES];
+
+/*
+ * Signatures that verified: SHA-256 over (signed bytes, signature, public
+ * key). Verifying is a pure function of those, and X-Matrix has no nonce:
+ * the same request from the same server (a directory query for the same
+ * alias by every user of a remote server) needs one ed25519 check.
+ */
+static u_char
+    ngx_http_matrix_verified[NGX_HTTP_MATRIX_VERIFIED_SIZE][MX_SHA256_LEN];
 
 
 static ngx_http_variable_t  ngx_http_matrix_vars[] = {
@@ -438,8 +450,13 @@ static ngx_int_t
 ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
     const u_char *pk)
 {
+    u_char                           *slot;
+    u_char                            digest[MX_SHA256_LEN];
     mx_err_t                          err;
+    mx_buf_t                          bytes = MX_BUF_INIT;
+    ngx_int_t                         rc;
     mx_xmatrix_t                     *h;
+    crypto_hash_sha256_state          st;
     ngx_http_matrix_join_srv_conf_t  *mscf;
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
@@ -448,13 +465,16 @@ ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
 
     /* configuration arguments are NUL-terminated */
 
-    if (mx_xmatrix_verify(h, (char *) r->method_name.data,
-                          r->method_name.len, (char *) r->unparsed_uri.data,
-                          r->unparsed_uri.len,
-                          (char *) mscf->server_name.data, ctx->content, pk,
-                          &err)
+    if (mx_xmatrix_signed_bytes(h, (char *) r->method_name.data,
+                                r->method_name.len,
+                                (char *) r->unparsed_uri.data,
+                                r->unparsed_uri.len,
+                                (char *) mscf->server_name.data,
+                                ctx->content, &bytes, &err)
         != 0)
     {
+        mx_buf_free(&bytes);
+
         ctx->why.data = ngx_pnalloc(r->pool, sizeof(err.text));
         if (ctx->why.data) {
             ctx->why.len = ngx_cpystrn(ctx->why.data, (u_char *) err.text,
@@ -462,6 +482,34 @@ ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
                            - ctx->why.data;
         }
 
+        return NGX_DECLINED;
+    }
+
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (u_char *) bytes.data, bytes.len);
+    crypto_hash_sha256_update(&st, h->sig, MX_ED25519_SIG_LEN);
+    crypto_hash_sha256_update(&st, pk, MX_ED25519_PK_LEN);
+    crypto_hash_sha256_final(&st, digest);
+
+    slot = ngx_http_matrix_verified[(digest[0] | digest[1] << 8)
+                                    % NGX_HTTP_MATRIX_VERIFIED_SIZE];
+
+    rc = NGX_OK;
+
+    if (ngx_memcmp(slot, digest, MX_SHA256_LEN) != 0) {
+
+        if (mx_ed25519_verify(h->sig, bytes.data, bytes.len, pk) != 0) {
+            rc = NGX_DECLINED;
+
+        } else {
+            ngx_memcpy(slot, digest, MX_SHA256_LEN);
+        }
+    }
+
+    mx_buf_free(&bytes);
+
+    if (rc != NGX_OK) {
+        ngx_str_set(&ctx->why, "bad signature");
         return NGX_DECLINED;
     }
 

@@ -7,7 +7,8 @@
  * answer for goes to the fallback before any authentication, so that the
  * homeserver handles it as it always did. A cached one is authenticated,
  * then answered with our server first and the servers with joined members,
- * most members first.
+ * most members first: the loader keeps that list ready as JSON in the
+ * room's meta, so the answer is two Redis reads and a concatenation.
  */
 
 #include <ngx_config.h>
@@ -16,16 +17,15 @@
 
 #include "ngx_http_matrix_join.h"
 #include "mx_id.h"
+#include "mx_json.h"
 
 
-#define NGX_HTTP_MATRIX_DIRECTORY_SERVERS      100
-#define NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR  "100"
 
 
 typedef struct {
     ngx_str_t                    alias;
     ngx_str_t                    room_id;
-    json_t                      *servers;      /* the answer's list */
+    ngx_str_t                    servers;      /* meta.servers, a JSON list */
 } ngx_http_matrix_directory_ctx_t;
 
 
@@ -37,7 +37,6 @@ static void ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
     redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
 static void ngx_http_matrix_directory_answer(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
-static void ngx_http_matrix_directory_cleanup(void *data);
 
 
 static ngx_int_t
@@ -48,7 +47,6 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
     size_t                             slen;
     ngx_str_t                          arg, key;
     ngx_int_t                          rc;
-    ngx_pool_cleanup_t                *cln;
     ngx_http_matrix_ctx_t             *ctx;
     ngx_http_matrix_directory_ctx_t   *dctx;
     ngx_http_matrix_join_main_conf_t  *mmcf;
@@ -64,14 +62,11 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_matrix_ctx(r);
     dctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_directory_ctx_t));
-    cln = ngx_pool_cleanup_add(r->pool, 0);
 
-    if (ctx == NULL || dctx == NULL || cln == NULL) {
+    if (ctx == NULL || dctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cln->handler = ngx_http_matrix_directory_cleanup;
-    cln->data = dctx;
     ctx->data = dctx;
 
     if (ngx_http_arg(r, (u_char *) "room_alias", 10, &arg) != NGX_OK) {
@@ -147,9 +142,9 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
     ngx_http_matrix_ctx_t *ctx = data;
 
     ngx_int_t                         rc;
-    ngx_str_t                         meta, servers;
-    const char                       *argv[3];
-    size_t                            argvlen[3];
+    ngx_str_t                         meta;
+    const char                       *argv[5];
+    size_t                            argvlen[5];
     ngx_http_matrix_directory_ctx_t  *dctx;
 
     dctx = ctx->data;
@@ -177,24 +172,25 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
 
     ngx_memcpy(dctx->room_id.data, reply->str, reply->len);
 
-    if (ngx_http_matrix_room_key(r, &dctx->room_id, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, &dctx->room_id, "servers", &servers)
-           != NGX_OK)
+    if (ngx_http_matrix_room_key(r, &dctx->room_id, "meta", &meta) != NGX_OK)
     {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    argv[0] = (char *) meta.data;
-    argvlen[0] = meta.len;
-    argv[1] = (char *) servers.data;
-    argvlen[1] = servers.len;
-    argv[2] = NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR;
-    argvlen[2] = sizeof(NGX_HTTP_MATRIX_DIRECTORY_SERVERS_STR) - 1;
+    argv[0] = "HMGET";
+    argvlen[0] = 5;
+    argv[1] = (char *) meta.data;
+    argvlen[1] = meta.len;
+    argv[2] = "loaded_at";
+    argvlen[2] = 9;
+    argv[3] = "stale";
+    argvlen[3] = 5;
+    argv[4] = "servers";
+    argvlen[4] = 7;
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_SERVERS,
-                                 ngx_http_matrix_directory_room, ctx, 2, 1,
-                                 argv, argvlen);
+    rc = ngx_matrix_redis_command(r, ngx_http_matrix_directory_room, ctx, 5,
+                                  argv, argvlen);
     if (rc != NGX_OK) {
         ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  ngx_matrix_redis_status_text(rc));
@@ -202,7 +198,7 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
 }
 
 
-/* The script's reply: {loaded_at, stale, server, server, ...} or nil. */
+/* meta's loaded_at, stale, servers; loaded_at is nil when not cached */
 
 static void
 ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
@@ -210,12 +206,9 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    size_t                             i;
     int64_t                            loaded_at;
-    json_t                            *list;
     redisReply                        *e;
     ngx_http_matrix_directory_ctx_t   *dctx;
-    ngx_http_matrix_join_srv_conf_t   *mscf;
     ngx_http_matrix_join_loc_conf_t   *mlcf;
 
     dctx = ctx->data;
@@ -226,14 +219,14 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
         return;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 3
+        || reply->element[0]->type != REDIS_REPLY_STRING)
+    {
         ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
                                  "Room alias not found (its room is not "
                                  "cached)");
         return;
     }
-
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
 
     e = reply->element[1];
 
@@ -243,9 +236,8 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
         return;
     }
 
-    e = reply->element[0];
-    loaded_at = (e->type == REDIS_REPLY_STRING) ? strtoll(e->str, NULL, 10)
-                                                : 0;
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+    loaded_at = strtoll(reply->element[0]->str, NULL, 10);
 
     if (mlcf->max_age
         && ngx_http_matrix_now_ms() - loaded_at > (int64_t) mlcf->max_age)
@@ -256,75 +248,96 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
         return;
     }
 
-    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
+    e = reply->element[2];
 
-    list = json_array();
-    if (list == NULL) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    dctx->servers = list;
-
-    json_array_append_new(list, json_stringn((char *) mscf->server_name.data,
-                                             mscf->server_name.len));
-
-    for (i = 2; i < reply->elements
-                && json_array_size(list) < NGX_HTTP_MATRIX_DIRECTORY_SERVERS;
-         i++)
+    if (e->type == REDIS_REPLY_STRING && e->len >= 2 && e->str[0] == '['
+        && e->str[e->len - 1] == ']')
     {
-        e = reply->element[i];
-
-        if (e->type != REDIS_REPLY_STRING
-            || (e->len == mscf->server_name.len
-                && ngx_strncmp(e->str, mscf->server_name.data, e->len) == 0))
-        {
-            continue;
+        /* the list without its brackets */
+        dctx->servers.len = e->len - 2;
+        dctx->servers.data = ngx_pnalloc(r->pool, e->len);
+        if (dctx->servers.data == NULL) {
+            ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
         }
 
-        json_array_append_new(list, json_stringn(e->str, e->len));
+        ngx_memcpy(dctx->servers.data, e->str + 1, dctx->servers.len);
     }
 
     ngx_http_matrix_authenticate(r, ctx, ngx_http_matrix_directory_answer);
 }
 
 
+/*
+ * {"room_id":R,"servers":["ours",...]}: our own name is taken out of the
+ * stored list (the loader does not know it); names need no escaping.
+ */
 static void
 ngx_http_matrix_directory_answer(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    char                             *body;
-    json_t                           *doc;
+    u_char                           *p, *q, *last, *end;
+    size_t                            len;
+    mx_buf_t                          out = MX_BUF_INIT;
     ngx_int_t                         rc;
     ngx_http_matrix_directory_ctx_t  *dctx;
+    ngx_http_matrix_join_srv_conf_t  *mscf;
 
     dctx = ctx->data;
+    mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
 
-    doc = json_pack("{s:s%, s:O}", "room_id", dctx->room_id.data,
-                    dctx->room_id.len, "servers", dctx->servers);
-
-    body = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    json_decref(doc);
-
-    if (body == NULL) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+    if (mx_buf_append_str(&out, "{\"room_id\":") != 0
+        || mx_json_canonical_string((char *) dctx->room_id.data,
+                                    dctx->room_id.len, &out) != 0
+        || mx_buf_append_str(&out, ",\"servers\":[") != 0
+        || mx_json_canonical_string((char *) mscf->server_name.data,
+                                    mscf->server_name.len, &out) != 0)
+    {
+        goto failed;
     }
 
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) body,
-                                   ngx_strlen(body), 1);
-    free(body);
+    p = dctx->servers.data;
+    end = p + dctx->servers.len;
+
+    while (p < end) {
+        last = ngx_strlchr(p, end, ',');
+        if (last == NULL) {
+            last = end;
+        }
+
+        /* one "name" */
+        q = p;
+        len = last - p;
+
+        if (!(len == mscf->server_name.len + 2
+              && ngx_strncmp(q + 1, mscf->server_name.data,
+                             mscf->server_name.len) == 0))
+        {
+            if (mx_buf_append_byte(&out, ',') != 0
+                || mx_buf_append(&out, q, len) != 0)
+            {
+                goto failed;
+            }
+        }
+
+        p = last + 1;
+    }
+
+    if (mx_buf_append_str(&out, "]}") != 0) {
+        goto failed;
+    }
+
+    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) out.data,
+                                   out.len, 1);
+    mx_buf_free(&out);
 
     ngx_http_matrix_finalize(r, rc);
-}
+    return;
 
+failed:
 
-static void
-ngx_http_matrix_directory_cleanup(void *data)
-{
-    ngx_http_matrix_directory_ctx_t *dctx = data;
-
-    json_decref(dctx->servers);
+    mx_buf_free(&out);
+    ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
 }
 
 

@@ -117,22 +117,6 @@ static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
       "if #meta == 0 then return false end\n"
       "return {meta, redis.call('HGETALL', KEYS[2])}\n", "" },
 
-    /*
-     * KEYS: room meta, room servers; ARGV: how many servers. Returns
-     * {loaded_at, stale, server...}, most joined members first, then by
-     * name; nil when the room is not cached.
-     */
-    { "local m = redis.call('HMGET', KEYS[1], 'loaded_at', 'stale')\n"
-      "if not m[1] then return false end\n"
-      "local s = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')\n"
-      "local t = {}\n"
-      "for i = 1, #s, 2 do t[#t + 1] = {s[i], tonumber(s[i + 1])} end\n"
-      "table.sort(t, function(a, b)\n"
-      "  if a[2] ~= b[2] then return a[2] > b[2] end\n"
-      "  return a[1] < b[1] end)\n"
-      "local r = {m[1], m[2] or '0'}\n"
-      "for i = 1, math.min(#t, tonumber(ARGV[1])) do r[#r + 1] = t[i][1] end\n"
-      "return r\n", "" },
 };
 
 

@@ -30,7 +30,6 @@ typedef enum {
 /* Lua scripts, loaded with SCRIPT LOAD at connect and run with EVALSHA. */
 typedef enum {
     NGX_MATRIX_SCRIPT_ROOM_STATUS = 0,
-    NGX_MATRIX_SCRIPT_ROOM_SERVERS,
     NGX_MATRIX_SCRIPT_COUNT
 } ngx_matrix_script_e;
 

@@ -97,6 +97,7 @@ def check_room(client, r, prefix="mxj:"):
     meta = {k.decode(): v.decode()
             for k, v in client.hgetall(rkey(prefix, rid, "meta")).items()}
     loaded_at = int(meta.pop("loaded_at"))
+    candidates = json.loads(meta.pop("servers"))
     assert abs(loaded_at - time.time() * 1000) < 120000
     assert meta == {
         "schema": "1",
@@ -124,7 +125,10 @@ def check_room(client, r, prefix="mxj:"):
                 r.events[eid]["content"]["membership"] == "join":
             server = sk.split(":", 1)[1]
             want_servers[server] = want_servers.get(server, 0) + 1
-    got_servers = {m.decode(): int(sc) for m, sc in client.zrange(
+    # the directory's candidates: most joined members first, then by name
+    assert candidates == sorted(want_servers,
+                                key=lambda v: (-want_servers[v], v))[:100]
+    got_servers = {m.decode(): -int(sc) for m, sc in client.zrange(
         rkey(prefix, rid, "servers"), 0, -1, withscores=True)}
     assert got_servers == want_servers
 
