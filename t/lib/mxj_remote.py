@@ -193,7 +193,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     """Reads the whole request; owner.handle(req) returns the answer."""
     protocol_version = "HTTP/1.0"
-    timeout = 10                    # socket timeout while reading
+    timeout = 5                     # socket timeout while reading
     owner = None                    # set on the per-server subclass
 
     def log_message(self, *args):
@@ -215,13 +215,21 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _any(self):
+        try:
+            body = self._read_body()
+        except (OSError, ValueError):
+            body = None             # a body announced but never sent
         req = Request(
             method=self.command,
             target=self.path,
             version=self.request_version,
             headers=list(self.headers.items()),
-            body=self._read_body(),
+            body=body,
             received_at=time.monotonic())
+        if body is None:
+            self.owner._record(req)
+            self.close_connection = True
+            return
         status, headers, body = self.owner._answer(req)
         if status is None:          # drop the connection without answer
             self.close_connection = True
@@ -242,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
     do_PATCH = _any
 
 
+# body is None when the request announced a body that did not come
+# within the handler's timeout (the connection is then closed unanswered)
 Request = collections.namedtuple(
     "Request", "method target version headers body received_at")
 
@@ -253,26 +263,33 @@ def _header_list(req, name):
 class _Base:
     """A threaded HTTP server on 127.0.0.1:port (free port by default)."""
 
-    def __init__(self, port=0):
+    def __init__(self, port=0, avoid=()):
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._httpd = None
         self._thread = None
         self.port = port
-        self._listen()
+        self._listen(set(avoid))
 
-    def _listen(self):
+    def _listen(self, avoid=()):
+        """avoid: ports picked (and released) by others that have not
+        bound them yet, such as the harness's nginx port."""
         handler = type("H", (_Handler,), {"owner": self})
         deadline = time.monotonic() + 5
         while True:
             try:
-                self._httpd = _Server(("127.0.0.1", self.port), handler)
-                break
+                httpd = _Server(("127.0.0.1", self.port), handler)
             except OSError:
                 # up() on the old port right after down(): retry briefly
                 if not self.port or time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+                continue
+            if httpd.server_address[1] in avoid:
+                httpd.server_close()
+                continue
+            self._httpd = httpd
+            break
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -324,13 +341,16 @@ class KeyServer(_Base):
     before answering), wrong_server_name, bad_signature, omit_key,
     valid_until_ts (absolute ms, e.g. in the past)."""
 
-    def __init__(self, *servers, notary_name="notary.test", port=0):
+    def __init__(self, *servers, notary_name="notary.test", port=0,
+                 avoid=()):
         self.hosts = {s.name: s for s in servers}
         self.notary = RemoteServer(notary_name, "n1")
         self.log = []               # Request, in order of arrival
         self.counts = collections.Counter()   # path (no query) -> count
+        self.in_flight = 0          # requests being answered now
+        self.max_in_flight = 0
         self.reset()
-        super().__init__(port)
+        super().__init__(port, avoid)
 
     def add(self, server):
         self.hosts[server.name] = server
@@ -364,11 +384,25 @@ class KeyServer(_Base):
         return status, [("Content-Type", "application/json")], \
             encode_canonical_json(obj)
 
-    def _answer(self, req):
-        path, _, _query = req.target.partition("?")
+    def _record(self, req):
+        path = req.target.partition("?")[0]
         with self._lock:
             self.log.append(req)
             self.counts[urllib.parse.unquote(path)] += 1
+
+    def _answer(self, req):
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._answer_now(req)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer_now(self, req):
+        path = req.target.partition("?")[0]
+        self._record(req)
         if self.delay:
             self.wait(self.delay)
         if self.status != 200:
@@ -415,21 +449,24 @@ class Recorder(_Base):
     """Records every request exactly and answers status + canned JSON
     (bytes sent as given when body is bytes)."""
 
-    def __init__(self, status=200, body=None, headers=(), port=0):
+    def __init__(self, status=200, body=None, headers=(), port=0, avoid=()):
         self.status = status
         self.body = body if body is not None else {"recorded": True}
         self.headers = list(headers)
         self.log = []
-        super().__init__(port)
+        super().__init__(port, avoid)
 
     @property
     def requests(self):
         with self._lock:
             return list(self.log)
 
-    def _answer(self, req):
+    def _record(self, req):
         with self._lock:
             self.log.append(req)
+
+    def _answer(self, req):
+        self._record(req)
         body = self.body if isinstance(self.body, bytes) \
             else json.dumps(self.body).encode()
         return self.status, [("Content-Type", "application/json")] \
