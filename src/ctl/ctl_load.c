@@ -26,7 +26,7 @@
 #include "mx_snapshot.h"
 
 
-#define MXJ_LOAD_NKEYS        9
+#define MXJ_LOAD_NKEYS        10
 #define MXJ_LOAD_LOCK_MS      "600000"
 #define MXJ_LOAD_PROGRESS_MIN (8 * 1024 * 1024)   /* bytes of snapshot */
 
@@ -43,12 +43,12 @@
 /* The per-room keys, in the order the switch script takes them. */
 static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
     "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem",
-    "servers"
+    "servers", "server_user"
 };
 
 enum {
     MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
-    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS
+    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER
 };
 
 
@@ -713,6 +713,7 @@ typedef struct {
     const char  *name;
     size_t       len;
     size_t       count;
+    const char  *user;          /* a joined user of the server */
 } mxj_server_t;
 
 
@@ -779,6 +780,8 @@ mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
 
         sv[n].name = mx_id_server(ev->user, strlen(ev->user), '@',
                                   &sv[n].len);
+        sv[n].user = ev->user;
+
         if (sv[n].name != NULL) {
             n++;
         }
@@ -843,6 +846,28 @@ mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
                          strlen(scores[i])) != 0
             || mxj_pipe_arg(p, "ZADD", ld->load[MXJ_K_SERVERS], sv[i].name,
                             sv[i].len) != 0)
+        {
+            goto done;
+        }
+    }
+
+    if (nservers && mxj_pipe_end(p) != 0) {
+        goto done;
+    }
+
+    /* one joined user a server: the authoriser of last resort */
+
+    if (nservers
+        && mxj_pipe_start(p, "HSET", ld->load[MXJ_K_SERVER_USER]) != 0)
+    {
+        goto done;
+    }
+
+    for (i = 0; i < nservers; i++) {
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_SERVER_USER], sv[i].name,
+                         sv[i].len) != 0
+            || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_SERVER_USER],
+                            sv[i].user, strlen(sv[i].user)) != 0)
         {
             goto done;
         }

@@ -23,7 +23,7 @@ import mxj_room  # noqa: E402
 
 CHUNK_MAX = 65536
 KEY_NAMES = ("meta", "state", "member", "pdu", "state_nm", "state_m",
-             "auth", "extrem", "servers")
+             "auth", "extrem", "servers", "server_user")
 SUMMARY = re.compile(
     r"^loaded (\S+): version (\d+), (\d+) state events, (\d+) members, "
     r"(\d+) auth chain events, (\d+) forward extremities, (\d+) bytes "
@@ -128,6 +128,14 @@ def check_room(client, r, prefix="mxj:"):
     # the directory's candidates: most joined members first, then by name
     assert candidates == sorted(want_servers,
                                 key=lambda v: (-want_servers[v], v))[:100]
+    # one joined user of each server with joined members
+    su = {k.decode(): v.decode() for k, v in
+          client.hgetall(rkey(prefix, rid, "server_user")).items()}
+    assert set(su) == set(want_servers)
+    for server, user in su.items():
+        assert user.split(":", 1)[1] == server
+        assert r.events[r.state[("m.room.member", user)]]["content"][
+            "membership"] == "join"
     got_servers = {m.decode(): -int(sc) for m, sc in client.zrange(
         rkey(prefix, rid, "servers"), 0, -1, withscores=True)}
     assert got_servers == want_servers
