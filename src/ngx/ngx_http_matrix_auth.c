@@ -79,7 +79,6 @@ static void ngx_http_matrix_auth_fetch(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static ngx_int_t ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr,
     void *data, ngx_int_t rc);
-static void ngx_http_matrix_auth_owner_wake(ngx_http_request_t *r);
 static void ngx_http_matrix_auth_owner_gone(void *data);
 static void ngx_http_matrix_auth_waiter_gone(void *data);
 static void ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev);
@@ -595,6 +594,7 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     ngx_http_request_t                *sr;
     ngx_http_matrix_ctx_t             *sctx;
     ngx_http_matrix_fetch_t           *f, *free_slot;
+    ngx_http_cleanup_t                *fcln;
     ngx_http_post_subrequest_t        *ps;
     ngx_http_matrix_join_loc_conf_t   *mlcf;
 
@@ -692,9 +692,15 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     ps->handler = ngx_http_matrix_auth_fetch_done;
     ps->data = f;
 
+    /*
+     * In the background: the request does not wait for the subrequest to
+     * answer (it waits, with its timer, like every other waiter), and its
+     * own headers and body are not the fetch's.
+     */
+
     if (ngx_http_subrequest(r, &uri, &args, &sr, ps,
                             NGX_HTTP_SUBREQUEST_IN_MEMORY
-                            |NGX_HTTP_SUBREQUEST_WAITED)
+                            |NGX_HTTP_SUBREQUEST_BACKGROUND)
         != NGX_OK)
     {
         f->used = 0;
@@ -702,28 +708,37 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
         return;
     }
 
-    ngx_http_set_ctx(sr, sctx, ngx_http_matrix_join_module);
+    ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
 
-    /* if this request dies first, the waiters must not wait forever */
-
-    ctx->cleanup = ngx_http_cleanup_add(r, 0);
-    if (ctx->cleanup == NULL) {
+    if (ngx_list_init(&sr->headers_in.headers, r->pool, 1,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
 
-    ctx->cleanup->handler = ngx_http_matrix_auth_owner_gone;
-    ctx->cleanup->data = f;
+    sr->headers_in.content_length_n = -1;
+    sr->headers_in.keep_alive_n = -1;
+    sr->request_body = NULL;
+    sr->header_only = 0;
 
-    ctx->fetch = f;
-    ctx->fetching = 1;
-    r->write_event_handler = ngx_http_matrix_auth_owner_wake;
+    ngx_http_set_ctx(sr, sctx, ngx_http_matrix_join_module);
+
+    /* if this request dies first, the fetch is given up and retried */
+
+    fcln = ngx_http_cleanup_add(r, 0);
+    if (fcln == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    fcln->handler = ngx_http_matrix_auth_owner_gone;
+    fcln->data = f;
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "matrix: fetching key \"%s\" of \"%s\" via \"%V\"",
                   h->key_id, h->origin, &uri);
-
-    return;
 
 wait:
 
@@ -817,7 +832,7 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
         ngx_http_matrix_key_store(sr, f->server, f->key_id, pk, valid_until);
     }
 
-    /* the owner resumes through its write event handler, the rest here */
+    /* everyone waiting, the owner too, looks the key up again */
 
     ngx_http_matrix_auth_fetch_end(f);
 
@@ -1057,38 +1072,14 @@ ngx_http_matrix_auth_fetch_end(ngx_http_matrix_fetch_t *f)
 
 
 static void
-ngx_http_matrix_auth_owner_wake(ngx_http_request_t *r)
-{
-    ngx_http_matrix_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
-
-    if (ctx == NULL || !ctx->fetching) {
-        return;
-    }
-
-    if (ctx->fetch && ((ngx_http_matrix_fetch_t *) ctx->fetch)->used
-        && ((ngx_http_matrix_fetch_t *) ctx->fetch)->owner == r)
-    {
-        /* not done yet (a spurious wake-up) */
-        return;
-    }
-
-    ctx->fetching = 0;
-    ctx->fetch = NULL;
-    ctx->cleanup->handler = NULL;
-    r->write_event_handler = ngx_http_request_empty_handler;
-
-    ngx_http_matrix_auth_step(r, ctx);
-}
-
-
-static void
 ngx_http_matrix_auth_owner_gone(void *data)
 {
     ngx_http_matrix_fetch_t *f = data;
 
-    /* the waiters start a fetch of their own */
+    /*
+     * The subrequest dies with its request: the others look again and
+     * one of them starts a fetch of its own.
+     */
 
     if (f->used) {
         ngx_http_matrix_auth_fetch_end(f);

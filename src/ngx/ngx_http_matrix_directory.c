@@ -277,7 +277,7 @@ ngx_http_matrix_directory_answer(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
     u_char                           *p, *q, *last, *end;
-    size_t                            len;
+    size_t                            len, n;
     mx_buf_t                          out = MX_BUF_INIT;
     ngx_int_t                         rc;
     ngx_http_matrix_directory_ctx_t  *dctx;
@@ -298,8 +298,11 @@ ngx_http_matrix_directory_answer(ngx_http_request_t *r,
 
     p = dctx->servers.data;
     end = p + dctx->servers.len;
+    n = 1;
 
-    while (p < end) {
+    /* ours first, then up to 99 others: at most 100 in all */
+
+    while (p < end && n < 100) {
         last = ngx_strlchr(p, end, ',');
         if (last == NULL) {
             last = end;
@@ -318,6 +321,8 @@ ngx_http_matrix_directory_answer(ngx_http_request_t *r,
             {
                 goto failed;
             }
+
+            n++;
         }
 
         p = last + 1;

@@ -77,6 +77,8 @@ typedef struct {
     ngx_uint_t                   key_fetch_rate;    /* per origin a minute */
     ngx_str_t                    fallback;          /* @name */
     ngx_msec_t                   max_age;           /* 0: off */
+    ngx_uint_t                   join_rate;         /* per 1000 s; 0: off */
+    ngx_uint_t                   join_burst;
 } ngx_http_matrix_join_loc_conf_t;
 
 
@@ -117,7 +119,6 @@ struct ngx_http_matrix_ctx_s {
     unsigned                     sync:1;        /* inside the handler */
     unsigned                     suspended:1;
     unsigned                     waiting:1;
-    unsigned                     fetching:1;
 };
 
 
@@ -140,6 +141,10 @@ ngx_int_t ngx_http_matrix_send_error(ngx_http_request_t *r,
 /* Sends a complete JSON body from memory that outlives the request. */
 ngx_int_t ngx_http_matrix_send_json(ngx_http_request_t *r, ngx_uint_t status,
     u_char *data, size_t len, ngx_uint_t copy);
+
+/* Sends a JSON object (its reference is taken) as the whole answer. */
+ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *body);
 
 int64_t ngx_http_matrix_now_ms(void);
 
@@ -176,6 +181,10 @@ void ngx_http_matrix_auth_exit_worker(void);
 
 /* ngx_http_matrix_directory.c */
 char *ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* ngx_http_matrix_make_join.c */
+char *ngx_http_matrix_make_join(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /* ngx_http_matrix_status.c */

@@ -44,6 +44,8 @@ static char *ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_matrix_join_fallback(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_matrix_join_rate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -162,6 +164,20 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_matrix_join_loc_conf_t, max_age),
+      NULL },
+
+    { ngx_string("matrix_join_rate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_matrix_join_rate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_make_join"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_make_join,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("matrix_directory"),
@@ -306,7 +322,7 @@ ngx_int_t
 ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *errcode, const char *fmt, ...)
 {
-    char      msg[512];
+    u_char    msg[512], *last;
     char     *body;
     size_t    len;
     json_t   *obj;
@@ -314,13 +330,15 @@ ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
     ngx_int_t rc;
 
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    last = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, ap);
     va_end(ap);
+
+    *last = '\0';
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "matrix: %ui %s: %s", status, errcode, msg);
 
-    obj = json_pack("{s:s, s:s}", "errcode", errcode, "error", msg);
+    obj = json_pack("{s:s, s:s}", "errcode", errcode, "error", (char *) msg);
     if (obj == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -335,6 +353,28 @@ ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
     len = ngx_strlen(body);
     rc = ngx_http_matrix_send_json(r, status, (u_char *) body, len, 1);
     free(body);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *body)
+{
+    char       *text;
+    ngx_int_t   rc;
+
+    text = body ? json_dumps(body, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(body);
+
+    if (text == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_matrix_send_json(r, status, (u_char *) text,
+                                   ngx_strlen(text), 1);
+    free(text);
 
     return rc;
 }
@@ -598,6 +638,8 @@ ngx_http_matrix_join_create_loc_conf(ngx_conf_t *cf)
     mlcf->key_fetch_timeout = NGX_CONF_UNSET_MSEC;
     mlcf->key_fetch_rate = NGX_CONF_UNSET_UINT;
     mlcf->max_age = NGX_CONF_UNSET_MSEC;
+    mlcf->join_rate = NGX_CONF_UNSET_UINT;
+    mlcf->join_burst = NGX_CONF_UNSET_UINT;
 
     return mlcf;
 }
@@ -617,6 +659,8 @@ ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->key_fetch_rate, prev->key_fetch_rate, 10);
     ngx_conf_merge_str_value(conf->fallback, prev->fallback, "");
     ngx_conf_merge_msec_value(conf->max_age, prev->max_age, 0);
+    ngx_conf_merge_uint_value(conf->join_rate, prev->join_rate, 0);
+    ngx_conf_merge_uint_value(conf->join_burst, prev->join_burst, 1);
 
     return NGX_CONF_OK;
 }
@@ -900,16 +944,20 @@ ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
 void
 ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc)
 {
+    ngx_uint_t              sync;
     ngx_connection_t       *c;
     ngx_http_matrix_ctx_t  *ctx;
 
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
 
+    /* read before: finalizing may free the request and its pool */
+    sync = (ctx && ctx->sync);
+
     ngx_http_finalize_request(r, rc);
 
     /* inside the content handler nginx runs them itself, after it */
-    if (ctx == NULL || !ctx->sync) {
+    if (!sync) {
         ngx_http_run_posted_requests(c);
     }
 }
@@ -939,13 +987,16 @@ void
 ngx_http_matrix_fail(ngx_http_request_t *r, ngx_uint_t status,
     const char *errcode, const char *fmt, ...)
 {
-    char       msg[512];
+    u_char     msg[512], *last;
     va_list    ap;
     ngx_int_t  rc;
 
+    /* nginx's formats: %V for ngx_str_t, %s, %ui, %L, ... */
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    last = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, ap);
     va_end(ap);
+
+    *last = '\0';
 
     rc = ngx_http_matrix_send_error(r, status, errcode, "%s", msg);
 
@@ -1011,6 +1062,74 @@ ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
                                                   ngx_http_matrix_join_module);
     ref->file = cf->conf_file->file.name.data;
     ref->line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+/* matrix_join_rate 1r/s [burst=10]; kept as tokens per 1000 s */
+
+static char *
+ngx_http_matrix_join_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_loc_conf_t *mlcf = conf;
+
+    u_char     *p;
+    size_t      len;
+    ngx_int_t   rate, scale, burst;
+    ngx_str_t  *value;
+
+    if (mlcf->join_rate != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    p = value[1].data;
+    len = value[1].len;
+    scale = 0;
+
+    if (len > 3 && ngx_strncmp(p + len - 3, "r/s", 3) == 0) {
+        scale = 1000;
+        len -= 3;
+
+    } else if (len > 3 && ngx_strncmp(p + len - 3, "r/m", 3) == 0) {
+        scale = 60;
+        len -= 3;
+    }
+
+    rate = ngx_atoi(p, len);
+
+    if (scale == 0 || rate <= 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid join rate \"%V\", expected like "
+                           "\"1r/s\" or \"30r/m\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    /* tokens per 1000 s: r/s * 1000, r/m * 1000 / 60 */
+    mlcf->join_rate = (scale == 1000) ? (ngx_uint_t) rate * 1000
+                                      : (ngx_uint_t) rate * 1000 / 60;
+
+    if (mlcf->join_rate == 0) {
+        mlcf->join_rate = 1;
+    }
+
+    burst = 1;
+
+    if (cf->args->nelts == 3) {
+        if (value[2].len <= 6
+            || ngx_strncmp(value[2].data, "burst=", 6) != 0
+            || (burst = ngx_atoi(value[2].data + 6, value[2].len - 6)) <= 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid \"%V\", expected \"burst=N\"",
+                               &value[2]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    mlcf->join_burst = burst;
 
     return NGX_CONF_OK;
 }

@@ -117,6 +117,99 @@ static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
       "if #meta == 0 then return false end\n"
       "return {meta, redis.call('HGETALL', KEYS[2])}\n", "" },
 
+    /*
+     * make_join, one read of one snapshot. KEYS: meta, state, member, pdu,
+     * extrem, servers, server_user; ARGV: user, our server name. Returns
+     * nil when the room is not cached, else
+     * {{room_version, loaded_at, stale, create_event_id},
+     *  {ids of create, power_levels, join_rules, server_acl, the user's
+     *   member event}, {their PDUs (members: v1/v2 only)},
+     *  the user's membership, our score (minus our joined members),
+     *  {extremity, json, ...}, {{user, membership, id, pdu}...}}
+     * the last being the local users that could authorise a restricted
+     * join: our users in the power levels, the room's creators, and the
+     * server's listed joined user. The state index fields are canonical
+     * JSON [type, state_key].
+     */
+    { "local function js(s)\n"
+      "  return '\"' .. s:gsub('[%z\\1-\\31\"\\\\]', function(c)\n"
+      "    local b = c:byte()\n"
+      "    if c == '\"' then return '\\\\\"' end\n"
+      "    if c == '\\\\' then return '\\\\\\\\' end\n"
+      "    if b == 8 then return '\\\\b' end\n"
+      "    if b == 9 then return '\\\\t' end\n"
+      "    if b == 10 then return '\\\\n' end\n"
+      "    if b == 12 then return '\\\\f' end\n"
+      "    if b == 13 then return '\\\\r' end\n"
+      "    return string.format('\\\\u%04x', b)\n"
+      "  end) .. '\"'\n"
+      "end\n"
+      "local function f(t, k) return '[' .. js(t) .. ',' .. js(k) .. ']' end\n"
+      "local m = redis.call('HMGET', KEYS[1], 'room_version', 'loaded_at',"
+      " 'stale', 'create_event_id')\n"
+      "if not m[1] then return false end\n"
+      "local user, ours = ARGV[1], ARGV[2]\n"
+      "local ids = redis.call('HMGET', KEYS[2], f('m.room.create', ''),"
+      " f('m.room.power_levels', ''), f('m.room.join_rules', ''),"
+      " f('m.room.server_acl', ''), f('m.room.member', user))\n"
+      "local pdus = {}\n"
+      "for i = 1, 5 do\n"
+      "  pdus[i] = ids[i] and redis.call('HGET', KEYS[4], ids[i]) or false\n"
+      "end\n"
+      "local cands, seen = {}, {}\n"
+      "local function cand(u)\n"
+      "  if type(u) ~= 'string' or seen[u] then return end\n"
+      "  local c = u:find(':', 1, true)\n"
+      "  if not c or u:sub(c + 1) ~= ours then return end\n"
+      "  seen[u] = true\n"
+      "  local id = redis.call('HGET', KEYS[2], f('m.room.member', u))\n"
+      "  if not id then return end\n"
+      "  cands[#cands + 1] = {u, redis.call('HGET', KEYS[3], u) or false,"
+      " id, redis.call('HGET', KEYS[4], id) or false}\n"
+      "end\n"
+      "for i = 1, 2 do\n"
+      "  if pdus[i] then\n"
+      "    local ok, e = pcall(cjson.decode, pdus[i])\n"
+      "    if ok and type(e) == 'table' and type(e.content) == 'table' then\n"
+      "      if i == 1 then\n"
+      "        cand(e.sender)\n"
+      "        if type(e.content.additional_creators) == 'table' then\n"
+      "          for _, u in ipairs(e.content.additional_creators) do"
+      " cand(u) end\n"
+      "        end\n"
+      "      elseif type(e.content.users) == 'table' then\n"
+      "        for u, _ in pairs(e.content.users) do cand(u) end\n"
+      "      end\n"
+      "    end\n"
+      "  end\n"
+      "end\n"
+      "cand(redis.call('HGET', KEYS[7], ours))\n"
+      "return {m, ids, pdus, redis.call('HGET', KEYS[3], user) or false,"
+      " redis.call('ZSCORE', KEYS[6], ours) or false,"
+      " redis.call('HGETALL', KEYS[5]), cands}\n", "" },
+
+    /*
+     * The join rate of a room: a token bucket. KEYS: rate; ARGV: tokens a
+     * ms, burst. Returns 0 (a token taken) or the ms until one is there.
+     */
+    { "local t = redis.call('TIME')\n"
+      "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+      "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+      "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
+      "local tokens = tonumber(b[1]) or burst\n"
+      "local ts = tonumber(b[2]) or now\n"
+      "tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)\n"
+      "if tokens < 1 then return math.ceil((1 - tokens) / rate) end\n"
+      "tokens = tokens - 1\n"
+      "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)\n"
+      "redis.call('PEXPIRE', KEYS[1],"
+      " math.ceil((burst - tokens) / rate) + 1000)\n"
+      "return 0\n", "" },
+
+    /* KEYS: a room's meta, member; ARGV: user. {known, membership} */
+    { "return {redis.call('EXISTS', KEYS[1]),"
+      " redis.call('HGET', KEYS[2], ARGV[1]) or false}\n", "" },
+
 };
 
 

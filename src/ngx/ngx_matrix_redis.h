@@ -30,6 +30,9 @@ typedef enum {
 /* Lua scripts, loaded with SCRIPT LOAD at connect and run with EVALSHA. */
 typedef enum {
     NGX_MATRIX_SCRIPT_ROOM_STATUS = 0,
+    NGX_MATRIX_SCRIPT_MAKE_JOIN,
+    NGX_MATRIX_SCRIPT_JOIN_RATE,
+    NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
     NGX_MATRIX_SCRIPT_COUNT
 } ngx_matrix_script_e;
 
