@@ -23,9 +23,19 @@ the create event is never listed in auth_events.
 As a library: generate(version, members, servers, seed) returns a Room
 with .snapshot (the document), .server_keys (signing keys per server,
 to sign joins later), .sign(event) and the expected figures (.expected).
+
+Rooms for the join rules: Room(..., create_content={"m.federate": False}
+or {"additional_creators": [...]}, power_levels={...} (the whole content),
+join_rules={"join_rule": "restricted", "allow": [...]} or None (no
+join_rules event)); after the build, room.add_state(type, state_key,
+content, sender) and room.add_member(user, membership, sender) append
+signed state events (any server: a key is made for a new one, or given
+with add_server), room.fork(lengths) makes new forward extremities at
+different depths; .snapshot and .expected follow every change.
 """
 
 import argparse
+import copy
 import hashlib
 import json
 import random
@@ -47,6 +57,9 @@ _TOP_KEYS_V11 = frozenset((
     "event_id", "type", "room_id", "sender", "state_key", "content",
     "hashes", "signatures", "depth", "prev_events", "auth_events",
     "origin_server_ts"))
+
+# the default join_rules of a generated room (None: no join_rules event)
+_PUBLIC = {"join_rule": "public"}
 
 _PL_KEYS = ("ban", "events", "events_default", "kick", "redact",
             "state_default", "users", "users_default")
@@ -166,7 +179,8 @@ class Room:
 
     def __init__(self, version, members=10, servers=3, seed=0,
                  extremities=2, leaves=None, bans=None, invites=None,
-                 room_name="Generated room"):
+                 room_name="Generated room", create_content=None,
+                 power_levels=None, join_rules=_PUBLIC):
         if version not in VERSIONS:
             raise ValueError(f"unknown room version {version!r}")
         if members < 1 or servers < 1:
@@ -187,6 +201,9 @@ class Room:
             f"!r{self.rng.getrandbits(64):x}:{self.servers[0]}"
         self.last = None            # the previous event, for prev_events
         self._refhash = {}          # v1/v2: event ID -> reference hash
+        self._create_content = create_content or {}
+        self._power_levels = power_levels
+        self._join_rules = join_rules
         self._build(members, extremities,
                     members // 100 if leaves is None else leaves,
                     (1 if members >= 20 else 0) if bans is None else bans,
@@ -206,7 +223,7 @@ class Room:
     def sign(self, ev, server=None):
         """Signs ev as the sender's server (or server)."""
         server = server or server_of(ev["sender"])
-        return sign_event(self.version, ev, server, self.server_keys[server])
+        return sign_event(self.version, ev, server, self.add_server(server))
 
     def ref(self, eid):
         """An entry of prev_events / auth_events for the event eid."""
@@ -287,6 +304,86 @@ class Room:
         return self.add(etype, self.creator, content, state_key=state_key,
                         auth=self.auth_for(etype, self.creator))
 
+    # -- changing the room after it is built ---------------------------------
+    #
+    # Each change is one new event, hashed and signed by its sender's server
+    # (a key is made for a server the room has not seen), with the auth
+    # events selection of the current state; its prev_events are every
+    # forward extremity, so it becomes the only one. The state, the auth
+    # chain, the extremities and .snapshot/.expected follow.
+
+    def add_server(self, server, key=None):
+        """The signing key of server (given, or made from the seed when
+        the room has none yet)."""
+        if key is not None:
+            self.server_keys[server] = key
+        elif server not in self.server_keys:
+            self.server_keys[server] = make_key(self.seed, server)
+        return self.server_keys[server]
+
+    def add_state(self, etype, state_key, content, sender=None):
+        """Appends a state event (sender: the creator by default) on top
+        of the forward extremities; returns its event ID."""
+        sender = sender or self.creator
+        membership = content.get("membership") \
+            if etype == "m.room.member" else None
+        eid = self.add(etype, sender, copy.deepcopy(content),
+                       state_key=state_key,
+                       auth=self.auth_for(etype, sender, state_key,
+                                          membership),
+                       prev=list(self.extremity_ids))
+        self.extremity_ids = [eid]
+        self._snapshot()
+        return eid
+
+    def add_member(self, user, membership, sender=None, content=None):
+        """user's membership event (sent by user, or by sender: an invite,
+        a ban, a kick); returns its event ID."""
+        c = {"membership": membership}
+        c.update(content or {})
+        return self.add_state("m.room.member", user, c,
+                              sender=sender or user)
+
+    def fork(self, lengths=(1, 2), sender=None):
+        """New forward extremities: one chain of messages per entry of
+        lengths, each chain starting on every current extremity, so the
+        extremities end at different depths when the lengths differ."""
+        sender = sender or self.creator
+        parents = list(self.extremity_ids)
+        ends = []
+        for n, length in enumerate(lengths):
+            prev = parents
+            for k in range(length):
+                prev = [self.add("m.room.message", sender,
+                                 {"msgtype": "m.text",
+                                  "body": f"fork {n}.{k}"},
+                                 auth=self.auth_for("m.room.message",
+                                                    sender),
+                                 prev=prev, state=False)]
+            ends.extend(prev)
+        self.extremity_ids = ends
+        self._snapshot()
+        return ends
+
+    def membership(self, user):
+        """user's current membership, or None."""
+        eid = self.state.get(("m.room.member", user))
+        return None if eid is None else \
+            self.events[eid]["content"].get("membership")
+
+    def joined(self, server=None):
+        """The users joined now (of server, when given), sorted."""
+        return sorted(sk for (t, sk), eid in self.state.items()
+                      if t == "m.room.member"
+                      and self.events[eid]["content"].get("membership")
+                      == "join"
+                      and (server is None or server_of(sk) == server))
+
+    def state_event_of(self, etype, state_key=""):
+        """The current state event (the PDU dict), or None."""
+        eid = self.state.get((etype, state_key))
+        return None if eid is None else self.events[eid]
+
     # -- the room -----------------------------------------------------------
 
     def _build(self, members, extremities, leaves, bans, invites, name):
@@ -294,6 +391,7 @@ class Room:
         content = {"room_version": self.version}
         if self.v <= 10:
             content["creator"] = self.creator
+        content.update(self._create_content)
         self.create_id = self.add("m.room.create", self.creator, content,
                                   state_key="", auth=())
         if self.v >= 12:
@@ -302,13 +400,19 @@ class Room:
         self.member(self.creator, "join",
                     content={"displayname": "Admin"})
         users = {} if self.v >= 12 else {self.creator: 100}
-        self.state_event("m.room.power_levels", {
-            "users": users, "users_default": 0, "events_default": 0,
-            "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
-            "invite": 0,
-            "events": {"m.room.name": 50, "m.room.power_levels": 100,
-                       "m.room.history_visibility": 100}})
-        self.state_event("m.room.join_rules", {"join_rule": "public"})
+        if self._power_levels is not None:
+            self.state_event("m.room.power_levels",
+                             copy.deepcopy(self._power_levels))
+        else:
+            self.state_event("m.room.power_levels", {
+                "users": users, "users_default": 0, "events_default": 0,
+                "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
+                "invite": 0,
+                "events": {"m.room.name": 50, "m.room.power_levels": 100,
+                           "m.room.history_visibility": 100}})
+        if self._join_rules is not None:
+            self.state_event("m.room.join_rules",
+                             copy.deepcopy(self._join_rules))
         self.state_event("m.room.history_visibility",
                          {"history_visibility": "shared"})
         self.state_event("m.room.name", {"name": name})
