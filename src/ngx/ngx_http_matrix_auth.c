@@ -398,16 +398,20 @@ ngx_http_matrix_auth_redis_reply(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    u_char         pk[MX_ED25519_PK_LEN];
-    json_t        *v, *key, *until;
-    int64_t        valid_until;
-    mx_xmatrix_t  *h;
+    u_char             pk[MX_ED25519_PK_LEN];
+    json_t            *v, *key, *until;
+    int64_t            valid_until;
+    mx_xmatrix_t      *h;
+    ngx_connection_t  *c;
+
+    /* the fetch may finalize (and free) r: posted requests run on c */
+    c = r->connection;
 
     h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
 
     if (status != NGX_MATRIX_REDIS_OK || reply->type != REDIS_REPLY_STRING) {
         ngx_http_matrix_auth_fetch(r, ctx);
-        ngx_http_run_posted_requests(r->connection);
+        ngx_http_run_posted_requests(c);
         return;
     }
 
@@ -425,7 +429,7 @@ ngx_http_matrix_auth_redis_reply(ngx_http_request_t *r, void *data,
                       "matrix: ignoring a malformed cached key \"%s\" of "
                       "\"%s\"", h->key_id, h->origin);
         ngx_http_matrix_auth_fetch(r, ctx);
-        ngx_http_run_posted_requests(r->connection);
+        ngx_http_run_posted_requests(c);
         return;
     }
 
@@ -435,7 +439,7 @@ ngx_http_matrix_auth_redis_reply(ngx_http_request_t *r, void *data,
     if (valid_until <= ngx_http_matrix_now_ms()) {
         /* expired: perhaps the server has a newer document */
         ngx_http_matrix_auth_fetch(r, ctx);
-        ngx_http_run_posted_requests(r->connection);
+        ngx_http_run_posted_requests(c);
         return;
     }
 
