@@ -77,8 +77,10 @@ class Reply:
         return f"<Reply {self.status} {self.body[:400]!r}>"
 
 
-def send(port, target, auth=(), timeout=10):
-    """GET target byte for byte, each Authorization value its own header."""
+def send(port, target, auth=(), timeout=10, linger=0):
+    """GET target byte for byte, each Authorization value its own header.
+    linger: seconds to keep the connection open after the answer (so that
+    whatever nginx still does with the request happens)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.putrequest("GET", target, skip_host=True,
@@ -88,7 +90,10 @@ def send(port, target, auth=(), timeout=10):
             conn.putheader("Authorization", a)
         conn.endheaders()
         resp = conn.getresponse()
-        return Reply(resp.status, resp.getheaders(), resp.read())
+        rep = Reply(resp.status, resp.getheaders(), resp.read())
+        if linger:
+            time.sleep(linger)
+        return rep
     finally:
         conn.close()
 
@@ -183,13 +188,14 @@ class Edge:
         self.nginx.start()
         return self
 
-    def get(self, target, auth=()):
-        return send(self.port, target, auth)
+    def get(self, target, auth=(), linger=0):
+        return send(self.port, target, auth, linger=linger)
 
-    def signed(self, target, remote=None):
+    def signed(self, target, remote=None, linger=0):
         remote = remote or self.remote
         return self.get(target, auth=[remote.auth_header("GET", target,
-                                                         self.our)])
+                                                         self.our)],
+                        linger=linger)
 
     def make_join(self, room_id, user=JOINER, ver=EVERY_VER, remote=None):
         return self.signed(mj_target(room_id, user, ver), remote)
@@ -399,3 +405,753 @@ def test_judge_join_rules():
     assert verdict(room, authoriser="@u1:s1.example.org") == "ok"
     assert verdict(room, authoriser="@admin:s0.example.org") == "ok"
     assert verdict(room, authoriser="@u4:s1.example.org") == "join_rule"
+
+
+# -- every room version: the template, filled in, passes the judge ---------------
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_public_room_template(edge, version):
+    """A public room, forward extremities at different depths, ver with
+    the room's version among unknown strings: the template has the
+    contract's fields, and once filled in and signed by the joining server
+    it is a join the room accepts, whose hashes and ID verify."""
+    room = new_room(version)
+    room.fork((1, 3))
+    edge.load(room).start()
+    rep = edge.make_join(room.room_id, ver=["abc", version, "def"])
+    tpl = check_template(room, rep)
+    assert tpl["content"] == {"membership": "join"}
+    ev = accepted(room, tpl, edge.remote)
+    eid = judge.verify_crypto(version, ev, judge_keys(room, edge.remote))
+    if int(version) >= 3:
+        alphabet = "A-Za-z0-9+/" if version == "3" else "A-Za-z0-9_-"
+        assert re.fullmatch(r"\$[%s]{43}" % alphabet, eid), eid
+
+
+def test_v12_room_id_and_no_create_event(edge):
+    """v12 (reference §9.1, TestMSC4291...): the room ID is derived from
+    the create event, which no auth_events lists; every room_id matches."""
+    room = new_room("12")
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert tpl["room_id"] == "!" + room.create_id[1:]
+    assert room.create_id not in tpl["auth_events"]
+    for eid in tpl["auth_events"] + tpl["prev_events"]:
+        assert room.events[eid]["room_id"] == tpl["room_id"]
+
+
+def test_at_most_20_prev_events_the_deepest(edge):
+    """25 forward extremities at 25 depths: the deepest 20."""
+    room = new_room("10")
+    room.fork(range(1, 26))
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert len(tpl["prev_events"]) == 20
+
+
+def test_one_extremity_v1(edge):
+    """v1 without ver (the default ["1"]): pairs with reference hashes."""
+    room = new_room("1", extremities=1)
+    edge.load(room).start()
+    tpl = check_template(room, edge.make_join(room.room_id, ver=None))
+    accepted(room, tpl, edge.remote)
+    assert len(tpl["prev_events"]) == 1
+    assert all(isinstance(r, list) and set(r[1]) == {"sha256"}
+               for r in tpl["prev_events"] + tpl["auth_events"])
+
+
+# -- ver (sytest 30room-join.pl) -------------------------------------------------
+
+@pytest.mark.parametrize("version,ver", [
+    ("1", ["2", "abc", "def"]),
+    ("2", None),                       # none means ["1"]
+    ("2", ["1"]),
+    ("10", ["010", "10.0", " 10"]),    # opaque strings
+])
+def test_incompatible_room_version(edge, version, ver):
+    room = new_room(version)
+    edge.load(room).start()
+    doc = refused(edge, room, 400, "M_INCOMPATIBLE_ROOM_VERSION", ver=ver)
+    assert doc["room_version"] == version
+
+
+def test_v2_room_with_support(edge):
+    room = new_room("2")
+    edge.load(room).start()
+    rep = edge.make_join(room.room_id, ver=["abc", "2", "def"])
+    accepted(room, check_template(room, rep), edge.remote)
+    assert rep.json()["room_version"] == "2"
+
+
+# -- who may ask ---------------------------------------------------------------------
+
+def test_user_not_of_origin(edge):
+    """sytest: make_join for a local user of the resident -> 403; also a
+    user of a third server."""
+    room = new_room("10")
+    edge.load(room).start()
+    refused(edge, room, user="@u3:" + EDGE)
+    refused(edge, room, user="@newcomer:" + EDGE)
+    refused(edge, room, user="@someone:elsewhere.test")
+
+
+def test_our_server_left_the_room(edge):
+    """sytest: every local user has left -> 404 M_NOT_FOUND."""
+    room = new_room("10")
+    assert room.joined(EDGE)
+    for u in room.joined(EDGE):
+        room.add_member(u, "leave")
+    edge.load(room).start()
+    refused(edge, room, 404, "M_NOT_FOUND")
+
+
+def test_our_server_only_has_a_banned_user(edge):
+    """Joined means membership join: our users invited/banned do not count."""
+    room = new_room("10")
+    for u in room.joined(EDGE):
+        room.add_member(u, "leave")
+    room.add_member("@u3:" + EDGE, "ban", sender="@u1:s1.example.org")
+    room.add_member("@u6:" + EDGE, "invite", sender="@u1:s1.example.org")
+    edge.load(room).start()
+    refused(edge, room, 404, "M_NOT_FOUND")
+
+
+# -- server ACL (reference §6.5, sytest 50server-acl-endpoints.pl) ---------------------
+
+def test_acl_deny_after_allow(edge):
+    room = new_room("10")
+    edge.load(room).start()
+    joins(edge, room)                        # before the ACL
+    room.add_state("m.room.server_acl", "",
+                   {"deny": [ORIGIN], "allow": ["*"]})
+    edge.load(room)
+    refused(edge, room)
+
+
+@pytest.mark.parametrize("acl", [
+    {"deny": ["REMOTE.Test"], "allow": ["*"]},     # case-insensitive
+    {"deny": ["*.test"], "allow": ["*"]},
+    {"deny": ["remote.tes?"], "allow": ["*"]},
+    {"allow": ["other.test", "s?.example.org"]},    # not allowed
+    {"deny": []},                                   # no allow: nobody
+])
+def test_acl_denies(edge, acl):
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", acl)
+    edge.load(room).start()
+    refused(edge, room)
+
+
+@pytest.mark.parametrize("acl", [
+    {"allow": ["*"]},
+    {"allow": ["remote.*"], "deny": ["remote.tes"]},
+    {"allow": ["REMOTE.TEST"]},
+    {"allow": ["*"], "deny": ["*.example.org"], "allow_ip_literals": False},
+])
+def test_acl_allows(edge, acl):
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", acl)
+    edge.load(room).start()
+    joins(edge, room)
+
+
+def test_acl_on_name_without_port(edge):
+    """The ACL sees the origin without its port."""
+    remote = edge.keys.add(RemoteServer(ORIGIN + ":8448"))
+    user = "@joiner:" + remote.name
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", {"allow": [ORIGIN]})
+    edge.load(room).start()
+    joins(edge, room, user=user, remote=remote)
+    room.add_state("m.room.server_acl", "",
+                   {"allow": ["*"], "deny": [ORIGIN]})
+    edge.load(room)
+    refused(edge, room, user=user, remote=remote)
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "127.0.0.1:8448",
+                                  "[::1]:8448"])
+def test_acl_ip_literal_origin(edge, name):
+    """An IP literal origin: allowed when allow_ip_literals is missing or
+    true, denied when it is false, even with allow ["*"]."""
+    remote = edge.keys.add(RemoteServer(name))
+    user = "@joiner:" + name
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", {"allow": ["*"]})
+    edge.load(room).start()
+    joins(edge, room, user=user, remote=remote)
+    room.add_state("m.room.server_acl", "",
+                   {"allow": ["*"], "allow_ip_literals": False})
+    edge.load(room)
+    refused(edge, room, user=user, remote=remote)
+
+
+# -- the join auth rules -------------------------------------------------------------
+
+def test_unfederated_room(edge):
+    """m.federate false (sytest "Remote users may not join unfederated
+    rooms")."""
+    room = new_room("10", create_content={"m.federate": False})
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_banned_user(edge):
+    room = new_room("10")
+    room.add_member(JOINER, "join")
+    room.add_member(JOINER, "ban", sender=room.creator)
+    edge.load(room).start()
+    refused(edge, room)
+
+
+@pytest.mark.parametrize("version,rule", [
+    ("10", "invite"), ("1", "invite"), ("7", "knock"), ("12", "knock"),
+    ("10", None),                 # no join_rules event: invite
+])
+def test_invite_rules(edge, version, rule):
+    """Not invited: 403; invited: 200 (the invite among the auth events);
+    already joined: 200."""
+    jr = {"join_rule": rule} if rule else None
+    room = new_room(version, join_rules=jr)
+    edge.load(room).start()
+    refused(edge, room)
+    invite = room.add_member(JOINER, "invite", sender=room.creator)
+    edge.load(room)
+    tpl = joins(edge, room)
+    assert room.ref(invite) in tpl["auth_events"]
+    room.add_member(JOINER, "join")
+    edge.load(room)
+    joins(edge, room)
+
+
+@pytest.mark.parametrize("version,rule", [
+    ("10", "private"), ("6", "knock"), ("7", "restricted"),
+    ("9", "knock_restricted"), ("10", "org.example.unknown"),
+])
+def test_rules_that_admit_nobody(edge, version, rule):
+    """private, and the rules the room version does not have: refused
+    even when invited."""
+    room = new_room(version, join_rules={"join_rule": rule})
+    room.add_member(JOINER, "invite", sender=room.creator)
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_left_user_rejoins_public_room(edge):
+    room = new_room("10")
+    room.add_member(JOINER, "join")
+    leave = room.add_member(JOINER, "leave")
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert room.ref(leave) in tpl["auth_events"]
+
+
+# -- restricted rooms (reference §6.4, Complement TestRestrictedRooms*) ----------------
+
+RESTRICTED = [("8", "restricted"), ("10", "knock_restricted"),
+              ("12", "restricted")]
+
+
+def allowed_room(edge, joined=True, version="10"):
+    """Another room, in our cache, that JOINER has joined (or not)."""
+    a = new_room(version)
+    if joined:
+        a.add_member(JOINER, "join")
+    edge.load(a)
+    return a
+
+
+def can_invite(room, user):
+    """user is joined and has the invite level (judge's power levels)."""
+    create = room.events[room.create_id]
+    pl = room.state_event_of("m.room.power_levels")
+    return room.membership(user) == "join" and \
+        judge.user_power(room.version, create, pl, user) >= \
+        judge.invite_level(room.version, pl)
+
+
+@pytest.mark.parametrize("version,rule", RESTRICTED)
+def test_restricted_user_in_allowed_room(edge, version, rule):
+    """200 with join_authorised_via_users_server: one of our joined users
+    with the invite level; its membership among the auth events."""
+    a = allowed_room(edge)
+    room = new_room(version, join_rules=restricted_rules(version, a.room_id,
+                                                         rule=rule))
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    who = tpl["content"].get("join_authorised_via_users_server")
+    assert who is not None, tpl["content"]
+    assert judge.server_of(who) == EDGE and can_invite(room, who), who
+    assert set(tpl["content"]) == {"membership",
+                                   "join_authorised_via_users_server"}
+
+
+@pytest.mark.parametrize("version,rule", RESTRICTED)
+def test_restricted_allowed_room_not_cached(edge, version, rule):
+    room = new_room(version, join_rules=restricted_rules(
+        version, "!notcached:elsewhere.test", rule=rule))
+    edge.load(room).start()
+    refused(edge, room, 400, "M_UNABLE_TO_AUTHORISE_JOIN")
+
+
+@pytest.mark.parametrize("version,rule", RESTRICTED)
+def test_restricted_user_in_no_allowed_room(edge, version, rule):
+    a = allowed_room(edge, joined=False)
+    room = new_room(version, join_rules=restricted_rules(version, a.room_id,
+                                                         rule=rule))
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_restricted_user_left_allowed_room(edge):
+    """Complement: the join fails again after leaving the allowed room."""
+    a = allowed_room(edge)
+    room = new_room("10", join_rules=restricted_rules("10", a.room_id))
+    edge.load(room).start()
+    joins(edge, room)
+    a.add_member(JOINER, "leave")
+    edge.load(a)
+    refused(edge, room)
+
+
+@pytest.mark.parametrize("version", ["8", "10", "11"])
+def test_restricted_no_local_user_can_invite(edge, version):
+    """The user qualifies, but none of our joined users has the invite
+    level (only a user of s1 does): 400 M_UNABLE_TO_GRANT_JOIN."""
+    a = allowed_room(edge)
+    pl = {"users": {"@u1:s1.example.org": 100}, "users_default": 0,
+          "invite": 50}
+    room = new_room(version, power_levels=pl,
+                    join_rules=restricted_rules(version, a.room_id))
+    edge.load(room).start()
+    refused(edge, room, 400, "M_UNABLE_TO_GRANT_JOIN")
+
+
+def test_restricted_in_no_allowed_room_and_no_local_inviter(edge):
+    """The contract's order: the restricted conditions first; a user in
+    none of the allowed rooms is 403 even when nobody could grant it."""
+    a = allowed_room(edge, joined=False)
+    pl = {"users": {"@u1:s1.example.org": 100}, "invite": 50}
+    room = new_room("10", power_levels=pl,
+                    join_rules=restricted_rules("10", a.room_id))
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_restricted_authoriser_by_power_level(edge):
+    """Complement ...NoCreatorsUsesPowerLevels: the creator (ours) has
+    left; the authoriser is the local user the power levels allow, not a
+    creator, nor the first local user by name."""
+    a = allowed_room(edge)
+    pl = {"users": {"@u6:" + EDGE: 50, "@u1:s1.example.org": 100},
+          "invite": 50}
+    room = new_room("10", power_levels=pl,
+                    join_rules=restricted_rules("10", a.room_id))
+    room.add_member(room.creator, "leave")
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert tpl["content"]["join_authorised_via_users_server"] == \
+        "@u6:" + EDGE
+
+
+def test_restricted_string_power_levels_v9(edge):
+    """v1-v9 power levels may be strings: u3 has "50" = the invite level
+    "50", the creator "10" and u6 the default "0" have less."""
+    a = allowed_room(edge)
+    pl = {"users": {"@admin:" + EDGE: "10", "@u3:" + EDGE: "50"},
+          "users_default": "0", "invite": "50"}
+    room = new_room("9", power_levels=pl,
+                    join_rules=restricted_rules("9", a.room_id))
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert tpl["content"]["join_authorised_via_users_server"] == \
+        "@u3:" + EDGE
+
+
+def test_restricted_v12_creator_has_infinite_power(edge):
+    """v12: the creator (ours, not in power_levels.users) is an authoriser
+    whatever the invite level."""
+    a = allowed_room(edge)
+    room = new_room("12", power_levels={"users": {}, "invite": 100},
+                    join_rules=restricted_rules("12", a.room_id))
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert tpl["content"]["join_authorised_via_users_server"] == \
+        "@admin:" + EDGE
+
+
+@pytest.mark.parametrize("extra", [True, False],
+                         ids=["additional-creator", "no-creator"])
+def test_restricted_v12_additional_creators(edge, extra):
+    """The edge is s1: its users are @u1, @u4, @u7; invite needs 100 and
+    nobody is listed in power_levels. With @u1 among additional_creators
+    it authorises; without, nobody of s1 can."""
+    edge.our = "s1.example.org"
+    a = allowed_room(edge)
+    cc = {"additional_creators": ["@u1:s1.example.org"]} if extra else {}
+    room = new_room("12", power_levels={"users": {}, "invite": 100},
+                    create_content=cc,
+                    join_rules=restricted_rules("12", a.room_id))
+    edge.load(room).start()
+    rep = edge.make_join(room.room_id)
+    if not extra:
+        assert_error(rep, 400, "M_UNABLE_TO_GRANT_JOIN")
+        return
+    tpl = check_template(room, rep, our="s1.example.org")
+    accepted(room, tpl, edge.remote, resident="s1.example.org")
+    assert tpl["content"]["join_authorised_via_users_server"] == \
+        "@u1:s1.example.org"
+
+
+@pytest.mark.parametrize("membership", ["invite", "join"])
+@pytest.mark.parametrize("version,rule", RESTRICTED)
+def test_restricted_invited_or_joined(edge, version, rule, membership):
+    """Invited or already joined: no condition, no authoriser (Complement
+    "join succeeds when invited"); the allowed room is not even cached."""
+    room = new_room(version, join_rules=restricted_rules(
+        version, "!notcached:elsewhere.test", rule=rule))
+    if membership == "invite":
+        room.add_member(JOINER, "invite", sender=room.creator)
+    else:
+        room.add_member(JOINER, "join")
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert tpl["content"] == {"membership": "join"}
+
+
+@pytest.mark.parametrize("allow", [["invalid"], "invalid", None, []],
+                         ids=["list", "string", "missing", "empty"])
+def test_restricted_mangled_allow_is_invite_only(edge, allow):
+    """Complement: a mangled allow leaves no condition: invite only (403,
+    not 400); an invited user still joins, without an authoriser."""
+    jr = {"join_rule": "restricted"}
+    if allow is not None:
+        jr["allow"] = allow
+    room = new_room("10", join_rules=jr)
+    edge.load(room).start()
+    refused(edge, room)
+    room.add_member(JOINER, "invite", sender=room.creator)
+    edge.load(room)
+    assert joins(edge, room)["content"] == {"membership": "join"}
+
+
+def test_restricted_malformed_entries_dropped(edge):
+    """Entries of another type, without a string room_id or not objects
+    are dropped (reference §6.4): they name no room to be unable to
+    check; the valid entry admits the user."""
+    a = allowed_room(edge)
+    jr = {"join_rule": "restricted", "allow": [
+        "!notcached:elsewhere.test", 42,
+        {"type": "org.example.other", "room_id": "!notcached:elsewhere.test"},
+        {"type": "m.room_membership", "room_id": 7},
+        {"type": "m.room_membership"},
+        {"type": "m.room_membership", "room_id": a.room_id}]}
+    room = new_room("10", join_rules=jr)
+    edge.load(room).start()
+    tpl = joins(edge, room)
+    assert "join_authorised_via_users_server" in tpl["content"]
+    # without the valid entry: no condition left, so 403 (not 400)
+    jr["allow"].pop()
+    room.add_state("m.room.join_rules", "", jr)
+    edge.load(room)
+    refused(edge, room)
+
+
+def test_restricted_one_allowed_room_cached_one_not(edge):
+    """The user is joined to a cached allowed room; another allowed room
+    is not cached. Synapse (check_restricted_join_rules) admits: a
+    condition is met. The contract's row "an allowed room is not in our
+    cache" is read as "the user met no condition and an allowed room is
+    not cached" (see the report)."""
+    a = allowed_room(edge)
+    room = new_room("10", join_rules=restricted_rules(
+        "10", "!notcached:elsewhere.test", a.room_id))
+    edge.load(room).start()
+    joins(edge, room)
+    # and when the user is in no cached allowed room: unable to authorise
+    a.add_member(JOINER, "leave")
+    edge.load(a)
+    refused(edge, room, 400, "M_UNABLE_TO_AUTHORISE_JOIN")
+
+
+def test_restricted_banned_user_in_allowed_room(edge):
+    a = allowed_room(edge)
+    room = new_room("10", join_rules=restricted_rules("10", a.room_id))
+    room.add_member(JOINER, "ban", sender=room.creator)
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_restricted_rule_in_public_version_range(edge):
+    """join_authorised_via_users_server only when a restricted condition
+    admitted the user: never in a public room."""
+    a = allowed_room(edge)
+    room = new_room("10")
+    edge.load(room).start()
+    assert "join_authorised_via_users_server" not in \
+        joins(edge, room)["content"]
+    assert a
+
+
+# -- the path parameters ------------------------------------------------------------
+
+LONG_ROOM = "!" + "r" * 240 + ":s0.example.org"        # 256 bytes
+LONG_USER = "@" + "u" * 243 + ":" + ORIGIN              # 256 bytes
+
+
+def raw_target(room_seg, user_seg, query="?ver=10"):
+    return MJ + room_seg + "/" + user_seg + query
+
+
+@pytest.mark.parametrize("room_seg,user_seg", [
+    (urllib.parse.quote(LONG_ROOM, safe=""), "%40joiner%3Aremote.test"),
+    ("notaroom", "%40joiner%3Aremote.test"),
+    ("%21nocolon", "%40joiner%3Aremote.test"),
+    ("%23alias%3As0.example.org", "%40joiner%3Aremote.test"),
+    ("", "%40joiner%3Aremote.test"),
+    ("{room}", urllib.parse.quote(LONG_USER, safe="")),
+    ("{room}", "joiner%3Aremote.test"),
+    ("{room}", "%40joiner"),
+    ("{room}", "%40joiner%3A"),
+    ("{room}", "%40joiner%3Aremote.test%2Fx"),      # "/" in the server name
+    ("{room}", "%40joiner%3Aremote%20test"),
+    ("{room}", ""),
+], ids=["room-256-bytes", "room-no-sigil", "room-no-colon", "room-alias",
+        "room-empty", "user-256-bytes", "user-no-sigil", "user-no-colon",
+        "user-empty-server", "user-slash-in-server", "user-space-in-server",
+        "user-empty"])
+def test_invalid_path_parameter(edge, room_seg, user_seg):
+    """400 M_INVALID_PARAM, before the cache decision: never the
+    fallback."""
+    room = new_room("10")
+    edge.load(room).start()
+    target = raw_target(room_seg.replace(
+        "{room}", urllib.parse.quote(room.room_id, safe="")), user_seg)
+    assert_error(edge.signed(target, linger=0.2), 400, "M_INVALID_PARAM")
+    assert_error(edge.get(target, linger=0.2), 400, "M_INVALID_PARAM")
+    assert edge.rec.requests == []
+
+
+def test_longest_ids_are_parameters(edge):
+    """255 bytes is still an ID: an uncached 255-byte room goes to the
+    fallback; a 255-byte user of the origin joins."""
+    room = new_room("10")
+    edge.load(room).start()
+    r255 = "!" + "r" * 239 + ":s0.example.org"
+    u255 = "@" + "u" * 242 + ":" + ORIGIN
+    assert len(r255) == 255 and len(u255) == 255
+    rep = edge.make_join(r255)
+    assert rep.status == 200 and rep.json() == edge.rec.body, rep
+    joins(edge, room, user=u255)
+
+
+def test_encoded_slash_stays_in_user_id(edge):
+    """The parameters come from the raw URI: %2F in the localpart stays
+    inside the user ID ("/" is a legal localpart character), the user
+    is @a/b:remote.test."""
+    room = new_room("10")
+    edge.load(room).start()
+    tpl = joins(edge, room, user="@a/b:" + ORIGIN)
+    assert tpl["state_key"] == "@a/b:" + ORIGIN
+
+
+def test_percent_encoded_every_byte(edge):
+    """Every byte of both parameters percent-encoded, lower-case hex."""
+    room = new_room("10")
+    edge.load(room).start()
+    enc = lambda s: "".join(f"%{b:02x}" for b in s.encode())  # noqa
+    target = raw_target(enc(room.room_id), enc(JOINER),
+                        "?ver=" + room.version)
+    check_template(room, edge.signed(target))
+
+
+def test_unencoded_slash_makes_three_segments(edge):
+    """A raw "/" splits the user ID: not a user ID (or an unknown path),
+    never a template for "@a"."""
+    room = new_room("10")
+    edge.load(room).start()
+    target = raw_target(urllib.parse.quote(room.room_id, safe=""),
+                        "%40a/b%3Aremote.test")
+    rep = edge.signed(target)
+    assert rep.status in (400, 404), rep
+    assert rep.json()["errcode"] in ("M_INVALID_PARAM", "M_UNRECOGNIZED")
+
+
+# -- not cached: the fallback -----------------------------------------------------------
+
+def test_uncached_room_goes_to_fallback_unchanged(edge):
+    room = new_room("10")
+    edge.load(room).start()
+    for signed in (True, False):
+        target = mj_target("!nope:elsewhere.test", JOINER) + "&x=%2F%2f"
+        auth = [edge.remote.auth_header("GET", target, EDGE)] \
+            if signed else []
+        before = len(edge.rec.requests)
+        rep = edge.get(target, auth)
+        assert rep.status == 200 and rep.json() == edge.rec.body, rep
+        reqs = edge.rec.requests[before:]
+        assert len(reqs) == 1
+        assert reqs[0].method == "GET" and reqs[0].target == target
+        assert headers_named(reqs[0], "Authorization") == auth
+    assert edge.keys.count() == 0              # not authenticated here
+
+
+def test_uncached_room_without_fallback(edge):
+    edge.start(fallback=False)
+    refused(edge, new_room("10"), 404, "M_NOT_FOUND")
+
+
+def test_stale_snapshot_goes_to_fallback(edge):
+    room = new_room("10")
+    edge.load(room)
+    edge.r.hset(f"{PREFIX}{{{room.room_id}}}:meta", "stale", "1")
+    edge.start()
+    rep = edge.make_join(room.room_id)
+    assert rep.status == 200 and rep.json() == edge.rec.body, rep
+
+
+def test_cached_room_is_authenticated(edge):
+    room = new_room("10")
+    edge.load(room).start()
+    assert_error(edge.get(mj_target(room.room_id, JOINER)), 401,
+                 "M_UNAUTHORIZED")
+    target = mj_target(room.room_id, JOINER)
+    assert_error(edge.get(target, [edge.remote.auth_header(
+        "GET", target, "other.test")]), 401, "M_UNAUTHORIZED")
+    assert edge.rec.requests == []
+
+
+# -- the order of the checks ----------------------------------------------------------
+
+def test_order_acl_before_version(edge):
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", {"allow": ["*"],
+                                             "deny": [ORIGIN]})
+    edge.load(room).start()
+    refused(edge, room, ver=["1"])
+
+
+def test_order_version_before_user(edge):
+    room = new_room("10")
+    edge.load(room).start()
+    refused(edge, room, 400, "M_INCOMPATIBLE_ROOM_VERSION",
+            user="@u3:" + EDGE, ver=["1"])
+
+
+def test_order_user_before_our_membership(edge):
+    room = new_room("10")
+    for u in room.joined(EDGE):
+        room.add_member(u, "leave")
+    edge.load(room).start()
+    refused(edge, room, user="@u3:" + EDGE)
+
+
+def test_order_our_membership_before_restricted(edge):
+    room = new_room("10", join_rules=restricted_rules(
+        "10", "!notcached:elsewhere.test"))
+    for u in room.joined(EDGE):
+        room.add_member(u, "leave")
+    edge.load(room).start()
+    refused(edge, room, 404, "M_NOT_FOUND")
+
+
+# -- matrix_join_rate ---------------------------------------------------------------
+
+def burst_until_429(edge, room, limit=10):
+    """make_joins as fast as they go until the first 429: (statuses,
+    seconds from the first request to the 429's)."""
+    statuses = []
+    t0 = time.monotonic()
+    for _ in range(limit):
+        t = time.monotonic()
+        rep = edge.make_join(room.room_id)
+        statuses.append(rep.status)
+        if rep.status == 429:
+            return statuses, rep, t - t0
+        assert rep.status == 200, rep
+    raise AssertionError(f"no 429 in {limit} requests: {statuses}")
+
+
+def warm_up(edge):
+    """One make_join in a room of its own: the origin's key is fetched
+    and kept, so the bursts below are not slowed by it."""
+    w = new_room("10")
+    edge.load(w)
+    check_template(w, edge.make_join(w.room_id))
+
+
+def test_join_rate_third_request_429(edge):
+    """1r/s burst=2: two make_joins pass, the third within the second is
+    429 M_LIMIT_EXCEEDED with an integer retry_after_ms; after waiting
+    that long a token is back."""
+    room = new_room("10")
+    edge.load(room).start(rate="1r/s burst=2")
+    warm_up(edge)
+    statuses, rep, elapsed = burst_until_429(edge, room)
+    # two tokens, plus whatever 1 r/s refilled meanwhile
+    assert statuses.count(200) <= 2 + math.floor(elapsed), statuses
+    if elapsed < 1.0:
+        assert statuses == [200, 200, 429]
+    doc = assert_error(rep, 429, "M_LIMIT_EXCEEDED")
+    ms = doc.get("retry_after_ms")
+    assert isinstance(ms, int) and not isinstance(ms, bool), doc
+    assert 0 < ms <= 1000, doc
+    time.sleep(ms / 1000 + 0.05)
+    check_template(room, edge.make_join(room.room_id))
+    assert edge.r.exists(f"{PREFIX}{{{room.room_id}}}:rate")
+
+
+def test_join_rate_is_per_room(edge):
+    room, other = new_room("10"), new_room("10")
+    edge.load(room, other).start(rate="1r/s burst=2")
+    warm_up(edge)
+    burst_until_429(edge, room)
+    check_template(other, edge.make_join(other.room_id))
+
+
+def test_join_rate_counts_authenticated_requests_only(edge):
+    room = new_room("10")
+    edge.load(room).start(rate="1r/m burst=2")
+    warm_up(edge)
+    for _ in range(5):
+        assert_error(edge.get(mj_target(room.room_id, JOINER)), 401,
+                     "M_UNAUTHORIZED")
+    statuses, _, _ = burst_until_429(edge, room)
+    assert statuses == [200, 200, 429]
+
+
+def test_join_rate_order(edge):
+    """The bucket is asked after the ACL and ver checks and before the
+    user's server is (the contract's order)."""
+    room = new_room("10")
+    edge.load(room).start(rate="1r/m burst=1")
+    warm_up(edge)
+    burst_until_429(edge, room)
+    refused(edge, room, 400, "M_INCOMPATIBLE_ROOM_VERSION", ver=["1"])
+    refused(edge, room, 429, "M_LIMIT_EXCEEDED", user="@u3:" + EDGE)
+
+
+def test_join_rate_shared_by_workers(edge):
+    """Two workers (reuseport: the kernel spreads the connections over
+    both), 20 make_joins as fast as they go: the 200s are at most the
+    burst plus what 1 r/s refilled in the time taken; buckets per worker
+    would pass up to twice the burst."""
+    edge.nginx.workers = 2
+    room = new_room("10")
+    edge.load(room).start(rate="1r/s burst=2", listen="reuseport")
+    # the key, fetched once per worker, outside the bucket
+    w = new_room("10")
+    edge.load(w)
+    for _ in range(8):
+        edge.make_join(w.room_id)
+    before = len(edge.access(8))
+    t0 = time.monotonic()
+    statuses = [edge.make_join(room.room_id).status for _ in range(20)]
+    elapsed = time.monotonic() - t0
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) <= 2 + math.ceil(elapsed), \
+        (statuses, elapsed)
+    assert statuses.count(200) >= 2, statuses
+    lines = edge.access(before + 20)[before:]
+    pids = {line.split()[0] for line in lines}
+    assert len(pids) == 2, lines

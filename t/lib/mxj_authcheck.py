@@ -271,6 +271,10 @@ def check_auth_rules(room, ev, keys, auth=None):
     # v8+: an authoriser must have signed the event
     authoriser = content.get("join_authorised_via_users_server")
     if v >= 8 and authoriser is not None:
+        if not (isinstance(authoriser, str) and authoriser.startswith("@")
+                and ":" in authoriser):
+            raise Rejected("join_authorised_via_users_server",
+                           f"not a user ID: {authoriser!r}")
         srv = server_of(authoriser)
         if srv not in keys:
             raise Rejected("join_authorised_via_users_server",
