@@ -61,7 +61,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_matrix_make_join_handler(ngx_http_request_t *r);
-static ngx_int_t ngx_http_matrix_make_join_path(ngx_http_request_t *r,
+static const char *ngx_http_matrix_make_join_path(ngx_http_request_t *r,
     ngx_http_matrix_make_join_ctx_t *mj);
 static void ngx_http_matrix_make_join_read(ngx_http_request_t *r, void *data,
     redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
@@ -177,6 +177,7 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
 {
     ngx_int_t                          rc;
     ngx_str_t                          keys[7];
+    const char                        *invalid;
     ngx_uint_t                         i;
     ngx_pool_cleanup_t                *cln;
     ngx_http_matrix_ctx_t             *ctx;
@@ -208,9 +209,10 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
     cln->data = mj;
     ctx->data = mj;
 
-    rc = ngx_http_matrix_make_join_path(r, mj);
-    if (rc != NGX_OK) {
-        return rc;
+    invalid = ngx_http_matrix_make_join_path(r, mj);
+    if (invalid) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                          "M_INVALID_PARAM", "%s", invalid);
     }
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
@@ -249,15 +251,20 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
 }
 
 
-/* {roomId}/{userId} from the raw URI, each percent-decoded and checked. */
-
-static ngx_int_t
+/*
+ * {roomId}/{userId} from the raw URI, each percent-decoded and checked.
+ * Returns NULL, or what is wrong with them.
+ */
+static const char *
 ngx_http_matrix_make_join_path(ngx_http_request_t *r,
     ngx_http_matrix_make_join_ctx_t *mj)
 {
     u_char     *p, *end, *slash, *dst, *src;
     size_t      n;
     ngx_str_t   seg[2];
+
+    static const char  shape[] = "expected /_matrix/federation/v1/"
+                                 "make_join/{roomId}/{userId}";
 
     p = r->unparsed_uri.data;
     end = p + r->unparsed_uri.len;
@@ -267,7 +274,7 @@ ngx_http_matrix_make_join_path(ngx_http_request_t *r,
     if ((size_t) (end - p) < n
         || ngx_strncmp(p, NGX_HTTP_MATRIX_MAKE_JOIN_PREFIX, n) != 0)
     {
-        goto invalid;
+        return shape;
     }
 
     p += n;
@@ -278,7 +285,7 @@ ngx_http_matrix_make_join_path(ngx_http_request_t *r,
 
     slash = ngx_strlchr(p, end, '/');
     if (slash == NULL || ngx_strlchr(slash + 1, end, '/') != NULL) {
-        goto invalid;
+        return shape;
     }
 
     seg[0].data = p;
@@ -289,7 +296,7 @@ ngx_http_matrix_make_join_path(ngx_http_request_t *r,
     for (n = 0; n < 2; n++) {
         dst = ngx_pnalloc(r->pool, seg[n].len + 1);
         if (dst == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return "out of memory";
         }
 
         src = seg[n].data;
@@ -299,35 +306,24 @@ ngx_http_matrix_make_join_path(ngx_http_request_t *r,
         *dst = '\0';
 
         if (ngx_strlchr(seg[n].data, dst, '\0') != NULL) {
-            goto invalid;
+            return "a path parameter holds a NUL byte";
         }
     }
 
     if (!mx_room_id_valid((char *) seg[0].data, seg[0].len, 1)
         || ngx_strlchr(seg[0].data, seg[0].data + seg[0].len, '}') != NULL)
     {
-        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                          "M_INVALID_PARAM",
-                                          "roomId is not a valid room ID");
+        return "roomId is not a valid room ID";
     }
 
     if (!mx_user_id_valid((char *) seg[1].data, seg[1].len)) {
-        return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                          "M_INVALID_PARAM",
-                                          "userId is not a valid user ID");
+        return "userId is not a valid user ID";
     }
 
     mj->room_id = seg[0];
     mj->user = seg[1];
 
-    return NGX_OK;
-
-invalid:
-
-    return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                      "M_INVALID_PARAM",
-                                      "expected /_matrix/federation/v1/"
-                                      "make_join/{roomId}/{userId}");
+    return NULL;
 }
 
 
