@@ -847,6 +847,7 @@ ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
     json_t                            *ev, *doc;
     ngx_int_t                          rc;
     mx_auth_e                          code;
+    char                               who[MX_ID_MAX_LEN + 1];
     const char                        *authoriser;
     mx_auth_result_t                   res;
     mx_auth_resident_t                 me;
@@ -871,7 +872,9 @@ ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
                               (char *) mj->user.data, &me, &res);
 
     if (code == MX_AUTH_AUTHORISED) {
-        authoriser = res.authoriser;
+        /* res is written again by the next check */
+        ngx_cpystrn((u_char *) who, (u_char *) res.authoriser, sizeof(who));
+        authoriser = who;
 
     } else if (code != MX_AUTH_ALLOW) {
         ngx_http_matrix_fail(r, res.status, res.errcode, "%s", res.rule);
@@ -967,7 +970,6 @@ ngx_http_matrix_make_join_template(ngx_http_request_t *r,
     const char                       *id;
     const json_t                     *pdu;
     mx_auth_key_t                     keys[MX_AUTH_KEYS_MAX];
-    mx_membership_e                   ms;
     ngx_http_matrix_join_srv_conf_t  *mscf;
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
@@ -1016,12 +1018,10 @@ ngx_http_matrix_make_join_template(ngx_http_request_t *r,
         }
     }
 
-    /* auth_events: the selection for a join, from the same read */
+    /* auth_events: the selection for this join, from the same read */
 
-    ms = mx_auth_membership(ngx_http_matrix_make_join_get, mj,
-                            (char *) mj->user.data);
-    nkeys = mx_auth_select(mj->rv, ms, (char *) mj->user.data, authoriser,
-                           keys);
+    nkeys = mx_auth_select(mj->rv, MX_MEMBERSHIP_JOIN,
+                           (char *) mj->user.data, authoriser, keys);
 
     for (i = 0; i < nkeys; i++) {
         id = ngx_http_matrix_make_join_id(mj, keys[i].type, keys[i].state_key);
