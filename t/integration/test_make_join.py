@@ -458,6 +458,9 @@ def test_one_extremity_v1(edge):
     assert len(tpl["prev_events"]) == 1
     assert all(isinstance(r, list) and set(r[1]) == {"sha256"}
                for r in tpl["prev_events"] + tpl["auth_events"])
+    # "$<random>:<our server>": a new one each time
+    again = check_template(room, edge.make_join(room.room_id, ver=None))
+    assert again["event_id"] != tpl["event_id"]
 
 
 # -- ver (sytest 30room-join.pl) -------------------------------------------------
@@ -1131,6 +1134,7 @@ def test_join_rate_order(edge):
     refused(edge, room, 429, "M_LIMIT_EXCEEDED", user="@u3:" + EDGE)
 
 
+@pytest.mark.no_valgrind
 def test_join_rate_shared_by_workers(edge):
     """Two workers (reuseport: the kernel spreads the connections over
     both), 20 make_joins as fast as they go: the 200s are at most the
@@ -1155,3 +1159,85 @@ def test_join_rate_shared_by_workers(edge):
     lines = edge.access(before + 20)[before:]
     pids = {line.split()[0] for line in lines}
     assert len(pids) == 2, lines
+
+
+# -- more of the contract ------------------------------------------------------------
+
+def test_order_authentication_before_acl(edge):
+    """Authentication is the row before the ACL: an unsigned request from
+    a denied server is 401, not 403."""
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", {"allow": ["*"],
+                                             "deny": [ORIGIN]})
+    edge.load(room).start()
+    assert_error(edge.get(mj_target(room.room_id, JOINER)), 401,
+                 "M_UNAUTHORIZED")
+
+
+def test_redis_down(edge):
+    """Redis unreachable: the fallback, else 503 M_UNKNOWN."""
+    room = new_room("10")
+    edge.load(room).start()
+    joins(edge, room)
+    edge.redis.kill9()
+    for _ in range(2):      # and again, while the worker backs off
+        rep = edge.make_join(room.room_id)
+        assert rep.status == 200 and rep.json() == edge.rec.body, rep
+
+
+def test_redis_down_without_fallback(edge):
+    room = new_room("10")
+    edge.load(room).start(fallback=False)
+    joins(edge, room)
+    edge.redis.kill9()
+    for _ in range(2):
+        refused(edge, room, 503, "M_UNKNOWN")
+
+
+def test_old_snapshot_goes_to_fallback(edge):
+    """matrix_join_max_age: a snapshot loaded longer ago is not used."""
+    room = new_room("10")
+    edge.load(room)
+    edge.r.hset(f"{PREFIX}{{{room.room_id}}}:meta", "loaded_at",
+                str(now_ms() - 120_000))
+    edge.start(loc_extra="matrix_join_max_age 60s;")
+    rep = edge.make_join(room.room_id)
+    assert rep.status == 200 and rep.json() == edge.rec.body, rep
+
+
+def test_forbidden_errors_name_the_rule(edge):
+    """"403 M_FORBIDDEN, the error names the rule": the ban, m.federate."""
+    room = new_room("10")
+    room.add_member(JOINER, "ban", sender=room.creator)
+    unfed = new_room("10", create_content={"m.federate": False})
+    edge.load(room, unfed).start()
+    assert "ban" in refused(edge, room)["error"].lower()
+    assert "federate" in refused(edge, unfed)["error"]
+
+
+@pytest.mark.parametrize("rule", ["knock", "invite"])
+def test_knocked_or_left_user_needs_an_invite(edge, rule):
+    """A knock (v7+) or a leave is neither invite nor join."""
+    room = new_room("10", join_rules={"join_rule": rule})
+    if rule == "knock":
+        room.add_member(JOINER, "knock")
+    else:
+        room.add_member(JOINER, "invite", sender=room.creator)
+        room.add_member(JOINER, "join")
+        room.add_member(JOINER, "leave")
+    edge.load(room).start()
+    refused(edge, room)
+
+
+def test_snapshot_reload_is_seen(edge):
+    """Each make_join reads the current snapshot: an invite loaded after
+    a 403 turns it into a 200 whose auth events have the invite."""
+    room = new_room("10", join_rules={"join_rule": "invite"})
+    edge.load(room).start()
+    refused(edge, room)
+    room.fork((2, 1))
+    room.add_member(JOINER, "invite", sender=room.creator)
+    room.fork((3, 1, 2))
+    edge.load(room)
+    tpl = joins(edge, room)
+    assert len(tpl["prev_events"]) == 3
