@@ -576,12 +576,17 @@ def test_acl_on_name_without_port(edge):
                                   "[::1]:8448"])
 def test_acl_ip_literal_origin(edge, name):
     """An IP literal origin: allowed when allow_ip_literals is missing or
-    true, denied when it is false, even with allow ["*"]."""
+    not a boolean (the default is true), denied when it is false, even
+    with allow ["*"]."""
     remote = edge.keys.add(RemoteServer(name))
     user = "@joiner:" + name
     room = new_room("10")
     room.add_state("m.room.server_acl", "", {"allow": ["*"]})
     edge.load(room).start()
+    joins(edge, room, user=user, remote=remote)
+    room.add_state("m.room.server_acl", "",
+                   {"allow": ["*"], "allow_ip_literals": "false"})
+    edge.load(room)
     joins(edge, room, user=user, remote=remote)
     room.add_state("m.room.server_acl", "",
                    {"allow": ["*"], "allow_ip_literals": False})
@@ -1241,3 +1246,21 @@ def test_snapshot_reload_is_seen(edge):
     edge.load(room)
     tpl = joins(edge, room)
     assert len(tpl["prev_events"]) == 3
+
+
+@pytest.mark.parametrize("version", ["1", "10", "11", "12"])
+def test_room_without_power_levels(edge, version):
+    """No power levels event: not among the auth events; in a restricted
+    room the creator (100, v12 infinite) or any local user (0 = the
+    default invite level 0) may authorise."""
+    room = new_room(version, power_levels=False)
+    edge.load(room).start()
+    joins(edge, room)
+    if int(version) >= 8:
+        a = allowed_room(edge)
+        room.add_state("m.room.join_rules", "",
+                       restricted_rules(version, a.room_id))
+        edge.load(room)
+        tpl = joins(edge, room)
+        who = tpl["content"]["join_authorised_via_users_server"]
+        assert judge.server_of(who) == EDGE and can_invite(room, who)

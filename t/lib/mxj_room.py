@@ -25,7 +25,8 @@ with .snapshot (the document), .server_keys (signing keys per server,
 to sign joins later), .sign(event) and the expected figures (.expected).
 
 Rooms for the join rules: Room(..., create_content={"m.federate": False}
-or {"additional_creators": [...]}, power_levels={...} (the whole content),
+or {"additional_creators": [...]}, power_levels={...} (the whole content;
+False: no power levels event),
 join_rules={"join_rule": "restricted", "allow": [...]} or None (no
 join_rules event)); after the build, room.add_state(type, state_key,
 content, sender) and room.add_member(user, membership, sender) append
@@ -400,7 +401,9 @@ class Room:
         self.member(self.creator, "join",
                     content={"displayname": "Admin"})
         users = {} if self.v >= 12 else {self.creator: 100}
-        if self._power_levels is not None:
+        if self._power_levels is False:
+            pass                        # no power levels event at all
+        elif self._power_levels is not None:
             self.state_event("m.room.power_levels",
                              copy.deepcopy(self._power_levels))
         else:
