@@ -1139,6 +1139,23 @@ def test_join_rate_order(edge):
     refused(edge, room, 429, "M_LIMIT_EXCEEDED", user="@u3:" + EDGE)
 
 
+def test_join_rate_token_taken_at_its_row(edge):
+    """Requests answered by a row before the bucket's (ACL, ver) take no
+    token; one answered after it (a user not of the origin) does."""
+    room = new_room("10")
+    room.add_state("m.room.server_acl", "", {"allow": ["*"],
+                                             "deny": ["denied.test"]})
+    denied = edge.keys.add(RemoteServer("denied.test"))
+    edge.load(room).start(rate="1r/m burst=2")
+    warm_up(edge)
+    for _ in range(3):
+        refused(edge, room, 400, "M_INCOMPATIBLE_ROOM_VERSION", ver=["1"])
+        refused(edge, room, user="@joiner:denied.test", remote=denied)
+    refused(edge, room, user="@u3:" + EDGE)         # takes one
+    statuses, _, _ = burst_until_429(edge, room)
+    assert statuses == [200, 429]
+
+
 @pytest.mark.no_valgrind
 def test_join_rate_shared_by_workers(edge):
     """Two workers (reuseport: the kernel spreads the connections over
