@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "ngx_http_matrix_join.h"
+#include "ngx_matrix_pdu_cache.h"
 #include "mx_base64.h"
 #include "mx_id.h"
 
@@ -264,6 +265,7 @@ ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
     }
 
     ngx_matrix_redis_exit_worker();
+    ngx_matrix_pdu_cache_free();
     ngx_http_matrix_keys_exit_worker(mmcf);
 }
 

@@ -17,6 +17,7 @@
 #include <sodium.h>
 
 #include "ngx_http_matrix_join.h"
+#include "ngx_matrix_pdu_cache.h"
 #include "mx_auth.h"
 #include "mx_base64.h"
 #include "mx_event.h"
@@ -183,8 +184,9 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
     ngx_http_matrix_ctx_t             *ctx;
     ngx_http_matrix_make_join_ctx_t   *mj;
     ngx_http_matrix_join_srv_conf_t   *mscf;
-    const char                        *argv[9];
-    size_t                             argvlen[9];
+    mx_buf_t                           field = MX_BUF_INIT;
+    const char                        *argv[10];
+    size_t                             argvlen[10];
 
     static const char  *names[7] = {
         "meta", "state", "member", "pdu", "extrem", "servers", "server_user"
@@ -233,12 +235,33 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
     argv[8] = (char *) mscf->server_name.data;
     argvlen[8] = mscf->server_name.len;
 
+    /* the user's field in the state index: ["m.room.member",<user>] */
+
+    if (mx_buf_append_str(&field, "[\"m.room.member\",") != 0
+        || mx_json_canonical_string((char *) mj->user.data, mj->user.len,
+                                    &field) != 0
+        || mx_buf_append_byte(&field, ']') != 0)
+    {
+        mx_buf_free(&field);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    argv[9] = ngx_pnalloc(r->pool, field.len);
+    if (argv[9] == NULL) {
+        mx_buf_free(&field);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy((char *) argv[9], field.data, field.len);
+    argvlen[9] = field.len;
+    mx_buf_free(&field);
+
     r->main->count++;
     r->read_event_handler = ngx_http_test_reading;
     ctx->sync = 1;
 
     rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_MAKE_JOIN,
-                                 ngx_http_matrix_make_join_read, ctx, 7, 2,
+                                 ngx_http_matrix_make_join_read, ctx, 7, 3,
                                  argv, argvlen);
     if (rc != NGX_OK) {
         ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -483,8 +506,8 @@ ngx_http_matrix_make_join_view(ngx_http_request_t *r,
             continue;
         }
 
-        v = mx_json_parse(pdus->element[i]->str, pdus->element[i]->len, 0,
-                          &err);
+        v = ngx_matrix_pdu_parse(pdus->element[i]->str,
+                                 pdus->element[i]->len, &err);
         if (v == NULL) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "matrix: a cached event of \"%V\" is not JSON: %s",
@@ -576,8 +599,8 @@ ngx_http_matrix_make_join_view(ngx_http_request_t *r,
         json_object_set_new(mj->member_ids, u, json_string(id));
 
         if (c->element[3]->type == REDIS_REPLY_STRING) {
-            v = mx_json_parse(c->element[3]->str, c->element[3]->len, 0,
-                              NULL);
+            v = ngx_matrix_pdu_parse(c->element[3]->str, c->element[3]->len,
+                                     NULL);
             if (v) {
                 json_object_set_new(mj->member_pdus, u, v);
             }
