@@ -1281,3 +1281,58 @@ def test_room_without_power_levels(edge, version):
         tpl = joins(edge, room)
         who = tpl["content"]["join_authorised_via_users_server"]
         assert judge.server_of(who) == EDGE and can_invite(room, who)
+
+
+def test_one_snapshot_per_template(edge):
+    """"The prev_events and the state the auth_events come from are read
+    in one Redis script": while two generations of a room are loaded in
+    turn, every template is right for one of them, never a mix (B has
+    other extremities and another join_rules and power levels event)."""
+    import threading
+    seed = next(_seeds)
+    gen_a = mxj_room.Room("10", members=8, servers=3, seed=seed)
+    gen_b = mxj_room.Room("10", members=8, servers=3, seed=seed)
+    gen_b.add_state("m.room.join_rules", "", {"join_rule": "public",
+                                              "generation": "b"})
+    gen_b.add_state("m.room.power_levels", "",
+                    {"users": {gen_b.creator: 100}, "invite": 0})
+    gen_b.fork((1, 2, 3))
+    assert gen_a.room_id == gen_b.room_id
+    paths = []
+    for g in (gen_a, gen_b):
+        p = edge.tmp / f"gen-{len(paths)}.json"
+        g.write(p)
+        paths.append(p)
+    edge.load(gen_a).start()
+    stop = threading.Event()
+
+    def loader():
+        k = 1
+        while not stop.is_set():
+            subprocess.run([str(CTL), "load", "--redis", edge.redis.address,
+                            str(paths[k % 2])], capture_output=True,
+                           timeout=60, check=True)
+            k += 1
+
+    t = threading.Thread(target=loader, daemon=True)
+    t.start()
+    seen = set()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            rep = edge.make_join(gen_a.room_id)
+            tpl = check_template(gen_a, rep)
+            verdicts = []
+            for name, g in (("a", gen_a), ("b", gen_b)):
+                try:
+                    accepted(g, tpl, edge.remote)
+                    verdicts.append(name)
+                except judge.Rejected as e:
+                    verdicts.append(str(e))
+            ok = [v for v in verdicts if v in ("a", "b")]
+            assert ok, verdicts
+            seen.update(ok)
+    finally:
+        stop.set()
+        t.join(timeout=60)
+    assert seen == {"a", "b"}, seen        # both generations were served
