@@ -206,10 +206,9 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    int64_t                            loaded_at;
+    const char                        *why;
     redisReply                        *e;
     ngx_http_matrix_directory_ctx_t   *dctx;
-    ngx_http_matrix_join_loc_conf_t   *mlcf;
 
     dctx = ctx->data;
 
@@ -228,23 +227,10 @@ ngx_http_matrix_directory_room(ngx_http_request_t *r, void *data,
         return;
     }
 
-    e = reply->element[1];
-
-    if (e->type == REDIS_REPLY_STRING && e->len == 1 && e->str[0] == '1') {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "the room's snapshot is marked stale");
-        return;
-    }
-
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
-    loaded_at = strtoll(reply->element[0]->str, NULL, 10);
-
-    if (mlcf->max_age
-        && ngx_http_matrix_now_ms() - loaded_at > (int64_t) mlcf->max_age)
-    {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "the room's snapshot is older than "
-                                 "matrix_join_max_age");
+    why = ngx_http_matrix_snapshot_unusable(r, reply->element[0],
+                                            reply->element[1]);
+    if (why) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND, why);
         return;
     }
 

@@ -148,6 +148,13 @@ ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
 
 int64_t ngx_http_matrix_now_ms(void);
 
+/*
+ * Why a snapshot must not answer (marked stale, older than
+ * matrix_join_max_age), from meta's stale and loaded_at; NULL if usable.
+ */
+const char *ngx_http_matrix_snapshot_unusable(ngx_http_request_t *r,
+    redisReply *loaded_at, redisReply *stale);
+
 /* Sets a location's content handler and records the use in uses[]. */
 char *ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
     ngx_array_t *uses);

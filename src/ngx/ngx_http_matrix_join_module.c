@@ -1135,3 +1135,33 @@ ngx_http_matrix_join_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     return NGX_CONF_OK;
 }
+
+
+const char *
+ngx_http_matrix_snapshot_unusable(ngx_http_request_t *r, redisReply *loaded_at,
+    redisReply *stale)
+{
+    int64_t                           at;
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+
+    if (stale->type == REDIS_REPLY_STRING && stale->len == 1
+        && stale->str[0] == '1')
+    {
+        return "the room's snapshot is marked stale";
+    }
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    if (mlcf->max_age == 0) {
+        return NULL;
+    }
+
+    at = (loaded_at->type == REDIS_REPLY_STRING)
+         ? strtoll(loaded_at->str, NULL, 10) : 0;
+
+    if (ngx_http_matrix_now_ms() - at > (int64_t) mlcf->max_age) {
+        return "the room's snapshot is older than matrix_join_max_age";
+    }
+
+    return NULL;
+}

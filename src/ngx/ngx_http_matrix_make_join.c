@@ -429,10 +429,9 @@ ngx_http_matrix_make_join_view(ngx_http_request_t *r,
     size_t                            i;
     json_t                           *v;
     char                             *s, *u, *ms, *id;
-    int64_t                           loaded_at;
+    const char                       *why;
     redisReply                       *meta, *ids, *pdus, *e, *c;
     mx_err_t                          err;
-    ngx_http_matrix_join_loc_conf_t  *mlcf;
 
     if (reply->elements != 7) {
         return NGX_ERROR;
@@ -453,24 +452,10 @@ ngx_http_matrix_make_join_view(ngx_http_request_t *r,
 
     /* usable at all? */
 
-    e = meta->element[2];
-
-    if (e->type == REDIS_REPLY_STRING && e->len == 1 && e->str[0] == '1') {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "the room's snapshot is marked stale");
-        return NGX_DECLINED;
-    }
-
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
-    s = ngx_http_matrix_reply_str(r, meta->element[1]);
-    loaded_at = s ? strtoll(s, NULL, 10) : 0;
-
-    if (mlcf->max_age
-        && ngx_http_matrix_now_ms() - loaded_at > (int64_t) mlcf->max_age)
-    {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "the room's snapshot is older than "
-                                 "matrix_join_max_age");
+    why = ngx_http_matrix_snapshot_unusable(r, meta->element[1],
+                                            meta->element[2]);
+    if (why) {
+        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND, why);
         return NGX_DECLINED;
     }
 
