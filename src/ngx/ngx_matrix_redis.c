@@ -915,8 +915,9 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
     {
         /* a write no request waits for: its failure is only logged */
         ngx_log_error(NGX_LOG_WARN, ngx_matrix_redis->log, 0,
-                      "redis %V: %s failed: %s",
-                      &ngx_matrix_redis->conf->address, op->argv[0],
+                      "redis %V: %*s failed: %s",
+                      &ngx_matrix_redis->conf->address, op->argvlen[0],
+                      op->argv[0],
                       err ? err : ngx_matrix_redis_status_text(status));
     }
 
