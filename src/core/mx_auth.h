@@ -169,7 +169,10 @@ mx_auth_e mx_auth_check_auth_events(const mx_room_version_t *rv,
  * auth events and, in v8+, the authoriser server's signature (rule 2).
  * Return MX_AUTH_ALLOW or a rejection; sender != state_key is 400
  * M_BAD_JSON as residents answer it (§2.2). authoriser may point into
- * res->authoriser (the result of mx_auth_restricted).
+ * res->authoriser (the result of mx_auth_restricted): it is read before
+ * res is written, but res->authoriser is emptied on return unless the
+ * code is MX_AUTH_AUTHORISED, so a caller that needs the name afterwards
+ * copies it first.
  */
 mx_auth_e mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get,
     void *data, const char *sender, const char *state_key,
