@@ -745,24 +745,15 @@ mx_auth_check_auth_events(const mx_room_version_t *rv,
 }
 
 
-/* Membership rules */
-
-mx_auth_e
-mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
-    const char *sender, const char *state_key, const char *authoriser,
-    mx_auth_result_t *res)
+/*
+ * What every member event needs first: a sender and a state_key, a create
+ * event, and m.federate satisfied for both users.
+ */
+static mx_auth_e
+mx_auth_member_preamble(mx_state_get_pt get, void *data, const char *sender,
+    const char *state_key, mx_auth_result_t *res)
 {
-    char               have[MX_POWER_STR_LEN], need[MX_POWER_STR_LEN];
-    int64_t            power, invite;
-    const char        *name;
-    const json_t      *create;
-    mx_join_rule_e     rule;
-    mx_membership_e    m;
-    mx_auth_result_t   tmp;
-
-    if (res == NULL) {
-        res = &tmp;
-    }
+    const json_t  *create;
 
     if (sender == NULL || state_key == NULL) {
         return mx_auth_set(res, MX_AUTH_BAD_JSON,
@@ -776,7 +767,31 @@ mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
                            "the room has no create event");
     }
 
-    if (mx_auth_federate(create, sender, state_key, res) != MX_AUTH_ALLOW) {
+    return mx_auth_federate(create, sender, state_key, res);
+}
+
+
+/* Membership rules */
+
+mx_auth_e
+mx_auth_join(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
+    const char *sender, const char *state_key, const char *authoriser,
+    mx_auth_result_t *res)
+{
+    char               have[MX_POWER_STR_LEN], need[MX_POWER_STR_LEN];
+    int64_t            power, invite;
+    const char        *name;
+    mx_join_rule_e     rule;
+    mx_membership_e    m;
+    mx_auth_result_t   tmp;
+
+    if (res == NULL) {
+        res = &tmp;
+    }
+
+    if (mx_auth_member_preamble(get, data, sender, state_key, res)
+        != MX_AUTH_ALLOW)
+    {
         return res->code;
     }
 
@@ -894,7 +909,6 @@ mx_auth_knock(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
     const char *sender, const char *state_key, mx_auth_result_t *res)
 {
     const char        *name;
-    const json_t      *create;
     mx_join_rule_e     rule;
     mx_membership_e    m;
     mx_auth_result_t   tmp;
@@ -914,14 +928,9 @@ mx_auth_knock(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
                            rv->id);
     }
 
-    create = get(data, MX_AUTH_CREATE, "");
-
-    if (create == NULL) {
-        return mx_auth_set(res, MX_AUTH_FORBIDDEN,
-                           "the room has no create event");
-    }
-
-    if (mx_auth_federate(create, sender, state_key, res) != MX_AUTH_ALLOW) {
+    if (mx_auth_member_preamble(get, data, sender, state_key, res)
+        != MX_AUTH_ALLOW)
+    {
         return res->code;
     }
 
@@ -967,7 +976,6 @@ mx_auth_e
 mx_auth_leave(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
     const char *sender, const char *state_key, mx_auth_result_t *res)
 {
-    const json_t     *create;
     mx_membership_e   m;
     mx_auth_result_t  tmp;
 
@@ -975,19 +983,9 @@ mx_auth_leave(const mx_room_version_t *rv, mx_state_get_pt get, void *data,
         res = &tmp;
     }
 
-    if (sender == NULL || state_key == NULL) {
-        return mx_auth_set(res, MX_AUTH_BAD_JSON,
-                           "member event without sender or state_key");
-    }
-
-    create = get(data, MX_AUTH_CREATE, "");
-
-    if (create == NULL) {
-        return mx_auth_set(res, MX_AUTH_FORBIDDEN,
-                           "the room has no create event");
-    }
-
-    if (mx_auth_federate(create, sender, state_key, res) != MX_AUTH_ALLOW) {
+    if (mx_auth_member_preamble(get, data, sender, state_key, res)
+        != MX_AUTH_ALLOW)
+    {
         return res->code;
     }
 

@@ -325,11 +325,8 @@ ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *errcode, const char *fmt, ...)
 {
     u_char    msg[512], *last;
-    char     *body;
-    size_t    len;
     json_t   *obj;
     va_list   ap;
-    ngx_int_t rc;
 
     va_start(ap, fmt);
     last = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, ap);
@@ -341,22 +338,8 @@ ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
                   "matrix: %ui %s: %s", status, errcode, msg);
 
     obj = json_pack("{s:s, s:s}", "errcode", errcode, "error", (char *) msg);
-    if (obj == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
 
-    body = json_dumps(obj, JSON_COMPACT | JSON_SORT_KEYS);
-    json_decref(obj);
-
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(body);
-    rc = ngx_http_matrix_send_json(r, status, (u_char *) body, len, 1);
-    free(body);
-
-    return rc;
+    return ngx_http_matrix_send_body(r, status, obj);
 }
 
 

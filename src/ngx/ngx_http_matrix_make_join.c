@@ -851,9 +851,7 @@ static void
 ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    char                              *body;
     json_t                            *ev, *doc;
-    ngx_int_t                          rc;
     mx_auth_e                          code;
     char                               who[MX_ID_MAX_LEN + 1];
     const char                        *authoriser;
@@ -907,19 +905,9 @@ ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
     }
 
     doc = json_pack("{s:s, s:o}", "room_version", mj->rv->id, "event", ev);
-    body = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    json_decref(doc);
 
-    if (body == NULL) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) body,
-                                   ngx_strlen(body), 1);
-    free(body);
-
-    ngx_http_matrix_finalize(r, rc);
+    ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r, NGX_HTTP_OK,
+                                                          doc));
 }
 
 

@@ -353,7 +353,6 @@ static void
 ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx)
 {
-    char                              *body;
     json_t                            *doc, *redis;
     ngx_int_t                          rc;
     ngx_http_matrix_join_main_conf_t  *mmcf;
@@ -392,19 +391,8 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
 
     doc = json_pack("{s:o?, s:O}", "redis", redis, "rooms", ctx->rooms);
 
-    body = doc ? json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    json_decref(doc);
-
-    if (body == NULL) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    rc = ngx_http_matrix_send_json(r, NGX_HTTP_OK, (u_char *) body,
-                                   ngx_strlen(body), 1);
-    free(body);
-
-    ngx_http_matrix_finalize(r, rc);
+    ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r, NGX_HTTP_OK,
+                                                          doc));
 }
 
 
