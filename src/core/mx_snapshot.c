@@ -585,9 +585,11 @@ mx_snap_document(mx_snap_ctx_t *ctx, const char *vals[3], size_t lens[3])
             junk = mx_json_parse(vp, vn, 0, &e);
 
             if (junk == NULL) {
+                /* key points into k: name it before k goes */
+                mx_snap_fail(ctx, "document", "key \"%.64s\": %s", key,
+                             e.text);
                 json_decref(k);
-                return mx_snap_fail(ctx, "document", "key \"%.64s\": %s",
-                                    key, e.text);
+                return -1;
             }
 
             json_decref(junk);

@@ -449,6 +449,28 @@ test_reject_bad_json(void **state)
 }
 
 
+/* An unknown key whose value is not JSON: the error names the key, which
+ * was read after its string was freed (found by t/fuzz fuzz_snapshot with
+ * {"foo":tru}). */
+static void
+test_reject_unknown_key_bad_value(void **state)
+{
+    mx_snapshot_t      *snap;
+    mx_snapshot_err_t   err;
+
+    assert_int_equal(parse_text("{\"foo\":tru}", &snap, &err), -1);
+    assert_string_equal(err.where, "document");
+    assert_non_null(strstr(err.reason, "key \"foo\": invalid JSON"));
+
+    assert_int_equal(parse_text("{\"room_version\": \"10\", "
+                                "\"x-some-extension\": [1,]}", &snap, &err),
+                     -1);
+    assert_string_equal(err.where, "document");
+    assert_non_null(strstr(err.reason,
+                           "key \"x-some-extension\": invalid JSON"));
+}
+
+
 static void
 test_reject_unknown_room_version(void **state)
 {
@@ -896,6 +918,7 @@ main(void)
         cmocka_unit_test(test_ok_every_version),
         cmocka_unit_test(test_v1_event_id_is_the_field),
         cmocka_unit_test(test_reject_bad_json),
+        cmocka_unit_test(test_reject_unknown_key_bad_value),
         cmocka_unit_test(test_reject_unknown_room_version),
         cmocka_unit_test(test_reject_float_v10),
         cmocka_unit_test(test_duplicate_keys_strict_only),
