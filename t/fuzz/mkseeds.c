@@ -5,7 +5,9 @@
  * t/unit/test_pdu.c signed with the spec key for each room version, and
  * the small room of t/unit/test_snapshot.c for v1, v10 and v12.
  *   mkseeds DIR   writes DIR/fuzz_pdu/ and DIR/fuzz_snapshot/
- * Built and run by hand (see t/fuzz/run --help); the output is committed.
+ * Built and run by hand; the output is committed:
+ *   clang -g -Isrc/core -It/fuzz -o build/fuzz/mkseeds t/fuzz/mkseeds.c \
+ *       src/core/*.c -ljansson -lsodium && build/fuzz/mkseeds t/fuzz/corpus
  */
 
 #include "fuzz_common.h"
@@ -21,7 +23,7 @@
 
 
 static void
-write_file(const char *dir, const char *name, uint8_t first, const char *s)
+write_file(const char *dir, const char *name, int first, const char *s)
 {
     char   path[1024];
     FILE  *f;
@@ -29,7 +31,7 @@ write_file(const char *dir, const char *name, uint8_t first, const char *s)
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     f = fopen(path, "wb");
     check(f != NULL);
-    if (first) {
+    if (first >= 0) {          /* the room version byte */
         fputc(first, f);
     }
     fputs(s, f);
@@ -269,7 +271,7 @@ snapshot_seed(const char *dir, const char *v)
     s = json_dumps(doc, JSON_COMPACT);
     check(s != NULL);
     snprintf(name, sizeof(name), "room_v%s", v);
-    write_file(dir, name, 0, s);
+    write_file(dir, name, -1, s);
     free(s);
 
     json_decref(doc);
