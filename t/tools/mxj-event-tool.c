@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "mxj_tool_lines.h"
 #include "mx_base64.h"
 #include "mx_crypto.h"
 #include "mx_event.h"
@@ -94,6 +95,8 @@ static int setup(tool_conf_t *cf, const tool_cmd_t *cmd, char **argv);
 static int decode_key(const char *b64, uint8_t *out, size_t len);
 static void process_line(tool_conf_t *cf, const char *line, size_t n,
     mx_buf_t *out);
+static void process_line_cb(void *conf, const char *line, size_t n,
+    mx_buf_t *out);
 static void process_event(tool_conf_t *cf, json_t *ev, mx_buf_t *out);
 static void process_xmatrix_verify(tool_conf_t *cf, json_t *req,
     mx_buf_t *out);
@@ -106,10 +109,7 @@ static void put_reason(mx_buf_t *out, const char *prefix, const char *text);
 int
 main(int argc, char **argv)
 {
-    char              *line;
-    size_t             cap;
-    ssize_t            n;
-    mx_buf_t           out = MX_BUF_INIT;
+    int                rc;
     tool_conf_t        cf;
     const tool_cmd_t  *cmd;
 
@@ -138,38 +138,11 @@ main(int argc, char **argv)
         return 2;
     }
 
-    line = NULL;
-    cap = 0;
+    rc = mxj_tool_lines("mxj-event-tool", process_line_cb, &cf);
 
-    while ((n = getline(&line, &cap, stdin)) != -1) {
-        if (n > 0 && line[n - 1] == '\n') {
-            n--;
-        }
-
-        mx_buf_reset(&out);
-        process_line(&cf, line, (size_t) n, &out);
-
-        if (mx_buf_append_byte(&out, '\n') != 0) {
-            fprintf(stderr, "mxj-event-tool: out of memory\n");
-            return 1;
-        }
-
-        if (fwrite(out.data, 1, out.len, stdout) != out.len) {
-            fprintf(stderr, "mxj-event-tool: write error\n");
-            return 1;
-        }
-    }
-
-    free(line);
-    mx_buf_free(&out);
     mx_signing_key_wipe(&cf.key);
 
-    if (ferror(stdin) || fflush(stdout) != 0) {
-        fprintf(stderr, "mxj-event-tool: i/o error\n");
-        return 1;
-    }
-
-    return 0;
+    return rc;
 }
 
 
@@ -292,6 +265,13 @@ decode_key(const char *b64, uint8_t *out, size_t len)
 
     memcpy(out, buf, len);
     return 0;
+}
+
+
+static void
+process_line_cb(void *conf, const char *line, size_t n, mx_buf_t *out)
+{
+    process_line(conf, line, n, out);
 }
 
 

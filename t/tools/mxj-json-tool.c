@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "mxj_tool_lines.h"
 #include "mx_base64.h"
 #include "mx_crypto.h"
 #include "mx_json.h"
@@ -40,17 +41,16 @@ static void usage(void);
 static int decode_key(const char *b64, uint8_t *out, size_t len);
 static void process_line(tool_conf_t *cf, const char *line, size_t n,
     mx_buf_t *out);
+static void process_line_cb(void *conf, const char *line, size_t n,
+    mx_buf_t *out);
 static void put_reason(mx_buf_t *out, const char *prefix, const char *text);
 
 
 int
 main(int argc, char **argv)
 {
-    char         *line;
-    size_t        cap;
-    ssize_t       n;
+    int           rc;
     uint8_t       seed[MX_ED25519_SEED_LEN];
-    mx_buf_t      out = MX_BUF_INIT;
     mx_err_t      err;
     tool_conf_t   cf;
 
@@ -109,38 +109,11 @@ main(int argc, char **argv)
         return 2;
     }
 
-    line = NULL;
-    cap = 0;
+    rc = mxj_tool_lines("mxj-json-tool", process_line_cb, &cf);
 
-    while ((n = getline(&line, &cap, stdin)) != -1) {
-        if (n > 0 && line[n - 1] == '\n') {
-            n--;
-        }
-
-        mx_buf_reset(&out);
-        process_line(&cf, line, (size_t) n, &out);
-
-        if (mx_buf_append_byte(&out, '\n') != 0) {
-            fprintf(stderr, "mxj-json-tool: out of memory\n");
-            return 1;
-        }
-
-        if (fwrite(out.data, 1, out.len, stdout) != out.len) {
-            fprintf(stderr, "mxj-json-tool: write error\n");
-            return 1;
-        }
-    }
-
-    free(line);
-    mx_buf_free(&out);
     mx_signing_key_wipe(&cf.key);
 
-    if (ferror(stdin) || fflush(stdout) != 0) {
-        fprintf(stderr, "mxj-json-tool: i/o error\n");
-        return 1;
-    }
-
-    return 0;
+    return rc;
 }
 
 
@@ -168,6 +141,13 @@ decode_key(const char *b64, uint8_t *out, size_t len)
 
     memcpy(out, buf, len);
     return 0;
+}
+
+
+static void
+process_line_cb(void *conf, const char *line, size_t n, mx_buf_t *out)
+{
+    process_line(conf, line, n, out);
 }
 
 
