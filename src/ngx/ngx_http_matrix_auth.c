@@ -312,6 +312,62 @@ ngx_http_matrix_key_remember(const char *server, const char *key_id,
 }
 
 
+/*
+ * Brings server's key_id into this worker's memory if it can (from Redis,
+ * or a fetch through matrix_key_fetch, as for a request's own key), then
+ * calls next; ngx_http_matrix_key_get() answers from memory afterwards and
+ * ctx->why says why a key is missing. For keys that sign events.
+ */
+void
+ngx_http_matrix_key_ensure(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
+    const char *server, const char *key_id, ngx_http_matrix_next_pt next)
+{
+    mx_xmatrix_t  *h;
+
+    h = ngx_pcalloc(r->pool, sizeof(mx_xmatrix_t));
+    if (h == NULL
+        || ngx_strlen(server) >= sizeof(h->origin)
+        || ngx_strlen(key_id) >= sizeof(h->key_id))
+    {
+        ngx_str_set(&ctx->why, "the server name or key ID is too long");
+        next(r, ctx);
+        return;
+    }
+
+    ngx_cpystrn((u_char *) h->origin, (u_char *) server, sizeof(h->origin));
+    ngx_cpystrn((u_char *) h->key_id, (u_char *) key_id, sizeof(h->key_id));
+
+    ctx->xm = h;
+    ctx->nxm = 1;
+    ctx->cur = 0;
+    ctx->key_only = 1;
+    ctx->authenticated = next;
+    ngx_str_null(&ctx->why);
+
+    ngx_http_matrix_auth_step(r, ctx);
+}
+
+
+ngx_int_t
+ngx_http_matrix_key_get(const char *server, const char *key_id, u_char *pk,
+    int64_t *valid_until)
+{
+    uint32_t                      hash;
+    ngx_http_matrix_key_entry_t  *e;
+
+    if (ngx_http_matrix_key_lookup(server, key_id, pk)
+        != NGX_HTTP_MATRIX_KEY_FOUND)
+    {
+        return NGX_DECLINED;
+    }
+
+    e = ngx_http_matrix_key_slot(server, key_id, &hash);
+    *valid_until = e->valid_until;
+
+    return NGX_OK;
+}
+
+
 /* Checks the current header; waits, moves on, or ends. */
 
 static void
@@ -331,6 +387,11 @@ ngx_http_matrix_auth_step(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
         switch (ngx_http_matrix_key_lookup(h->origin, h->key_id, pk)) {
 
         case NGX_HTTP_MATRIX_KEY_FOUND:
+            if (ctx->key_only) {
+                ctx->authenticated(r, ctx);
+                return;
+            }
+
             if (ngx_http_matrix_auth_verify(r, ctx, pk) == NGX_OK) {
                 return;
             }
@@ -380,6 +441,12 @@ ngx_http_matrix_auth_step(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
             ngx_http_matrix_auth_fetch(r, ctx);
         }
 
+        return;
+    }
+
+    if (ctx->key_only) {
+        /* the caller looks the key up and names what is missing */
+        ctx->authenticated(r, ctx);
         return;
     }
 
@@ -1127,6 +1194,13 @@ ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev)
 
     ctx->cleanup->handler = NULL;
     h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
+
+    if (ctx->key_only) {
+        ngx_str_set(&ctx->why, "timed out fetching the key");
+        ctx->cur++;
+        ngx_http_matrix_auth_step(r, ctx);
+        return;
+    }
 
     ngx_http_matrix_fail(r, NGX_HTTP_UNAUTHORIZED, "M_UNAUTHORIZED",
                          "Timed out fetching key \"%s\" of \"%s\"",

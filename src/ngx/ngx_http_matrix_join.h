@@ -79,6 +79,7 @@ typedef struct {
     ngx_msec_t                   max_age;           /* 0: off */
     ngx_uint_t                   join_rate;         /* per 1000 s; 0: off */
     ngx_uint_t                   join_burst;
+    ngx_uint_t                   send_join;         /* matrix_send_join here */
 } ngx_http_matrix_join_loc_conf_t;
 
 
@@ -119,6 +120,7 @@ struct ngx_http_matrix_ctx_s {
     unsigned                     sync:1;        /* inside the handler */
     unsigned                     suspended:1;
     unsigned                     waiting:1;
+    unsigned                     key_only:1;    /* key_ensure, not auth */
 };
 
 
@@ -184,10 +186,19 @@ void ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
 void ngx_http_matrix_authenticate(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_next_pt next);
 ngx_int_t ngx_http_matrix_auth_add_variables(ngx_conf_t *cf);
+void ngx_http_matrix_key_ensure(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, const char *server, const char *key_id,
+    ngx_http_matrix_next_pt next);
+ngx_int_t ngx_http_matrix_key_get(const char *server, const char *key_id,
+    u_char *pk, int64_t *valid_until);
 void ngx_http_matrix_auth_exit_worker(void);
 
 /* ngx_http_matrix_directory.c */
 char *ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* ngx_http_matrix_send_join.c */
+char *ngx_http_matrix_send_join(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
 /* ngx_http_matrix_make_join.c */

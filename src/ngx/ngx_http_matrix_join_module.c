@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "ngx_http_matrix_join.h"
+#include "mx_pdu.h"
 #include "ngx_matrix_pdu_cache.h"
 #include "mx_base64.h"
 #include "mx_id.h"
@@ -170,6 +171,13 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
     { ngx_string("matrix_join_rate"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_matrix_join_rate,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_send_join"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_send_join,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
@@ -636,6 +644,8 @@ ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_matrix_join_loc_conf_t *prev = parent;
     ngx_http_matrix_join_loc_conf_t *conf = child;
 
+    ngx_http_core_loc_conf_t  *clcf;
+
     ngx_conf_merge_str_value(conf->key_fetch, prev->key_fetch, "");
     ngx_conf_merge_msec_value(conf->key_fetch_negative_ttl,
                               prev->key_fetch_negative_ttl, 30000);
@@ -646,6 +656,19 @@ ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->max_age, prev->max_age, 0);
     ngx_conf_merge_uint_value(conf->join_rate, prev->join_rate, 0);
     ngx_conf_merge_uint_value(conf->join_burst, prev->join_burst, 1);
+
+    if (conf->send_join) {
+        /*
+         * A send_join body (at most 64 KiB) is read into memory, never into
+         * a temporary file that would have to be read back with blocking
+         * I/O: the core module's settings are merged before ours.
+         */
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+        if (clcf->client_body_buffer_size < MX_PDU_MAX_LEN) {
+            clcf->client_body_buffer_size = MX_PDU_MAX_LEN;
+        }
+    }
 
     return NGX_CONF_OK;
 }

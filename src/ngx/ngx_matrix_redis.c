@@ -24,6 +24,7 @@
 #include <ngx_sha1.h>
 
 #include "ngx_matrix_redis.h"
+#include "ngx_matrix_send_join_lua.h"
 
 
 #define NGX_MATRIX_REDIS_BACKOFF_MIN   100
@@ -214,7 +215,26 @@ static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
     { "return {redis.call('EXISTS', KEYS[1]),"
       " redis.call('HGET', KEYS[2], ARGV[1]) or false}\n", "" },
 
+    /* send_join: see ngx_matrix_send_join_lua.h */
+    { NGX_MATRIX_LUA_SEND_JOIN_META, "" },
+    { NGX_MATRIX_LUA_SEND_JOIN_STATE, "" },
+    { NGX_MATRIX_LUA_SEND_JOIN_ACCEPT, "" },
+
 };
+
+
+const char *
+ngx_matrix_redis_script_sha1(ngx_matrix_script_e script)
+{
+    return ngx_matrix_scripts[script].sha1;
+}
+
+
+const char *
+ngx_matrix_redis_script_source(ngx_matrix_script_e script)
+{
+    return ngx_matrix_scripts[script].source;
+}
 
 
 static void

@@ -33,6 +33,9 @@ typedef enum {
     NGX_MATRIX_SCRIPT_MAKE_JOIN,
     NGX_MATRIX_SCRIPT_JOIN_RATE,
     NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
+    NGX_MATRIX_SCRIPT_SEND_JOIN_META,
+    NGX_MATRIX_SCRIPT_SEND_JOIN_STATE,
+    NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT,
     NGX_MATRIX_SCRIPT_COUNT
 } ngx_matrix_script_e;
 
@@ -80,6 +83,10 @@ ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r,
     ngx_matrix_script_e script, ngx_matrix_redis_handler_pt handler,
     void *data, int nkeys, int nargs, const char **argv,
     const size_t *argvlen);
+
+/* For scripts run inside MULTI: their SHA-1 (hex) and source. */
+const char *ngx_matrix_redis_script_sha1(ngx_matrix_script_e script);
+const char *ngx_matrix_redis_script_source(ngx_matrix_script_e script);
 
 /* The status code and Matrix message for an adapter status. */
 ngx_uint_t ngx_matrix_redis_http_status(ngx_matrix_redis_status_e status);
