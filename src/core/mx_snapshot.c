@@ -72,6 +72,7 @@ typedef struct {
     mx_snap_table_t          keys;
 
     mx_buf_t                 refs;      /* NUL-terminated event IDs */
+    size_t                   auth_refs_cap;  /* of snap->auth_refs */
 
     long                     create;    /* event index, -1 */
     long                     create_any;  /* also from the auth chain */
@@ -126,7 +127,11 @@ static int mx_snap_add_extrem(mx_snap_ctx_t *ctx, json_t *ev,
     const char *id);
 static int mx_snap_list_push(mx_snap_ctx_t *ctx, mx_snapshot_list_e l,
     size_t i);
+static int mx_snap_auth_ref(mx_snap_ctx_t *ctx, size_t i);
 static int mx_snap_finish(mx_snap_ctx_t *ctx);
+static int mx_snap_partial(mx_snap_ctx_t *ctx);
+static int mx_snap_hero_before(const mx_snapshot_event_t *a,
+    const mx_snapshot_event_t *b);
 static int mx_snap_chunk_list(mx_snapshot_list_t *list,
     const mx_snapshot_event_t *events);
 static size_t mx_snap_hash(const char *s);
@@ -247,6 +252,7 @@ mx_snapshot_free(mx_snapshot_t *snap)
     free(snap->aliases);
     free(snap->events);
     free(snap->extrem);
+    free(snap->auth_refs);
     free(snap->index);
     free(snap);
 }
@@ -279,6 +285,42 @@ mx_snapshot_chunk(const mx_snapshot_t *snap, mx_snapshot_list_e l,
     }
 
     return 0;
+}
+
+
+void
+mx_snapshot_locate(const mx_snapshot_t *snap, mx_snapshot_list_e l,
+    size_t i, size_t *c, size_t *off)
+{
+    size_t                      lo, hi, mid, k, o;
+    const mx_snapshot_list_t   *list;
+
+    list = &snap->lists[l];
+
+    /* the last chunk that starts at or before entry i */
+
+    lo = 0;
+    hi = list->nchunks;
+
+    while (hi - lo > 1) {
+        mid = lo + (hi - lo) / 2;
+
+        if (list->chunks[mid].first <= i) {
+            lo = mid;
+
+        } else {
+            hi = mid;
+        }
+    }
+
+    o = 0;
+
+    for (k = list->chunks[lo].first; k < i; k++) {
+        o += snap->events[list->events[k]].pdu_len + 1;     /* and ',' */
+    }
+
+    *c = lo;
+    *off = o;
 }
 
 
@@ -1253,14 +1295,19 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
     }
 
     /*
-     * The auth_events: those already seen are checked now, the others
-     * are kept for the end (most events refer back to create, power
-     * levels and join rules, so few are kept).
+     * The auth_events, kept as event indices in snap->auth_refs: those
+     * already seen are checked and resolved now, the others are kept by
+     * ID for the end (most events refer back to create, power levels and
+     * join rules, so few are kept) with SIZE_MAX in their slot.
      */
 
     aux->ref_off = ctx->refs.len;
     aux->ref_n = 0;
     a = json_object_get(ev, "auth_events");
+
+    x = &snap->events[i];
+    x->auth_off = snap->nauth_refs;
+    x->auth_n = 0;
 
     for (k = 0; k < json_array_size(a); k++) {
         r = json_array_get(a, k);
@@ -1268,6 +1315,14 @@ mx_snap_add_event(mx_snap_ctx_t *ctx, unsigned list, size_t pos,
                                 ? json_array_get(r, 0) : r);
 
         found = mx_snap_table_find(&ctx->ids, snap->events, rid);
+
+        if (mx_snap_auth_ref(ctx, found >= 0 ? (size_t) found : SIZE_MAX)
+            != 0)
+        {
+            return mx_snap_fail(ctx, NULL, "out of memory");
+        }
+
+        snap->events[i].auth_n++;
 
         if (found >= 0) {
             if (!ctx->rv->create_in_auth_events
@@ -1428,6 +1483,34 @@ mx_snap_add_extrem(mx_snap_ctx_t *ctx, json_t *ev, const char *id)
 }
 
 
+/* One slot of snap->auth_refs: an event index, SIZE_MAX until known. */
+
+static int
+mx_snap_auth_ref(mx_snap_ctx_t *ctx, size_t i)
+{
+    size_t          ncap, *refs;
+    mx_snapshot_t  *snap;
+
+    snap = ctx->snap;
+
+    if (snap->nauth_refs == ctx->auth_refs_cap) {
+        ncap = ctx->auth_refs_cap ? ctx->auth_refs_cap * 2 : 4096;
+
+        refs = realloc(snap->auth_refs, ncap * sizeof(size_t));
+        if (refs == NULL) {
+            return -1;
+        }
+
+        snap->auth_refs = refs;
+        ctx->auth_refs_cap = ncap;
+    }
+
+    snap->auth_refs[snap->nauth_refs++] = i;
+
+    return 0;
+}
+
+
 static int
 mx_snap_list_push(mx_snap_ctx_t *ctx, mx_snapshot_list_e l, size_t i)
 {
@@ -1459,8 +1542,9 @@ mx_snap_list_push(mx_snap_ctx_t *ctx, mx_snapshot_list_e l, size_t i)
 static int
 mx_snap_finish(mx_snap_ctx_t *ctx)
 {
+    long                 found;
     char                 where[384];
-    size_t               i, k, l;
+    size_t               i, k, l, *slot;
     const char          *ref, *create_id;
     mx_snap_aux_t       *aux;
     mx_snapshot_t       *snap;
@@ -1483,8 +1567,15 @@ mx_snap_finish(mx_snap_ctx_t *ctx)
         x = &snap->events[i];
         aux = &ctx->aux[i];
         ref = ctx->refs.data + aux->ref_off;
+        slot = snap->auth_refs + x->auth_off;
 
-        for (k = 0; k < aux->ref_n; k++, ref += strlen(ref) + 1) {
+        /* the IDs kept fill the SIZE_MAX slots, in order */
+
+        for (k = 0; k < aux->ref_n; k++, ref += strlen(ref) + 1, slot++) {
+            while (*slot != SIZE_MAX) {
+                slot++;
+            }
+
             snprintf(where, sizeof(where), "%s[%zu] (%s)",
                      mx_snap_list_names[aux->list], aux->pos, x->id);
 
@@ -1496,10 +1587,14 @@ mx_snap_finish(mx_snap_ctx_t *ctx)
                                     "it)", ctx->rv->id);
             }
 
-            if (mx_snap_table_find(&ctx->ids, snap->events, ref) < 0) {
+            found = mx_snap_table_find(&ctx->ids, snap->events, ref);
+
+            if (found < 0) {
                 return mx_snap_fail(ctx, where, "auth event %.100s is in "
                                     "neither state nor auth_chain", ref);
             }
+
+            *slot = (size_t) found;
         }
     }
 
@@ -1521,9 +1616,19 @@ mx_snap_finish(mx_snap_ctx_t *ctx)
     snap->auth_chain = snap->lists[MX_SNAPSHOT_AUTH].n;
     snap->bytes = 0;
 
+    if (mx_snap_partial(ctx) != 0) {
+        return -1;
+    }
+
     for (l = 0; l < MX_SNAPSHOT_NLISTS; l++) {
         if (mx_snap_chunk_list(&snap->lists[l], snap->events) != 0) {
             return mx_snap_fail(ctx, "document", "out of memory");
+        }
+
+        /* bytes: what a full send_join answer holds */
+
+        if (l == MX_SNAPSHOT_AUTH_NM) {
+            continue;
         }
 
         for (i = 0; i < snap->lists[l].nchunks; i++) {
@@ -1537,6 +1642,161 @@ mx_snap_finish(mx_snap_ctx_t *ctx)
     }
 
     return 0;
+}
+
+
+/*
+ * The partial state and its auth chain (mx_snapshot.h, docs/redis-schema.md
+ * "Partial state"): the heroes when the room has neither name nor
+ * canonical alias, the partial flags, then the closure over auth_events
+ * walked with a stack, listed in event index order (the document's).
+ */
+
+static int
+mx_snap_partial(mx_snap_ctx_t *ctx)
+{
+    int                   pass;
+    size_t                i, k, n, sp, cap, j, *stack, *ns;
+    mx_snapshot_t        *snap;
+    mx_snapshot_list_t   *m;
+    mx_snapshot_event_t  *x;
+
+    static const char    *wanted[2][2] = {
+        { "join", "invite" }, { "leave", "ban" }
+    };
+
+    snap = ctx->snap;
+    m = &snap->lists[MX_SNAPSHOT_STATE_M];
+
+    snap->named =
+        mx_snap_table_find(&ctx->keys, snap->events,
+                           "[\"m.room.name\",\"\"]") >= 0
+        || mx_snap_table_find(&ctx->keys, snap->events,
+                              "[\"m.room.canonical_alias\",\"\"]") >= 0;
+
+    snap->nheroes = 0;
+
+    /* the first MX_SNAPSHOT_HEROES by (depth, ID), by insertion */
+
+    for (pass = 0; !snap->named && pass < 2 && snap->nheroes == 0; pass++) {
+        for (i = 0; i < m->n; i++) {
+            x = &snap->events[m->events[i]];
+
+            if (strcmp(x->membership, wanted[pass][0]) != 0
+                && strcmp(x->membership, wanted[pass][1]) != 0)
+            {
+                continue;
+            }
+
+            for (k = snap->nheroes;
+                 k > 0 && mx_snap_hero_before(x,
+                                              &snap->events[snap->heroes[k - 1]]);
+                 k--)
+            {
+                /* void */
+            }
+
+            if (k == MX_SNAPSHOT_HEROES) {
+                continue;
+            }
+
+            n = snap->nheroes < MX_SNAPSHOT_HEROES ? snap->nheroes
+                                                   : MX_SNAPSHOT_HEROES - 1;
+            memmove(&snap->heroes[k + 1], &snap->heroes[k],
+                    (n - k) * sizeof(size_t));
+            snap->heroes[k] = m->events[i];
+
+            if (snap->nheroes < MX_SNAPSHOT_HEROES) {
+                snap->nheroes++;
+            }
+        }
+    }
+
+    for (i = 0; i < snap->lists[MX_SNAPSHOT_STATE_NM].n; i++) {
+        snap->events[snap->lists[MX_SNAPSHOT_STATE_NM].events[i]].partial = 1;
+    }
+
+    for (i = 0; i < snap->nheroes; i++) {
+        snap->events[snap->heroes[i]].partial = 1;
+    }
+
+    /* the closure: every event reached from the partial state */
+
+    cap = 256;
+    sp = 0;
+    stack = malloc(cap * sizeof(size_t));
+
+    if (stack == NULL) {
+        return mx_snap_fail(ctx, "document", "out of memory");
+    }
+
+    for (i = 0; i < snap->nevents; i++) {
+        x = &snap->events[i];
+
+        if (!x->partial) {
+            continue;
+        }
+
+        j = i;
+
+        for ( ;; ) {
+            for (k = 0; k < snap->events[j].auth_n; k++) {
+                n = snap->auth_refs[snap->events[j].auth_off + k];
+
+                if (snap->events[n].partial || snap->events[n].in_auth_nm) {
+                    continue;
+                }
+
+                snap->events[n].in_auth_nm = 1;
+
+                if (sp == cap) {
+                    ns = realloc(stack, 2 * cap * sizeof(size_t));
+                    if (ns == NULL) {
+                        free(stack);
+                        return mx_snap_fail(ctx, "document",
+                                            "out of memory");
+                    }
+
+                    stack = ns;
+                    cap *= 2;
+                }
+
+                stack[sp++] = n;
+            }
+
+            if (sp == 0) {
+                break;
+            }
+
+            j = stack[--sp];
+        }
+    }
+
+    free(stack);
+
+    for (i = 0; i < snap->nevents; i++) {
+        if (snap->events[i].in_auth_nm
+            && mx_snap_list_push(ctx, MX_SNAPSHOT_AUTH_NM, i) != 0)
+        {
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* Heroes are ordered by their member event's depth, then event ID. */
+
+static int
+mx_snap_hero_before(const mx_snapshot_event_t *a,
+    const mx_snapshot_event_t *b)
+{
+    if (a->depth != b->depth) {
+        return a->depth < b->depth;
+    }
+
+    return strcmp(a->id, b->id) < 0;
 }
 
 

@@ -28,12 +28,17 @@
 /* unpadded base64 of a SHA-256, with the NUL */
 #define MX_SNAPSHOT_SHA256_B64  44
 
+/* at most this many heroes (the module drops the joiner, keeps 5) */
+#define MX_SNAPSHOT_HEROES      6
 
-/* The three chunked lists of the schema. */
+
+/* The chunked lists of the schema. */
 typedef enum {
     MX_SNAPSHOT_STATE_NM = 0,   /* state, type != m.room.member */
     MX_SNAPSHOT_STATE_M,        /* state, m.room.member */
     MX_SNAPSHOT_AUTH,           /* auth chain */
+    MX_SNAPSHOT_AUTH_NM,        /* the partial state's auth chain: see
+                                   mx_snapshot_t.heroes */
     MX_SNAPSHOT_NLISTS
 } mx_snapshot_list_e;
 
@@ -49,9 +54,14 @@ typedef struct {
                                    state (a user ID), else NULL */
     char           *membership; /* its content.membership, else NULL */
     int64_t         depth;
+    size_t          auth_off;   /* its auth_events, as event indices: */
+    size_t          auth_n;     /* snap->auth_refs[auth_off..+auth_n) */
     unsigned        in_state:1;
     unsigned        in_auth:1;
     unsigned        member:1;   /* m.room.member in state */
+    unsigned        partial:1;  /* in the partial state (omit_members):
+                                   non-member state, heroes' members */
+    unsigned        in_auth_nm:1;  /* in the partial state's auth chain */
 } mx_snapshot_event_t;
 
 
@@ -102,6 +112,26 @@ typedef struct {
     uint64_t                  bytes;          /* state + auth chain PDUs,
                                                  as the chunks hold them */
 
+    /* every event's auth_events, resolved to event indices */
+    size_t                   *auth_refs;
+    size_t                    nauth_refs;
+
+    /*
+     * The partial state (send_join with omit_members): every non-member
+     * state event and the heroes' member events; its auth chain
+     * (lists[MX_SNAPSHOT_AUTH_NM]) is the closure over auth_events of
+     * the partial state minus the partial state itself.
+     *
+     * named: state has m.room.name or m.room.canonical_alias (state key
+     * ""), then there are no heroes. Otherwise the heroes are the member
+     * events of up to MX_SNAPSHOT_HEROES members with membership join or
+     * invite, or when there are none, leave or ban; by depth, then
+     * event ID (bytes), as event indices.
+     */
+    unsigned                  named:1;
+    size_t                    heroes[MX_SNAPSHOT_HEROES];
+    size_t                    nheroes;
+
     /* the ID index of mx_snapshot_find: event index + 1, 0 is empty */
     size_t                   *index;
     size_t                    index_cap;
@@ -144,6 +174,14 @@ void mx_snapshot_free(mx_snapshot_t *snap);
  */
 int mx_snapshot_chunk(const mx_snapshot_t *snap, mx_snapshot_list_e l,
     size_t c, mx_buf_t *out);
+
+/*
+ * Where entry i of list l lies in the list's chunks: the chunk *c and the
+ * byte offset *off of the PDU's first byte ('{') inside it; the PDU is
+ * mx_snapshot_list_event(snap, l, i)->pdu_len bytes from there.
+ */
+void mx_snapshot_locate(const mx_snapshot_t *snap, mx_snapshot_list_e l,
+    size_t i, size_t *c, size_t *off);
 
 /* Index of the event with ID id, or -1. */
 long mx_snapshot_find(const mx_snapshot_t *snap, const char *id);

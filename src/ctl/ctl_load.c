@@ -26,13 +26,14 @@
 #include "mx_snapshot.h"
 
 
-#define MXJ_LOAD_NKEYS        10
+#define MXJ_LOAD_NKEYS        18
 #define MXJ_LOAD_LOCK_MS      "600000"
 #define MXJ_LOAD_PROGRESS_MIN (8 * 1024 * 1024)   /* bytes of snapshot */
 
 /* a pipeline: commands of at most this many arguments or bytes, replies
  * read back every so many commands or bytes */
 #define MXJ_LOAD_EXTREM_LEN   128     /* {"depth":N,"sha256":"..."} */
+#define MXJ_LOAD_MCHUNK_LEN   72      /* c:o:l:a, three size_t and a bit */
 
 #define MXJ_PIPE_ARGS         2048
 #define MXJ_PIPE_ARG_BYTES    (1024 * 1024)
@@ -40,15 +41,22 @@
 #define MXJ_PIPE_BYTES        (16 * 1024 * 1024)
 
 
-/* The per-room keys, in the order the switch script takes them. */
+/*
+ * The per-room keys, in the order the switch script takes them. The edge
+ * keys are written by the module's send_join, never staged here: a load
+ * moves them aside with the rest, so they start empty for the new
+ * generation (the joins they record stay in the outbox).
+ */
 static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
     "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem",
-    "servers", "server_user"
+    "servers", "server_user", "mchunk", "auth_nm", "partial",
+    "edge", "edge_pdu", "edge_m", "edge_orig", "edge_old"
 };
 
 enum {
     MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
-    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER
+    MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER,
+    MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL
 };
 
 
@@ -123,6 +131,9 @@ static void mxj_load_unlock(mxj_load_t *ld);
 static int mxj_load_stage(mxj_load_t *ld);
 static int mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_mchunk(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_partial(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_switch(mxj_load_t *ld);
 static int mxj_load_finish(mxj_load_t *ld);
 static void mxj_load_cleanup(mxj_load_t *ld);
@@ -452,7 +463,7 @@ mxj_load_stage(mxj_load_t *ld)
     mx_snapshot_extrem_t  *x;
     const char            *argv[1 + MXJ_LOAD_NKEYS];
     static const int       list_key[MX_SNAPSHOT_NLISTS] = {
-        MXJ_K_STATE_NM, MXJ_K_STATE_M, MXJ_K_AUTH
+        MXJ_K_STATE_NM, MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_AUTH_NM
     };
 
     s = ld->snap;
@@ -484,7 +495,11 @@ mxj_load_stage(mxj_load_t *ld)
         goto failed;
     }
 
-    if (mxj_load_meta(ld, &p) != 0) {
+    if (mxj_load_meta(ld, &p) != 0
+        || mxj_load_heroes(ld, &p) != 0
+        || mxj_load_mchunk(ld, &p) != 0
+        || mxj_load_partial(ld, &p) != 0)
+    {
         goto failed;
     }
 
@@ -649,17 +664,24 @@ failed:
 }
 
 
-/* The meta hash; loaded_at is set by the switch. */
+/*
+ * The meta hash; loaded_at is set by the switch. generation names this
+ * load: 16 random bytes as 32 lowercase hex digits, new on every load.
+ */
 
 static int
 mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
 {
-    char            num[7][32];
+    char            num[7][32], generation[33];
     size_t          k;
+    unsigned char   raw[16];
     mx_snapshot_t  *s;
-    const char     *meta[22];
+    const char     *meta[24];
 
     s = ld->snap;
+
+    randombytes_buf(raw, sizeof(raw));
+    sodium_bin2hex(generation, sizeof(generation), raw, sizeof(raw));
 
     snprintf(num[0], sizeof(num[0]), "%zu", s->state_events);
     snprintf(num[1], sizeof(num[1]), "%zu", s->members);
@@ -680,6 +702,7 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     meta[16] = "max_depth";         meta[17] = num[5];
     meta[18] = "bytes";             meta[19] = num[6];
     meta[20] = "room_id";           meta[21] = s->room_id;
+    meta[22] = "generation";        meta[23] = generation;
 
     if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0) {
         return -1;
@@ -695,6 +718,165 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     }
 
     /* sent now: num[] lives on this stack frame */
+
+    return mxj_pipe_end(p);
+}
+
+
+/*
+ * meta.heroes, only for a room with neither name nor canonical alias:
+ * the user IDs of mx_snapshot_t.heroes as a canonical JSON array.
+ */
+
+static int
+mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    int             rc;
+    size_t          i;
+    mx_buf_t        list = MX_BUF_INIT;
+    const char     *user;
+    mx_snapshot_t  *s;
+
+    s = ld->snap;
+
+    if (s->named) {
+        return 0;
+    }
+
+    rc = mx_buf_append_byte(&list, '[');
+
+    for (i = 0; rc == 0 && i < s->nheroes; i++) {
+        user = s->events[s->heroes[i]].user;
+
+        if ((i && mx_buf_append_byte(&list, ',') != 0)
+            || mx_json_canonical_string(user, strlen(user), &list) != 0)
+        {
+            rc = -1;
+        }
+    }
+
+    if (rc != 0 || mx_buf_append_byte(&list, ']') != 0) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        mx_buf_free(&list);
+        return -1;
+    }
+
+    /* sent (copied by hiredis) before the list is freed */
+
+    rc = -1;
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) == 0
+        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], "heroes", 6) == 0
+        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], list.data, list.len)
+           == 0
+        && mxj_pipe_end(p) == 0)
+    {
+        rc = 0;
+    }
+
+    mx_buf_free(&list);
+
+    return rc;
+}
+
+
+/*
+ * mchunk: where each member event of state lies in the state_m chunks,
+ * user ID -> "<chunk>:<offset>:<length>:<in auth chain 0/1>", so that
+ * send_join can cut one member's event out of its chunk.
+ */
+
+static int
+mxj_load_mchunk(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    int                   rc;
+    char                 *vals, *v;
+    size_t                i, c, off;
+    mx_snapshot_t        *s;
+    mx_snapshot_list_t   *m;
+    mx_snapshot_event_t  *ev;
+
+    s = ld->snap;
+    m = &s->lists[MX_SNAPSHOT_STATE_M];
+
+    if (m->n == 0) {
+        return 0;
+    }
+
+    /* every value lives until the last HSET is sent */
+
+    vals = malloc(m->n * MXJ_LOAD_MCHUNK_LEN);
+    if (vals == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    rc = -1;
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_MCHUNK]) != 0) {
+        goto done;
+    }
+
+    for (i = 0; i < m->n; i++) {
+        ev = mx_snapshot_list_event(s, MX_SNAPSHOT_STATE_M, i);
+        v = vals + i * MXJ_LOAD_MCHUNK_LEN;
+
+        mx_snapshot_locate(s, MX_SNAPSHOT_STATE_M, i, &c, &off);
+        snprintf(v, MXJ_LOAD_MCHUNK_LEN, "%zu:%zu:%zu:%d", c, off,
+                 ev->pdu_len, ev->in_auth ? 1 : 0);
+
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_MCHUNK], ev->user,
+                         strlen(ev->user)) != 0
+            || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_MCHUNK], v, strlen(v))
+               != 0)
+        {
+            goto done;
+        }
+    }
+
+    rc = mxj_pipe_end(p);
+
+done:
+
+    free(vals);
+
+    return rc;
+}
+
+
+/*
+ * partial: event ID -> "s" for the partial state (non-member state and
+ * the heroes' member events), "a" for its auth chain (the auth_nm list).
+ */
+
+static int
+mxj_load_partial(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    size_t                e;
+    mx_snapshot_t        *s;
+    mx_snapshot_event_t  *ev;
+
+    s = ld->snap;
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_PARTIAL]) != 0) {
+        return -1;
+    }
+
+    for (e = 0; e < s->nevents; e++) {
+        ev = &s->events[e];
+
+        if (!ev->partial && !ev->in_auth_nm) {
+            continue;
+        }
+
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_PARTIAL], ev->id,
+                         strlen(ev->id)) != 0
+            || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_PARTIAL],
+                            ev->partial ? "s" : "a", 1) != 0)
+        {
+            return -1;
+        }
+    }
 
     return mxj_pipe_end(p);
 }

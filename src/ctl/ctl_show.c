@@ -4,7 +4,8 @@
  * matrix-join-ctl rooms --redis ADDRESS [--prefix P]
  *
  * Read-only views of what load wrote (docs/redis-schema.md): one room's
- * meta, extremities and aliases, or one line per room.
+ * meta, extremities and aliases, with the number of edge joins that
+ * send_join added since the load; or one line per room.
  */
 
 #include <stdio.h>
@@ -35,12 +36,13 @@ mxj_cmd_show(int argc, char **argv)
     long long     now, at;
     struct tm     tm;
     const char   *room, *v;
-    redisReply   *meta, *ext;
+    redisReply   *meta, *ext, *edge;
     mxj_redis_t   r;
 
     static const char  *fields[] = {
         "room_version", "create_event_id", "state_events", "member_events",
-        "members", "auth_chain", "bytes", "extremities", "max_depth", NULL
+        "members", "auth_chain", "bytes", "extremities", "max_depth",
+        "generation", NULL
     };
     const char        **f;
 
@@ -55,6 +57,7 @@ mxj_cmd_show(int argc, char **argv)
     rc = MXJ_EXIT_FAIL;
     meta = NULL;
     ext = NULL;
+    edge = NULL;
 
     switch (mxj_redis_schema(&r, 0)) {
 
@@ -100,6 +103,16 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
+    key = mxj_room_key(&r, room, ":edge");
+    if (key == NULL) {
+        goto done;
+    }
+
+    /* informative only: a key of another type (WRONGTYPE) prints nothing */
+
+    edge = redisCommand(r.c, "HLEN %s", key);
+    free(key);
+
     printf("room: %s\n", room);
 
     for (f = fields; *f; f++) {
@@ -117,6 +130,16 @@ mxj_cmd_show(int argc, char **argv)
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         mxj_show_age(age, sizeof(age), now - at);
         printf("loaded_at: %s (%s, %s ago)\n", v, when, age);
+    }
+
+    v = mxj_show_field(meta, "heroes");
+
+    if (v != NULL) {
+        printf("heroes: %s\n", v);
+    }
+
+    if (edge != NULL && edge->type == REDIS_REPLY_INTEGER) {
+        printf("edge_joins: %lld\n", edge->integer);
     }
 
     for (i = 0; ext->type == REDIS_REPLY_ARRAY && i + 1 < ext->elements;
@@ -140,6 +163,10 @@ done:
 
     if (ext != NULL) {
         freeReplyObject(ext);
+    }
+
+    if (edge != NULL) {
+        freeReplyObject(edge);
     }
 
     mxj_redis_close(&r);

@@ -23,7 +23,11 @@ import mxj_room  # noqa: E402
 
 CHUNK_MAX = 65536
 KEY_NAMES = ("meta", "state", "member", "pdu", "state_nm", "state_m",
-             "auth", "extrem", "servers", "server_user")
+             "auth", "extrem", "servers", "server_user", "mchunk", "auth_nm",
+             "partial")
+# written by the module's send_join; a load resets them
+EDGE_NAMES = ("edge", "edge_pdu", "edge_m", "edge_orig", "edge_old")
+GENERATION = re.compile(r"^[0-9a-f]{32}$")
 SUMMARY = re.compile(
     r"^loaded (\S+): version (\d+), (\d+) state events, (\d+) members, "
     r"(\d+) auth chain events, (\d+) forward extremities, (\d+) bytes "
@@ -87,6 +91,111 @@ def check_chunks(client, key, want):
         assert not client.exists(key)
 
 
+# -- what send_join needs, computed here from the document alone -------------
+
+def doc_events(doc):
+    """Event ID -> PDU for every event of state and auth chain."""
+    version = doc["room_version"]
+    return {mxj_room.event_id(version, ev): ev
+            for ev in doc["state"] + doc["auth_chain"]}
+
+
+def doc_state(doc):
+    """(type, state_key) -> event ID of the document's state."""
+    version = doc["room_version"]
+    return {(ev["type"], ev["state_key"]): mxj_room.event_id(version, ev)
+            for ev in doc["state"]}
+
+
+def auth_refs(ev):
+    return [a[0] if isinstance(a, list) else a for a in ev["auth_events"]]
+
+
+def expected_partial(doc):
+    """(heroes or None, partial state IDs, auth_nm IDs), by the schema:
+    heroes only without m.room.name and m.room.canonical_alias: up to 6
+    members with join/invite (else leave/ban) by depth, then event ID;
+    the partial state is the non-member state and the heroes' member
+    events; auth_nm its closure over auth_events, minus itself."""
+    events = doc_events(doc)
+    state = doc_state(doc)
+    heroes = None
+    if ("m.room.name", "") not in state and \
+            ("m.room.canonical_alias", "") not in state:
+        heroes = []
+        for wanted in (("join", "invite"), ("leave", "ban")):
+            found = sorted(
+                (events[eid]["depth"], eid, sk)
+                for (t, sk), eid in state.items()
+                if t == "m.room.member"
+                and events[eid]["content"]["membership"] in wanted)
+            if found:
+                heroes = [sk for _, _, sk in found[:6]]
+                break
+    part = {eid for (t, _), eid in state.items() if t != "m.room.member"}
+    part |= {state[("m.room.member", u)] for u in heroes or []}
+    reached = set()
+    todo = [a for eid in part for a in auth_refs(events[eid])]
+    while todo:
+        eid = todo.pop()
+        if eid not in reached:
+            reached.add(eid)
+            todo.extend(auth_refs(events[eid]))
+    return heroes, part, reached - part
+
+
+def check_partial(client, doc, rid, prefix="mxj:"):
+    """meta.heroes, partial and auth_nm as expected_partial says."""
+    heroes, part, auth_nm = expected_partial(doc)
+    events = doc_events(doc)
+    got = client.hget(rkey(prefix, rid, "meta"), "heroes")
+    if heroes is None:
+        assert got is None
+    else:
+        assert got == mxj_room.canonical(heroes)
+        assert len(heroes) <= 6
+    partial = {k.decode(): v.decode() for k, v in
+               client.hgetall(rkey(prefix, rid, "partial")).items()}
+    assert partial == {**{e: "s" for e in part}, **{e: "a" for e in auth_nm}}
+    check_chunks(client, rkey(prefix, rid, "auth_nm"),
+                 [canonical(events[e]) for e in auth_nm])
+    return heroes, part, auth_nm
+
+
+def check_mchunk(client, doc, rid, prefix="mxj:"):
+    """Every member event cut out of state_m by its mchunk entry is that
+    member's event, canonical, with the ID state gives; the flag says
+    whether the auth chain has it too."""
+    version = doc["room_version"]
+    state = doc_state(doc)
+    auth_ids = {mxj_room.event_id(version, ev) for ev in doc["auth_chain"]}
+    mchunk = {k.decode(): v.decode() for k, v in
+              client.hgetall(rkey(prefix, rid, "mchunk")).items()}
+    assert set(mchunk) == {sk for t, sk in state if t == "m.room.member"}
+    chunks = client.lrange(rkey(prefix, rid, "state_m"), 0, -1)
+    for user, where in mchunk.items():
+        m = re.fullmatch(r"(\d+):(\d+):(\d+):([01])", where)
+        assert m, where
+        c, o, n, a = (int(x) for x in m.groups())
+        # what send_join does: LINDEX state_m c, bytes [o, o+n)
+        chunk = client.lindex(rkey(prefix, rid, "state_m"), c)
+        assert chunk == chunks[c]
+        pdu = chunk[o:o + n]
+        assert len(pdu) == n and pdu[:1] == b"{"
+        assert o == 0 or chunk[o - 1:o] == b","
+        assert o + n == len(chunk) or chunk[o + n:o + n + 1] == b","
+        ev = json.loads(pdu)
+        assert ev["type"] == "m.room.member" and ev["state_key"] == user
+        assert pdu == mxj_room.canonical(ev)
+        eid = mxj_room.event_id(version, ev)
+        assert eid == state[("m.room.member", user)]
+        assert client.hget(rkey(prefix, rid, "state"),
+                           canonical(["m.room.member", user])) == \
+            eid.encode()
+        assert a == (eid in auth_ids)
+    return mchunk
+
+
 def check_room(client, r, prefix="mxj:"):
     """Everything the schema says about room r, from the generator."""
     e = r.expected
@@ -98,6 +207,8 @@ def check_room(client, r, prefix="mxj:"):
             for k, v in client.hgetall(rkey(prefix, rid, "meta")).items()}
     loaded_at = int(meta.pop("loaded_at"))
     candidates = json.loads(meta.pop("servers"))
+    assert GENERATION.match(meta.pop("generation"))
+    heroes = meta.pop("heroes", None)
     assert abs(loaded_at - time.time() * 1000) < 120000
     assert meta == {
         "schema": "1",
@@ -168,6 +279,11 @@ def check_room(client, r, prefix="mxj:"):
     check_chunks(client, rkey(prefix, rid, "auth"),
                  [e["canonical"][i] for i in e["auth_ids"]])
 
+    # what send_join needs: member offsets, partial state and its chain
+    check_mchunk(client, r.snapshot, rid, prefix)
+    want_heroes, _, auth_nm = check_partial(client, r.snapshot, rid, prefix)
+    assert (heroes is None) == (want_heroes is None)
+
     extrem = {k.decode(): v.decode()
               for k, v in client.hgetall(rkey(prefix, rid, "extrem")).items()}
     assert {k: json.loads(v) for k, v in extrem.items()} == e["extrem"]
@@ -183,6 +299,8 @@ def check_room(client, r, prefix="mxj:"):
     want_keys = {rkey(prefix, rid, n) for n in KEY_NAMES}
     if not e["auth_ids"]:
         want_keys.discard(rkey(prefix, rid, "auth"))
+    if not auth_nm:
+        want_keys.discard(rkey(prefix, rid, "auth_nm"))
     assert keys == want_keys
 
 
@@ -246,6 +364,189 @@ def test_load_bigger_room_spans_chunks(redis_server, tmp_path):
     client = redis_server.client()
     assert client.llen(rkey("mxj:", r.room_id, "state_m")) >= 3
     check_room(client, r)
+
+
+# -- what send_join needs ------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["1", "3", "10"])
+def test_mchunk_cuts_out_every_member(redis_server, tmp_path, version):
+    """Each member's event, cut out of state_m where mchunk says, over
+    chunks of a room too big for one."""
+    r = room(version, members=300, servers=10, seed=41)
+    p = load(redis_server, write(tmp_path, r.snapshot))
+    assert p.returncode == 0, p.stderr
+    client = redis_server.client()
+    nchunks = client.llen(rkey("mxj:", r.room_id, "state_m"))
+    assert nchunks >= 3
+
+    mchunk = check_mchunk(client, r.snapshot, r.room_id)
+    assert len(mchunk) == r.expected["member_events"]
+    # every chunk holds some; the creator's join is in the auth chain
+    # (it authorises the room's state events), a plain member's is not
+    assert {int(v.split(":")[0]) for v in mchunk.values()} == \
+        set(range(nchunks))
+    assert mchunk[r.creator].endswith(":1")
+    assert mchunk[r.users[5]].endswith(":0")
+    check_room(client, r)
+
+
+def unnamed(doc):
+    """The document without the room's name and canonical alias."""
+    doc = copy.deepcopy(doc)
+    doc["state"] = [ev for ev in doc["state"]
+                    if (ev["type"], ev["state_key"])
+                    not in (("m.room.name", ""),
+                            ("m.room.canonical_alias", ""))]
+    return doc
+
+
+def test_partial_state_without_name(redis_server, tmp_path):
+    """Heroes: 6, by depth then event ID; the partial state's auth chain
+    reaches a non-hero's join and the invite before it."""
+    r = mxj_room.generate("10", members=12, servers=3, seed=51)
+    # three joins as deep as the creator's (2): the tie goes by event ID
+    ties = [f"@tie{k}:s1.example.org" for k in range(3)]
+    for user in ties:
+        r.add("m.room.member", user, {"membership": "join"},
+              state_key=user, prev=[r.create_id],
+              auth=r.auth_for("m.room.member", user, user, "join"))
+    # one who left, as deep: no hero while some have joined or are invited
+    early = "@early:s2.example.org"
+    r.add("m.room.member", early, {"membership": "leave"}, state_key=early,
+          prev=[r.create_id],
+          auth=r.auth_for("m.room.member", early, early, "leave"))
+    # invited late, joined, sets the topic: no hero
+    late = "@late:s2.example.org"
+    invite = r.add_member(late, "invite", sender=r.creator)
+    join = r.add_member(late, "join")
+    topic = r.add_state("m.room.topic", "", {"topic": "late"}, sender=late)
+    assert invite in r.events[join]["auth_events"]
+    doc = unnamed(r.snapshot)
+    path = write(tmp_path, doc)
+
+    p = load(redis_server, path)
+    assert p.returncode == 0, p.stderr
+    client = redis_server.client()
+    heroes, part, auth_nm = check_partial(client, doc, r.room_id)
+    check_mchunk(client, doc, r.room_id)
+
+    # the same, spelled out from what the generator made
+    depth2 = sorted((r.state[("m.room.member", u)], u)
+                    for u in [r.creator] + ties)
+    assert all(r.events[e]["depth"] == 2 for e, _ in depth2)
+    assert heroes == [u for _, u in depth2] + r.users[1:3]
+    # the order by ID is not the order the events came in
+    assert heroes[:4] != [r.creator] + ties
+    assert r.events[r.state[("m.room.member", early)]]["depth"] == 2
+    assert auth_nm == {join, invite}
+    assert topic in part and r.state[("m.room.member", late)] not in part
+    assert len(part) == len(doc["state"]) - r.expected["member_events"] + 6
+
+
+def test_partial_state_heroes_who_left(redis_server, tmp_path):
+    """No one joined or invited: the heroes are those who left or were
+    banned (knocks never count), by depth."""
+    r = mxj_room.generate("12", members=3, servers=2, seed=52)
+    assert r.joined() == sorted(r.users) and len(r.users) == 3
+    r.add_member(r.users[1], "leave")
+    r.add_member(r.users[2], "ban", sender=r.creator)
+    r.add_member(r.creator, "leave")
+    r.add_member("@k:s1.example.org", "knock")
+    doc = unnamed(r.snapshot)
+
+    p = load(redis_server, write(tmp_path, doc))
+    assert p.returncode == 0, p.stderr
+    client = redis_server.client()
+    heroes, _, auth_nm = check_partial(client, doc, r.room_id)
+    assert heroes == [r.users[1], r.users[2], r.creator]
+    # their joins, replaced in state, are the auth chain's members now
+    assert {r.events[e]["state_key"] for e in auth_nm
+            if r.events[e]["type"] == "m.room.member"} == set(r.users)
+
+
+def test_partial_state_with_name_or_alias(redis_server, tmp_path):
+    """A name or a canonical alias: no heroes; the partial state is the
+    non-member state, its auth chain the creator's join."""
+    r = room("10", seed=53)
+    only_alias = copy.deepcopy(r.snapshot)
+    only_alias["state"] = [ev for ev in only_alias["state"]
+                           if ev["type"] != "m.room.name"]
+    client = redis_server.client()
+    for doc in (r.snapshot, only_alias):
+        p = load(redis_server, write(tmp_path, doc))
+        assert p.returncode == 0, p.stderr
+        assert not client.hexists(rkey("mxj:", r.room_id, "meta"), "heroes")
+        heroes, part, auth_nm = check_partial(client, doc, r.room_id)
+        assert heroes is None
+        assert part == {eid for (t, _), eid in doc_state(doc).items()
+                        if t != "m.room.member"}
+        assert auth_nm == {r.state[("m.room.member", r.creator)]}
+
+
+def test_generation_new_on_every_load(redis_server, tmp_path):
+    r = room("10")
+    path = write(tmp_path, r.snapshot)
+    client = redis_server.client()
+    seen = []
+    for _ in range(3):
+        assert load(redis_server, path).returncode == 0
+        g = client.hget(rkey("mxj:", r.room_id, "meta"), "generation")
+        assert GENERATION.match(g.decode())
+        seen.append(g)
+    assert len(set(seen)) == 3
+
+
+def test_load_resets_edge_keys(redis_server, tmp_path):
+    """send_join's edge keys go with the generation they were made for;
+    the outbox, the dead letters and the rate limit stay, and so do the
+    edge keys of another room."""
+    r = room("10", seed=61)
+    other = room("11", seed=62)
+    path = write(tmp_path, r.snapshot)
+    for x in (r, other):
+        assert load(redis_server, write(tmp_path, x.snapshot,
+                                        f"{x.room_id}.json")).returncode == 0
+
+    client = redis_server.client()
+    for x in (r, other):
+        k = lambda n: rkey("mxj:", x.room_id, n)    # noqa: E731
+        client.hset(k("edge"), mapping={"@j1:x.org": "1", "@j2:y.org": "2"})
+        client.hset(k("edge_pdu"), "$j1", "{}")
+        client.rpush(k("edge_m"), '{"a":1}')
+        client.hset(k("edge_orig"), "@j1:x.org", "0:0:10:0")
+        client.set(k("edge_old"), "x")
+        client.hset(k("rate"), mapping={"tokens": "3.5", "ts": "1"})
+        client.xadd(k("outbox"), {"pdu": "{}"})
+        client.xadd(k("dead"), {"pdu": "{}", "status": "403"})
+
+    p = ctl("show", "--redis", redis_server.address, r.room_id)
+    assert "edge_joins: 2\n" in p.stdout
+
+    kept = {k: v for k, v in dump_all(client).items()
+            if not k.startswith(rkey("mxj:", r.room_id, "")[:-1])
+            or k.endswith((b":outbox", b":dead", b":rate"))}
+    before = client.hget(rkey("mxj:", r.room_id, "meta"), "generation")
+
+    p = load(redis_server, path)
+    assert p.returncode == 0, p.stderr
+
+    for n in EDGE_NAMES:
+        assert not client.exists(rkey("mxj:", r.room_id, n)), n
+        assert client.exists(rkey("mxj:", other.room_id, n)), n
+    after = dump_all(client)
+    for k, v in kept.items():
+        if k != b"mxj:schema":
+            assert after.get(k) == v, k
+    assert client.hget(rkey("mxj:", r.room_id, "meta"),
+                       "generation") != before
+    assert not client.keys("*:old:*") and not client.keys("*:load:*")
+
+    keys = set(client.keys(f"mxj:{{{r.room_id}}}*".replace("[", "\\[")))
+    assert keys == {rkey("mxj:", r.room_id, n) for n in
+                    KEY_NAMES + ("outbox", "dead", "rate")}
+
+    p = ctl("show", "--redis", redis_server.address, r.room_id)
+    assert "edge_joins: 0\n" in p.stdout
 
 
 def test_reload_replaces_everything(redis_server, tmp_path):
@@ -565,6 +866,10 @@ def test_show_and_rooms(redis_server, tmp_path):
               "member_events", "members", "auth_chain", "bytes",
               "extremities", "max_depth"):
         assert fields[k] == str(e[k]), k
+    assert fields["generation"] == redis_server.client().hget(
+        rkey("mxj:", a.room_id, "meta"), "generation").decode()
+    assert fields["edge_joins"] == "0"
+    assert "heroes" not in fields           # the room has a name
     assert re.fullmatch(r"\d{13} \(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, \d+ s "
                         r"ago\)", fields["loaded_at"]), fields["loaded_at"]
     ext = sorted(line for line in lines if line.startswith("extremity:"))

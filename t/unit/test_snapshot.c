@@ -3,7 +3,8 @@
  * Room snapshots: small rooms built here with the core (create, two
  * members, power levels, join rules, a message as forward extremity),
  * accepted for v1, v10 and v12, then broken one way at a time, each
- * rejection naming the event and the reason.
+ * rejection naming the event and the reason; then where each PDU lies in
+ * its chunk, and the partial state (heroes and their auth chain).
  */
 
 #include <stdarg.h>
@@ -314,7 +315,25 @@ check_ok(const char *version)
     assert_int_equal(snap->lists[MX_SNAPSHOT_STATE_M].n, 2);
     assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH].n, 4);
 
-    for (l = 0; l < MX_SNAPSHOT_NLISTS; l++) {
+    /*
+     * No name, no alias: the heroes are alice and bob, so the partial
+     * state is all of the state and its auth chain is empty.
+     */
+    assert_false(snap->named);
+    assert_int_equal(snap->nheroes, 2);
+    assert_string_equal(snap->events[snap->heroes[0]].user,
+                        "@alice:example.org");
+    assert_string_equal(snap->events[snap->heroes[1]].user,
+                        "@bob:b.example.org");
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].n, 0);
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].nchunks, 0);
+
+    for (i = 0; i < snap->nevents; i++) {
+        assert_true(snap->events[i].partial);
+        assert_false(snap->events[i].in_auth_nm);
+    }
+
+    for (l = 0; l < MX_SNAPSHOT_AUTH_NM; l++) {
         assert_int_equal(snap->lists[l].nchunks, 1);
 
         mx_buf_reset(&b);
@@ -908,6 +927,535 @@ test_chunks(void **state)
 }
 
 
+/*
+ * Every PDU of every list is found by mx_snapshot_locate: its bytes in
+ * the chunk are the event's canonical PDU, framed by the chunk's ends or
+ * commas; a member event parses as that member's.
+ */
+
+static void
+check_locate(mx_snapshot_t *snap)
+{
+    char                        want[300];
+    size_t                      i, l, c, off, start;
+    json_t                     *ev;
+    mx_buf_t                    b = MX_BUF_INIT;
+    mx_err_t                    e;
+    const mx_snapshot_event_t  *x;
+
+    for (l = 0; l < MX_SNAPSHOT_NLISTS; l++) {
+        start = 0;
+
+        for (i = 0; i < snap->lists[l].n; i++) {
+            x = mx_snapshot_list_event(snap, l, i);
+            mx_snapshot_locate(snap, l, i, &c, &off);
+
+            assert_true(c < snap->lists[l].nchunks);
+
+            /* entries run in order: the next chunk starts at offset 0 */
+            if (i > 0 && c != start) {
+                assert_int_equal(c, start + 1);
+                assert_int_equal(off, 0);
+                start = c;
+            }
+
+            mx_buf_reset(&b);
+            assert_int_equal(mx_snapshot_chunk(snap, l, c, &b), 0);
+
+            assert_true(off + x->pdu_len <= b.len);
+            assert_true(off == 0 || b.data[off - 1] == ',');
+            assert_true(off + x->pdu_len == b.len
+                        || b.data[off + x->pdu_len] == ',');
+            assert_int_equal(b.data[off], '{');
+            assert_memory_equal(b.data + off, x->pdu, x->pdu_len);
+
+            if (l != MX_SNAPSHOT_STATE_M) {
+                continue;
+            }
+
+            ev = mx_json_parse(b.data + off, x->pdu_len, MX_JSON_STRICT,
+                               &e);
+            assert_non_null(ev);
+            snprintf(want, sizeof(want), "%s",
+                     json_string_value(json_object_get(ev, "state_key")));
+            assert_string_equal(want, x->user);
+            assert_string_equal(json_string_value(json_object_get(ev,
+                                                                  "type")),
+                                "m.room.member");
+            json_decref(ev);
+        }
+    }
+
+    mx_buf_free(&b);
+}
+
+
+static void
+test_locate_small(void **state)
+{
+    size_t              c, off;
+    room_t              r;
+    mx_snapshot_t      *snap;
+    mx_snapshot_err_t   err;
+
+    room_build(&r, "1");
+    assert_int_equal(parse(&r, &snap, &err), 0);
+
+    check_locate(snap);
+
+    /* state_m is [alice, bob]: bob right after alice and the comma */
+    mx_snapshot_locate(snap, MX_SNAPSHOT_STATE_M, 0, &c, &off);
+    assert_int_equal(c, 0);
+    assert_int_equal(off, 0);
+    mx_snapshot_locate(snap, MX_SNAPSHOT_STATE_M, 1, &c, &off);
+    assert_int_equal(c, 0);
+    assert_int_equal(off,
+                     mx_snapshot_list_event(snap, MX_SNAPSHOT_STATE_M, 0)
+                     ->pdu_len + 1);
+
+    mx_snapshot_free(snap);
+    room_free(&r);
+}
+
+
+/* Members of ~1 KiB over many chunks: entries at the chunk boundaries. */
+
+static void
+test_locate_many_chunks(void **state)
+{
+    char                 user[64], pad[900];
+    size_t               i, c, off, last;
+    json_t              *content, *auth[4], *ev;
+    room_t               r;
+    mx_snapshot_t       *snap;
+    mx_snapshot_err_t    err;
+    mx_snapshot_list_t  *l;
+
+    room_build(&r, "10");
+
+    auth[0] = r.ev[CREATE];
+    auth[1] = r.ev[PL];
+    auth[2] = r.ev[JR];
+    auth[3] = NULL;
+
+    for (i = 0; i < 300; i++) {
+        /* sizes that vary, so that chunks end at different offsets */
+        memset(pad, 'x', sizeof(pad));
+        pad[300 + (i * 37) % 590] = '\0';
+
+        snprintf(user, sizeof(user), "@m%zu:example.org", i);
+        content = json_pack("{ss ss}", "membership", "join", "displayname",
+                            pad);
+        ev = event(&r, "m.room.member", user, user, content, 6, auth,
+                   r.ev[JR]);
+        json_array_append_new(list(&r, "state"), ev);
+    }
+
+    if (parse(&r, &snap, &err) != 0) {
+        fail_msg("%s: %s", err.where, err.reason);
+    }
+
+    l = &snap->lists[MX_SNAPSHOT_STATE_M];
+    assert_true(l->nchunks >= 3);
+
+    check_locate(snap);
+
+    /* the first of each chunk at 0, the last ends the chunk */
+
+    for (c = 0; c < l->nchunks; c++) {
+        mx_snapshot_locate(snap, MX_SNAPSHOT_STATE_M, l->chunks[c].first,
+                           &i, &off);
+        assert_int_equal(i, c);
+        assert_int_equal(off, 0);
+
+        last = l->chunks[c].first + l->chunks[c].count - 1;
+        mx_snapshot_locate(snap, MX_SNAPSHOT_STATE_M, last, &i, &off);
+        assert_int_equal(i, c);
+        assert_int_equal(off + mx_snapshot_list_event(snap,
+                                                      MX_SNAPSHOT_STATE_M,
+                                                      last)->pdu_len,
+                         l->chunks[c].bytes);
+    }
+
+    mx_snapshot_free(snap);
+    room_free(&r);
+}
+
+
+/* The event with this JSON's ID: it must be in the model. */
+static const mx_snapshot_event_t *
+model_event(room_t *r, mx_snapshot_t *snap, json_t *ev)
+{
+    long  i;
+
+    i = mx_snapshot_find(snap, event_id(r, ev));
+    assert_true(i >= 0);
+
+    return &snap->events[i];
+}
+
+
+static int
+id_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+
+/*
+ * Heroes: join or invite members by depth then ID, at most 6; the partial
+ * state's auth chain reaches a non-hero member's join and, through it,
+ * an invite that is only in the auth chain.
+ */
+static void
+test_heroes_and_partial(void **state)
+{
+    char                *tie_ids[3];
+    size_t               i, k, n;
+    json_t              *auth[6], *u[8], *invite, *cjoin, *topic, *tie[3];
+    room_t               r;
+    mx_snapshot_t       *snap;
+    mx_snapshot_err_t    err;
+    const mx_snapshot_event_t  *x;
+
+    static const struct {
+        const char  *membership;
+        int          depth;
+    } m[8] = {
+        { "join", 9 }, { "invite", 7 }, { "join", 7 }, { "join", 8 },
+        { "leave", 3 }, { "knock", 3 }, { "ban", 3 }, { "join", 7 }
+    };
+
+    room_build(&r, "10");
+
+    auth[0] = r.ev[CREATE];
+    auth[1] = r.ev[PL];
+    auth[2] = r.ev[JR];
+    auth[3] = NULL;
+
+    for (i = 0; i < 8; i++) {
+        char  user[64];
+
+        snprintf(user, sizeof(user), "@u%zu:example.org", i);
+        u[i] = event(&r, "m.room.member", user, user,
+                     json_pack("{ss}", "membership", m[i].membership),
+                     m[i].depth, auth, r.ev[JR]);
+    }
+
+    /* the three at depth 7 go into state in descending ID order */
+
+    tie[0] = u[1];
+    tie[1] = u[2];
+    tie[2] = u[7];
+
+    for (i = 0; i < 3; i++) {
+        tie_ids[i] = strdup(event_id(&r, tie[i]));
+    }
+
+    qsort(tie_ids, 3, sizeof(char *), id_cmp);
+
+    for (k = 3; k-- > 0; ) {
+        for (i = 0; i < 8; i++) {
+            if (strcmp(event_id(&r, u[i]), tie_ids[k]) == 0) {
+                json_array_append(list(&r, "state"), u[i]);
+            }
+        }
+    }
+
+    for (i = 0; i < 8; i++) {
+        if (m[i].depth != 7) {
+            json_array_append(list(&r, "state"), u[i]);
+        }
+    }
+
+    /* carol: invited (auth chain only), joined, sets the topic */
+
+    auth[3] = r.ev[ALICE];
+    auth[4] = NULL;
+    invite = event(&r, "m.room.member", "@carol:example.org",
+                   "@alice:example.org",
+                   json_pack("{ss}", "membership", "invite"), 10, auth,
+                   r.ev[JR]);
+
+    auth[3] = invite;
+    cjoin = event(&r, "m.room.member", "@carol:example.org",
+                  "@carol:example.org",
+                  json_pack("{ss}", "membership", "join"), 40, auth,
+                  invite);
+
+    auth[2] = cjoin;
+    auth[3] = NULL;
+    topic = event(&r, "m.room.topic", "", "@carol:example.org",
+                  json_pack("{ss}", "topic", "hi"), 41, auth, cjoin);
+
+    json_array_append(list(&r, "state"), cjoin);
+    json_array_append(list(&r, "state"), topic);
+    json_array_append(list(&r, "auth_chain"), invite);
+    json_array_append(list(&r, "auth_chain"), cjoin);
+
+    if (parse(&r, &snap, &err) != 0) {
+        fail_msg("%s: %s", err.where, err.reason);
+    }
+
+    assert_false(snap->named);
+    assert_int_equal(snap->nheroes, 6);
+
+    /* alice (2), bob (5), the three at 7 by ID, u3 (8); not u0 (9) */
+
+    assert_string_equal(snap->events[snap->heroes[0]].user,
+                        "@alice:example.org");
+    assert_string_equal(snap->events[snap->heroes[1]].user,
+                        "@bob:b.example.org");
+
+    for (i = 0; i < 3; i++) {
+        assert_string_equal(snap->events[snap->heroes[2 + i]].id,
+                            tie_ids[i]);
+    }
+
+    assert_string_equal(snap->events[snap->heroes[5]].user,
+                        "@u3:example.org");
+
+    /* partial: create, power levels, join rules, topic, the heroes */
+
+    n = 0;
+
+    for (i = 0; i < snap->nevents; i++) {
+        n += snap->events[i].partial;
+        assert_false(snap->events[i].partial && snap->events[i].in_auth_nm);
+    }
+
+    assert_int_equal(n, 4 + 6);
+    assert_true(model_event(&r, snap, topic)->partial);
+    assert_true(model_event(&r, snap, r.ev[PL])->partial);
+    assert_false(model_event(&r, snap, u[0])->partial);
+    assert_false(model_event(&r, snap, u[4])->partial);
+    assert_false(model_event(&r, snap, cjoin)->partial);
+
+    /* its auth chain: carol's join (the topic's) and her invite */
+
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].n, 2);
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].nchunks, 1);
+    assert_true(model_event(&r, snap, cjoin)->in_auth_nm);
+    assert_true(model_event(&r, snap, invite)->in_auth_nm);
+
+    for (i = 0; i < 2; i++) {
+        x = mx_snapshot_list_event(snap, MX_SNAPSHOT_AUTH_NM, i);
+        assert_true(x->in_auth_nm);
+    }
+
+    /* not part of what a full answer weighs */
+
+    for (i = 0, n = 0; i < snap->nevents; i++) {
+        n += snap->events[i].pdu_len
+             * (snap->events[i].in_state + snap->events[i].in_auth);
+    }
+
+    assert_int_equal(snap->bytes, n);
+
+    check_locate(snap);
+
+    for (i = 0; i < 3; i++) {
+        free(tie_ids[i]);
+    }
+
+    for (i = 0; i < 8; i++) {
+        json_decref(u[i]);
+    }
+
+    json_decref(invite);
+    json_decref(cjoin);
+    json_decref(topic);
+    mx_snapshot_free(snap);
+    room_free(&r);
+}
+
+
+/* No one joined or invited: the heroes are those who left or were banned. */
+
+static void
+test_heroes_leave_ban(void **state)
+{
+    json_t              *auth[5], *leave, *ban, *knock;
+    room_t               r;
+    mx_snapshot_t       *snap;
+    mx_snapshot_err_t    err;
+
+    room_build(&r, "12");
+
+    auth[0] = r.ev[CREATE];
+    auth[1] = r.ev[PL];
+    auth[2] = r.ev[ALICE];
+    auth[3] = NULL;
+    leave = event(&r, "m.room.member", "@alice:example.org",
+                  "@alice:example.org",
+                  json_pack("{ss}", "membership", "leave"), 9, auth,
+                  r.ev[BOB]);
+
+    auth[3] = r.ev[BOB];
+    auth[4] = NULL;
+    ban = event(&r, "m.room.member", "@bob:b.example.org",
+                "@alice:example.org", json_pack("{ss}", "membership", "ban"),
+                8, auth, r.ev[BOB]);
+
+    auth[2] = r.ev[JR];
+    auth[3] = NULL;
+    knock = event(&r, "m.room.member", "@k:example.org", "@k:example.org",
+                  json_pack("{ss}", "membership", "knock"), 1, auth,
+                  r.ev[JR]);
+
+    /* state: the leave and the ban replace alice's and bob's joins */
+
+    json_array_set(list(&r, "state"), 3, leave);
+    json_array_set(list(&r, "state"), 4, ban);
+    json_array_append(list(&r, "state"), knock);
+    json_array_append(list(&r, "auth_chain"), r.ev[BOB]);
+
+    if (parse(&r, &snap, &err) != 0) {
+        fail_msg("%s: %s", err.where, err.reason);
+    }
+
+    assert_false(snap->named);
+    assert_int_equal(snap->nheroes, 2);
+    assert_ptr_equal(&snap->events[snap->heroes[0]],
+                     model_event(&r, snap, ban));
+    assert_ptr_equal(&snap->events[snap->heroes[1]],
+                     model_event(&r, snap, leave));
+
+    /* the joins they replaced are reached through their auth events */
+
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].n, 2);
+    assert_true(model_event(&r, snap, r.ev[ALICE])->in_auth_nm);
+    assert_true(model_event(&r, snap, r.ev[BOB])->in_auth_nm);
+    assert_false(model_event(&r, snap, knock)->partial);
+    assert_false(model_event(&r, snap, knock)->in_auth_nm);
+
+    check_locate(snap);
+
+    json_decref(leave);
+    json_decref(ban);
+    json_decref(knock);
+    mx_snapshot_free(snap);
+    room_free(&r);
+}
+
+
+/*
+ * A name or a canonical alias (state key ""): no heroes, the partial
+ * state is the non-member state, and alice's join (the sender of power
+ * levels, join rules and name) is its auth chain.
+ */
+static void
+check_named(const char *version, const char *type, const char *skey,
+    int named)
+{
+    size_t               i, n;
+    json_t              *auth[4], *ev;
+    room_t               r;
+    mx_snapshot_t       *snap;
+    mx_snapshot_err_t    err;
+
+    room_build(&r, version);
+
+    auth[0] = r.ev[CREATE];
+    auth[1] = r.ev[PL];
+    auth[2] = r.ev[ALICE];
+    auth[3] = NULL;
+    ev = event(&r, type, skey, "@alice:example.org",
+               json_pack("{ss}", "name", "x"), 7, auth, r.ev[JR]);
+    json_array_append_new(list(&r, "state"), ev);
+
+    if (parse(&r, &snap, &err) != 0) {
+        fail_msg("%s: %s", err.where, err.reason);
+    }
+
+    if (!named) {
+        assert_false(snap->named);
+        assert_int_equal(snap->nheroes, 2);
+        assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].n, 0);
+        goto done;
+    }
+
+    assert_true(snap->named);
+    assert_int_equal(snap->nheroes, 0);
+
+    for (i = 0, n = 0; i < snap->nevents; i++) {
+        n += snap->events[i].partial;
+        assert_int_equal(snap->events[i].partial,
+                         snap->events[i].in_state
+                         && !snap->events[i].member);
+    }
+
+    assert_int_equal(n, 4);
+    assert_int_equal(snap->lists[MX_SNAPSHOT_AUTH_NM].n, 1);
+    assert_ptr_equal(mx_snapshot_list_event(snap, MX_SNAPSHOT_AUTH_NM, 0),
+                     model_event(&r, snap, r.ev[ALICE]));
+    assert_false(model_event(&r, snap, r.ev[BOB])->in_auth_nm);
+
+    check_locate(snap);
+
+done:
+
+    mx_snapshot_free(snap);
+    room_free(&r);
+}
+
+
+static void
+test_named_no_heroes(void **state)
+{
+    check_named("10", "m.room.name", "", 1);
+    check_named("1", "m.room.canonical_alias", "", 1);
+    check_named("12", "m.room.name", "", 1);
+
+    /* another state key is not the room's name */
+    check_named("10", "m.room.name", "x", 0);
+}
+
+
+/* The auth_events as event indices, v1 pairs and v12's implied create. */
+
+static void
+test_auth_refs(void **state)
+{
+    size_t                      i;
+    room_t                      r;
+    mx_snapshot_t              *snap;
+    mx_snapshot_err_t           err;
+    const mx_snapshot_event_t  *x;
+    static const char          *versions[] = { "1", "10", "12" };
+
+    for (i = 0; i < 3; i++) {
+        room_build(&r, versions[i]);
+        assert_int_equal(parse(&r, &snap, &err), 0);
+
+        /* bob: create (not in v12), power levels, join rules */
+        x = model_event(&r, snap, r.ev[BOB]);
+
+        if (r.rv->create_in_auth_events) {
+            assert_int_equal(x->auth_n, 3);
+            assert_ptr_equal(&snap->events[snap->auth_refs[x->auth_off]],
+                             model_event(&r, snap, r.ev[CREATE]));
+            x = &snap->events[snap->auth_refs[x->auth_off + 1]];
+
+        } else {
+            assert_int_equal(x->auth_n, 2);
+            x = &snap->events[snap->auth_refs[x->auth_off]];
+        }
+
+        assert_ptr_equal(x, model_event(&r, snap, r.ev[PL]));
+        x = model_event(&r, snap, r.ev[BOB]);
+        assert_ptr_equal(&snap->events[snap->auth_refs[x->auth_off
+                                                       + x->auth_n - 1]],
+                         model_event(&r, snap, r.ev[JR]));
+
+        assert_int_equal(model_event(&r, snap, r.ev[CREATE])->auth_n, 0);
+
+        mx_snapshot_free(snap);
+        room_free(&r);
+    }
+}
+
+
 int
 main(void)
 {
@@ -937,6 +1485,12 @@ main(void)
         cmocka_unit_test(test_reject_duplicate_in_auth_chain),
         cmocka_unit_test(test_reject_v1_same_id_different_event),
         cmocka_unit_test(test_chunks),
+        cmocka_unit_test(test_locate_small),
+        cmocka_unit_test(test_locate_many_chunks),
+        cmocka_unit_test(test_heroes_and_partial),
+        cmocka_unit_test(test_heroes_leave_ban),
+        cmocka_unit_test(test_named_no_heroes),
+        cmocka_unit_test(test_auth_refs),
     };
 
     return cmocka_run_group_tests_name("snapshot", tests, NULL, NULL);
