@@ -963,6 +963,7 @@ ngx_http_matrix_send_join_state(ngx_http_request_t *r, void *data,
     mx_membership_e                   ms;
     redisReply                       *s;
     ngx_http_matrix_send_join_ctx_t  *sj;
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
 
     sj = ctx->data;
 
@@ -985,6 +986,19 @@ ngx_http_matrix_send_join_state(ngx_http_request_t *r, void *data,
     if (s->len != 2 || ngx_strncmp(s->str, "ok", 2) != 0) {
 
         if (s->len == 7 && ngx_strncmp(s->str, "unknown", 7) == 0) {
+            mlcf = ngx_http_get_module_loc_conf(r,
+                                                ngx_http_matrix_join_module);
+
+            if (mlcf->fallback.len == 0) {
+                ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_BAD_JSON",
+                                     "The prev_event \"%*s\" is not known "
+                                     "here", reply->elements > 1
+                                     ? reply->element[1]->len : (size_t) 0,
+                                     reply->elements > 1
+                                     ? reply->element[1]->str : "");
+                return;
+            }
+
             ngx_http_matrix_fallback(r, NGX_HTTP_BAD_REQUEST,
                                      "a prev_event of the join is not known "
                                      "to the snapshot");
