@@ -186,6 +186,8 @@ def answer_of(rep, v):
     assert int(rep.header("Content-Length")) == len(rep.body), \
         (rep.header("Content-Length"), len(rep.body))
     assert rep.header("Transfer-Encoding") is None, rep.headers
+    assert (rep.header("Content-Type") or "").startswith(
+        "application/json"), rep.headers
     doc = rep.json()
     if v == 1:
         assert isinstance(doc, list) and len(doc) == 2 and doc[0] == 200 \
@@ -792,6 +794,61 @@ def test_rejoin_after_leave(edge):
     assert edge.membership(room, edge.joiner.user) == "join"
 
 
+@pytest.mark.parametrize("version", ["1", "10"])
+@pytest.mark.parametrize("in_auth_chain", [False, True])
+def test_join_again_replaces_own_membership(edge, version, in_auth_chain):
+    """A joined user joins again (join after join is allowed): the answer
+    holds one member event for it (its previous join, the snapshot's);
+    then again (now its edge join is the one replaced); a later joiner's
+    state holds only the newest join, and the replaced ones are in its
+    auth chain (each join lists the previous one). in_auth_chain: the
+    snapshot's join is also in the snapshot's auth chain (the user
+    invited someone, so the invite lists it)."""
+    j = edge.joiner
+    room = new_room(version)
+    first = room.add_member(j.user, "join")
+    if in_auth_chain:
+        room.add_member("@guest:" + ORIGIN2, "invite", sender=j.user)
+        assert first in room.auth_chain_ids()
+    edge.load(room).start()
+    view = View(room)
+    _, _, g1 = join(edge, room, view, j)
+    assert g1["state"][("m.room.member", j.user)] == first
+    _, _, g2 = join(edge, room, view, j, v=1)
+    assert g2["state"][("m.room.member", j.user)] == g1["event"]
+    _, _, g3 = join(edge, room, view, edge.joiner2)
+    assert g3["state"][("m.room.member", j.user)] == g2["event"]
+    assert {first, g1["event"]} <= g3["auth"]    # g2 <- g1 <- first
+    assert len(edge.outbox(room)) == 3
+
+
+def test_load_resets_accepted_joins_keeps_outbox(edge):
+    """docs/redis-schema.md "A load resets the edge keys": after a join
+    and a load of the same snapshot, templates build on the snapshot's
+    extremities again and answers hold the snapshot's state; the outbox
+    keeps the join for the forwarder."""
+    room = new_room("10")
+    ext0 = list(room.extremity_ids)
+    edge.load(room).start()
+    snap = copy.deepcopy(room.snapshot)
+    view = View(room)
+    join(edge, room, view, edge.joiner)
+    path = edge.tmp / "again.json"
+    path.write_text(json.dumps(snap))
+    p = subprocess.run([str(CTL), "load", "--redis", edge.redis.address,
+                        str(path)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    tpl = edge.template(room, edge.joiner2)
+    assert sorted(tpl["prev_events"]) == sorted(ext0)
+    ev = edge.joiner2.fill("10", tpl)
+    s = edge.send_join(room, edge.joiner2, ev)
+    doc = answer_of(s.rep, 2)
+    ids = {mxj_joiner.event_id("10", e) for e in doc["state"]}
+    assert view.joins and not (set(view.joins) & ids)
+    assert len(edge.outbox(room)) == 2
+
+
 @pytest.mark.parametrize("version", ["2", "10"])
 @pytest.mark.parametrize("before", ["leave", "invite"])
 def test_auth_chain_has_the_joins_own_auth_events(edge, version, before):
@@ -1138,6 +1195,45 @@ def test_bad_signatures_refused(edge, case):
                 "M_FORBIDDEN", before, f"{case} v{v}")
 
 
+@pytest.mark.parametrize("version,status", [("4", 200), ("5", 403),
+                                            ("10", 403)])
+def test_signing_key_valid_at_origin_server_ts(edge, version, status):
+    """v5+: the sender's key must be valid at the event's origin_server_ts
+    (reference §4.6): a key valid for two more hours, an event stamped
+    three hours ahead: 403 M_FORBIDDEN from v5; v1-v4 ignore
+    valid_until_ts: accepted."""
+    room = new_room(version)
+    edge.keys.valid_until_ts = now_ms() + 2 * 3600 * 1000
+    edge.load(room).start()
+    view = View(room)
+    tpl = edge.template(room, edge.joiner)
+    ev = edge.joiner.fill(version, tpl)
+    ev["origin_server_ts"] = now_ms() + 3 * 3600 * 1000
+    edge.joiner.sign(version, ev)
+    before = edge.digest(room)
+    if status == 200:
+        send_and_check(edge, room, view, edge.joiner, ev)
+    else:
+        refused(edge, room, edge.send_join(room, edge.joiner, ev), 403,
+                "M_FORBIDDEN", before)
+
+
+def test_sender_over_255_bytes(edge):
+    """A sender (and state_key) of 256 bytes, of the origin: 413
+    M_TOO_LARGE (a field over 255 bytes)."""
+    room = new_room("10")
+    edge.load(room).start()
+    edge.template(room, edge.joiner)            # the key, fetched
+    user = "@" + "u" * 243 + ":" + ORIGIN
+    assert len(user) == 256
+    ev = judge.build_join(room, user, ts=now_ms())
+    ev["origin"] = ORIGIN
+    edge.joiner.sign("10", ev)
+    before = edge.digest(room)
+    refused(edge, room, edge.send_join(room, edge.joiner, ev), 413,
+            "M_TOO_LARGE", before)
+
+
 def test_join_of_another_servers_user(edge):
     """sytest "rejects joins from other servers": a join of a remote.test
     user, signed by remote.test, sent (and X-Matrix signed) by
@@ -1481,6 +1577,25 @@ def test_restricted_forged_by_user_in_no_allowed_room(edge):
     before = edge.digest(room)
     refused(edge, room, edge.send_join(room, j2, ev), 403, "M_FORBIDDEN",
             before)
+
+
+def test_restricted_allowed_room_not_cached(edge):
+    """The allowed room is not in our cache and the user is not invited:
+    a join naming our authoriser is answered as make_join would, 400
+    M_UNABLE_TO_AUTHORISE_JOIN (we cannot check the condition)."""
+    room = new_room("10", join_rules=restricted_rules(
+        "10", "!notcached:elsewhere.test"))
+    edge.load(room).start()
+    j = edge.joiner
+    assert_error(edge.make_join(room.room_id, j.user, j.remote), 400,
+                 "M_UNABLE_TO_AUTHORISE_JOIN")
+    ev = judge.build_join(room, j.user, authoriser="@admin:" + EDGE,
+                          ts=now_ms())
+    ev["origin"] = j.server
+    j.sign("10", ev)
+    before = edge.digest(room)
+    refused(edge, room, edge.send_join(room, j, ev), 400,
+            "M_UNABLE_TO_AUTHORISE_JOIN", before)
 
 
 def test_restricted_authoriser_not_ours(edge):
