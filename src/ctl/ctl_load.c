@@ -132,6 +132,7 @@ static int mxj_load_stage(mxj_load_t *ld);
 static int mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p);
+static int mxj_load_unreferenced(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_mchunk(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_partial(mxj_load_t *ld, mxj_pipe_t *p);
 static int mxj_load_switch(mxj_load_t *ld);
@@ -497,6 +498,7 @@ mxj_load_stage(mxj_load_t *ld)
 
     if (mxj_load_meta(ld, &p) != 0
         || mxj_load_heroes(ld, &p) != 0
+        || mxj_load_unreferenced(ld, &p) != 0
         || mxj_load_mchunk(ld, &p) != 0
         || mxj_load_partial(ld, &p) != 0)
     {
@@ -720,6 +722,63 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     /* sent now: num[] lives on this stack frame */
 
     return mxj_pipe_end(p);
+}
+
+
+/*
+ * meta.nm_unreferenced: the IDs of the non-member state events that are
+ * not in the auth chain, as a canonical JSON array. A send_join answer
+ * adds those of them the join names in its auth_events to its auth chain.
+ */
+
+static int
+mxj_load_unreferenced(mxj_load_t *ld, mxj_pipe_t *p)
+{
+    int                    rc;
+    size_t                 e, n;
+    mx_buf_t               list = MX_BUF_INIT;
+    mx_snapshot_t         *s;
+    mx_snapshot_event_t   *ev;
+
+    s = ld->snap;
+    rc = mx_buf_append_byte(&list, '[');
+    n = 0;
+
+    for (e = 0; rc == 0 && e < s->nevents; e++) {
+        ev = &s->events[e];
+
+        if (!ev->in_state || ev->member || ev->in_auth) {
+            continue;
+        }
+
+        if ((n++ && mx_buf_append_byte(&list, ',') != 0)
+            || mx_json_canonical_string(ev->id, strlen(ev->id), &list) != 0)
+        {
+            rc = -1;
+        }
+    }
+
+    if (rc != 0 || mx_buf_append_byte(&list, ']') != 0) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        mx_buf_free(&list);
+        return -1;
+    }
+
+    rc = -1;
+
+    if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) == 0
+        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], "nm_unreferenced",
+                        15) == 0
+        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], list.data, list.len)
+           == 0
+        && mxj_pipe_end(p) == 0)
+    {
+        rc = 0;
+    }
+
+    mx_buf_free(&list);
+
+    return rc;
 }
 
 

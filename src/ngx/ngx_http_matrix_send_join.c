@@ -67,6 +67,7 @@ typedef struct {
     char                        *generation;
     json_t                      *acl;
 
+    json_t                      *content;       /* ctx->content's owner */
     json_t                      *pdu;
     char                         id[MX_EVENT_ID_MAX];
     const char                  *sender;
@@ -607,6 +608,29 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
             ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
+    }
+
+    /* X-Matrix signs the body as JSON: "content" */
+
+    ctx->content = mx_json_parse((char *) sj->body, sj->body_len, 0, &e);
+    if (ctx->content == NULL) {
+        ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_NOT_JSON",
+                             "Content not JSON: %s", e.text);
+        return;
+    }
+
+    sj->content = ctx->content;
+
+    /*
+     * v6+: a float (or an integer out of range) is 400 M_BAD_JSON (sytest),
+     * before X-Matrix, which could not rebuild the signed bytes of a body
+     * that canonical JSON cannot write.
+     */
+
+    if (sj->rv->strict_json && mx_json_check_strict(ctx->content, &e) != 0) {
+        ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_BAD_JSON",
+                             "Bad JSON value: %s", e.text);
+        return;
     }
 
     ngx_http_matrix_authenticate(r, ctx,
@@ -1167,23 +1191,6 @@ ngx_http_matrix_send_join_decide(ngx_http_request_t *r,
     sj = ctx->data;
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
 
-    /* auth_events: exactly the selection from the state at prev_events */
-
-    if (mx_auth_event_refs(sj->rv, json_object_get(sj->pdu, "auth_events"),
-                           ids, &n, &res) != MX_AUTH_ALLOW
-        || mx_auth_check_auth_events(sj->rv, MX_MEMBERSHIP_JOIN, sj->sender,
-                                     sj->authoriser, ids, n,
-                                     ngx_http_matrix_send_join_id, sj, &res)
-           != MX_AUTH_ALLOW)
-    {
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "matrix: send_join of \"%s\" refused: %s", sj->id,
-                      res.rule);
-        ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_BAD_JSON",
-                             "%s", res.rule);
-        return;
-    }
-
     /* restricted rooms: the conditions, with the named authoriser */
 
     ngx_memzero(&me, sizeof(mx_auth_resident_t));
@@ -1220,6 +1227,28 @@ ngx_http_matrix_send_join_decide(ngx_http_request_t *r,
                       "matrix: send_join of \"%s\" refused: %s", sj->id,
                       res.rule);
         ngx_http_matrix_fail(r, res.status, res.errcode, "%s", res.rule);
+        return;
+    }
+
+    /*
+     * auth_events: exactly the selection from the state at prev_events.
+     * After the rules: a banned user whose join names the wrong auth
+     * events is told 403, as Complement's TestBannedUserCannotSendJoin
+     * expects.
+     */
+
+    if (mx_auth_event_refs(sj->rv, json_object_get(sj->pdu, "auth_events"),
+                           ids, &n, &res) != MX_AUTH_ALLOW
+        || mx_auth_check_auth_events(sj->rv, MX_MEMBERSHIP_JOIN, sj->sender,
+                                     sj->authoriser, ids, n,
+                                     ngx_http_matrix_send_join_id, sj, &res)
+           != MX_AUTH_ALLOW)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "matrix: send_join of \"%s\" refused: %s", sj->id,
+                      res.rule);
+        ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_BAD_JSON",
+                             "%s", res.rule);
         return;
     }
 
@@ -1329,8 +1358,8 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     ngx_int_t                          rc;
     ngx_str_t                          authz, rooms, depth, ts;
     ngx_uint_t                         i, n, nlists;
-    const char                        *argv[3 + SJ_SCRIPT_KEYS + 18];
-    size_t                             argvlen[3 + SJ_SCRIPT_KEYS + 18];
+    const char                        *argv[3 + SJ_SCRIPT_KEYS + 19];
+    size_t                             argvlen[3 + SJ_SCRIPT_KEYS + 19];
     const char                        *lr[4];
     size_t                             lrlen[4];
     static const ngx_uint_t            full[3] = {
@@ -1444,6 +1473,8 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     SJ_ARG(ctx->origin.data, ctx->origin.len);
     SJ_ARG(mscf->server_name.data, mscf->server_name.len);
     SJ_ARG(ts.data, ts.len);
+    SJ_ARG(sj->authoriser ? sj->authoriser : "",
+           sj->authoriser ? ngx_strlen(sj->authoriser) : 0);
 
 #undef SJ_ARG
 
@@ -1978,6 +2009,7 @@ ngx_http_matrix_send_join_cleanup(void *data)
     ngx_uint_t   i;
     char       **s;
 
+    json_decref(sj->content);
     json_decref(sj->pdu);
     json_decref(sj->acl);
     json_decref(sj->create);

@@ -151,7 +151,7 @@
  * member PDUs go into pdu (v1, v2), 8 the PDU as accepted, 9 prev_events
  * (JSON), 10 "1" for omit_members, 11 auth_events IDs (JSON), 12-18 the
  * outbox entry: method, uri, authorization, body, origin, destination,
- * received_ts. Returns {"gone"}, {"generation"}, {"conflict"} (the ID is
+ * received_ts; 19 the authoriser or "". Returns {"gone"}, {"generation"}, {"conflict"} (the ID is
  * a snapshot event's), {"unknown", id}, or {"ok" | "dup", seq, state
  * extra PDUs, cuts ("c:o:l:a"), auth extra PDUs, servers_in_room JSON or
  * nil, partial state PDUs, partial auth PDUs}.
@@ -159,7 +159,7 @@
 #define NGX_MATRIX_LUA_SEND_JOIN_ACCEPT \
     NGX_MATRIX_LUA_SEND_JOIN_COMMON \
     "local m = redis.call('HMGET', K[1], 'generation', 'room_id', 'heroes',\n" \
-    "  'max_depth')\n" \
+    "  'max_depth', 'nm_unreferenced')\n" \
     "if not m[1] then return {'gone'} end\n" \
     "if m[1] ~= ARGV[1] then return {'generation'} end\n" \
     "local id, u, server = ARGV[2], ARGV[3], ARGV[4]\n" \
@@ -206,6 +206,28 @@
     "          ax[#ax + 1] = redis.call('HGET', K[7], eid)\n" \
     "        end\n" \
     "      end\n" \
+    "    end\n" \
+    "  end\n" \
+    "  -- the join's own auth events that neither the auth list nor the\n" \
+    "  -- above hold: the member events of its sender and authoriser at\n" \
+    "  -- prev_events (an edge join, or a snapshot event outside the auth\n" \
+    "  -- chain) and state events nothing else references\n" \
+    "  local function own(user)\n" \
+    "    local eid, pdu = member_at(user, hist)\n" \
+    "    if not eid or not pdu then return end\n" \
+    "    local pos = redis.call('HGET', K[11], user)\n" \
+    "    if redis.call('HEXISTS', K[6], eid) == 1\n" \
+    "        or (pos and pos:sub(-1) == '0') then\n" \
+    "      ax[#ax + 1] = pdu\n" \
+    "    end\n" \
+    "  end\n" \
+    "  own(u)\n" \
+    "  if ARGV[19] ~= '' then own(ARGV[19]) end\n" \
+    "  if m[5] then\n" \
+    "    local un = {}\n" \
+    "    for _, e in ipairs(cjson.decode(m[5])) do un[e] = true end\n" \
+    "    for _, a in ipairs(cjson.decode(ARGV[11])) do\n" \
+    "      if un[a] then ax[#ax + 1] = redis.call('HGET', K[4], a) end\n" \
     "    end\n" \
     "  end\n" \
     "else\n" \
