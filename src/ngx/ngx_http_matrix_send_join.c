@@ -494,6 +494,13 @@ ngx_http_matrix_send_join_body(ngx_http_request_t *r)
     len = 0;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        if (cl->buf->in_file && !ngx_buf_in_memory(cl->buf)) {
+            ngx_http_matrix_fail(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                 "M_TOO_LARGE", "The join is larger than %d "
+                                 "bytes", MX_PDU_MAX_LEN);
+            return;
+        }
+
         len += cl->buf->last - cl->buf->pos;
     }
 
@@ -513,7 +520,9 @@ ngx_http_matrix_send_join_body(ngx_http_request_t *r)
     p = sj->body;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+        if (cl->buf->last > cl->buf->pos) {     /* chunked: empty bufs */
+            p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+        }
     }
 
     *p = '\0';
