@@ -209,6 +209,16 @@ def check_room(client, r, prefix="mxj:"):
     candidates = json.loads(meta.pop("servers"))
     assert GENERATION.match(meta.pop("generation"))
     heroes = meta.pop("heroes", None)
+    # non-member state the auth chain lacks (send_join adds those a join
+    # names): the generator's auth chain is complete, so only unreferenced
+    # state such as history visibility, name, topic, alias
+    unref = meta.pop("nm_unreferenced")
+    member_ids = {eid for (t, _), eid in r.state.items()
+                  if t == "m.room.member"}
+    want_unref = set(e["state_ids"]) - member_ids - set(e["auth_ids"])
+    assert set(json.loads(unref)) == want_unref
+    assert unref == canonical(json.loads(unref))
+    assert len(json.loads(unref)) == len(want_unref)
     assert abs(loaded_at - time.time() * 1000) < 120000
     assert meta == {
         "schema": "1",
@@ -259,8 +269,6 @@ def check_room(client, r, prefix="mxj:"):
         for (t, sk), eid in r.state.items() if t == "m.room.member"}
 
     # pdu: non-member state + auth chain (+ members in v1/v2)
-    member_ids = {eid for (t, _), eid in r.state.items()
-                  if t == "m.room.member"}
     want_pdu = set(e["auth_ids"]) | (set(e["state_ids"]) - member_ids)
     if int(e["room_version"]) <= 2:
         want_pdu |= member_ids
