@@ -904,8 +904,11 @@ done:
 
 
 /*
- * partial: event ID -> "s" for the partial state (non-member state and
- * the heroes' member events), "a" for its auth chain (the auth_nm list).
+ * partial: event ID -> "s" for the non-member state, "h" for the heroes'
+ * member events, "a" for their auth chain (the auth_nm list). Heroes are
+ * told apart because an answer sends five of the six, and the joining
+ * user's own membership instead of a hero's: a hero event not sent must
+ * be walked into when the answer's auth chain is made.
  */
 
 static int
@@ -931,7 +934,8 @@ mxj_load_partial(mxj_load_t *ld, mxj_pipe_t *p)
         if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_PARTIAL], ev->id,
                          strlen(ev->id)) != 0
             || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_PARTIAL],
-                            ev->partial ? "s" : "a", 1) != 0)
+                            !ev->partial ? "a" : ev->member ? "h" : "s",
+                            1) != 0)
         {
             return -1;
         }

@@ -57,12 +57,9 @@
     "  return ch:sub(tonumber(o) + 1, tonumber(o) + tonumber(l))\n" \
     "end\n" \
     "local function history(prevs)\n" \
-    "  local ext = redis.call('HKEYS', K[5])\n" \
-    "  local ex = {}\n" \
-    "  for _, e in ipairs(ext) do ex[e] = true end\n" \
-    "  local same = #ext == #prevs\n" \
+    "  local same = redis.call('HLEN', K[5]) == #prevs\n" \
     "  for _, p in ipairs(prevs) do\n" \
-    "    if not ex[p] then\n" \
+    "    if redis.call('HEXISTS', K[5], p) == 0 then\n" \
     "      same = false\n" \
     "      if redis.call('HEXISTS', K[6], p) == 0 then return nil, p end\n" \
     "    end\n" \
@@ -273,7 +270,8 @@
     "    todo[n], hint[n] = nil, nil\n" \
     "    if not stop[a] and not seen[a] then\n" \
     "      seen[a] = true\n" \
-    "      if not redis.call('HGET', K[16], a) then\n" \
+    "      local pv = redis.call('HGET', K[16], a)\n" \
+    "      if pv ~= 's' and pv ~= 'a' then\n" \
     "        local pdu = redis.call('HGET', K[4], a) or redis.call('HGET', K[7], a)\n" \
     "        if not pdu and redis.call('HGET', K[10], user) == a then\n" \
     "          pdu = chunk_event(user)\n" \
