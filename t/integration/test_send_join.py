@@ -727,7 +727,7 @@ def test_two_joiners_same_template(edge, version):
     assert ext == {g3["event"]}
 
 
-@pytest.mark.no_valgrind
+@pytest.mark.no_valgrind(reason="two worker processes (reuseport)")
 @pytest.mark.timeout(180)
 def test_parallel_joiners_two_workers(edge):
     """Two workers (reuseport), eight joiners with one template each,
@@ -772,7 +772,7 @@ def test_parallel_joiners_two_workers(edge):
     assert sorted(mxj_joiner.ref_ids(t["prev_events"])) == sorted(ids)
 
 
-@pytest.mark.no_valgrind
+@pytest.mark.no_valgrind(reason="two worker processes (reuseport)")
 def test_same_join_twice_at_once(edge):
     """Two workers, the same join sent twice at the same moment (a
     joining server retrying while the first try is in flight): both 200
