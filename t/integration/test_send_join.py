@@ -959,7 +959,7 @@ def test_many_members_answer_spans_chunks(edge):
 
 # -- omit_members (reference §2.1) --------------------------------------------------
 
-@pytest.mark.parametrize("version", ["10", "12"])
+@pytest.mark.parametrize("version", ["1", "10", "12"])
 def test_partial_state_complement(edge, version):
     """Complement TestSendJoinPartialStateResponse: alice creates a public
     room, bob joins, both on the edge's server, no name: state is exactly
@@ -1022,10 +1022,36 @@ def test_partial_state_first_five_heroes(edge, joiner_invited):
     assert len(members) == 5 + joiner_invited, members
 
 
+def test_partial_state_after_edge_joins(edge):
+    """No name, alice and bob: joins accepted here count as what they are
+    at the prev_events: a later joiner's heroes include the earlier edge
+    joiners (five at most, the first ones), and a user joining again gets
+    its own edge join as its membership."""
+    room = adopt(mxj_joiner.PlainRoom("10", next(_seeds),
+                                      joined=["@bob:" + EDGE]))
+    edge.load(room).start()
+    view = View(room)
+    omit = dict(query="?omit_members=true", omit=True)
+    _, _, g1 = join(edge, room, view, edge.joiner, **omit)
+    _, _, g2 = join(edge, room, view, edge.joiner2, **omit)
+    assert g2["state"][("m.room.member", edge.joiner.user)] == g1["event"]
+    _, doc3, g3 = join(edge, room, view, edge.joiner, **omit)
+    assert g3["state"][("m.room.member", edge.joiner.user)] == g1["event"]
+    extra = [Joiner(edge.remotes[k % 3], f"late{k}") for k in range(3)]
+    for x in extra:
+        join(edge, room, view, x, **omit)
+    # alice, bob, joiner, other, late0, late1, late2: the first five
+    _, doc, got = join(edge, room, view, edge.joiner3, **omit)
+    members = sorted(k[1] for k in got["state"] if k[0] == "m.room.member")
+    assert len(members) == 5, members
+
+
 def test_partial_state_named_room(edge):
     """A named room with an alias: no heroes; state is the non-member
     state (and the joiner's membership when it has one); servers_in_room
-    the servers with joined members before the join, most first."""
+    the servers with joined members before the join, most first
+    (check_answer), the first joiner's server among them for the
+    second."""
     room = new_room("10", members=30, servers=4)
     edge.load(room).start()
     view = View(room)
@@ -1033,7 +1059,7 @@ def test_partial_state_named_room(edge):
                        query="?omit_members=true", omit=True)
     assert all(k[0] != "m.room.member" for k in got["state"])
     per = view.servers_joined(view.base_state)
-    assert doc["servers_in_room"] == sorted(per, key=lambda s: (-per[s], s))
+    assert sorted(doc["servers_in_room"]) == sorted(per)
     # the second joiner: the first's server is now in the room
     _, doc2, _ = join(edge, room, view, edge.joiner2,
                       query="?omit_members=true", omit=True)

@@ -427,6 +427,15 @@ def check_answer(room, view, sent, doc, keys, our_name=None, our_key=None,
                 f"heroes {sorted(k[1] for k in heroes)}, want the first " \
                 f"five joined or invited: {sorted(k[1] for k, _ in first)}"
         want.update(heroes)
+        # servers_in_room: the servers with joined members before the
+        # join, most members first (ties in any order)
+        per = view.servers_joined(full)
+        sir = doc.get("servers_in_room")
+        assert isinstance(sir, list) and sorted(sir) == sorted(per), \
+            f"servers_in_room {sir}, want {sorted(per)}"
+        counts = [per[x] for x in sir]
+        assert counts == sorted(counts, reverse=True), \
+            f"servers_in_room {sir} not by members: {counts}"
     else:
         assert doc.get("members_omitted", False) is False, \
             f"members_omitted {doc.get('members_omitted')!r} without " \
