@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 #include <sodium.h>
 
@@ -28,6 +29,14 @@ usage(FILE *f)
         "                       the loaded snapshot of a room\n"
         "  rooms --redis ADDRESS [--prefix P]\n"
         "                       one line per loaded room\n"
+        "  forward --redis ADDRESS --upstream URL [--prefix P] [--once]\n"
+        "          [--concurrency N] [--claim-idle MS] [--max-attempts N]\n"
+        "          [--timeout MS] [--consumer NAME]\n"
+        "                       deliver the joins accepted at the edge (the\n"
+        "                       outbox) to the homeserver, in order per room\n"
+        "  outbox --redis ADDRESS [--prefix P]\n"
+        "                       what the outbox holds: one line per room,\n"
+        "                       then the total\n"
         "                       (ADDRESS: host:port or unix:/path; also\n"
         "                       --password PW or MXJ_REDIS_PASSWORD, --db N)\n"
         "  version              print the version and the library versions\n"
@@ -59,10 +68,19 @@ main(int argc, char **argv)
         return mxj_cmd_rooms(argc - 1, argv + 1);
     }
 
+    if (strcmp(argv[1], "forward") == 0) {
+        return mxj_cmd_forward(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "outbox") == 0) {
+        return mxj_cmd_outbox(argc - 1, argv + 1);
+    }
+
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)
     {
-        printf("matrix-join-ctl %s (jansson %s, libsodium %s)\n",
-               MXJ_VERSION, jansson_version_str(), sodium_version_string());
+        printf("matrix-join-ctl %s (jansson %s, libsodium %s, libcurl %s)\n",
+               MXJ_VERSION, jansson_version_str(), sodium_version_string(),
+               curl_version_info(CURLVERSION_NOW)->version);
         return MXJ_EXIT_OK;
     }
 
