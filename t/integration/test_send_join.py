@@ -88,7 +88,7 @@ def restricted_rules(version, *allowed, rule=None):
                       for r in allowed]}
 
 
-# -- raw HTTP -------------------------------------------------------------------
+# -- raw HTTP -----------------------------------------------------------------
 
 class Reply:
     def __init__(self, status, headers, body):
@@ -197,7 +197,7 @@ def answer_of(rep, v):
     return doc
 
 
-# -- the edge -------------------------------------------------------------------
+# -- the edge -----------------------------------------------------------------
 
 class Sent:
     """One send_join as it went on the wire."""
@@ -407,7 +407,7 @@ def aof_edge(nginx, tmp_path):
     red.cleanup()
 
 
-# -- the judge's own tests: it must be able to say no --------------------------------
+# -- the judge's own tests: it must be able to say no -------------------------
 
 def _correct_answer(room, ev, omit=False):
     """The answer the contract asks for, made here from the room."""
@@ -503,7 +503,7 @@ def test_judge_xmatrix():
             mxj_joiner.xmatrix_verifies(auth, *args, keys)
 
 
-# -- the handshake ------------------------------------------------------------------
+# -- the handshake ------------------------------------------------------------
 
 def judged_template(edge, room, joiner, tpl, ev):
     """The filled-in template passes the independent judge (restricted:
@@ -598,7 +598,7 @@ def test_handshake_every_version(edge, version):
                     edge.joiner3.fill(room.version, tpl))
 
 
-# -- after an accepted join ------------------------------------------------------------
+# -- after an accepted join ---------------------------------------------------
 
 @pytest.mark.parametrize("version", ["1", "10", "12"])
 def test_accepted_join_outbox_and_snapshot(edge, version):
@@ -691,7 +691,7 @@ def test_origin_left_as_the_template_had_it(edge):
     send_and_check(edge, room, view, edge.joiner2, ev)
 
 
-# -- concurrent joiners, rejoins ----------------------------------------------------------
+# -- concurrent joiners, rejoins ----------------------------------------------
 
 @pytest.mark.parametrize("version", ["1", "10"])
 def test_two_joiners_same_template(edge, version):
@@ -957,7 +957,7 @@ def test_many_members_answer_spans_chunks(edge):
     _, doc2, _ = join(edge, room, view, edge.joiner2, v=1)
 
 
-# -- omit_members (reference §2.1) --------------------------------------------------
+# -- omit_members (reference §2.1) --------------------------------------------
 
 @pytest.mark.parametrize("version", ["1", "10", "12"])
 def test_partial_state_complement(edge, version):
@@ -1106,7 +1106,7 @@ def test_omit_members_false_full_state(edge):
     assert len(got["state"]) == room.expected["state_events"]
 
 
-# -- refusals (reference §2.2, §9) ---------------------------------------------------
+# -- refusals (reference §2.2, §9) --------------------------------------------
 
 def build_event(room, joiner, etype, content, state_key=None, sender=None,
                 prev=None):
@@ -1569,7 +1569,7 @@ def test_invalid_path_parameter(edge, room_seg, eid_seg):
     assert edge.rec.requests == []
 
 
-# -- restricted rooms (reference §2.3, §6.4) -------------------------------------------
+# -- restricted rooms (reference §2.3, §6.4) ----------------------------------
 
 @pytest.mark.parametrize("version,rule", [("8", "restricted"),
                                           ("10", "knock_restricted"),
@@ -1692,7 +1692,7 @@ def test_restricted_authoriser_not_ours(edge):
             "M_BAD_JSON", before)
 
 
-# -- faults -------------------------------------------------------------------------
+# -- faults -------------------------------------------------------------------
 
 def _state_of_join(edge, room, user, eid):
     """"accepted" when every trace of the join is there, "absent" when
@@ -1807,7 +1807,7 @@ def test_answered_join_survives_redis_crash(aof_edge):
     check_outbox_entry(edge, room, entry[1], s, edge.joiner)
 
 
-# -- the fallback ---------------------------------------------------------------------
+# -- the fallback -------------------------------------------------------------
 
 def _assert_forwarded(edge, s):
     assert s.rep.status == 200 and s.rep.json() == edge.rec.body, s.rep

@@ -30,6 +30,7 @@ A failed check raises AssertionError with what was expected and what came.
 import copy
 import json
 import re
+import time
 import urllib.parse
 
 from canonicaljson import encode_canonical_json
@@ -52,11 +53,10 @@ def server_of(ident):
 
 
 def now_ms():
-    import time
     return int(time.time() * 1000)
 
 
-# -- identifiers and requests ---------------------------------------------------
+# -- identifiers and requests -------------------------------------------------
 
 def ref_id(r):
     """The event ID of a prev_events / auth_events entry (v1/v2 pairs)."""
@@ -110,7 +110,7 @@ def body_bytes(ev, style="canonical"):
     raise ValueError(style)
 
 
-# -- the joining server -----------------------------------------------------------
+# -- the joining server -------------------------------------------------------
 
 class Joiner:
     """A user of a RemoteServer who joins rooms through the edge."""
@@ -161,7 +161,7 @@ class Joiner:
                                        content=content, origin=origin)
 
 
-# -- a room without name or alias (Complement TestSendJoinPartialState...) -------
+# -- a room without name or alias (Complement TestSendJoinPartialState...) ----
 
 class PlainRoom(mxj_room.Room):
     """create, the creator's join, power_levels, join_rules (public),
@@ -201,7 +201,7 @@ class PlainRoom(mxj_room.Room):
         self._snapshot()
 
 
-# -- the edge's view: snapshot + accepted joins ---------------------------------
+# -- the edge's view: snapshot + accepted joins -------------------------------
 
 class View:
     """What the edge should hold for a room after the joins it accepted.
@@ -297,7 +297,7 @@ def auth_closure(room, evs):
     return seen
 
 
-# -- the answer ----------------------------------------------------------------
+# -- the answer ---------------------------------------------------------------
 
 def our_signing_key(path):
     """The edge's first key from its Synapse-format signing key file,
@@ -484,7 +484,7 @@ def check_answer(room, view, sent, doc, keys, our_name=None, our_key=None,
     return {"state": state, "auth": set(auth), "event": join_id}
 
 
-# -- X-Matrix, as the outbox stores it ---------------------------------------------
+# -- X-Matrix, as the outbox stores it ----------------------------------------
 
 _PARAM = re.compile(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)'
                     r'\s*(?:,|$)')
