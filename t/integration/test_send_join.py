@@ -428,6 +428,8 @@ def _correct_answer(room, ev, omit=False):
            "event": ev}
     if omit:
         doc["members_omitted"] = True
+        per = View(room).servers_joined(full)
+        doc["servers_in_room"] = sorted(per, key=lambda x: (-per[x], x))
     return doc
 
 
@@ -483,6 +485,9 @@ def test_judge_refuses_broken_answers(version):
     broken(lambda d: d["state"].append(room.events[room.state[
         ("m.room.member", room.creator)]]), omit=True)       # named: no hero
     broken(lambda d: d["auth_chain"].append(name), omit=True)
+    broken(lambda d: d["servers_in_room"].pop(), omit=True)
+    broken(lambda d: d["servers_in_room"].reverse(), omit=True)
+    broken(lambda d: d["servers_in_room"].append(ORIGIN), omit=True)
     # a join that is in the answer itself
     broken(lambda d: d["state"].append(d["event"]))
 
