@@ -15,8 +15,8 @@
 #define MXJ_FWD_BACKOFF_MIN    500        /* ms, the first wait */
 #define MXJ_FWD_BACKOFF_MAX    60000      /* ms, where doubling stops */
 #define MXJ_FWD_RETRY_AFTER_MAX  600000   /* ms, a 429's retry_after_ms cap */
-#define MXJ_FWD_RECENT_MS      30000      /* a 4xx this soon after a delivery
-                                             of the room does not count */
+#define MXJ_FWD_RECENT_MS      30000      /* no dead letter this soon after a
+                                             delivery of the room */
 #define MXJ_FWD_RESPONSE_MAX   4096       /* bytes of a response kept */
 
 
@@ -31,8 +31,9 @@ typedef enum {
  * What to do after one attempt that got status (0: no HTTP answer:
  * connection error or timeout). since_delivery_ms: how long ago an
  * earlier join of the same room was delivered, -1 when none was.
- * *counted is the number of attempts that count toward max_attempts; a
- * 4xx that counts increments it.
+ * *counted is the number of 4xx answers so far (each 4xx increments it):
+ * at max_attempts the entry is a dead letter, unless since_delivery_ms is
+ * under MXJ_FWD_RECENT_MS.
  */
 mxj_fwd_action_e mxj_fwd_judge(long status, long since_delivery_ms,
     long max_attempts, long *counted);

@@ -27,17 +27,21 @@ mxj_fwd_judge(long status, long since_delivery_ms, long max_attempts,
         return MXJ_FWD_RETRY;
     }
 
-    /* the homeserver may still be processing the previous join */
+    /*
+     * Every 4xx counts (the dead letter's "attempts" says how many there
+     * were), but none makes a dead letter while the room's previous join
+     * is fresh: the homeserver may still be processing it.
+     */
+
+    if (++*counted < max_attempts) {
+        return MXJ_FWD_RETRY;
+    }
 
     if (since_delivery_ms >= 0 && since_delivery_ms < MXJ_FWD_RECENT_MS) {
         return MXJ_FWD_RETRY;
     }
 
-    if (++*counted >= max_attempts) {
-        return MXJ_FWD_DEAD;
-    }
-
-    return MXJ_FWD_RETRY;
+    return MXJ_FWD_DEAD;
 }
 
 

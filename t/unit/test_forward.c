@@ -70,20 +70,30 @@ test_judge_4xx_after_recent_delivery(void **state)
     int   i;
     long  counted = 0;
 
-    /* an earlier join of the room delivered < 30 s ago: not counted */
+    /*
+     * An earlier join of the room delivered < 30 s ago: retried, counted,
+     * never a dead letter
+     */
 
     for (i = 0; i < 100; i++) {
-        assert_int_equal(mxj_fwd_judge(403, 29999, 1, &counted),
+        assert_int_equal(mxj_fwd_judge(403, 29999, 2, &counted),
                          MXJ_FWD_RETRY);
-        assert_int_equal(mxj_fwd_judge(400, 0, 1, &counted), MXJ_FWD_RETRY);
+        assert_int_equal(mxj_fwd_judge(400, 0, 2, &counted), MXJ_FWD_RETRY);
     }
 
-    assert_int_equal(counted, 0);
+    assert_int_equal(counted, 200);
 
-    /* then it counts */
+    /* then the first 4xx is the last when max_attempts are behind */
 
-    assert_int_equal(mxj_fwd_judge(403, 30000, 2, &counted), MXJ_FWD_RETRY);
-    assert_int_equal(mxj_fwd_judge(403, 31000, 2, &counted), MXJ_FWD_DEAD);
+    assert_int_equal(mxj_fwd_judge(403, 30000, 2, &counted), MXJ_FWD_DEAD);
+    assert_int_equal(counted, 201);
+
+    /* and not before */
+
+    counted = 0;
+    assert_int_equal(mxj_fwd_judge(403, 1000, 3, &counted), MXJ_FWD_RETRY);
+    assert_int_equal(mxj_fwd_judge(403, 31000, 3, &counted), MXJ_FWD_RETRY);
+    assert_int_equal(mxj_fwd_judge(403, 32000, 3, &counted), MXJ_FWD_DEAD);
 }
 
 
