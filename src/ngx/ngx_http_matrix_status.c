@@ -1,7 +1,8 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
  *
- * matrix_status: what the room cache holds, read from Redis, and the state
+ * matrix_status: what the room cache holds, read from Redis, how far the
+ * forwarder is behind (each room's outbox and the totals), and the state
  * of this worker's Redis connection. An operator's tool; protect it with
  * allow/deny.
  */
@@ -17,9 +18,13 @@
 
 #define NGX_HTTP_MATRIX_STATUS_MAX_ROOMS  10000
 
+/* the consumer group of matrix-join-ctl forward (docs/forwarder.md) */
+#define NGX_HTTP_MATRIX_FORWARDER_GROUP   "forwarder"
+
 
 typedef struct {
     json_t                      *rooms;
+    json_t                      *names;     /* the rooms to read, a set */
     ngx_uint_t                   pending;
     ngx_uint_t                   one_room;
     ngx_matrix_redis_status_e    failed;
@@ -28,6 +33,8 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_matrix_status_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_matrix_status_list(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx, const char *set);
 static ngx_int_t ngx_http_matrix_status_room(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx, ngx_str_t *room_id);
 static void ngx_http_matrix_status_rooms_reply(ngx_http_request_t *r,
@@ -36,6 +43,7 @@ static void ngx_http_matrix_status_rooms_reply(ngx_http_request_t *r,
 static void ngx_http_matrix_status_room_reply(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
+static json_t *ngx_http_matrix_status_outbox(redisReply *counts);
 static void ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx);
 static void ngx_http_matrix_status_cleanup(void *data);
@@ -44,13 +52,10 @@ static void ngx_http_matrix_status_cleanup(void *data);
 static ngx_int_t
 ngx_http_matrix_status_handler(ngx_http_request_t *r)
 {
-    ngx_str_t                          arg, room_id, key;
+    ngx_str_t                          arg, room_id;
     ngx_int_t                          rc;
     ngx_pool_cleanup_t                *cln;
     ngx_http_matrix_status_ctx_t      *ctx;
-    ngx_http_matrix_join_main_conf_t  *mmcf;
-    const char                        *argv[2];
-    size_t                             argvlen[2];
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
@@ -69,13 +74,18 @@ ngx_http_matrix_status_handler(ngx_http_request_t *r)
     }
 
     ctx->rooms = json_object();
-    if (ctx->rooms == NULL) {
+    ctx->names = json_object();
+
+    if (ctx->rooms == NULL || ctx->names == NULL) {
+        json_decref(ctx->rooms);
+        json_decref(ctx->names);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     cln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL) {
         json_decref(ctx->rooms);
+        json_decref(ctx->names);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -107,27 +117,22 @@ ngx_http_matrix_status_handler(ngx_http_request_t *r)
         rc = ngx_http_matrix_status_room(r, ctx, &room_id);
 
     } else {
-        mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+        /*
+         * The cached rooms and the rooms with an outbox (the forwarder's
+         * two lists): two keys of two slots, two commands; the rooms are
+         * read once both have answered.
+         */
 
-        key.len = mmcf->redis.prefix.len + sizeof("rooms") - 1;
-        key.data = ngx_pnalloc(r->pool, key.len);
-        if (key.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+        rc = ngx_http_matrix_status_list(r, ctx, "rooms");
 
-        ngx_memcpy(ngx_cpymem(key.data, mmcf->redis.prefix.data,
-                              mmcf->redis.prefix.len),
-                   "rooms", sizeof("rooms") - 1);
-
-        argv[0] = "SMEMBERS";
-        argvlen[0] = sizeof("SMEMBERS") - 1;
-        argv[1] = (char *) key.data;
-        argvlen[1] = key.len;
-
-        rc = ngx_matrix_redis_command(r, ngx_http_matrix_status_rooms_reply,
-                                      ctx, 2, argv, argvlen);
         if (rc == NGX_OK) {
-            ctx->pending = 1;
+            rc = ngx_http_matrix_status_list(r, ctx, "outbox:rooms");
+
+            if (rc != NGX_OK) {
+                /* the first reply is awaited, then this is answered */
+                ctx->failed = rc;
+                rc = NGX_OK;
+            }
         }
     }
 
@@ -148,29 +153,83 @@ ngx_http_matrix_status_handler(ngx_http_request_t *r)
 }
 
 
+/* SMEMBERS of the global set P + set, answered to rooms_reply */
+
+static ngx_int_t
+ngx_http_matrix_status_list(ngx_http_request_t *r,
+    ngx_http_matrix_status_ctx_t *ctx, const char *set)
+{
+    size_t                             len;
+    ngx_int_t                          rc;
+    ngx_str_t                          key;
+    const char                        *argv[2];
+    size_t                             argvlen[2];
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    len = ngx_strlen(set);
+
+    key.len = mmcf->redis.prefix.len + len;
+    key.data = ngx_pnalloc(r->pool, key.len);
+    if (key.data == NULL) {
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    ngx_memcpy(ngx_cpymem(key.data, mmcf->redis.prefix.data,
+                          mmcf->redis.prefix.len),
+               set, len);
+
+    argv[0] = "SMEMBERS";
+    argvlen[0] = sizeof("SMEMBERS") - 1;
+    argv[1] = (char *) key.data;
+    argvlen[1] = key.len;
+
+    rc = ngx_matrix_redis_command(r, ngx_http_matrix_status_rooms_reply,
+                                  ctx, 2, argv, argvlen);
+    if (rc == NGX_OK) {
+        ctx->pending++;
+    }
+
+    return rc;
+}
+
+
 static ngx_int_t
 ngx_http_matrix_status_room(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx, ngx_str_t *room_id)
 {
     ngx_int_t    rc;
-    ngx_str_t    meta, extrem;
-    const char  *argv[2];
-    size_t       argvlen[2];
+    ngx_str_t    meta, extrem, outbox, dead;
+    const char  *argv[6];
+    size_t       argvlen[6];
 
     if (ngx_http_matrix_room_key(r, room_id, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, room_id, "extrem", &extrem) != NGX_OK)
+        || ngx_http_matrix_room_key(r, room_id, "extrem", &extrem) != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, "outbox", &outbox) != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, "dead", &dead) != NGX_OK)
     {
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
+
+    /* all the keys of one room: one slot */
 
     argv[0] = (char *) meta.data;
     argvlen[0] = meta.len;
     argv[1] = (char *) extrem.data;
     argvlen[1] = extrem.len;
+    argv[2] = (char *) outbox.data;
+    argvlen[2] = outbox.len;
+    argv[3] = (char *) dead.data;
+    argvlen[3] = dead.len;
+    argv[4] = NGX_HTTP_MATRIX_FORWARDER_GROUP;
+    argvlen[4] = sizeof(NGX_HTTP_MATRIX_FORWARDER_GROUP) - 1;
+    argv[5] = (char *) room_id->data;
+    argvlen[5] = room_id->len;
 
     rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_STATUS,
                                  ngx_http_matrix_status_room_reply, ctx,
-                                 2, 0, argv, argvlen);
+                                 4, 2, argv, argvlen);
     if (rc == NGX_OK) {
         ctx->pending++;
     }
@@ -185,28 +244,47 @@ ngx_http_matrix_status_rooms_reply(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_status_ctx_t *ctx = data;
 
-    size_t     i, n;
-    ngx_str_t  room_id;
-    ngx_int_t  rc;
+    size_t        i;
+    json_t       *v;
+    ngx_str_t     room_id;
+    ngx_int_t     rc;
+    redisReply   *e;
+    const char   *name;
 
     ctx->pending--;
 
     if (status != NGX_MATRIX_REDIS_OK) {
         ctx->failed = status;
-        ngx_http_matrix_status_done(r, ctx);
-        return;
-    }
 
-    if (reply->type == REDIS_REPLY_ARRAY) {
-        n = ngx_min(reply->elements, NGX_HTTP_MATRIX_STATUS_MAX_ROOMS);
+    } else if (reply->type == REDIS_REPLY_ARRAY) {
+        for (i = 0; i < reply->elements; i++) {
+            e = reply->element[i];
 
-        for (i = 0; i < n; i++) {
-            if (reply->element[i]->type != REDIS_REPLY_STRING) {
+            /* a brace would take the room's keys out of its slot */
+
+            if (e->type != REDIS_REPLY_STRING || e->len == 0
+                || ngx_strlen(e->str) != e->len
+                || ngx_strlchr((u_char *) e->str, (u_char *) e->str + e->len,
+                               '}'))
+            {
                 continue;
             }
 
-            room_id.data = (u_char *) reply->element[i]->str;
-            room_id.len = reply->element[i]->len;
+            if (json_object_size(ctx->names)
+                >= NGX_HTTP_MATRIX_STATUS_MAX_ROOMS)
+            {
+                break;
+            }
+
+            /* not UTF-8: not a room ID, left out */
+            (void) json_object_set_new(ctx->names, e->str, json_true());
+        }
+    }
+
+    if (ctx->pending == 0 && ctx->failed == NGX_MATRIX_REDIS_OK) {
+        json_object_foreach(ctx->names, name, v) {
+            room_id.data = (u_char *) name;
+            room_id.len = ngx_strlen(name);
 
             rc = ngx_http_matrix_status_room(r, ctx, &room_id);
             if (rc != NGX_OK) {
@@ -243,7 +321,7 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
     ngx_http_matrix_status_ctx_t *ctx = data;
 
     size_t        i;
-    json_t       *room, *ex, *e, *parsed, *depth;
+    json_t       *room, *ex, *e, *parsed, *depth, *outbox;
     int64_t       loaded_at;
     const char   *room_id;
     redisReply   *meta, *extrem, *k, *v;
@@ -256,11 +334,13 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
         return;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 4
         || reply->element[0]->type != REDIS_REPLY_ARRAY
-        || reply->element[1]->type != REDIS_REPLY_ARRAY)
+        || reply->element[1]->type != REDIS_REPLY_ARRAY
+        || reply->element[2]->type != REDIS_REPLY_ARRAY
+        || reply->element[3]->type != REDIS_REPLY_STRING)
     {
-        /* nil: the room is not (or no longer) in the cache */
+        /* nil: neither a snapshot nor an outbox (any more) */
         ngx_http_matrix_status_done(r, ctx);
         return;
     }
@@ -270,10 +350,12 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
 
     room = json_object();
     ex = json_array();
+    outbox = ngx_http_matrix_status_outbox(reply->element[2]);
 
-    if (room == NULL || ex == NULL) {
+    if (room == NULL || ex == NULL || outbox == NULL) {
         json_decref(room);
         json_decref(ex);
+        json_decref(outbox);
         ctx->failed = NGX_MATRIX_REDIS_UNAVAILABLE;
         ngx_http_matrix_status_done(r, ctx);
         return;
@@ -330,7 +412,13 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
         }
     }
 
-    json_object_set_new(room, "forward_extremities", ex);
+    if (meta->elements) {
+        json_object_set_new(room, "forward_extremities", ex);
+
+    } else {
+        /* an outbox without a snapshot: only the outbox is known */
+        json_decref(ex);
+    }
 
     if (loaded_at) {
         json_object_set_new(room, "snapshot_age_ms",
@@ -338,9 +426,12 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
                                          - loaded_at));
     }
 
+    json_object_set_new(room, "outbox", outbox);
+
     /* the meta hash carries the room ID; the key is the fallback */
     if (room_id == NULL) {
-        room_id = "";
+        room_id = reply->element[3]->str;
+        json_object_set_new(room, "room_id", json_string(room_id));
     }
 
     json_object_set_new(ctx->rooms, room_id, room);
@@ -349,12 +440,33 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
 }
 
 
+/* {pending, in_flight, dead, oldest_age_ms} from the script's numbers */
+
+static json_t *
+ngx_http_matrix_status_outbox(redisReply *counts)
+{
+    size_t       i;
+    json_int_t   n[4];
+
+    for (i = 0; i < 4; i++) {
+        n[i] = (i < counts->elements
+                && counts->element[i]->type == REDIS_REPLY_INTEGER)
+               ? counts->element[i]->integer : 0;
+    }
+
+    return json_pack("{s:I, s:I, s:I, s:I}", "pending", n[0],
+                     "in_flight", n[1], "dead", n[2], "oldest_age_ms", n[3]);
+}
+
+
 static void
 ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx)
 {
-    json_t                            *doc, *redis;
+    json_t                            *doc, *redis, *room, *ob, *total;
     ngx_int_t                          rc;
+    json_int_t                         n[4];
+    const char                        *id;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     if (ctx->pending || ctx->done) {
@@ -389,7 +501,25 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
                       "last_error", ngx_matrix_redis_last_error(),
                       "worker_pid", (json_int_t) ngx_pid);
 
-    doc = json_pack("{s:o?, s:O}", "redis", redis, "rooms", ctx->rooms);
+    /* the totals of the rooms listed: the oldest age is the largest */
+
+    ngx_memzero(n, sizeof(n));
+
+    json_object_foreach(ctx->rooms, id, room) {
+        ob = json_object_get(room, "outbox");
+
+        n[0] += json_integer_value(json_object_get(ob, "pending"));
+        n[1] += json_integer_value(json_object_get(ob, "in_flight"));
+        n[2] += json_integer_value(json_object_get(ob, "dead"));
+        n[3] = ngx_max(n[3], json_integer_value(json_object_get(ob,
+                                                      "oldest_age_ms")));
+    }
+
+    total = json_pack("{s:I, s:I, s:I, s:I}", "pending", n[0],
+                      "in_flight", n[1], "dead", n[2], "oldest_age_ms", n[3]);
+
+    doc = json_pack("{s:o?, s:O, s:o?}", "redis", redis, "rooms", ctx->rooms,
+                    "outbox", total);
 
     ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r, NGX_HTTP_OK,
                                                           doc));
@@ -402,6 +532,7 @@ ngx_http_matrix_status_cleanup(void *data)
     ngx_http_matrix_status_ctx_t *ctx = data;
 
     json_decref(ctx->rooms);
+    json_decref(ctx->names);
 }
 
 

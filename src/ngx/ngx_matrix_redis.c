@@ -113,10 +113,33 @@ static ngx_matrix_redis_t  *ngx_matrix_redis;
 
 static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
 
-    /* KEYS: room meta, room extremities. One room, read atomically. */
-    { "local meta = redis.call('HGETALL', KEYS[1])\n"
-      "if #meta == 0 then return false end\n"
-      "return {meta, redis.call('HGETALL', KEYS[2])}\n", "" },
+    /*
+     * KEYS: room meta, extremities, outbox, dead letters; ARGV: the
+     * forwarder's group, the room ID. One room, read atomically: nil when
+     * the room has neither a snapshot nor an outbox, else {meta (maybe
+     * empty), extremities, {pending, in_flight, dead, oldest_age_ms},
+     * room ID}. Delivered entries are deleted: the first is the oldest.
+     */
+    { "local function n(v) if type(v) == 'number' then return v end"
+      " return 0 end\n"
+      "local meta = redis.call('HGETALL', KEYS[1])\n"
+      "local pending = n(redis.pcall('XLEN', KEYS[3]))\n"
+      "local dead = n(redis.pcall('XLEN', KEYS[4]))\n"
+      "if #meta == 0 and pending == 0 and dead == 0 then return false end\n"
+      "local inflight, age = 0, 0\n"
+      "if pending > 0 then\n"
+      "  local p = redis.pcall('XPENDING', KEYS[3], ARGV[1])\n"
+      "  if type(p) == 'table' then inflight = n(p[1]) end\n"
+      "  local f = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)\n"
+      "  if f[1] then\n"
+      "    local t = redis.call('TIME')\n"
+      "    local ms = tonumber(string.match(f[1][1], '^(%d+)')) or 0\n"
+      "    age = math.max(0, tonumber(t[1]) * 1000"
+      " + math.floor(tonumber(t[2]) / 1000) - ms)\n"
+      "  end\n"
+      "end\n"
+      "return {meta, #meta > 0 and redis.call('HGETALL', KEYS[2]) or {},"
+      " {pending, inflight, dead, age}, ARGV[2]}\n", "" },
 
     /*
      * make_join, one read of one snapshot. KEYS: meta, state, member, pdu,
