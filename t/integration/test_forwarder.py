@@ -23,6 +23,7 @@ import http.client
 import itertools
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -460,7 +461,11 @@ def test_kill9_mid_delivery_redelivered(fedge):
     f1.start()
     fedge.upstream.wait_requests(1, 20, first)
     f1.kill9()
-    assert fw.pending_count(fedge.r, room.room_id) == 1, why(f1)
+    pend = fedge.r.xpending_range(fw.key(room.room_id, "outbox"),
+                                  fw.GROUP, "-", "+", 10)
+    # pending at the default consumer name, <hostname>-<pid>
+    assert [p["consumer"].decode() for p in pend] == \
+        [f"{socket.gethostname()}-{f1.pid}"], pend
     assert fw.outbox_ids(fedge.r, room.room_id) == order[room.room_id]
     rc, f2 = fedge.forward_once("--claim-idle", "1000")
     assert rc == 0, why(f2)
@@ -850,14 +855,36 @@ def test_room_only_in_the_rooms_index(fedge):
     """The index P outbox:rooms is not the only record (the module adds
     to it with a separate command): a room missing from it is still
     forwarded, found through P rooms."""
-    room = new_room("10")
-    fedge.load(room).start()
+    room, quiet = new_room("10"), new_room("10")
+    fedge.load(room, quiet).start()
     sent = fedge.joins(room, 2)
     fedge.r.srem(PREFIX + "outbox:rooms", room.room_id)
     order = fedge.order(room)
     rc, f = fedge.forward_once()
     assert rc == 0, why(f)
     assert fedge.upstream.delivered() == [s.event_id for s in sent]
+    assert_all_delivered(fedge, order, f)
+    # every listed room has its outbox stream and group, joins or not
+    groups = fedge.r.xinfo_groups(fw.key(quiet.room_id, "outbox"))
+    assert [g["name"] for g in groups] == [b"forwarder"], groups
+
+
+def test_busy_room_gives_others_a_turn(fedge):
+    """--concurrency 1, one room with 70 joins and one with a single
+    join: the busy room gives its worker up after 64 deliveries in a
+    row, so the other room's join is not left behind all 70."""
+    busy, other = new_room("10"), new_room("10")
+    fedge.load(busy, other).start()
+    fedge.joins(busy, 70)
+    (lone,) = fedge.joins(other, 1)
+    order = fedge.order(busy, other)
+    rc, f = fedge.forward_once("--concurrency", "1")
+    assert rc == 0, why(f)
+    got = fedge.upstream.delivered()
+    assert got.index(lone.event_id) <= 64, \
+        f"the lone join came after {got.index(lone.event_id)} of the busy " \
+        f"room's" + why(f)
+    assert_in_order(fedge, order, f)
     assert_all_delivered(fedge, order, f)
 
 
@@ -1009,6 +1036,15 @@ def test_outbox_numbers(fedge):
     assert list(one["rooms"]) == [b.room_id]
     assert (one["outbox"]["pending"], one["outbox"]["in_flight"],
             one["outbox"]["dead"]) == (2, 0, 0), one["outbox"]
+
+
+def test_outbox_before_any_load(redis_server):
+    """Nothing loaded yet (no P schema): `outbox` prints the total alone,
+    all 0, and exits 0."""
+    rc, rooms, total, out = fw.run_outbox(redis_server.address)
+    assert rc == 0, out
+    assert rooms == {} and total == {"pending": 0, "in_flight": 0,
+                                     "dead": 0, "oldest_age_ms": 0}, out
 
 
 # -- the log ------------------------------------------------------------------
