@@ -1010,7 +1010,7 @@ mxj_fwd_group(mxj_fwd_t *fwd, mxj_redis_t *r, mxj_fwd_room_t *room)
 static int
 mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 {
-    int               rc;
+    int               rc, ready;
     size_t            i, n, sent;
     redisReply       *reply;
     mxj_fwd_room_t  **rooms;
@@ -1073,15 +1073,24 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
     pthread_mutex_lock(&fwd->mutex);
 
     *idle = 1;
+    ready = 0;
 
     for (i = 0; i < fwd->nrooms; i++) {
         if (fwd->rooms[i]->work || fwd->rooms[i]->busy) {
             *idle = 0;
-            break;
+        }
+
+        if (fwd->rooms[i]->work && !fwd->rooms[i]->busy) {
+            ready = 1;
         }
     }
 
-    pthread_cond_broadcast(&fwd->cond);
+    /* idle workers are woken only for something to take */
+
+    if (ready) {
+        pthread_cond_broadcast(&fwd->cond);
+    }
+
     pthread_mutex_unlock(&fwd->mutex);
 
     rc = 0;
