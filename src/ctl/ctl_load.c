@@ -6,7 +6,8 @@
  * then loads it as docs/redis-schema.md says: schema key, the room's load
  * lock, staging keys written in a pipeline, one script that switches the
  * staging keys in, UNLINK of the previous generation, the rooms set and
- * the aliases, unlock.
+ * the aliases, unlock. mxj_load_snapshot() is that second half, shared
+ * with sync, which builds its snapshot document in memory.
  */
 
 #include <errno.h>
@@ -20,6 +21,7 @@
 #include <sodium.h>
 
 #include "ctl.h"
+#include "ctl_load.h"
 #include "ctl_redis.h"
 #include "mx_id.h"
 #include "mx_json.h"
@@ -109,23 +111,29 @@ typedef struct {
 
 
 typedef struct {
-    mxj_redis_t     r;
-    const char     *path;
-    mx_snapshot_t  *snap;
-    char           *cur[MXJ_LOAD_NKEYS];
-    char           *load[MXJ_LOAD_NKEYS];
-    char           *old[MXJ_LOAD_NKEYS];
-    char           *lock;
-    char            token[33];
-    int             locked;
-    int             progress;
+    mxj_redis_t          *r;
+    const mx_snapshot_t  *snap;
+    mxj_load_opts_t      *opts;
+    char                 *cur[MXJ_LOAD_NKEYS];
+    char                 *load[MXJ_LOAD_NKEYS];
+    char                 *old[MXJ_LOAD_NKEYS];
+    char                 *lock;
+    char                  token[33];
+    int                   locked;
+    int                   progress;
 } mxj_load_t;
+
+
+typedef struct {
+    const char     *path;
+} mxj_load_cmd_t;
 
 
 static int mxj_load_usage(void);
 static char *mxj_load_read(const char *path, size_t *len);
 static void mxj_load_progress(void *data, size_t done, size_t total);
 static int mxj_load_keys(mxj_load_t *ld);
+static void mxj_load_free_keys(mxj_load_t *ld);
 static int mxj_load_lock(mxj_load_t *ld);
 static void mxj_load_unlock(mxj_load_t *ld);
 static int mxj_load_stage(mxj_load_t *ld);
@@ -149,20 +157,24 @@ static double mxj_now(void);
 int
 mxj_cmd_load(int argc, char **argv)
 {
-    int          i, rc, o;
-    char        *doc;
-    size_t       len;
-    double       t0;
-    mxj_load_t   ld;
+    int                i, rc, o;
+    char              *doc;
+    size_t             len;
+    double             t0;
+    mxj_redis_t        r;
+    mx_snapshot_t     *snap;
+    mxj_load_cmd_t     cmd;
+    mxj_load_opts_t    opts;
     mx_snapshot_err_t  err;
 
     t0 = mxj_now();
 
-    memset(&ld, 0, sizeof(mxj_load_t));
-    mxj_redis_init(&ld.r);
+    memset(&cmd, 0, sizeof(mxj_load_cmd_t));
+    memset(&opts, 0, sizeof(mxj_load_opts_t));
+    mxj_redis_init(&r);
 
     for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(&ld.r, argc, argv, &i);
+        o = mxj_redis_option(&r, argc, argv, &i);
 
         if (o < 0) {
             return mxj_load_usage();
@@ -178,16 +190,16 @@ mxj_cmd_load(int argc, char **argv)
             return mxj_load_usage();
         }
 
-        if (ld.path != NULL) {
+        if (cmd.path != NULL) {
             fprintf(stderr, "matrix-join-ctl: load: one snapshot at a "
                     "time\n");
             return mxj_load_usage();
         }
 
-        ld.path = argv[i];
+        cmd.path = argv[i];
     }
 
-    if (ld.path == NULL || ld.r.address == NULL) {
+    if (cmd.path == NULL || r.address == NULL) {
         return mxj_load_usage();
     }
 
@@ -198,23 +210,23 @@ mxj_cmd_load(int argc, char **argv)
 
     /* 1. check everything before Redis is touched */
 
-    doc = mxj_load_read(ld.path, &len);
+    doc = mxj_load_read(cmd.path, &len);
     if (doc == NULL) {
         return MXJ_EXIT_FAIL;
     }
 
-    ld.progress = isatty(STDERR_FILENO) && len >= MXJ_LOAD_PROGRESS_MIN;
+    opts.progress = isatty(STDERR_FILENO) && len >= MXJ_LOAD_PROGRESS_MIN;
 
-    rc = mx_snapshot_parse(doc, len, ld.progress ? mxj_load_progress : NULL,
-                           &ld, &ld.snap, &err);
+    rc = mx_snapshot_parse(doc, len, opts.progress ? mxj_load_progress : NULL,
+                           &cmd, &snap, &err);
     free(doc);
 
-    if (ld.progress) {
+    if (opts.progress) {
         fprintf(stderr, "\r\033[K");
     }
 
     if (rc != 0) {
-        fprintf(stderr, "matrix-join-ctl: %s: %s: %s\n", ld.path, err.where,
+        fprintf(stderr, "matrix-join-ctl: %s: %s: %s\n", cmd.path, err.where,
                 err.reason);
         return MXJ_EXIT_FAIL;
     }
@@ -223,11 +235,52 @@ mxj_cmd_load(int argc, char **argv)
 
     rc = MXJ_EXIT_FAIL;
 
-    if (mxj_load_keys(&ld) != 0 || mxj_redis_connect(&ld.r) != 0) {
+    if (mxj_redis_connect(&r) != 0) {
         goto done;
     }
 
-    if (mxj_redis_schema(&ld.r, 1) != 0) {
+    if (mxj_load_snapshot(&r, snap, &opts) != 0) {
+        goto done;
+    }
+
+    printf("loaded %s: version %s, %zu state events, %zu members, "
+           "%zu auth chain events, %zu forward extremities, %llu bytes "
+           "in %.2f s\n",
+           snap->room_id, snap->rv->id, snap->state_events,
+           snap->members, snap->auth_chain, snap->nextrem,
+           (unsigned long long) snap->bytes, mxj_now() - t0);
+
+    rc = (fflush(stdout) == 0) ? MXJ_EXIT_OK : MXJ_EXIT_FAIL;
+
+done:
+
+    mxj_redis_close(&r);
+    mx_snapshot_free(snap);
+
+    return rc;
+}
+
+
+int
+mxj_load_snapshot(mxj_redis_t *r, const mx_snapshot_t *snap,
+    mxj_load_opts_t *opts)
+{
+    int          rc;
+    mxj_load_t   ld;
+
+    memset(&ld, 0, sizeof(mxj_load_t));
+    ld.r = r;
+    ld.snap = snap;
+    ld.opts = opts;
+    ld.progress = opts->progress;
+
+    rc = -1;
+
+    if (mxj_load_keys(&ld) != 0) {
+        goto done;
+    }
+
+    if (mxj_redis_schema(r, 1) != 0) {
         goto done;
     }
 
@@ -244,14 +297,7 @@ mxj_cmd_load(int argc, char **argv)
         goto done;
     }
 
-    printf("loaded %s: version %s, %zu state events, %zu members, "
-           "%zu auth chain events, %zu forward extremities, %llu bytes "
-           "in %.2f s\n",
-           ld.snap->room_id, ld.snap->rv->id, ld.snap->state_events,
-           ld.snap->members, ld.snap->auth_chain, ld.snap->nextrem,
-           (unsigned long long) ld.snap->bytes, mxj_now() - t0);
-
-    rc = (fflush(stdout) == 0) ? MXJ_EXIT_OK : MXJ_EXIT_FAIL;
+    rc = 0;
 
 done:
 
@@ -259,16 +305,7 @@ done:
         mxj_load_unlock(&ld);
     }
 
-    mxj_redis_close(&ld.r);
-
-    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
-        free(ld.cur[i]);
-        free(ld.load[i]);
-        free(ld.old[i]);
-    }
-
-    free(ld.lock);
-    mx_snapshot_free(ld.snap);
+    mxj_load_free_keys(&ld);
 
     return rc;
 }
@@ -335,11 +372,11 @@ mxj_load_read(const char *path, size_t *len)
 static void
 mxj_load_progress(void *data, size_t done, size_t total)
 {
-    mxj_load_t  *ld;
+    mxj_load_cmd_t  *cmd;
 
-    ld = data;
+    cmd = data;
 
-    fprintf(stderr, "\r\033[Kmatrix-join-ctl: checking %s: %3d%%", ld->path,
+    fprintf(stderr, "\r\033[Kmatrix-join-ctl: checking %s: %3d%%", cmd->path,
             total ? (int) ((done * 100) / total) : 100);
 }
 
@@ -352,13 +389,13 @@ mxj_load_keys(mxj_load_t *ld)
 
     for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
         snprintf(name, sizeof(name), ":%s", mxj_load_names[i]);
-        ld->cur[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+        ld->cur[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
 
         snprintf(name, sizeof(name), ":load:%s", mxj_load_names[i]);
-        ld->load[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+        ld->load[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
 
         snprintf(name, sizeof(name), ":old:%s", mxj_load_names[i]);
-        ld->old[i] = mxj_room_key(&ld->r, ld->snap->room_id, name);
+        ld->old[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
 
         if (ld->cur[i] == NULL || ld->load[i] == NULL || ld->old[i] == NULL)
         {
@@ -366,9 +403,24 @@ mxj_load_keys(mxj_load_t *ld)
         }
     }
 
-    ld->lock = mxj_room_key(&ld->r, ld->snap->room_id, ":loadlock");
+    ld->lock = mxj_room_key(ld->r, ld->snap->room_id, ":loadlock");
 
     return ld->lock ? 0 : -1;
+}
+
+
+static void
+mxj_load_free_keys(mxj_load_t *ld)
+{
+    int  i;
+
+    for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
+        free(ld->cur[i]);
+        free(ld->load[i]);
+        free(ld->old[i]);
+    }
+
+    free(ld->lock);
 }
 
 
@@ -381,7 +433,7 @@ mxj_load_lock(mxj_load_t *ld)
     randombytes_buf(raw, sizeof(raw));
     sodium_bin2hex(ld->token, sizeof(ld->token), raw, sizeof(raw));
 
-    reply = mxj_redis_cmdf(&ld->r, "SET %s %s NX PX " MXJ_LOAD_LOCK_MS,
+    reply = mxj_redis_cmdf(ld->r, "SET %s %s NX PX " MXJ_LOAD_LOCK_MS,
                            ld->lock, ld->token);
     if (reply == NULL) {
         return -1;
@@ -407,11 +459,11 @@ mxj_load_unlock(mxj_load_t *ld)
 {
     redisReply  *reply;
 
-    if (ld->r.c == NULL || ld->r.c->err) {
+    if (ld->r->c == NULL || ld->r->c->err) {
         return;
     }
 
-    reply = mxj_redis_cmdf(&ld->r, "EVAL %s 1 %s %s", mxj_load_unlock_lua,
+    reply = mxj_redis_cmdf(ld->r, "EVAL %s 1 %s %s", mxj_load_unlock_lua,
                            ld->lock, ld->token);
     if (reply != NULL) {
         freeReplyObject(reply);
@@ -430,7 +482,7 @@ mxj_load_cleanup(mxj_load_t *ld)
     const char   *argv[1 + MXJ_LOAD_NKEYS];
     redisReply   *reply;
 
-    if (ld->r.c == NULL || ld->r.c->err) {
+    if (ld->r->c == NULL || ld->r->c->err) {
         return;
     }
 
@@ -440,7 +492,7 @@ mxj_load_cleanup(mxj_load_t *ld)
         argv[1 + i] = ld->load[i];
     }
 
-    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    reply = mxj_redis_cmd(ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
     if (reply != NULL) {
         freeReplyObject(reply);
     }
@@ -458,7 +510,7 @@ mxj_load_stage(mxj_load_t *ld)
     mx_buf_t               chunk = MX_BUF_INIT;
     mxj_pipe_t             p;
     redisReply            *reply;
-    mx_snapshot_t         *s;
+    const mx_snapshot_t   *s;
     mx_snapshot_list_e     l;
     mx_snapshot_event_t   *ev;
     mx_snapshot_extrem_t  *x;
@@ -476,7 +528,7 @@ mxj_load_stage(mxj_load_t *ld)
         argv[1 + i] = ld->load[i];
     }
 
-    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    reply = mxj_redis_cmd(ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
     if (reply == NULL) {
         return -1;
     }
@@ -484,7 +536,7 @@ mxj_load_stage(mxj_load_t *ld)
     freeReplyObject(reply);
 
     memset(&p, 0, sizeof(mxj_pipe_t));
-    p.r = &ld->r;
+    p.r = ld->r;
     p.progress = ld->progress;
     p.total_bytes = 2 * s->bytes;
 
@@ -674,11 +726,11 @@ failed:
 static int
 mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
 {
-    char            num[7][32], generation[33];
-    size_t          k;
-    unsigned char   raw[16];
-    mx_snapshot_t  *s;
-    const char     *meta[24];
+    char                  num[7][32], generation[33];
+    size_t                k;
+    unsigned char         raw[16];
+    const char           *meta[24];
+    const mx_snapshot_t  *s;
 
     s = ld->snap;
 
@@ -719,6 +771,21 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
         }
     }
 
+    /* the caller's own fields (sync: synced_from, unconfirmed) */
+
+    for (k = 0; k + 1 < ld->opts->nmeta; k += 2) {
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], ld->opts->meta[k],
+                         strlen(ld->opts->meta[k])) != 0
+            || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META],
+                            ld->opts->meta[k + 1],
+                            strlen(ld->opts->meta[k + 1])) != 0)
+        {
+            return -1;
+        }
+    }
+
+    memcpy(ld->opts->generation, generation, sizeof(generation));
+
     /* sent now: num[] lives on this stack frame */
 
     return mxj_pipe_end(p);
@@ -737,7 +804,7 @@ mxj_load_unreferenced(mxj_load_t *ld, mxj_pipe_t *p)
     int                    rc;
     size_t                 e, n;
     mx_buf_t               list = MX_BUF_INIT;
-    mx_snapshot_t         *s;
+    const mx_snapshot_t   *s;
     mx_snapshot_event_t   *ev;
 
     s = ld->snap;
@@ -790,11 +857,11 @@ mxj_load_unreferenced(mxj_load_t *ld, mxj_pipe_t *p)
 static int
 mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p)
 {
-    int             rc;
-    size_t          i;
-    mx_buf_t        list = MX_BUF_INIT;
-    const char     *user;
-    mx_snapshot_t  *s;
+    int                   rc;
+    size_t                i;
+    mx_buf_t              list = MX_BUF_INIT;
+    const char           *user;
+    const mx_snapshot_t  *s;
 
     s = ld->snap;
 
@@ -848,12 +915,12 @@ mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p)
 static int
 mxj_load_mchunk(mxj_load_t *ld, mxj_pipe_t *p)
 {
-    int                   rc;
-    char                 *vals, *v;
-    size_t                i, c, off;
-    mx_snapshot_t        *s;
-    mx_snapshot_list_t   *m;
-    mx_snapshot_event_t  *ev;
+    int                         rc;
+    char                       *vals, *v;
+    size_t                      i, c, off;
+    const mx_snapshot_t        *s;
+    const mx_snapshot_list_t   *m;
+    const mx_snapshot_event_t  *ev;
 
     s = ld->snap;
     m = &s->lists[MX_SNAPSHOT_STATE_M];
@@ -915,7 +982,7 @@ static int
 mxj_load_partial(mxj_load_t *ld, mxj_pipe_t *p)
 {
     size_t                e;
-    mx_snapshot_t        *s;
+    const mx_snapshot_t  *s;
     mx_snapshot_event_t  *ev;
 
     s = ld->snap;
@@ -998,7 +1065,7 @@ mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
     char                (*scores)[24];
     size_t                e, n, i, run, nservers;
     mx_buf_t              list = MX_BUF_INIT;
-    mx_snapshot_t        *s;
+    const mx_snapshot_t  *s;
     mxj_server_t         *sv;
     mx_snapshot_event_t  *ev;
 
@@ -1163,7 +1230,7 @@ mxj_load_switch(mxj_load_t *ld)
     argv[n++] = ld->lock;
     argv[n++] = ld->token;
 
-    reply = mxj_redis_cmd(&ld->r, n, argv, NULL);
+    reply = mxj_redis_cmd(ld->r, n, argv, NULL);
     if (reply == NULL) {
         return -1;
     }
@@ -1191,19 +1258,19 @@ mxj_load_finish(mxj_load_t *ld)
         argv[1 + i] = ld->old[i];
     }
 
-    reply = mxj_redis_cmd(&ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
+    reply = mxj_redis_cmd(ld->r, 1 + MXJ_LOAD_NKEYS, argv, NULL);
     if (reply == NULL) {
         return -1;
     }
 
     freeReplyObject(reply);
 
-    key = mxj_global_key(&ld->r, "rooms");
+    key = mxj_global_key(ld->r, "rooms");
     if (key == NULL) {
         return -1;
     }
 
-    reply = mxj_redis_cmdf(&ld->r, "SADD %s %s", key, ld->snap->room_id);
+    reply = mxj_redis_cmdf(ld->r, "SADD %s %s", key, ld->snap->room_id);
     free(key);
 
     if (reply == NULL) {
@@ -1213,12 +1280,12 @@ mxj_load_finish(mxj_load_t *ld)
     freeReplyObject(reply);
 
     for (a = 0; a < ld->snap->naliases; a++) {
-        key = mxj_global_key(&ld->r, "alias:");
+        key = mxj_global_key(ld->r, "alias:");
         if (key == NULL) {
             return -1;
         }
 
-        reply = mxj_redis_cmdf(&ld->r, "SET %s%s %s", key,
+        reply = mxj_redis_cmdf(ld->r, "SET %s%s %s", key,
                                ld->snap->aliases[a], ld->snap->room_id);
         free(key);
 
