@@ -252,13 +252,47 @@
     "  end\n" \
     "  local before = member(u)\n" \
     "  if m[3] then\n" \
-    "    local n = 0\n" \
+    "    -- the heroes at prev_events: the loaded ones still joined or invited,\n" \
+    "    -- then the edge joins among the ancestors (they came later), then\n" \
+    "    -- the loaded ones who left or were banned\n" \
+    "    local joined, gone, seen_h = {}, {}, {[u] = true}\n" \
     "    for _, h in ipairs(cjson.decode(m[3])) do\n" \
-    "      if h ~= u and n < 5 then\n" \
-    "        n = n + 1\n" \
-    "        member(h)\n" \
+    "      if not seen_h[h] then\n" \
+    "        seen_h[h] = true\n" \
+    "        local _, pdu = member_at(h, hist)\n" \
+    "        local ok, ev = pcall(cjson.decode, pdu or '')\n" \
+    "        local ms = ok and type(ev) == 'table' and type(ev.content) == 'table'\n" \
+    "          and ev.content.membership\n" \
+    "        if ms == 'join' or ms == 'invite' then\n" \
+    "          joined[#joined + 1] = h\n" \
+    "        elseif pdu then\n" \
+    "          gone[#gone + 1] = h\n" \
+    "        end\n" \
     "      end\n" \
     "    end\n" \
+    "    if #joined < 5 then\n" \
+    "      local recs = {}\n" \
+    "      if hist == true then\n" \
+    "        local em = redis.call('HGETALL', K[8])\n" \
+    "        for i = 1, #em, 2 do\n" \
+    "          local r = redis.call('HGET', K[6], em[i + 1])\n" \
+    "          if r then recs[#recs + 1] = cjson.decode(r) end\n" \
+    "        end\n" \
+    "      else\n" \
+    "        for _, r in pairs(hist) do\n" \
+    "          if r then recs[#recs + 1] = r end\n" \
+    "        end\n" \
+    "      end\n" \
+    "      table.sort(recs, function(x, y) return x.s < y.s end)\n" \
+    "      for _, r in ipairs(recs) do\n" \
+    "        if not seen_h[r.u] then\n" \
+    "          seen_h[r.u] = true\n" \
+    "          joined[#joined + 1] = r.u\n" \
+    "        end\n" \
+    "      end\n" \
+    "    end\n" \
+    "    for _, h in ipairs(gone) do joined[#joined + 1] = h end\n" \
+    "    for i = 1, math.min(5, #joined) do member(joined[i]) end\n" \
     "  end\n" \
     "  for _, a in ipairs(cjson.decode(ARGV[11])) do\n" \
     "    todo[#todo + 1] = a\n" \
