@@ -776,8 +776,10 @@ def test_first_sync_equals_the_generated_state(redis_server, hs_factory,
     assert hs.count("timestamp_to_event") == 0
     assert all(h.origin == NAME for h in hs.hits
                if h.endpoint not in ("key_query", "key_server")), hs.hits
-    assert hs.count("key_query") >= 1, "keys were not asked from the " \
-        "homeserver's notary" + hs_why(hs)
+    assert hs.count("key_query") == 1, "keys not asked from the " \
+        "homeserver's notary, every server at once" + hs_why(hs)
+    assert all(h.method == "POST" for h in hs.hits
+               if h.endpoint == "key_query")
     assert p.returncode == 0
 
 
@@ -1024,11 +1026,19 @@ def test_rate_limited_homeserver(redis_server, hs_factory):
     synced(redis_server, hs, room.room_id)
     hs.add_members(20)
     hs.rate = (5, 3)
+    mark = hs.mark()
     synced(redis_server, hs, room.room_id)
     check_snapshot(redis_server.client(), hs)
-    limited = [h for h in hs.hits if h.status == 429]
-    assert len(limited) <= 10, f"{len(limited)} answers 429: retry_after_ms" \
-        " not honoured"
+    hits = [h for h in hs.hits_since(mark)
+            if h.target.startswith("/_matrix/federation/")]
+    for a, b in zip(hits, hits[1:]):
+        if a.status == 429:
+            assert b.t - a.t >= a.retry_after_ms / 1000 - 0.02, \
+                f"{b} came {b.t - a.t:.3f} s after {a}, told to wait " \
+                f"{a.retry_after_ms} ms"
+    ok = sum(1 for h in hits if h.status == 200)
+    assert sum(1 for h in hits if h.status == 429) <= ok, \
+        "more 429s than answers"
 
 
 # ============================================================================
@@ -1224,52 +1234,69 @@ def passes_until(pred, run, limit):
     return None
 
 
-@pytest.mark.parametrize("why", ["ban", "told"])
-def test_delivered_join_soft_failed_is_dropped(nginx, redis_server,
-                                               hs_factory, edges, why):
-    """A join the edge accepted, delivered (forward --once) to the
-    homeserver, which answers 200 but soft-fails it (the user banned
-    meanwhile, or the homeserver told to): kept on top of the snapshot for
-    the first passes, then, --confirm-passes 2 passes after its delivery,
-    unconfirmed: counted in meta.unconfirmed, dropped (the snapshot is the
-    homeserver's state again), gone from unconfirmed and delivered."""
+def soft_failed_join(nginx, redis_server, hs_factory, edges, why):
+    """A join accepted at the edge after a first pass, then delivered
+    (forward --once) to the homeserver, which answers 200 but soft-fails
+    it: the user banned meanwhile, or the homeserver told to. Returns
+    (hs, room, client, joiner, event, event ID)."""
     hs = hs_factory(members=25, servers=3)
     room = hs.room
     edge = edges(nginx, redis_server, hs).start()
     client = redis_server.client()
-    rid = room.room_id
-    synced(redis_server, hs, rid)
+    synced(redis_server, hs, room.room_id)
     eve = edge.joiner("eve")
     ev, eid, answer = edge.join(room, eve)
-    assert client.hexists(key(rid, "edge_pdu"), eid)
+    assert client.hexists(key(room.room_id, "edge_pdu"), eid)
     if why == "ban":
         hs.ban(eve.user)
     else:
         hs.soft_fail_joins.add(eve.user)
     edge.forward_once()
     assert hs.join_answers.get(eid) == "soft-failed"
-    assert client.hexists(key(rid, "delivered"), eid)
+    assert client.hexists(key(room.room_id, "delivered"), eid)
+    return hs, room, client, eve, ev, eid
+
+
+@pytest.mark.parametrize("why,busy", [("ban", True), ("told", True),
+                                      ("ban", False)])
+def test_delivered_join_soft_failed_is_dropped(nginx, redis_server,
+                                               hs_factory, edges, why, busy):
+    """The soft-failed join is kept on top of the snapshot by the first
+    pass after its delivery, then, --confirm-passes 2 passes after its
+    delivery (at the latest the third), unconfirmed: counted in
+    meta.unconfirmed, dropped (the snapshot is the homeserver's state
+    again), gone from unconfirmed and delivered. busy: the room moves
+    between passes (a message each time); idle: nothing changes upstream
+    after the ban, and passes count all the same."""
+    hs, room, client, eve, ev, eid = soft_failed_join(
+        nginx, redis_server, hs_factory, edges, why)
+    rid = room.room_id
     args = ("--confirm-passes", "2", rid)
 
-    def kept():
-        return hgetall(client, key(rid, "member")).get(eve.user) == \
-            "join" and client.hexists(key(rid, "extrem"), eid)
+    def one_pass():
+        if busy:
+            hs.message("moving on")
+        synced(redis_server, hs, *args)
 
     def dropped():
         return not client.hexists(key(rid, "extrem"), eid)
 
-    # the first pass after the delivery keeps it on top
-    synced(redis_server, hs, *args)
-    assert kept(), (hgetall(client, key(rid, "member")).get(eve.user),
-                    hgetall(client, key(rid, "extrem")))
+    one_pass()
+    assert hgetall(client, key(rid, "member")).get(eve.user) == "join" \
+        and client.hexists(key(rid, "extrem"), eid), \
+        "the first pass after the delivery did not keep the join on top: " \
+        f"member {hgetall(client, key(rid, 'member')).get(eve.user)}, " \
+        f"extremities {sorted(hgetall(client, key(rid, 'extrem')))}"
+    assert hgetall(client, key(rid, "state"))[
+        canonical(["m.room.member", eve.user])] == eid
     u = client.hget(key(rid, "unconfirmed"), eid)
     assert u is not None, "the edge join is not in P{R}:unconfirmed"
     u = json.loads(u)
-    assert mxj_room.canonical(u["pdu"]) == mxj_room.canonical(ev) or \
-        u["pdu"]["state_key"] == eve.user, u
+    assert mxj_room.canonical(u.get("pdu")) == mxj_room.canonical(ev), u
     assert isinstance(u.get("passes"), int), u
-    n = passes_until(dropped, lambda: synced(redis_server, hs, *args), 3)
-    assert n is not None, "the soft-failed join was never dropped"
+    n = passes_until(dropped, one_pass, 3)
+    assert n is not None, "the soft-failed join was never dropped (4 " \
+        "passes after its delivery, --confirm-passes 2)"
     assert n <= 2, f"dropped {n + 1} passes after its delivery, " \
                    "--confirm-passes 2"
     meta = check_snapshot(client, hs)
@@ -1278,10 +1305,20 @@ def test_delivered_join_soft_failed_is_dropped(nginx, redis_server,
         ("ban" if why == "ban" else None)
     assert client.hget(key(rid, "unconfirmed"), eid) is None
     assert client.hget(key(rid, "delivered"), eid) is None
-    # a later pass does not count it again
-    hs.message("later")
-    synced(redis_server, hs, *args)
-    assert check_snapshot(client, hs).get("unconfirmed") == "1"
+
+
+def test_unconfirmed_count_stays(nginx, redis_server, hs_factory, edges):
+    """meta.unconfirmed counts the joins found unconfirmed: a later pass
+    (a new load, which writes a new meta) does not lose the count, nor
+    count the dropped join again."""
+    hs, room, client, eve, ev, eid = soft_failed_join(
+        nginx, redis_server, hs_factory, edges, "ban")
+    rid = room.room_id
+    for _ in range(4):
+        hs.message("moving on")
+        synced(redis_server, hs, "--confirm-passes", "1", rid)
+    assert meta_of(client, rid).get("unconfirmed") == "1", meta_of(
+        client, rid)
 
 
 def test_undelivered_join_always_kept(nginx, redis_server, hs_factory,
@@ -1390,7 +1427,6 @@ def test_homeserver_down(nginx, redis_server, hs_factory, edges):
     assert edge.rec.requests == []
 
     hs.down()
-    t0 = time.monotonic()
     p = sync_once(redis_server, hs, "--timeout", "2000", rid, timeout=60)
     assert p.returncode != 0, "a pass with the homeserver down succeeded"
     assert digest(client, rid) == before
@@ -1404,8 +1440,6 @@ def test_homeserver_down(nginx, redis_server, hs_factory, edges):
                           text=True, timeout=30)
     assert re.search(r"loaded_at: \d+ \(.*ago\)", show.stdout), show.stdout
     # older than matrix_join_max_age: the fallback answers
-    time.sleep(max(0.0, 4.3 - (time.monotonic() - t0)
-                   - (time.time() * 1000 - loaded) / 1000 + 0.0))
     wait_for("older than max age", lambda: edge.status(room)[
         "snapshot_age_ms"] > 4200, 10, step=0.1)
     status, doc = edge.make_join(room, f"@x:{REMOTE}")

@@ -162,6 +162,7 @@ class Hit:
         self.bytes_out = bytes_out
         self.t = t                  # time.monotonic() at arrival
         self.wall_ms = wall_ms
+        self.retry_after_ms = None  # of a 429
 
     def __repr__(self):
         return (f"<Hit {self.endpoint} {self.method} {self.target[:90]} "
@@ -811,9 +812,11 @@ class Homeserver(_Base):
         body = obj if isinstance(obj, bytes) else encode_canonical_json(obj)
         with self._lock:
             self.counts[endpoint] += 1
-            self.hits.append(Hit(endpoint, req.method, req.target, origin,
-                                 status, len(req.body or b""), len(body), t,
-                                 wall))
+            hit = Hit(endpoint, req.method, req.target, origin, status,
+                      len(req.body or b""), len(body), t, wall)
+            if status == 429 and isinstance(obj, dict):
+                hit.retry_after_ms = obj.get("retry_after_ms")
+            self.hits.append(hit)
         return status, [("Content-Type", "application/json")] + headers, \
             body
 
