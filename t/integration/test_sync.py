@@ -1102,10 +1102,12 @@ def test_appservice_ban_stops_edge_joins(nginx, redis_server, hs_factory,
     time.sleep(0.3)
     assert "stale" not in meta_of(client, room.room_id)
 
-    # a message: no stale mark
-    hs.message("hello")
+    # a message: no stale mark; the token as access_token works too
+    msg = hs.message("hello")[0]
     st = hs.pushes[-1][1]
     assert st == 200, hs.pushes[-1]
+    st, body, _ = hs.push([(room, msg)], where="query")
+    assert st == 200, (st, body)
     time.sleep(0.5)
     assert "stale" not in meta_of(client, room.room_id)
     gen = meta_of(client, room.room_id)["generation"]
