@@ -1,0 +1,1348 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl sync: the events received from the homeserver, and the
+ * snapshot document made of them and of the edge joins kept (docs/sync.md,
+ * steps 3 and 5). The document then goes through load's own checks and
+ * loader (mx_snapshot_parse, mxj_load_snapshot).
+ */
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl_sync.h"
+#include "mx_json.h"
+
+
+static size_t mxj_sync_hash(const char *s);
+static int mxj_sync_map_grow(mxj_sync_map_t *m);
+static char *mxj_sync_strdup(const json_t *v);
+static int mxj_sync_refs(const mx_room_version_t *rv, const json_t *refs,
+    char ***out, size_t *n, const char *what, mx_err_t *err);
+static int mxj_sync_ev_cmp(const void *a, const void *b);
+static int mxj_sync_skip(const char *text, size_t len, size_t *pos);
+static void mxj_sync_ws(const char *text, size_t len, size_t *pos);
+
+
+/* --- the string table -------------------------------------------------- */
+
+/* FNV-1a, 64 bits. */
+
+static size_t
+mxj_sync_hash(const char *s)
+{
+    uint64_t  h;
+
+    h = 1469598103934665603ULL;
+
+    while (*s) {
+        h ^= (unsigned char) *s++;
+        h *= 1099511628211ULL;
+    }
+
+    return (size_t) h;
+}
+
+
+void *
+mxj_sync_map_get(const mxj_sync_map_t *m, const char *key)
+{
+    size_t  i;
+
+    if (m->cap == 0) {
+        return NULL;
+    }
+
+    for (i = mxj_sync_hash(key) & (m->cap - 1); m->keys[i] != NULL;
+         i = (i + 1) & (m->cap - 1))
+    {
+        if (strcmp(m->keys[i], key) == 0) {
+            return m->vals[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+int
+mxj_sync_map_put(mxj_sync_map_t *m, const char *key, void *val)
+{
+    size_t  i;
+
+    if ((m->n + 1) * 2 > m->cap && mxj_sync_map_grow(m) != 0) {
+        return -1;
+    }
+
+    for (i = mxj_sync_hash(key) & (m->cap - 1); m->keys[i] != NULL;
+         i = (i + 1) & (m->cap - 1))
+    {
+        if (strcmp(m->keys[i], key) == 0) {
+            m->keys[i] = key;
+            m->vals[i] = val;
+            return 0;
+        }
+    }
+
+    m->keys[i] = key;
+    m->vals[i] = val;
+    m->n++;
+
+    return 0;
+}
+
+
+static int
+mxj_sync_map_grow(mxj_sync_map_t *m)
+{
+    size_t        i, k, ncap;
+    void        **vals;
+    const char  **keys;
+
+    ncap = m->cap ? m->cap * 2 : 64;
+
+    keys = calloc(ncap, sizeof(char *));
+    vals = calloc(ncap, sizeof(void *));
+
+    if (keys == NULL || vals == NULL) {
+        free(keys);
+        free(vals);
+        return -1;
+    }
+
+    for (i = 0; i < m->cap; i++) {
+        if (m->keys[i] == NULL) {
+            continue;
+        }
+
+        for (k = mxj_sync_hash(m->keys[i]) & (ncap - 1); keys[k] != NULL;
+             k = (k + 1) & (ncap - 1))
+        {
+            /* void */
+        }
+
+        keys[k] = m->keys[i];
+        vals[k] = m->vals[i];
+    }
+
+    free(m->keys);
+    free(m->vals);
+
+    m->keys = keys;
+    m->vals = vals;
+    m->cap = ncap;
+
+    return 0;
+}
+
+
+void
+mxj_sync_map_free(mxj_sync_map_t *m)
+{
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof(mxj_sync_map_t));
+}
+
+
+/* --- lists of IDs ------------------------------------------------------ */
+
+int
+mxj_sync_ids_push(mxj_sync_ids_t *l, const char *s)
+{
+    char   **v;
+    size_t   ncap;
+
+    if (l->n == l->cap) {
+        ncap = l->cap ? l->cap * 2 : 16;
+
+        v = realloc(l->v, ncap * sizeof(char *));
+        if (v == NULL) {
+            return -1;
+        }
+
+        l->v = v;
+        l->cap = ncap;
+    }
+
+    l->v[l->n] = strdup(s);
+
+    if (l->v[l->n] == NULL) {
+        return -1;
+    }
+
+    l->n++;
+
+    return 0;
+}
+
+
+void
+mxj_sync_ids_free(mxj_sync_ids_t *l)
+{
+    size_t  i;
+
+    for (i = 0; i < l->n; i++) {
+        free(l->v[i]);
+    }
+
+    free(l->v);
+    memset(l, 0, sizeof(mxj_sync_ids_t));
+}
+
+
+static int
+mxj_sync_str_cmp(const void *a, const void *b)
+{
+    return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+
+int
+mxj_sync_ids_same(const mxj_sync_ids_t *a, const mxj_sync_ids_t *b)
+{
+    int      same;
+    size_t   i;
+    char   **x, **y;
+
+    if (a->n != b->n) {
+        return 0;
+    }
+
+    if (a->n == 0) {
+        return 1;
+    }
+
+    x = malloc(a->n * sizeof(char *));
+    y = malloc(b->n * sizeof(char *));
+
+    if (x == NULL || y == NULL) {
+        free(x);
+        free(y);
+        return 0;
+    }
+
+    memcpy(x, a->v, a->n * sizeof(char *));
+    memcpy(y, b->v, b->n * sizeof(char *));
+    qsort(x, a->n, sizeof(char *), mxj_sync_str_cmp);
+    qsort(y, b->n, sizeof(char *), mxj_sync_str_cmp);
+
+    same = 1;
+
+    for (i = 0; i < a->n; i++) {
+        if (strcmp(x[i], y[i]) != 0) {
+            same = 0;
+            break;
+        }
+    }
+
+    free(x);
+    free(y);
+
+    return same;
+}
+
+
+/* --- events ------------------------------------------------------------ */
+
+mxj_sync_ev_t *
+mxj_sync_ev_new(const mx_room_version_t *rv, const json_t *ev,
+    const char *id, mx_err_t *err)
+{
+    json_t         *sk;
+    const char     *m;
+    mxj_sync_ev_t  *x;
+
+    x = calloc(1, sizeof(mxj_sync_ev_t));
+    if (x == NULL) {
+        mx_err_set(err, "out of memory");
+        return NULL;
+    }
+
+    if (!json_is_string(json_object_get(ev, "type"))
+        || !json_is_string(json_object_get(ev, "sender"))
+        || !json_is_integer(json_object_get(ev, "depth"))
+        || !json_is_integer(json_object_get(ev, "origin_server_ts")))
+    {
+        mx_err_set(err, "type, sender, depth or origin_server_ts missing or "
+                   "of the wrong type");
+        goto failed;
+    }
+
+    x->id = strdup(id);
+    x->type = mxj_sync_strdup(json_object_get(ev, "type"));
+    x->sender = mxj_sync_strdup(json_object_get(ev, "sender"));
+    x->depth = json_integer_value(json_object_get(ev, "depth"));
+    x->ts = json_integer_value(json_object_get(ev, "origin_server_ts"));
+
+    if (x->id == NULL || x->type == NULL || x->sender == NULL) {
+        mx_err_set(err, "out of memory");
+        goto failed;
+    }
+
+    sk = json_object_get(ev, "state_key");
+
+    if (sk != NULL) {
+        if (!json_is_string(sk)) {
+            mx_err_set(err, "state_key is not a string");
+            goto failed;
+        }
+
+        x->state_key = mxj_sync_strdup(sk);
+
+        if (x->state_key == NULL) {
+            mx_err_set(err, "out of memory");
+            goto failed;
+        }
+    }
+
+    if (x->state_key != NULL && strcmp(x->type, "m.room.member") == 0) {
+        m = json_string_value(json_object_get(json_object_get(ev, "content"),
+                                              "membership"));
+        if (m == NULL) {
+            mx_err_set(err, "a member event without content.membership");
+            goto failed;
+        }
+
+        x->membership = strdup(m);
+
+        if (x->membership == NULL) {
+            mx_err_set(err, "out of memory");
+            goto failed;
+        }
+    }
+
+    if (mxj_sync_refs(rv, json_object_get(ev, "auth_events"), &x->auth,
+                      &x->nauth, "auth_events", err) != 0
+        || mxj_sync_refs(rv, json_object_get(ev, "prev_events"), &x->prev,
+                         &x->nprev, "prev_events", err) != 0)
+    {
+        goto failed;
+    }
+
+    x->pdu = mx_json_canonical_str(ev, &x->pdu_len, err);
+
+    if (x->pdu == NULL) {
+        goto failed;
+    }
+
+    return x;
+
+failed:
+
+    mxj_sync_ev_free(x);
+
+    return NULL;
+}
+
+
+/* A string value, NUL-terminated (one holding a NUL is refused). */
+
+static char *
+mxj_sync_strdup(const json_t *v)
+{
+    char    *s;
+    size_t   n;
+
+    n = json_string_length(v);
+
+    if (memchr(json_string_value(v), '\0', n) != NULL) {
+        return NULL;
+    }
+
+    s = malloc(n + 1);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    memcpy(s, json_string_value(v), n + 1);
+
+    return s;
+}
+
+
+/* prev_events / auth_events as IDs: [id, {"sha256": ...}] pairs in v1/v2. */
+
+static int
+mxj_sync_refs(const mx_room_version_t *rv, const json_t *refs, char ***out,
+    size_t *n, const char *what, mx_err_t *err)
+{
+    size_t       i;
+    const json_t *r;
+
+    if (!json_is_array(refs)) {
+        mx_err_set(err, "%s is not a list", what);
+        return -1;
+    }
+
+    *n = 0;
+
+    if (json_array_size(refs) == 0) {
+        return 0;
+    }
+
+    *out = calloc(json_array_size(refs), sizeof(char *));
+    if (*out == NULL) {
+        mx_err_set(err, "out of memory");
+        return -1;
+    }
+
+    for (i = 0; i < json_array_size(refs); i++) {
+        r = json_array_get(refs, i);
+
+        if (rv->event_refs_with_hashes) {
+            r = json_is_array(r) ? json_array_get(r, 0) : NULL;
+        }
+
+        if (!json_is_string(r)) {
+            mx_err_set(err, "%s[%zu] is not an event reference", what, i);
+            return -1;
+        }
+
+        (*out)[i] = mxj_sync_strdup(r);
+
+        if ((*out)[i] == NULL) {
+            mx_err_set(err, "%s[%zu]: out of memory", what, i);
+            return -1;
+        }
+
+        (*n)++;
+    }
+
+    return 0;
+}
+
+
+void
+mxj_sync_ev_free(mxj_sync_ev_t *ev)
+{
+    size_t  i;
+
+    if (ev == NULL) {
+        return;
+    }
+
+    for (i = 0; i < ev->nauth; i++) {
+        free(ev->auth[i]);
+    }
+
+    for (i = 0; i < ev->nprev; i++) {
+        free(ev->prev[i]);
+    }
+
+    free(ev->auth);
+    free(ev->prev);
+    free(ev->id);
+    free(ev->pdu);
+    free(ev->type);
+    free(ev->state_key);
+    free(ev->sender);
+    free(ev->membership);
+    free(ev);
+}
+
+
+/* --- the pool ---------------------------------------------------------- */
+
+int
+mxj_sync_pool_add(mxj_sync_pool_t *pool, mxj_sync_ev_t *ev)
+{
+    if (mxj_sync_map_get(&pool->map, ev->id) != NULL) {
+        mxj_sync_ev_free(ev);
+        return 0;
+    }
+
+    if (mxj_sync_map_put(&pool->map, ev->id, ev) != 0) {
+        mxj_sync_ev_free(ev);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+mxj_sync_ev_t *
+mxj_sync_pool_get(const mxj_sync_pool_t *pool, const char *id)
+{
+    return mxj_sync_map_get(&pool->map, id);
+}
+
+
+void
+mxj_sync_pool_sweep(mxj_sync_pool_t *pool)
+{
+    size_t           i;
+    mxj_sync_map_t   kept;
+    mxj_sync_ev_t   *ev;
+
+    memset(&kept, 0, sizeof(mxj_sync_map_t));
+
+    for (i = 0; i < pool->map.cap; i++) {
+        ev = pool->map.vals[i];
+
+        if (pool->map.keys[i] == NULL) {
+            continue;
+        }
+
+        if (ev->mark && mxj_sync_map_put(&kept, ev->id, ev) == 0) {
+            ev->mark = 0;
+            continue;
+        }
+
+        mxj_sync_ev_free(ev);
+    }
+
+    mxj_sync_map_free(&pool->map);
+    pool->map = kept;
+}
+
+
+void
+mxj_sync_pool_free(mxj_sync_pool_t *pool)
+{
+    size_t  i;
+
+    for (i = 0; i < pool->map.cap; i++) {
+        if (pool->map.keys[i] != NULL) {
+            mxj_sync_ev_free(pool->map.vals[i]);
+        }
+    }
+
+    mxj_sync_map_free(&pool->map);
+}
+
+
+/* --- the snapshot document --------------------------------------------- */
+
+typedef struct {
+    const mxj_sync_doc_t   *d;
+    mxj_sync_ids_t         *missing;
+    mxj_sync_map_t          joins;      /* ID -> kept join */
+    mxj_sync_map_t          seen;       /* ID -> event: the auth chain */
+    mxj_sync_map_t          keys;       /* state key -> slot + 1 */
+    mxj_sync_ids_t          key_strs;   /* the keys' strings */
+    mxj_sync_ev_t         **state;
+    size_t                  nstate;
+    size_t                  state_cap;
+    mxj_sync_ev_t         **chain;
+    size_t                  nchain;
+    size_t                  chain_cap;
+    mxj_sync_map_t          rank;       /* ID -> position + 1 in d->auth */
+    mxj_sync_ids_t          stack;
+    const char             *create_id;
+} mxj_sync_build_t;
+
+
+static int mxj_sync_build_state(mxj_sync_build_t *b, mx_err_t *err);
+static int mxj_sync_build_put(mxj_sync_build_t *b, mxj_sync_ev_t *ev,
+    mxj_sync_ev_t **replaced, mx_err_t *err);
+static int mxj_sync_build_joins(mxj_sync_build_t *b, mx_err_t *err);
+static int mxj_sync_build_chain(mxj_sync_build_t *b, mx_err_t *err);
+static int mxj_sync_build_walk(mxj_sync_build_t *b, mxj_sync_ev_t *ev);
+static int mxj_sync_build_write(mxj_sync_build_t *b, mx_buf_t *out,
+    mx_err_t *err);
+static int mxj_sync_build_missing(mxj_sync_build_t *b, const char *id);
+static int mxj_sync_push_ev(mxj_sync_ev_t ***v, size_t *n, size_t *cap,
+    mxj_sync_ev_t *ev);
+static mxj_sync_ev_t *mxj_sync_build_find(mxj_sync_build_t *b,
+    const char *id);
+static int mxj_sync_rank_cmp(const void *a, const void *b);
+
+
+typedef struct {
+    mxj_sync_ev_t  *ev;
+    size_t          rank;       /* position + 1 in d->auth, 0: absent */
+} mxj_sync_ranked_t;
+
+
+int
+mxj_sync_build_doc(const mxj_sync_doc_t *d, mx_buf_t *out,
+    mxj_sync_ids_t *missing, mx_err_t *err)
+{
+    int               rc;
+    size_t            i;
+    mxj_sync_build_t  b;
+
+    memset(&b, 0, sizeof(mxj_sync_build_t));
+    b.d = d;
+    b.missing = missing;
+
+    rc = -1;
+
+    for (i = 0; i < d->njoins; i++) {
+        if (mxj_sync_map_put(&b.joins, d->joins[i]->id, d->joins[i]) != 0) {
+            mx_err_set(err, "out of memory");
+            goto done;
+        }
+    }
+
+    if (mxj_sync_build_state(&b, err) != 0
+        || mxj_sync_build_joins(&b, err) != 0
+        || mxj_sync_build_chain(&b, err) != 0)
+    {
+        goto done;
+    }
+
+    if (missing->n > 0) {
+        rc = 1;
+        goto done;
+    }
+
+    rc = mxj_sync_build_write(&b, out, err);
+
+done:
+
+    mxj_sync_map_free(&b.joins);
+    mxj_sync_map_free(&b.seen);
+    mxj_sync_map_free(&b.keys);
+    mxj_sync_map_free(&b.rank);
+    mxj_sync_ids_free(&b.key_strs);
+    mxj_sync_ids_free(&b.stack);
+    free(b.state);
+    free(b.chain);
+
+    return rc;
+}
+
+
+static mxj_sync_ev_t *
+mxj_sync_build_find(mxj_sync_build_t *b, const char *id)
+{
+    mxj_sync_ev_t  *ev;
+
+    ev = mxj_sync_map_get(&b->joins, id);
+
+    if (ev != NULL) {
+        return ev;
+    }
+
+    return mxj_sync_pool_get(b->d->pool, id);
+}
+
+
+/* The state before E, then E in place of its key's event. */
+
+static int
+mxj_sync_build_state(mxj_sync_build_t *b, mx_err_t *err)
+{
+    size_t          i;
+    mxj_sync_ev_t  *ev, *replaced;
+
+    for (i = 0; i < b->d->state->n; i++) {
+        ev = mxj_sync_pool_get(b->d->pool, b->d->state->v[i]);
+
+        if (ev == NULL) {
+            if (mxj_sync_build_missing(b, b->d->state->v[i]) != 0) {
+                mx_err_set(err, "out of memory");
+                return -1;
+            }
+
+            continue;
+        }
+
+        if (ev->state_key == NULL) {
+            mx_err_set(err, "state event %.100s has no state_key", ev->id);
+            return -1;
+        }
+
+        replaced = NULL;
+
+        if (mxj_sync_build_put(b, ev, &replaced, err) != 0) {
+            return -1;
+        }
+
+        if (replaced != NULL) {
+            mx_err_set(err, "events %.100s and %.100s have the same state "
+                       "key", replaced->id, ev->id);
+            return -1;
+        }
+    }
+
+    ev = mxj_sync_pool_get(b->d->pool, b->d->extremity);
+
+    if (ev == NULL) {
+        if (mxj_sync_build_missing(b, b->d->extremity) != 0) {
+            mx_err_set(err, "out of memory");
+            return -1;
+        }
+
+        return 0;
+    }
+
+    ev->mark = 1;
+
+    if (ev->state_key != NULL) {
+        return mxj_sync_build_put(b, ev, &replaced, err);
+    }
+
+    return 0;
+}
+
+
+/* ev takes the slot of its state key (*replaced: who had it) or a new one. */
+
+static int
+mxj_sync_build_put(mxj_sync_build_t *b, mxj_sync_ev_t *ev,
+    mxj_sync_ev_t **replaced, mx_err_t *err)
+{
+    char      *key;
+    size_t     n, slot;
+    uintptr_t  v;
+
+    n = strlen(ev->type) + strlen(ev->state_key) + 24;
+
+    key = malloc(n);
+    if (key == NULL) {
+        mx_err_set(err, "out of memory");
+        return -1;
+    }
+
+    /* the type's length first: no two (type, state_key) pairs collide */
+
+    snprintf(key, n, "%zu:%s%s", strlen(ev->type), ev->type, ev->state_key);
+
+    v = (uintptr_t) mxj_sync_map_get(&b->keys, key);
+    *replaced = NULL;
+
+    if (v != 0) {
+        free(key);
+        slot = v - 1;
+        *replaced = b->state[slot];
+        b->state[slot] = ev;
+        return 0;
+    }
+
+    if (mxj_sync_push_ev(&b->state, &b->nstate, &b->state_cap, ev) != 0
+        || mxj_sync_ids_push(&b->key_strs, key) != 0)
+    {
+        free(key);
+        mx_err_set(err, "out of memory");
+        return -1;
+    }
+
+    free(key);
+
+    if (mxj_sync_map_put(&b->keys, b->key_strs.v[b->key_strs.n - 1],
+                         (void *) (uintptr_t) b->nstate) != 0)
+    {
+        mx_err_set(err, "out of memory");
+        return -1;
+    }
+
+    if (strcmp(ev->type, "m.room.create") == 0 && ev->state_key[0] == '\0')
+    {
+        b->create_id = ev->id;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Each user's latest kept join (by depth, then origin_server_ts, then ID)
+ * takes the place of the user's member event; the event it replaces is
+ * kept in the auth chain.
+ */
+
+static int
+mxj_sync_build_joins(mxj_sync_build_t *b, mx_err_t *err)
+{
+    size_t           i;
+    mxj_sync_ev_t  **sorted, *ev, *replaced;
+    mxj_sync_map_t   latest;
+
+    if (b->d->njoins == 0) {
+        return 0;
+    }
+
+    sorted = malloc(b->d->njoins * sizeof(mxj_sync_ev_t *));
+    if (sorted == NULL) {
+        mx_err_set(err, "out of memory");
+        return -1;
+    }
+
+    memcpy(sorted, b->d->joins, b->d->njoins * sizeof(mxj_sync_ev_t *));
+    qsort(sorted, b->d->njoins, sizeof(mxj_sync_ev_t *), mxj_sync_ev_cmp);
+
+    memset(&latest, 0, sizeof(mxj_sync_map_t));
+
+    for (i = 0; i < b->d->njoins; i++) {
+        ev = sorted[i];
+
+        if (ev->state_key == NULL || ev->membership == NULL) {
+            mx_err_set(err, "edge join %.100s is not a member event",
+                       ev->id);
+            goto failed;
+        }
+
+        if (mxj_sync_map_put(&latest, ev->state_key, ev) != 0) {
+            mx_err_set(err, "out of memory");
+            goto failed;
+        }
+    }
+
+    for (i = 0; i < b->d->njoins; i++) {
+        ev = sorted[i];
+
+        if (mxj_sync_map_get(&latest, ev->state_key) != ev) {
+            continue;
+        }
+
+        if (mxj_sync_build_put(b, ev, &replaced, err) != 0) {
+            goto failed;
+        }
+
+        if (replaced != NULL && mxj_sync_ids_push(&b->stack, replaced->id)
+                                != 0)
+        {
+            mx_err_set(err, "out of memory");
+            goto failed;
+        }
+    }
+
+    mxj_sync_map_free(&latest);
+    free(sorted);
+
+    return 0;
+
+failed:
+
+    mxj_sync_map_free(&latest);
+    free(sorted);
+
+    return -1;
+}
+
+
+static int
+mxj_sync_ev_cmp(const void *a, const void *b)
+{
+    const mxj_sync_ev_t  *x, *y;
+
+    x = *(mxj_sync_ev_t *const *) a;
+    y = *(mxj_sync_ev_t *const *) b;
+
+    if (x->depth != y->depth) {
+        return x->depth < y->depth ? -1 : 1;
+    }
+
+    if (x->ts != y->ts) {
+        return x->ts < y->ts ? -1 : 1;
+    }
+
+    return strcmp(x->id, y->id);
+}
+
+
+/* The homeserver's order, then by depth and ID. */
+
+static int
+mxj_sync_rank_cmp(const void *a, const void *b)
+{
+    const mxj_sync_ranked_t  *x, *y;
+
+    x = a;
+    y = b;
+
+    if (x->rank != y->rank) {
+        if (x->rank == 0 || y->rank == 0) {
+            return x->rank == 0 ? 1 : -1;
+        }
+
+        return x->rank < y->rank ? -1 : 1;
+    }
+
+    if (x->ev->depth != y->ev->depth) {
+        return x->ev->depth < y->ev->depth ? -1 : 1;
+    }
+
+    return strcmp(x->ev->id, y->ev->id);
+}
+
+
+/*
+ * The auth chain: every event reachable from the state over auth_events
+ * (in v12 the create event is implied), and the member events the joins
+ * replaced (already on the stack), each once.
+ */
+
+static int
+mxj_sync_build_chain(mxj_sync_build_t *b, mx_err_t *err)
+{
+    char           *id;
+    size_t          i;
+    mxj_sync_ev_t  *ev;
+
+    for (i = 0; i < b->nstate; i++) {
+        if (mxj_sync_build_walk(b, b->state[i]) != 0) {
+            mx_err_set(err, "out of memory");
+            return -1;
+        }
+    }
+
+    while (b->stack.n > 0) {
+        id = b->stack.v[--b->stack.n];
+
+        if (mxj_sync_map_get(&b->seen, id) != NULL) {
+            free(id);
+            continue;
+        }
+
+        ev = mxj_sync_build_find(b, id);
+
+        if (ev == NULL) {
+            i = (size_t) mxj_sync_build_missing(b, id);
+            free(id);
+
+            if (i != 0) {
+                mx_err_set(err, "out of memory");
+                return -1;
+            }
+
+            continue;
+        }
+
+        free(id);
+
+        if (mxj_sync_map_put(&b->seen, ev->id, ev) != 0
+            || mxj_sync_push_ev(&b->chain, &b->nchain, &b->chain_cap, ev)
+               != 0
+            || mxj_sync_build_walk(b, ev) != 0)
+        {
+            mx_err_set(err, "out of memory");
+            return -1;
+        }
+    }
+
+    return 0;
+}
+
+
+/* Pushes the auth events of ev (v12: and the create event). */
+
+static int
+mxj_sync_build_walk(mxj_sync_build_t *b, mxj_sync_ev_t *ev)
+{
+    size_t  k;
+
+    for (k = 0; k < ev->nauth; k++) {
+        if (mxj_sync_map_get(&b->seen, ev->auth[k]) == NULL
+            && mxj_sync_ids_push(&b->stack, ev->auth[k]) != 0)
+        {
+            return -1;
+        }
+    }
+
+    if (!b->d->rv->create_in_auth_events && b->create_id != NULL
+        && strcmp(ev->id, b->create_id) != 0
+        && mxj_sync_map_get(&b->seen, b->create_id) == NULL)
+    {
+        return mxj_sync_ids_push(&b->stack, b->create_id);
+    }
+
+    return 0;
+}
+
+
+/* A missing ID, listed once (the list stays short: a linear search). */
+
+static int
+mxj_sync_build_missing(mxj_sync_build_t *b, const char *id)
+{
+    size_t  i;
+
+    for (i = 0; i < b->missing->n; i++) {
+        if (strcmp(b->missing->v[i], id) == 0) {
+            return 0;
+        }
+    }
+
+    return mxj_sync_ids_push(b->missing, id);
+}
+
+
+static int
+mxj_sync_push_ev(mxj_sync_ev_t ***v, size_t *n, size_t *cap,
+    mxj_sync_ev_t *ev)
+{
+    size_t           ncap;
+    mxj_sync_ev_t  **nv;
+
+    if (*n == *cap) {
+        ncap = *cap ? *cap * 2 : 256;
+
+        nv = realloc(*v, ncap * sizeof(mxj_sync_ev_t *));
+        if (nv == NULL) {
+            return -1;
+        }
+
+        *v = nv;
+        *cap = ncap;
+    }
+
+    (*v)[(*n)++] = ev;
+
+    return 0;
+}
+
+
+static int
+mxj_sync_build_write(mxj_sync_build_t *b, mx_buf_t *out, mx_err_t *err)
+{
+    int                 first;
+    size_t              i, k, j;
+    mxj_sync_ev_t      *ev;
+    mxj_sync_ranked_t  *ranked;
+
+    /* the auth chain in the homeserver's order, what it did not list after */
+
+    for (i = 0; i < b->d->auth->n; i++) {
+        if (mxj_sync_map_get(&b->rank, b->d->auth->v[i]) == NULL
+            && mxj_sync_map_put(&b->rank, b->d->auth->v[i],
+                                (void *) (uintptr_t) (i + 1)) != 0)
+        {
+            goto nomem;
+        }
+    }
+
+    if (b->nchain > 0) {
+        ranked = malloc(b->nchain * sizeof(mxj_sync_ranked_t));
+        if (ranked == NULL) {
+            goto nomem;
+        }
+
+        for (i = 0; i < b->nchain; i++) {
+            ranked[i].ev = b->chain[i];
+            ranked[i].rank = (uintptr_t) mxj_sync_map_get(&b->rank,
+                                                          b->chain[i]->id);
+        }
+
+        qsort(ranked, b->nchain, sizeof(mxj_sync_ranked_t),
+              mxj_sync_rank_cmp);
+
+        for (i = 0; i < b->nchain; i++) {
+            b->chain[i] = ranked[i].ev;
+        }
+
+        free(ranked);
+    }
+
+    if (mx_buf_append_str(out, "{\"room_version\":") != 0
+        || mx_json_canonical_string(b->d->rv->id, strlen(b->d->rv->id), out)
+           != 0
+        || mx_buf_append_str(out, ",\"state\":[") != 0)
+    {
+        goto nomem;
+    }
+
+    for (i = 0; i < b->nstate; i++) {
+        b->state[i]->mark = 1;
+
+        if ((i && mx_buf_append_byte(out, ',') != 0)
+            || mx_buf_append(out, b->state[i]->pdu, b->state[i]->pdu_len)
+               != 0)
+        {
+            goto nomem;
+        }
+    }
+
+    if (mx_buf_append_str(out, "],\"auth_chain\":[") != 0) {
+        goto nomem;
+    }
+
+    for (i = 0; i < b->nchain; i++) {
+        b->chain[i]->mark = 1;
+
+        if ((i && mx_buf_append_byte(out, ',') != 0)
+            || mx_buf_append(out, b->chain[i]->pdu, b->chain[i]->pdu_len)
+               != 0)
+        {
+            goto nomem;
+        }
+    }
+
+    if (mx_buf_append_str(out, "],\"forward_extremities\":[") != 0) {
+        goto nomem;
+    }
+
+    /* E and the joins in the state, unless a join builds on them */
+
+    first = 1;
+
+    for (i = 0; i <= b->nstate; i++) {
+        if (i == b->nstate) {
+            ev = mxj_sync_pool_get(b->d->pool, b->d->extremity);
+
+        } else {
+            ev = b->state[i];
+
+            if (mxj_sync_map_get(&b->joins, ev->id) != ev) {
+                continue;
+            }
+        }
+
+        for (k = 0; k < b->d->njoins; k++) {
+            for (j = 0; j < b->d->joins[k]->nprev; j++) {
+                if (strcmp(b->d->joins[k]->prev[j], ev->id) == 0) {
+                    break;
+                }
+            }
+
+            if (j < b->d->joins[k]->nprev) {
+                break;
+            }
+        }
+
+        if (k < b->d->njoins) {
+            continue;
+        }
+
+        if ((!first && mx_buf_append_byte(out, ',') != 0)
+            || mx_buf_append(out, ev->pdu, ev->pdu_len) != 0)
+        {
+            goto nomem;
+        }
+
+        first = 0;
+    }
+
+    if (mx_buf_append_str(out, "],\"aliases\":[") != 0) {
+        goto nomem;
+    }
+
+    for (i = 0; i < b->d->naliases; i++) {
+        if ((i && mx_buf_append_byte(out, ',') != 0)
+            || mx_json_canonical_string(b->d->aliases[i],
+                                        strlen(b->d->aliases[i]), out) != 0)
+        {
+            goto nomem;
+        }
+    }
+
+    if (mx_buf_append_str(out, "]}") != 0) {
+        goto nomem;
+    }
+
+    return 0;
+
+nomem:
+
+    mx_err_set(err, "out of memory");
+
+    return -1;
+}
+
+
+/* --- scanning big JSON texts ------------------------------------------- */
+
+static void
+mxj_sync_ws(const char *text, size_t len, size_t *pos)
+{
+    while (*pos < len && (text[*pos] == ' ' || text[*pos] == '\t'
+                          || text[*pos] == '\n' || text[*pos] == '\r'))
+    {
+        (*pos)++;
+    }
+}
+
+
+/* Skips the value at *pos: a string, an array or object, or a scalar. */
+
+static int
+mxj_sync_skip(const char *text, size_t len, size_t *pos)
+{
+    size_t  depth, p;
+
+    p = *pos;
+
+    if (p >= len) {
+        return -1;
+    }
+
+    if (text[p] != '"' && text[p] != '[' && text[p] != '{') {
+        while (p < len && text[p] != ',' && text[p] != ']' && text[p] != '}'
+               && text[p] != ' ' && text[p] != '\t' && text[p] != '\n'
+               && text[p] != '\r' && text[p] != ':')
+        {
+            p++;
+        }
+
+        if (p == *pos) {
+            return -1;
+        }
+
+        *pos = p;
+        return 0;
+    }
+
+    depth = 0;
+
+    while (p < len) {
+        switch (text[p]) {
+
+        case '"':
+            for (p++; p < len && text[p] != '"'; p++) {
+                if (text[p] == '\\') {
+                    p++;
+                }
+            }
+
+            if (p >= len) {
+                return -1;
+            }
+
+            break;
+
+        case '[':
+        case '{':
+            depth++;
+            break;
+
+        case ']':
+        case '}':
+            if (depth == 0) {
+                return -1;
+            }
+
+            depth--;
+            break;
+
+        default:
+            break;
+        }
+
+        p++;
+
+        if (depth == 0) {
+            *pos = p;
+            return 0;
+        }
+    }
+
+    return -1;
+}
+
+
+int
+mxj_sync_json_member(const char *buf, size_t len, const char *name,
+    const char **val, size_t *val_len)
+{
+    size_t  pos, start, klen, nlen;
+
+    pos = 0;
+    nlen = strlen(name);
+
+    mxj_sync_ws(buf, len, &pos);
+
+    if (pos >= len || buf[pos] != '{') {
+        return -1;
+    }
+
+    pos++;
+
+    for ( ;; ) {
+        mxj_sync_ws(buf, len, &pos);
+
+        if (pos < len && buf[pos] == '}') {
+            return -1;
+        }
+
+        if (pos >= len || buf[pos] != '"') {
+            return -1;
+        }
+
+        start = pos + 1;
+
+        if (mxj_sync_skip(buf, len, &pos) != 0) {
+            return -1;
+        }
+
+        klen = pos - 1 - start;
+
+        mxj_sync_ws(buf, len, &pos);
+
+        if (pos >= len || buf[pos] != ':') {
+            return -1;
+        }
+
+        pos++;
+        mxj_sync_ws(buf, len, &pos);
+
+        *val = buf + pos;
+
+        if (mxj_sync_skip(buf, len, &pos) != 0) {
+            return -1;
+        }
+
+        if (klen == nlen && memcmp(buf + start, name, nlen) == 0) {
+            *val_len = (size_t) (buf + pos - *val);
+            return 0;
+        }
+
+        mxj_sync_ws(buf, len, &pos);
+
+        if (pos < len && buf[pos] == ',') {
+            pos++;
+            continue;
+        }
+
+        return -1;
+    }
+}
+
+
+int
+mxj_sync_json_next(const char *text, size_t len, size_t *pos,
+    const char **el, size_t *el_len)
+{
+    size_t  p, start;
+
+    p = *pos;
+
+    if (p == 0) {
+        mxj_sync_ws(text, len, &p);
+
+        if (p >= len || text[p] != '[') {
+            return -1;
+        }
+
+        p++;
+        mxj_sync_ws(text, len, &p);
+
+        if (p < len && text[p] == ']') {
+            *pos = len;
+            return 0;
+        }
+
+    } else {
+        if (p >= len) {
+            return 0;
+        }
+
+        mxj_sync_ws(text, len, &p);
+
+        if (p < len && text[p] == ']') {
+            *pos = len;
+            return 0;
+        }
+
+        if (p >= len || text[p] != ',') {
+            return -1;
+        }
+
+        p++;
+        mxj_sync_ws(text, len, &p);
+    }
+
+    start = p;
+
+    if (mxj_sync_skip(text, len, &p) != 0) {
+        return -1;
+    }
+
+    *el = text + start;
+    *el_len = p - start;
+    *pos = p;
+
+    return 1;
+}
