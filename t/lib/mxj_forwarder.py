@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import redis
+
 TOP = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("MXJ_BUILD", TOP / "build")).resolve()
 CTL = BUILD / "matrix-join-ctl"
@@ -42,24 +44,20 @@ class Forwarder:
     """`matrix-join-ctl forward --redis ADDRESS --upstream URL ARGS...`."""
 
     def __init__(self, redis_address, upstream_url, *args, workdir=None,
-                 name="fwd", env=None):
+                 name="fwd"):
         self.cmd = [str(CTL), "forward", "--redis", redis_address,
                     "--upstream", upstream_url] + [str(a) for a in args]
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="mxj-fwd-"))
         self.err_path = self.dir / f"{name}.stderr"
         self.out_path = self.dir / f"{name}.stdout"
-        self.env = env
         self.proc = None
-        self.started_ms = None
         self.ended_ms = None
 
     def start(self):
         self._err = open(self.err_path, "wb")
         self._out = open(self.out_path, "wb")
-        self.started_ms = int(time.time() * 1000)
         self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL,
-                                     stdout=self._out, stderr=self._err,
-                                     env=self.env)
+                                     stdout=self._out, stderr=self._err)
         return self
 
     @property
@@ -160,8 +158,8 @@ def pending_count(r, room_id, prefix=PREFIX):
     k = key(room_id, "outbox", prefix)
     try:
         info = r.xpending(k, GROUP)
-    except Exception as e:          # no group (yet)
-        if "NOGROUP" in str(e):
+    except redis.exceptions.ResponseError as e:
+        if "NOGROUP" in str(e):     # no group (yet)
             return 0
         raise
     return int(info["pending"])
@@ -173,21 +171,19 @@ def stream_id_ms(sid):
 
 def run_outbox(redis_address, *args, timeout=30):
     """`matrix-join-ctl outbox --redis ADDRESS ARGS`: (exit code, rooms,
-    total, output), rooms {room ID: {name: int}}, total {name: int} (the
-    line that names no room and says total)."""
+    total, output), rooms {room ID: {name: int}} from the lines
+    `ROOM name=N ...`, total {name: int} from `total name=N ...` (None
+    when there is no such line)."""
     p = subprocess.run([str(CTL), "outbox", "--redis", redis_address]
                        + list(args), capture_output=True, text=True,
                        timeout=timeout)
     rooms, total = {}, None
     for line in p.stdout.splitlines():
+        head = line.split(" ", 1)[0]
         vals = {k: int(v) for k, v in kv(line).items()
                 if re.fullmatch(r"-?\d+", v)}
-        room = next((w for w in line.split() if w.startswith("!")), None)
-        if room is None:
-            m = re.search(r"room=(\S+)", line)
-            room = m.group(1) if m else None
-        if room is not None:
-            rooms[room] = vals
-        elif "total" in line.lower():
+        if head == "total":
             total = vals
+        elif head.startswith("!"):
+            rooms[head] = vals
     return p.returncode, rooms, total, p.stdout + p.stderr
