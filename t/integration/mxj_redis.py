@@ -44,7 +44,21 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
+        self.wait_loaded()
         return self
+
+    def wait_loaded(self, timeout=30.0):
+        """Until the data set (the AOF after a restart) is loaded: Redis
+        accepts connections before, and answers LOADING meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.client(socket_timeout=5).ping()
+                return
+            except redis_py.exceptions.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def client(self, **kw):
         return redis_py.Redis(host="127.0.0.1", port=self.port,
