@@ -58,6 +58,7 @@ typedef struct {
     ngx_array_t                  fed_users;     /* of ..._key_server_ref_t */
     ngx_matrix_redis_conf_t      redis;
     ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
+    size_t                       send_join_cache;   /* bytes per worker */
 } ngx_http_matrix_join_main_conf_t;
 
 

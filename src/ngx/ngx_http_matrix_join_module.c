@@ -16,6 +16,7 @@
 
 #include "ngx_http_matrix_join.h"
 #include "mx_pdu.h"
+#include "ngx_matrix_chunk_cache.h"
 #include "ngx_matrix_pdu_cache.h"
 #include "mx_base64.h"
 #include "mx_id.h"
@@ -175,6 +176,13 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       0,
       NULL },
 
+    { ngx_string("matrix_send_join_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_main_conf_t, send_join_cache),
+      NULL },
+
     { ngx_string("matrix_send_join"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_send_join,
@@ -274,6 +282,7 @@ ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
 
     ngx_matrix_redis_exit_worker();
     ngx_matrix_pdu_cache_free();
+    ngx_matrix_chunks_free_all();
     ngx_http_matrix_keys_exit_worker(mmcf);
 }
 
@@ -502,6 +511,7 @@ ngx_http_matrix_join_create_main_conf(ngx_conf_t *cf)
 
     mmcf->redis.db = NGX_CONF_UNSET;
     mmcf->redis.timeout = NGX_CONF_UNSET_MSEC;
+    mmcf->send_join_cache = NGX_CONF_UNSET_SIZE;
 
     return mmcf;
 }
@@ -514,6 +524,7 @@ ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(mmcf->redis.db, 0);
     ngx_conf_init_msec_value(mmcf->redis.timeout, 1000);
+    ngx_conf_init_size_value(mmcf->send_join_cache, 256 * 1024 * 1024);
 
     if (mmcf->redis.prefix.data == NULL) {
         ngx_str_set(&mmcf->redis.prefix, "mxj:");

@@ -22,6 +22,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_matrix_join.h"
+#include "ngx_matrix_chunk_cache.h"
 #include "ngx_matrix_pdu_cache.h"
 #include "mx_auth.h"
 #include "mx_base64.h"
@@ -105,6 +106,9 @@ typedef struct {
 
     /* reply strings taken over from hiredis, freed with the request */
     ngx_array_t                  stolen;        /* of char * */
+
+    /* the chunk lists of the answer: the worker's copy, or this answer's */
+    ngx_matrix_chunks_t         *chunks;
 } ngx_http_matrix_send_join_ctx_t;
 
 
@@ -141,8 +145,7 @@ static void ngx_http_matrix_send_join_accepted(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
 static ngx_int_t ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
-    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res,
-    redisReply **lists);
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res);
 static void ngx_http_matrix_send_join_cleanup(void *data);
 
 
@@ -1423,39 +1426,9 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
         return;
     }
 
-    argv[0] = "MULTI";
-    argvlen[0] = 5;
+    /* the script's keys and arguments, after EVALSHA sha 16 */
 
-    rc = ngx_matrix_redis_command(NULL, NULL, NULL, 1, argv, argvlen);
-    if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
-        return;
-    }
-
-    /* from here on the transaction must be closed: EXEC or DISCARD */
-
-    n = 0;
-
-    if (sj->eval) {
-        argv[n] = "EVAL";
-        argvlen[n++] = 4;
-        argv[n] = ngx_matrix_redis_script_source(
-                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
-        argvlen[n] = ngx_strlen(argv[n]);
-        n++;
-
-    } else {
-        argv[n] = "EVALSHA";
-        argvlen[n++] = 7;
-        argv[n] = ngx_matrix_redis_script_sha1(
-                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
-        argvlen[n++] = 40;
-    }
-
-    argv[n] = "16";
-    argvlen[n++] = 2;
+    n = 3;
 
     for (i = 0; i < SJ_SCRIPT_KEYS; i++) {
         argv[n] = (char *) sj->keys[i].data;
@@ -1486,6 +1459,63 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
            sj->authoriser ? ngx_strlen(sj->authoriser) : 0);
 
 #undef SJ_ARG
+
+    /*
+     * The worker holds this generation's chunks already: the script alone.
+     * They cannot have changed: the script answers "generation" when the
+     * snapshot is not the one they belong to.
+     */
+
+    ngx_matrix_chunks_release(sj->chunks);
+    sj->chunks = ngx_matrix_chunks_get(&sj->room_id, sj->generation,
+                                       sj->omit);
+
+    if (sj->chunks) {
+        rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT,
+                                     ngx_http_matrix_send_join_accepted, ctx,
+                                     SJ_SCRIPT_KEYS, n - 3 - SJ_SCRIPT_KEYS,
+                                     argv + 3, argvlen + 3);
+        if (rc != NGX_OK) {
+            ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
+                                 "M_UNKNOWN", "%s",
+                                 ngx_matrix_redis_status_text(rc));
+        }
+
+        return;
+    }
+
+    /* else MULTI { the script; LRANGE the chunk lists } EXEC */
+
+    if (sj->eval) {
+        argv[0] = "EVAL";
+        argvlen[0] = 4;
+        argv[1] = ngx_matrix_redis_script_source(
+                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
+        argvlen[1] = ngx_strlen(argv[1]);
+
+    } else {
+        argv[0] = "EVALSHA";
+        argvlen[0] = 7;
+        argv[1] = ngx_matrix_redis_script_sha1(
+                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
+        argvlen[1] = 40;
+    }
+
+    argv[2] = "16";
+    argvlen[2] = 2;
+
+    lr[0] = "MULTI";
+    lrlen[0] = 5;
+
+    rc = ngx_matrix_redis_command(NULL, NULL, NULL, 1, lr, lrlen);
+    if (rc != NGX_OK) {
+        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
+                             "M_UNKNOWN", "%s",
+                             ngx_matrix_redis_status_text(rc));
+        return;
+    }
+
+    /* from here on the transaction must be closed: EXEC or DISCARD */
 
     rc = ngx_matrix_redis_command(NULL, NULL, NULL, n, argv, argvlen);
 
@@ -1530,9 +1560,10 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    ngx_int_t                         rc;
-    redisReply                       *res, *s;
-    ngx_http_matrix_send_join_ctx_t  *sj;
+    ngx_int_t                          rc;
+    redisReply                        *res, *s;
+    ngx_http_matrix_send_join_ctx_t   *sj;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
 
     sj = ctx->data;
 
@@ -1547,17 +1578,21 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         return;
     }
 
-    if (reply->type != REDIS_REPLY_ARRAY
-        || reply->elements != (sj->omit ? 3 : 4))
+    if (sj->chunks) {
+        res = reply;      /* the script alone: the chunks are the worker's */
+
+    } else if (reply->type != REDIS_REPLY_ARRAY
+               || reply->elements != (sj->omit ? 3 : 4))
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "matrix: accepting \"%s\": the transaction was "
                       "aborted", sj->id);
         ngx_http_matrix_finalize(r, NGX_HTTP_SERVICE_UNAVAILABLE);
         return;
-    }
 
-    res = reply->element[0];
+    } else {
+        res = reply->element[0];
+    }
 
     if (res->type == REDIS_REPLY_ERROR) {
         if (!sj->eval && ngx_strncmp(res->str, "NOSCRIPT", 8) == 0) {
@@ -1618,7 +1653,22 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
                   sj->sender, &sj->room_id,
                   s->len == 2 ? "accepted" : "accepted before (a retry)");
 
-    rc = ngx_http_matrix_send_join_answer(r, sj, res, &reply->element[1]);
+    if (sj->chunks == NULL) {
+        mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+        sj->chunks = ngx_matrix_chunks_from_replies(&sj->room_id,
+                                                    sj->generation, sj->omit,
+                                                    &reply->element[1],
+                                                    reply->elements - 1,
+                                                    mmcf->send_join_cache,
+                                                    r->connection->log);
+        if (sj->chunks == NULL) {
+            ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+    }
+
+    rc = ngx_http_matrix_send_join_answer(r, sj, res);
 
     ngx_http_matrix_finalize(r, rc);
 }
@@ -1741,29 +1791,22 @@ ngx_http_matrix_cut_cmp(const void *a, const void *b)
 
 static ngx_int_t
 ngx_http_matrix_out_chunks(ngx_http_matrix_out_t *o,
-    ngx_http_matrix_send_join_ctx_t *sj, redisReply *list,
-    ngx_http_matrix_cut_t *cuts, ngx_uint_t ncuts)
+    ngx_matrix_chunk_list_t *list, ngx_http_matrix_cut_t *cuts,
+    ngx_uint_t ncuts)
 {
     u_char      *data, *p, *end, *s, *e;
-    size_t       i, len;
+    size_t       i;
     ngx_uint_t   k;
 
     k = 0;
 
-    for (i = 0; i < list->elements; i++) {
-        if (list->element[i]->type != REDIS_REPLY_STRING
-            || list->element[i]->len == 0)
-        {
+    for (i = 0; i < list->n; i++) {
+        if (list->len[i] == 0) {
             continue;
         }
 
-        len = list->element[i]->len;
-        data = ngx_http_matrix_steal(sj, list->element[i]);
-        if (data == NULL) {
-            return NGX_ERROR;
-        }
-
-        end = data + len;
+        data = list->data[i];
+        end = data + list->len[i];
         p = data;
 
         while (k < ncuts && cuts[k].chunk < i) {
@@ -1844,21 +1887,20 @@ ngx_http_matrix_out_strings(ngx_http_matrix_out_t *o,
 
 static ngx_int_t
 ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
-    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res, redisReply **lists)
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res)
 {
-    ngx_int_t                rc;
-    ngx_uint_t               i, n;
-    redisReply              *cr, *list;
-    ngx_chain_t             *last;
-    ngx_http_matrix_out_t    o;
-    ngx_http_matrix_cut_t   *cuts;
-    unsigned long            c, off, len, a;
+    ngx_int_t                 rc;
+    ngx_uint_t                i, n;
+    redisReply               *cr;
+    ngx_chain_t              *last;
+    ngx_http_matrix_out_t     o;
+    ngx_http_matrix_cut_t    *cuts;
+    ngx_matrix_chunk_list_t  *lists, *list;
+    unsigned long             c, off, len, a;
 
-    for (i = 0; i < (ngx_uint_t) (sj->omit ? 2 : 3); i++) {
-        if (lists[i]->type != REDIS_REPLY_ARRAY) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
+    /* full: state_nm, state_m, auth; partial: state_nm, auth_nm */
+
+    lists = sj->chunks->lists;
 
     /* the member events the edge joins replaced: "c:o:l:a" */
 
@@ -1869,15 +1911,14 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    list = sj->omit ? NULL : lists[1];
+    list = sj->omit ? NULL : &lists[1];
 
     for (i = 0; i < n; i++) {
         if (cr->element[i]->type != REDIS_REPLY_STRING
             || sscanf(cr->element[i]->str, "%lu:%lu:%lu:%lu", &c, &off, &len,
                       &a) != 4
-            || list == NULL || c >= list->elements
-            || list->element[c]->type != REDIS_REPLY_STRING
-            || off + len > list->element[c]->len)
+            || list == NULL || c >= list->n
+            || off + len > list->len[c])
         {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "matrix: a bad member position in the snapshot of "
@@ -1902,34 +1943,26 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* auth_chain; a cut event that is not in the auth list goes here,
-     * copied before its chunk is handed over */
+    /* auth_chain; a cut event that is not in the auth list goes here */
 
     if (ngx_http_matrix_out_lit(&o, "{\"auth_chain\":[") != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     for (i = 0; i < n; i++) {
-        u_char  *copy;
-
         if (cuts[i].in_auth) {
             continue;
         }
 
-        copy = ngx_pnalloc(r->pool, cuts[i].len);
-        if (copy == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_memcpy(copy, list->element[cuts[i].chunk]->str + cuts[i].off,
-                   cuts[i].len);
-
-        if (ngx_http_matrix_out_item(&o, copy, cuts[i].len) != NGX_OK) {
+        if (ngx_http_matrix_out_item(&o, list->data[cuts[i].chunk]
+                                         + cuts[i].off, cuts[i].len)
+            != NGX_OK)
+        {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 
-    if (ngx_http_matrix_out_chunks(&o, sj, lists[sj->omit ? 1 : 2], NULL, 0)
+    if (ngx_http_matrix_out_chunks(&o, &lists[sj->omit ? 1 : 2], NULL, 0)
         != NGX_OK
         || ngx_http_matrix_out_strings(&o, sj, res->element[4]) != NGX_OK
         || (sj->omit
@@ -1973,10 +2006,9 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
     o.items = 0;
 
     if (ngx_http_matrix_out_lit(&o, ",\"state\":[") != NGX_OK
-        || ngx_http_matrix_out_chunks(&o, sj, lists[0], NULL, 0) != NGX_OK
+        || ngx_http_matrix_out_chunks(&o, &lists[0], NULL, 0) != NGX_OK
         || (!sj->omit
-            && ngx_http_matrix_out_chunks(&o, sj, lists[1], cuts, n)
-               != NGX_OK)
+            && ngx_http_matrix_out_chunks(&o, &lists[1], cuts, n) != NGX_OK)
         || ngx_http_matrix_out_strings(&o, sj, res->element[2]) != NGX_OK
         || (sj->omit
             && ngx_http_matrix_out_strings(&o, sj, res->element[6])
@@ -2018,6 +2050,7 @@ ngx_http_matrix_send_join_cleanup(void *data)
     ngx_uint_t   i;
     char       **s;
 
+    ngx_matrix_chunks_release(sj->chunks);
     json_decref(sj->content);
     json_decref(sj->pdu);
     json_decref(sj->acl);
