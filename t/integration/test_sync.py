@@ -834,10 +834,7 @@ def test_two_rooms_and_a_missing_one(redis_server, hs_factory):
     """Two rooms in one command; a room the homeserver does not know fails
     its own pass (exit code not 0) and leaves the others synced."""
     hs = hs_factory(members=20, servers=3)
-    # a second room of NAME's
-    from mxj_homeserver import HomeRoom
-    other = HomeRoom(NAME, hs.key, "9", 15, 2, next(_seeds))
-    hs.add_room(other)
+    other = hs.new_room("9", members=15, servers=2, seed=next(_seeds))
     p = sync_once(redis_server, hs, hs.room.room_id, other.room_id,
                   "!unknown:" + NAME)
     assert p.returncode != 0

@@ -128,19 +128,24 @@ def home_key(name, seed=0):
 
 class HomeRoom(mxj_room.Room):
     """An mxj_room.Room whose first server, the creator's (and so the
-    room ID's and the alias's), is NAME, signing with NAME's key."""
+    room ID's and the alias's), is NAME, signing with NAME's key; keys:
+    {server: SigningKey} for servers that already have one (one key per
+    server across rooms, as in the real world)."""
 
     def __init__(self, name, key, version="10", members=100, servers=10,
-                 seed=0, **kw):
-        self._home = (name, key)
+                 seed=0, keys=None, **kw):
+        self._home = (name, key, dict(keys or {}))
         super().__init__(str(version), members, servers, seed, **kw)
 
     def _build(self, *args):
-        name, key = self._home
+        name, key, keys = self._home
         old = self.servers[0]
         self.server_keys.pop(old, None)
         self.servers[0] = name
         self.server_keys[name] = key
+        for s, k in keys.items():
+            if s in self.server_keys:
+                self.server_keys[s] = k
         self.creator = f"@admin:{name}"
         self.alias = f"#room{self.seed}:{name}"
         if self.room_id is not None:
@@ -361,15 +366,31 @@ class Homeserver(_Base):
         """The first room."""
         return next(iter(self.rooms.values()))
 
+    def new_room(self, version="10", members=20, servers=3, seed=0,
+                 **kw):
+        """Another room of NAME's, its servers signing with the keys they
+        have in our other rooms; added and returned."""
+        keys = {}
+        for r in self.rooms.values():
+            keys.update(r.server_keys)
+        for s, rs in self.remotes.items():
+            keys[s] = rs.signing_key()
+        return self.add_room(HomeRoom(self.name, self.key, version, members,
+                                      servers, seed, keys=keys, **kw))
+
     def add_room(self, room):
+        """Serves room too; its servers must sign with the keys they have
+        in our other rooms (one key document per server)."""
         with self._lock:
             if self.name not in room.server_keys:
                 room.add_server(self.name, key=self.key)
-            elif bytes(room.server_keys[self.name]) != bytes(self.key):
-                # one key per server: the room's events of NAME must
-                # verify with the key we publish
-                raise ValueError(f"{room.room_id}: {self.name} signs "
-                                 "with another key")
+            for s, k in room.server_keys.items():
+                mine = self._signing_keys(s)
+                if mine and bytes(k) not in {bytes(x)
+                                             for x in mine.values()}:
+                    raise ValueError(f"{room.room_id}: {s} signs with "
+                                     "another key than in our other "
+                                     "rooms")
             self.rooms[room.room_id] = room
             if server_of(room.alias) == self.name:
                 self.aliases[room.alias] = room.room_id
