@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "ngx_http_matrix_join.h"
+#include "ngx_matrix_chunk_cache.h"
 
 
 #define NGX_HTTP_MATRIX_STATUS_MAX_ROOMS  10000
@@ -463,7 +464,7 @@ static void
 ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx)
 {
-    json_t                            *doc, *redis, *room, *ob, *total;
+    json_t                            *doc, *redis, *room, *ob, *total, *cache;
     ngx_int_t                          rc;
     json_int_t                         n[4];
     const char                        *id;
@@ -518,8 +519,14 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
     total = json_pack("{s:I, s:I, s:I, s:I}", "pending", n[0],
                       "in_flight", n[1], "dead", n[2], "oldest_age_ms", n[3]);
 
-    doc = json_pack("{s:o?, s:O, s:o?}", "redis", redis, "rooms", ctx->rooms,
-                    "outbox", total);
+    /* this worker's copy of rooms' chunks (matrix_send_join_cache) */
+
+    cache = json_pack("{s:I, s:I}",
+                      "bytes", (json_int_t) ngx_matrix_chunks_bytes(),
+                      "entries", (json_int_t) ngx_matrix_chunks_entries());
+
+    doc = json_pack("{s:o?, s:O, s:o?, s:o?}", "redis", redis, "rooms",
+                    ctx->rooms, "outbox", total, "send_join_cache", cache);
 
     ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r, NGX_HTTP_OK,
                                                           doc));
