@@ -123,15 +123,15 @@ typedef enum {
 
 /*
  * known: the homeserver's answers name the join (its state, its auth
- * chain, its forward extremities); banned: the homeserver's state has the
- * user banned (the join can never be accepted); delivered: in
- * P{R}:delivered (before this pass asked the homeserver); queued: still
- * in the outbox. *passes counts the passes that did not find a delivered
- * join; one more than confirm_passes drops it. *why says why a join is
+ * chain, its forward extremities); delivered: in P{R}:delivered (read
+ * before this pass asked the homeserver anything); queued: still in the
+ * outbox. *passes counts the passes that did not find a delivered join;
+ * one more than confirm_passes drops it. A join neither delivered nor
+ * queued was refused (a dead letter): dropped. *why says why a join is
  * dropped.
  */
-mxj_sync_join_e mxj_sync_judge_join(int known, int banned, int delivered,
-    int queued, long *passes, long confirm_passes, const char **why);
+mxj_sync_join_e mxj_sync_judge_join(int known, int delivered, int queued,
+    long *passes, long confirm_passes, const char **why);
 
 
 /* --- ctl_sync_doc.c ---------------------------------------------------- */

@@ -692,18 +692,13 @@ mxj_sync_uri_escape(mx_buf_t *out, const char *s)
 
 
 mxj_sync_join_e
-mxj_sync_judge_join(int known, int banned, int delivered, int queued,
-    long *passes, long confirm_passes, const char **why)
+mxj_sync_judge_join(int known, int delivered, int queued, long *passes,
+    long confirm_passes, const char **why)
 {
     *why = NULL;
 
     if (known) {
         return MXJ_SYNC_JOIN_CONFIRMED;
-    }
-
-    if (banned) {
-        *why = "the homeserver's state has the user banned";
-        return MXJ_SYNC_JOIN_DROP;
     }
 
     if (delivered) {

@@ -321,39 +321,43 @@ test_judge_join(void **state)
     const char  *why;
 
     passes = 5;
-    assert_int_equal(mxj_sync_judge_join(1, 1, 1, 0, &passes, 3, &why),
+    assert_int_equal(mxj_sync_judge_join(1, 1, 0, &passes, 3, &why),
                      MXJ_SYNC_JOIN_CONFIRMED);
     assert_int_equal(passes, 5);
-
-    passes = 0;
-    assert_int_equal(mxj_sync_judge_join(0, 1, 0, 1, &passes, 3, &why),
-                     MXJ_SYNC_JOIN_DROP);
-    assert_non_null(strstr(why, "banned"));
+    assert_null(why);
 
     /* delivered: kept for confirm_passes passes, dropped at the next */
 
     passes = 0;
-    assert_int_equal(mxj_sync_judge_join(0, 0, 1, 0, &passes, 2, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 1, 0, &passes, 2, &why),
                      MXJ_SYNC_JOIN_KEEP);
-    assert_int_equal(mxj_sync_judge_join(0, 0, 1, 0, &passes, 2, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 1, 0, &passes, 2, &why),
                      MXJ_SYNC_JOIN_KEEP);
-    assert_int_equal(mxj_sync_judge_join(0, 0, 1, 0, &passes, 2, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 1, 0, &passes, 2, &why),
                      MXJ_SYNC_JOIN_DROP);
     assert_int_equal(passes, 3);
+    assert_non_null(strstr(why, "delivered"));
 
     passes = 0;
-    assert_int_equal(mxj_sync_judge_join(0, 0, 1, 0, &passes, 0, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 1, 0, &passes, 0, &why),
                      MXJ_SYNC_JOIN_DROP);
 
-    /* in the outbox: kept, not counted */
+    /* delivered while in the outbox still (read in one script): counted */
 
     passes = 0;
-    assert_int_equal(mxj_sync_judge_join(0, 0, 0, 1, &passes, 0, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 1, 1, &passes, 1, &why),
+                     MXJ_SYNC_JOIN_KEEP);
+    assert_int_equal(passes, 1);
+
+    /* in the outbox: kept, not counted, however long */
+
+    passes = 0;
+    assert_int_equal(mxj_sync_judge_join(0, 0, 1, &passes, 0, &why),
                      MXJ_SYNC_JOIN_KEEP);
     assert_int_equal(passes, 0);
 
     /* neither: a dead letter */
-    assert_int_equal(mxj_sync_judge_join(0, 0, 0, 0, &passes, 3, &why),
+    assert_int_equal(mxj_sync_judge_join(0, 0, 0, &passes, 3, &why),
                      MXJ_SYNC_JOIN_DROP);
     assert_non_null(strstr(why, "dead letter"));
 }
