@@ -19,5 +19,6 @@ int mxj_cmd_show(int argc, char **argv);
 int mxj_cmd_rooms(int argc, char **argv);
 int mxj_cmd_forward(int argc, char **argv);
 int mxj_cmd_outbox(int argc, char **argv);
+int mxj_cmd_sync(int argc, char **argv);
 
 #endif /* MXJ_CTL_H */

@@ -37,6 +37,15 @@ usage(FILE *f)
         "  outbox --redis ADDRESS [--prefix P]\n"
         "                       what the outbox holds: one line per room,\n"
         "                       then the total\n"
+        "  sync --redis ADDRESS --homeserver URL --server-name NAME\n"
+        "       --signing-key FILE [--prefix P] [--every DURATION]\n"
+        "       [--user @u:NAME]... [--confirm-passes N] [--timeout MS]\n"
+        "       [--appservice-listen HOST:PORT --registration FILE]\n"
+        "       ROOM_ID_OR_ALIAS...\n"
+        "                       pull the rooms' snapshots from the\n"
+        "                       homeserver over federation, check every\n"
+        "                       event and load them; once, or every\n"
+        "                       DURATION, with pushed changes\n"
         "                       (ADDRESS: host:port or unix:/path; also\n"
         "                       --password PW or MXJ_REDIS_PASSWORD, --db N)\n"
         "  version              print the version and the library versions\n"
@@ -74,6 +83,10 @@ main(int argc, char **argv)
 
     if (strcmp(argv[1], "outbox") == 0) {
         return mxj_cmd_outbox(argc - 1, argv + 1);
+    }
+
+    if (strcmp(argv[1], "sync") == 0) {
+        return mxj_cmd_sync(argc - 1, argv + 1);
     }
 
     if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0)

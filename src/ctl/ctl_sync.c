@@ -1,0 +1,711 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl sync --redis ADDRESS --homeserver URL --server-name NAME
+ *     --signing-key FILE [--every DURATION] [options] ROOM_ID_OR_ALIAS...
+ *
+ * Pulls each room's snapshot from the homeserver over federation and
+ * loads it as load does (docs/sync.md). One pass and exit, or a pass
+ * every DURATION; with --appservice-listen, a thread serves the
+ * Application Service API and a push of an auth-relevant event starts a
+ * pass of its room at once.
+ *
+ * Threads: the main thread runs the passes, one room after another (the
+ * homeserver is asked at most 8 times a second, by this thread alone); a
+ * signal thread turns SIGTERM and SIGINT into a stop, honoured between
+ * rooms and during waits; the listener thread, when there is one.
+ */
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <sodium.h>
+
+#include "ctl.h"
+#include "ctl_sync_run.h"
+#include "mx_id.h"
+
+
+#define MXJ_SYNC_LOG_MAX      4096
+#define MXJ_SYNC_SLICE_MS     100
+#define MXJ_SYNC_KEYFILE_MAX  65536
+
+
+static int mxj_sync_args(int argc, char **argv, mxj_sync_t *s);
+static int mxj_sync_usage(void);
+static int mxj_sync_number(const char *name, const char *value, long min,
+    long max, long *out);
+static int mxj_sync_room_arg(mxj_sync_t *s, const char *arg);
+static int mxj_sync_read_key(mxj_sync_t *s);
+static void *mxj_sync_signals(void *data);
+static void mxj_sync_set_stop(mxj_sync_t *s);
+static int mxj_sync_loop(mxj_sync_t *s);
+static int mxj_sync_round(mxj_sync_t *s, int all);
+static void mxj_sync_free(mxj_sync_t *s);
+
+
+int
+mxj_cmd_sync(int argc, char **argv)
+{
+    int                  rc, schema;
+    size_t               i;
+    sigset_t             set;
+    pthread_t            sig;
+    mxj_sync_t           s;
+    pthread_condattr_t   attr;
+
+    if (mxj_sync_args(argc, argv, &s) != 0) {
+        mxj_sync_free(&s);
+        return MXJ_EXIT_USAGE;
+    }
+
+    rc = MXJ_EXIT_FAIL;
+
+    if (mx_crypto_init() != 0) {
+        fprintf(stderr, "matrix-join-ctl: sodium_init() failed\n");
+        goto done;
+    }
+
+    if (mxj_sync_read_key(&s) != 0) {
+        goto done;
+    }
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fprintf(stderr, "matrix-join-ctl: curl_global_init() failed\n");
+        goto done;
+    }
+
+    /*
+     * A peer closing its socket must not kill us; the stop signals go to
+     * one thread that waits for them (as the forwarder's).
+     */
+
+    signal(SIGPIPE, SIG_IGN);
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    pthread_mutex_init(&s.mutex, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&s.cond, &attr);
+    pthread_condattr_destroy(&attr);
+
+    if (pthread_create(&sig, NULL, mxj_sync_signals, &s) != 0) {
+        fprintf(stderr, "matrix-join-ctl: cannot start a thread\n");
+        goto cleanup;
+    }
+
+    pthread_detach(sig);
+
+    if (mxj_sync_http_init(&s.http, &s) != 0) {
+        goto cleanup;
+    }
+
+    /* NAME's own keys, from its key file, need no notary */
+
+    for (i = 0; i < s.nkeys; i++) {
+        if (mxj_sync_keyring_add(&s.keyring, s.name, s.keys[i].key_id,
+                                 s.keys[i].pk, INT64_MAX) != 0)
+        {
+            fprintf(stderr, "matrix-join-ctl: out of memory\n");
+            goto cleanup;
+        }
+    }
+
+    if (mxj_redis_connect(&s.r) != 0) {
+        goto cleanup;
+    }
+
+    /* absent: nothing loaded yet, the first load sets it */
+
+    schema = mxj_redis_schema(&s.r, 0);
+
+    if (schema < 0) {
+        goto cleanup;
+    }
+
+    if (s.as_listen != NULL && mxj_sync_as_bind(&s) != 0) {
+        goto cleanup;
+    }
+
+    mxj_sync_log("starting: homeserver=%s server_name=%s key=%s rooms=%zu "
+                 "every_ms=%lld confirm_passes=%ld timeout_ms=%ld%s%s",
+                 s.homeserver, s.name, s.keys[0].key_id, s.nrooms, s.every,
+                 s.confirm_passes, s.timeout,
+                 s.as_listen ? " appservice=" : "",
+                 s.as_listen ? s.as_listen : "");
+
+    rc = mxj_sync_loop(&s);
+
+    mxj_sync_as_stop(&s);
+
+cleanup:
+
+    mxj_sync_http_free(&s.http);
+    curl_global_cleanup();
+
+done:
+
+    mxj_sync_free(&s);
+
+    return rc;
+}
+
+
+static int
+mxj_sync_usage(void)
+{
+    fprintf(stderr, "usage: matrix-join-ctl sync --redis ADDRESS "
+            "--homeserver URL --server-name NAME\n"
+            "           --signing-key FILE [--prefix P] [--every DURATION] "
+            "[--user @u:NAME]...\n"
+            "           [--confirm-passes N] [--timeout MS]\n"
+            "           [--appservice-listen HOST:PORT --registration FILE]\n"
+            "           [--password PW] [--db N] ROOM_ID_OR_ALIAS...\n");
+
+    return -1;
+}
+
+
+static int
+mxj_sync_number(const char *name, const char *value, long min, long max,
+    long *out)
+{
+    char  *end;
+    long   n;
+
+    errno = 0;
+    n = strtol(value, &end, 10);
+
+    if (errno || *value == '\0' || *end != '\0' || n < min || n > max) {
+        fprintf(stderr, "matrix-join-ctl: sync: invalid %s \"%s\" "
+                "(%ld to %ld)\n", name, value, min, max);
+        return -1;
+    }
+
+    *out = n;
+
+    return 0;
+}
+
+
+static int
+mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
+{
+    int          i, o;
+    size_t       n, slen;
+    const char  *arg, *value, *server;
+
+    memset(s, 0, sizeof(mxj_sync_t));
+    mxj_redis_init(&s->r);
+
+    s->confirm_passes = MXJ_SYNC_CONFIRM_PASSES;
+    s->timeout = 30000;
+    s->as_fd = -1;
+
+    for (i = 1; i < argc; i++) {
+        o = mxj_redis_option(&s->r, argc, argv, &i);
+
+        if (o < 0) {
+            return mxj_sync_usage();
+        }
+
+        if (o > 0) {
+            continue;
+        }
+
+        arg = argv[i];
+
+        if (strncmp(arg, "--", 2) != 0) {
+            if (mxj_sync_room_arg(s, arg) != 0) {
+                return mxj_sync_usage();
+            }
+
+            continue;
+        }
+
+        /* the options with a value: "--name value" or "--name=value" */
+
+        n = strcspn(arg, "=");
+
+        if (arg[n] == '=') {
+            value = arg + n + 1;
+
+        } else if (i + 1 < argc) {
+            value = argv[++i];
+
+        } else {
+            fprintf(stderr, "matrix-join-ctl: %s needs a value\n", arg);
+            return mxj_sync_usage();
+        }
+
+#define mxj_sync_is(name)  (n == sizeof(name) - 1 && strncmp(arg, name, n) == 0)
+
+        if (mxj_sync_is("--homeserver")) {
+            s->homeserver = value;
+
+        } else if (mxj_sync_is("--server-name")) {
+            s->name = value;
+
+        } else if (mxj_sync_is("--signing-key")) {
+            s->key_path = value;
+
+        } else if (mxj_sync_is("--every")) {
+            s->every = mxj_sync_duration_ms(value);
+
+            if (s->every < 0) {
+                fprintf(stderr, "matrix-join-ctl: sync: invalid --every "
+                        "\"%s\" (for example 30s, 5m, 1h)\n", value);
+                return mxj_sync_usage();
+            }
+
+        } else if (mxj_sync_is("--user")) {
+            if (mxj_sync_ids_push(&s->users, value) != 0) {
+                fprintf(stderr, "matrix-join-ctl: out of memory\n");
+                return -1;
+            }
+
+        } else if (mxj_sync_is("--confirm-passes")) {
+            if (mxj_sync_number("--confirm-passes", value, 0, 1000000,
+                                &s->confirm_passes) != 0)
+            {
+                return mxj_sync_usage();
+            }
+
+        } else if (mxj_sync_is("--timeout")) {
+            if (mxj_sync_number("--timeout", value, 100, 86400000,
+                                &s->timeout) != 0)
+            {
+                return mxj_sync_usage();
+            }
+
+        } else if (mxj_sync_is("--appservice-listen")) {
+            s->as_listen = value;
+
+        } else if (mxj_sync_is("--registration")) {
+            s->registration = value;
+
+        } else {
+            fprintf(stderr, "matrix-join-ctl: sync: unknown option "
+                    "\"%.*s\"\n", (int) n, arg);
+            return mxj_sync_usage();
+        }
+
+#undef mxj_sync_is
+    }
+
+    if (s->r.address == NULL || s->homeserver == NULL || s->name == NULL
+        || s->key_path == NULL || s->nrooms == 0)
+    {
+        return mxj_sync_usage();
+    }
+
+    if (!mx_server_name_valid(s->name, strlen(s->name))) {
+        fprintf(stderr, "matrix-join-ctl: sync: invalid --server-name "
+                "\"%s\"\n", s->name);
+        return mxj_sync_usage();
+    }
+
+    for (n = 0; n < s->users.n; n++) {
+        server = mx_id_server(s->users.v[n], strlen(s->users.v[n]), '@',
+                              &slen);
+
+        if (!mx_user_id_valid(s->users.v[n], strlen(s->users.v[n]))
+            || server == NULL || slen != strlen(s->name)
+            || memcmp(server, s->name, slen) != 0)
+        {
+            fprintf(stderr, "matrix-join-ctl: sync: --user \"%s\" is not a "
+                    "user of %s\n", s->users.v[n], s->name);
+            return mxj_sync_usage();
+        }
+    }
+
+    if ((s->as_listen == NULL) != (s->registration == NULL)) {
+        fprintf(stderr, "matrix-join-ctl: sync: --appservice-listen and "
+                "--registration go together\n");
+        return mxj_sync_usage();
+    }
+
+    if (s->as_listen != NULL && s->every == 0) {
+        fprintf(stderr, "matrix-join-ctl: sync: the Application Service "
+                "needs --every (one pass would not listen)\n");
+        return mxj_sync_usage();
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_sync_room_arg(mxj_sync_t *s, const char *arg)
+{
+    size_t            len;
+    mxj_sync_room_t  *rooms, *room;
+
+    len = strlen(arg);
+
+    if (arg[0] == '!') {
+        if (!mx_room_id_valid(arg, len, 1)) {
+            fprintf(stderr, "matrix-join-ctl: sync: invalid room ID "
+                    "\"%s\"\n", arg);
+            return -1;
+        }
+
+    } else if (arg[0] == '#') {
+        if (len > MX_ID_MAX_LEN || strchr(arg, ':') == NULL || len < 4) {
+            fprintf(stderr, "matrix-join-ctl: sync: invalid room alias "
+                    "\"%s\"\n", arg);
+            return -1;
+        }
+
+    } else {
+        fprintf(stderr, "matrix-join-ctl: sync: \"%s\" is neither a room ID "
+                "(!...) nor an alias (#...)\n", arg);
+        return -1;
+    }
+
+    rooms = realloc(s->rooms, (s->nrooms + 1) * sizeof(mxj_sync_room_t));
+    if (rooms == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    s->rooms = rooms;
+    room = &s->rooms[s->nrooms];
+    memset(room, 0, sizeof(mxj_sync_room_t));
+
+    room->arg = strdup(arg);
+
+    if (arg[0] == '#') {
+        room->alias = room->arg;
+
+    } else {
+        room->id = strdup(arg);
+    }
+
+    if (room->arg == NULL || (arg[0] == '!' && room->id == NULL)) {
+        free(room->arg);
+        free(room->id);
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    s->nrooms++;
+
+    return 0;
+}
+
+
+static int
+mxj_sync_read_key(mxj_sync_t *s)
+{
+    int          rc;
+    char        *text;
+    FILE        *f;
+    size_t       n;
+    mx_err_t     err;
+    struct stat  st;
+
+    f = fopen(s->key_path, "rb");
+    if (f == NULL) {
+        fprintf(stderr, "matrix-join-ctl: %s: cannot open: %s\n",
+                s->key_path, strerror(errno));
+        return -1;
+    }
+
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)
+        || st.st_size > MXJ_SYNC_KEYFILE_MAX)
+    {
+        fprintf(stderr, "matrix-join-ctl: %s: not a key file\n",
+                s->key_path);
+        fclose(f);
+        return -1;
+    }
+
+    text = malloc((size_t) st.st_size + 1);
+    if (text == NULL) {
+        fclose(f);
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    n = fread(text, 1, (size_t) st.st_size, f);
+    fclose(f);
+
+    rc = mx_keyfile_parse(text, n, s->keys, MX_KEYFILE_MAX_KEYS, &s->nkeys,
+                          &err);
+
+    sodium_memzero(text, n);
+    free(text);
+
+    if (rc != 0) {
+        fprintf(stderr, "matrix-join-ctl: %s: %s\n", s->key_path, err.text);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static void
+mxj_sync_free(mxj_sync_t *s)
+{
+    size_t  i;
+
+    for (i = 0; i < s->nrooms; i++) {
+        free(s->rooms[i].arg);
+        free(s->rooms[i].id);
+        mxj_sync_pool_free(&s->rooms[i].pool);
+    }
+
+    for (i = 0; i < s->nkeys; i++) {
+        mx_signing_key_wipe(&s->keys[i]);
+    }
+
+    free(s->rooms);
+    free(s->as_url);
+    mxj_sync_ids_free(&s->users);
+    mxj_sync_ids_free(&s->registered);
+    mxj_sync_keyring_free(&s->keyring);
+    mxj_redis_close(&s->r);
+}
+
+
+/* --- the passes -------------------------------------------------------- */
+
+/*
+ * One pass of every room, then (with --every) one every DURATION from the
+ * start of the last, and between them a pass of each room an
+ * auth-relevant push marked. One pass alone: 0 only when every room
+ * synced. With --every: 0 at a stop.
+ */
+
+static int
+mxj_sync_loop(mxj_sync_t *s)
+{
+    int              ok, all, dirty;
+    size_t           i;
+    int64_t          next, now, start;
+    struct timespec  ts;
+
+    next = mxj_sync_mono_ms();
+
+    if (s->as_listen != NULL) {
+        if (mxj_sync_as_register(s) != 0 || mxj_sync_as_start(s) != 0) {
+            return MXJ_EXIT_FAIL;
+        }
+    }
+
+    for ( ;; ) {
+        pthread_mutex_lock(&s->mutex);
+
+        for ( ;; ) {
+            if (mxj_sync_stopping(s)) {
+                pthread_mutex_unlock(&s->mutex);
+                mxj_sync_log("stopped");
+                return MXJ_EXIT_OK;
+            }
+
+            now = mxj_sync_mono_ms();
+            all = (now >= next);
+            dirty = 0;
+
+            for (i = 0; i < s->nrooms; i++) {
+                dirty |= s->rooms[i].dirty;
+            }
+
+            if (all || dirty) {
+                break;
+            }
+
+            ts.tv_sec = next / 1000;
+            ts.tv_nsec = (next % 1000) * 1000000;
+            pthread_cond_timedwait(&s->cond, &s->mutex, &ts);
+        }
+
+        pthread_mutex_unlock(&s->mutex);
+
+        start = mxj_sync_mono_ms();
+        ok = mxj_sync_round(s, all);
+
+        if (s->every == 0) {
+            return ok ? MXJ_EXIT_OK : MXJ_EXIT_FAIL;
+        }
+
+        if (all) {
+            next = start + s->every;
+        }
+
+        if (s->as_listen != NULL && mxj_sync_as_register(s) != 0) {
+            mxj_sync_log("the registration %s could not be written again",
+                         s->registration);
+        }
+    }
+}
+
+
+/* Every room (all), or those a push marked. 1 when each one synced. */
+
+static int
+mxj_sync_round(mxj_sync_t *s, int all)
+{
+    int               ok, dirty;
+    char              why[MXJ_SYNC_WHY_LEN];
+    size_t            i;
+    mxj_sync_room_t  *room;
+
+    ok = 1;
+
+    for (i = 0; i < s->nrooms; i++) {
+        room = &s->rooms[i];
+
+        pthread_mutex_lock(&s->mutex);
+        dirty = room->dirty;
+        pthread_mutex_unlock(&s->mutex);
+
+        if (!all && !dirty) {
+            continue;
+        }
+
+        if (mxj_sync_stopping(s)) {
+            ok = 0;
+            break;
+        }
+
+        if (mxj_sync_pass(s, room, why, sizeof(why)) != 0) {
+            mxj_sync_log("room=%s failed: %s (its snapshot stays as it was)",
+                         room->id ? room->id : room->arg, why);
+            ok = 0;
+        }
+    }
+
+    return ok;
+}
+
+
+/* --- small things the sync files share --------------------------------- */
+
+/* One line on standard error, written at once (threads share it). */
+
+void
+mxj_sync_log(const char *fmt, ...)
+{
+    int      n;
+    char     line[MXJ_SYNC_LOG_MAX];
+    va_list  args;
+
+    memcpy(line, "sync: ", 6);
+
+    va_start(args, fmt);
+    n = vsnprintf(line + 6, sizeof(line) - 7, fmt, args);
+    va_end(args);
+
+    if (n < 0) {
+        return;
+    }
+
+    n += 6;
+
+    if (n > (int) sizeof(line) - 2) {
+        n = sizeof(line) - 2;
+    }
+
+    line[n++] = '\n';
+
+    fwrite(line, 1, n, stderr);
+}
+
+
+int64_t
+mxj_sync_mono_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+int64_t
+mxj_sync_wall_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+int
+mxj_sync_stopping(mxj_sync_t *s)
+{
+    return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE);
+}
+
+
+static void
+mxj_sync_set_stop(mxj_sync_t *s)
+{
+    pthread_mutex_lock(&s->mutex);
+    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&s->cond);
+    pthread_mutex_unlock(&s->mutex);
+}
+
+
+int
+mxj_sync_sleep(mxj_sync_t *s, long ms)
+{
+    long             slice;
+    struct timespec  ts;
+
+    while (ms > 0) {
+        if (mxj_sync_stopping(s)) {
+            return 1;
+        }
+
+        slice = ms < MXJ_SYNC_SLICE_MS ? ms : MXJ_SYNC_SLICE_MS;
+        ts.tv_sec = slice / 1000;
+        ts.tv_nsec = (slice % 1000) * 1000000;
+        nanosleep(&ts, NULL);
+        ms -= slice;
+    }
+
+    return mxj_sync_stopping(s);
+}
+
+
+static void *
+mxj_sync_signals(void *data)
+{
+    int          signo;
+    sigset_t     set;
+    mxj_sync_t  *s = data;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+
+    for ( ;; ) {
+        if (sigwait(&set, &signo) != 0) {
+            continue;
+        }
+
+        mxj_sync_log("%s: stopping after the room being synced",
+                     signo == SIGTERM ? "SIGTERM" : "SIGINT");
+        mxj_sync_set_stop(s);
+    }
+
+    return NULL;
+}

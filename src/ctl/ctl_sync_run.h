@@ -1,0 +1,194 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * matrix-join-ctl sync at run time: the command's state, the federation
+ * client (ctl_sync_http.c), one room's pass (ctl_sync_pass.c) and the
+ * Application Service listener (ctl_sync_as.c). The pure pieces are in
+ * ctl_sync.h.
+ */
+
+#ifndef MXJ_CTL_SYNC_RUN_H
+#define MXJ_CTL_SYNC_RUN_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <curl/curl.h>
+
+#include "ctl_redis.h"
+#include "ctl_sync.h"
+#include "mx_crypto.h"
+#include "mx_keyfile.h"
+
+
+#define MXJ_SYNC_INTERVAL_MS     125     /* 8 requests a second at most */
+#define MXJ_SYNC_INTERVAL_MAX    2000    /* after 429s */
+#define MXJ_SYNC_RETRY_MAX       10      /* 429s in a row for one request */
+#define MXJ_SYNC_RETRY_WAIT_MAX  60000   /* ms, a retry_after_ms cap */
+#define MXJ_SYNC_BODY_MAX        (1024LL * 1024 * 1024)   /* an answer */
+#define MXJ_SYNC_WHY_LEN         1024
+
+
+/* --- the federation client (ctl_sync_http.c) --------------------------- */
+
+typedef struct mxj_sync_s  mxj_sync_t;
+
+typedef struct {
+    CURL                     *curl;
+    const char               *url;          /* --homeserver */
+    const char               *path;         /* its path, before each URI */
+    size_t                    path_len;
+    const char               *name;         /* origin and destination */
+    const mx_signing_key_t   *key;
+    long                      timeout;
+    mxj_sync_t               *sync;         /* for a stop during waits */
+
+    int64_t                   next_ms;      /* monotonic: not before */
+    long                      interval;     /* ms between requests */
+
+    mx_buf_t                  body;         /* the last answer */
+    long                      status;
+    char                      err[CURL_ERROR_SIZE + 128];
+    int                       too_big;
+
+    uint64_t                  requests;     /* counters for the log */
+    uint64_t                  bytes_in;
+} mxj_sync_http_t;
+
+int mxj_sync_http_init(mxj_sync_http_t *h, mxj_sync_t *s);
+void mxj_sync_http_free(mxj_sync_http_t *h);
+
+/*
+ * One request to the homeserver (uri: path and query, escaped), signed as
+ * NAME unless unsigned; content is the JSON body or NULL. A 429 is waited
+ * out (retry_after_ms) and the request sent again. The status, or 0 with
+ * h->err set (no answer, or a stop); the answer in h->body.
+ */
+long mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
+    const char *uri, const json_t *content, int sign);
+
+/* "403 M_FORBIDDEN: You are banned" for the last answer, into why. */
+void mxj_sync_http_why(mxj_sync_http_t *h, const char *what, char *why,
+    size_t len);
+
+
+/* --- server keys, from the homeserver's notary (ctl_sync_http.c) -------- */
+
+typedef struct {
+    char                      key_id[MX_KEY_ID_MAX];
+    uint8_t                   pk[MX_ED25519_PK_LEN];
+    int64_t                   valid_until;  /* ms; INT64_MAX: no limit */
+} mxj_sync_key_t;
+
+typedef struct {
+    char                     *server;
+    mxj_sync_key_t           *keys;
+    size_t                    nkeys;
+    int64_t                   fetched;      /* monotonic ms, 0: never */
+    char                     *why;          /* why it has no keys */
+} mxj_sync_server_t;
+
+typedef struct {
+    mxj_sync_map_t            servers;      /* name -> mxj_sync_server_t */
+} mxj_sync_keyring_t;
+
+/* Keys that need no fetch: NAME's, from the key file. */
+int mxj_sync_keyring_add(mxj_sync_keyring_t *ring, const char *server,
+    const char *key_id, const uint8_t pk[MX_ED25519_PK_LEN],
+    int64_t valid_until);
+
+/*
+ * POST /_matrix/key/v2/query for the servers of want whose keys are not
+ * known or older than an hour, all at once; each key document's
+ * self-signature checked. 0, or -1 with why set (the notary did not
+ * answer; a server it has no good document of is no error here: its
+ * events fail their signature check).
+ */
+int mxj_sync_keyring_fetch(mxj_sync_keyring_t *ring, mxj_sync_http_t *h,
+    const mxj_sync_ids_t *want, char *why, size_t len);
+
+/* The lookup of mx_event_check_signatures; data is the keyring. */
+int mxj_sync_keyring_lookup(void *data, const char *server,
+    const char *key_id, uint8_t pk[MX_ED25519_PK_LEN],
+    int64_t *valid_until_ts);
+
+/* Why server has no keys, or NULL. */
+const char *mxj_sync_keyring_why(mxj_sync_keyring_t *ring,
+    const char *server);
+
+void mxj_sync_keyring_free(mxj_sync_keyring_t *ring);
+
+
+/* --- the command ------------------------------------------------------- */
+
+typedef struct {
+    char                     *arg;          /* as given */
+    char                     *alias;        /* the alias given, or NULL */
+    char                     *id;           /* the room ID, NULL until
+                                               resolved */
+    int                       same_as;      /* another arg's room: -1 */
+
+    /* what the last pass of this process left (a cache of Redis) */
+    mxj_sync_pool_t           pool;
+    char                      generation[33];
+
+    /* under sync->mutex */
+    int                       dirty;        /* an auth-relevant push */
+    unsigned long             pushes;       /* auth-relevant pushes */
+} mxj_sync_room_t;
+
+
+struct mxj_sync_s {
+    mxj_redis_t               r;
+    const char               *homeserver;
+    const char               *name;
+    const char               *key_path;
+    mx_signing_key_t          keys[MX_KEYFILE_MAX_KEYS];
+    size_t                    nkeys;
+    long long                 every;        /* ms, 0: one pass */
+    mxj_sync_ids_t            users;        /* --user */
+    long                      confirm_passes;
+    long                      timeout;
+    const char               *as_listen;
+    const char               *registration;
+
+    mxj_sync_room_t          *rooms;
+    size_t                    nrooms;
+
+    mxj_sync_http_t           http;
+    mxj_sync_keyring_t        keyring;
+
+    pthread_mutex_t           mutex;
+    pthread_cond_t            cond;
+    int                       stop;         /* __atomic */
+
+    /* the Application Service listener */
+    int                       as_fd;
+    pthread_t                 as_tid;
+    int                       as_started;
+    char                      as_token[MXJ_SYNC_TOKEN_MAX + 1];
+    char                      hs_token[MXJ_SYNC_TOKEN_MAX + 1];
+    char                     *as_url;
+    mxj_sync_ids_t            registered;   /* the room IDs written */
+};
+
+
+void mxj_sync_log(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+int mxj_sync_stopping(mxj_sync_t *s);
+int64_t mxj_sync_mono_ms(void);
+int64_t mxj_sync_wall_ms(void);
+
+/* Sleeps ms, in slices; 1 when a stop cut it short. */
+int mxj_sync_sleep(mxj_sync_t *s, long ms);
+
+/* One room's pass (docs/sync.md "One pass, per room"): 0, or -1 with why. */
+int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
+    size_t len);
+
+/* The Application Service listener. */
+int mxj_sync_as_bind(mxj_sync_t *s);
+int mxj_sync_as_start(mxj_sync_t *s);
+void mxj_sync_as_stop(mxj_sync_t *s);
+int mxj_sync_as_register(mxj_sync_t *s);
+
+#endif /* MXJ_CTL_SYNC_RUN_H */
