@@ -4,8 +4,10 @@
  * matrix-join-ctl rooms --redis ADDRESS [--prefix P]
  *
  * Read-only views of what load wrote (docs/redis-schema.md): one room's
- * meta, extremities and aliases, with the number of edge joins that
- * send_join added since the load; or one line per room.
+ * meta (its age; for a room sync keeps, where from and how many edge
+ * joins it found unconfirmed), extremities and aliases, with the number
+ * of edge joins that send_join added since the load; or one line per
+ * room.
  */
 
 #include <stdio.h>
@@ -43,6 +45,9 @@ mxj_cmd_show(int argc, char **argv)
         "room_version", "create_event_id", "state_events", "member_events",
         "members", "auth_chain", "bytes", "extremities", "max_depth",
         "generation", NULL
+    };
+    static const char  *synced[] = {
+        "synced_from", "unconfirmed", "stale", NULL
     };
     const char        **f;
 
@@ -130,6 +135,17 @@ mxj_cmd_show(int argc, char **argv)
         strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
         mxj_show_age(age, sizeof(age), now - at);
         printf("loaded_at: %s (%s, %s ago)\n", v, when, age);
+        printf("age_ms: %lld\n", now - at);
+    }
+
+    /* what sync adds: where from, joins it found unconfirmed; a mark */
+
+    for (f = synced; *f; f++) {
+        v = mxj_show_field(meta, *f);
+
+        if (v != NULL) {
+            printf("%s: %s\n", *f, v);
+        }
     }
 
     v = mxj_show_field(meta, "heroes");
