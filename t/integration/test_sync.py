@@ -947,11 +947,12 @@ def test_changes_reach_the_edge(nginx, redis_server, hs_factory, edges):
     assert client.hget(key(room.room_id, "delivered"), eid) is None
 
 
-def test_new_members_incremental_fetch(redis_server, hs_factory):
+@pytest.mark.parametrize("version", ["1", "10", "12"])
+def test_new_members_incremental_fetch(redis_server, hs_factory, version):
     """A few new members: the incremental pass asks /state_ids and the
     new events alone (/event), never the whole /state; many (over 50)
     new members: one /state. At most 8 requests a second."""
-    hs = hs_factory(members=60, servers=5)
+    hs = hs_factory(members=60, servers=5, version=version)
     room = hs.room
     client = redis_server.client()
     synced(redis_server, hs, room.room_id)
@@ -1341,6 +1342,51 @@ def test_undelivered_join_always_kept(nginx, redis_server, hs_factory,
         assert st[canonical(["m.room.member", j.user])] == eid
     assert meta_of(client, rid).get("unconfirmed", "0") == "0"
     assert fw.outbox_ids(client, rid) == [eid]
+
+
+def test_kept_join_replaces_the_users_event(nginx, redis_server,
+                                            hs_factory, edges):
+    """An undelivered edge join of a user who left upstream, kept on top
+    of a pass that brings upstream changes: the join replaces the user's
+    leave in the state, the leave joins the auth chain, the join stays a
+    forward extremity beside the homeserver's E, and the counts follow;
+    a send_join at the edge afterwards answers that state."""
+    hs = hs_factory(members=25, servers=3)
+    room = hs.room
+    rid = room.room_id
+    edge = edges(nginx, redis_server, hs).start()
+    client = redis_server.client()
+    carol = Joiner(edge.remote, "carol")
+    hs.add_members(users=[carol.user])
+    leave = hs.leave(carol.user)[0]
+    synced(redis_server, hs, rid)
+    check_snapshot(client, hs)
+    ev, eid, _ = edge.join(room, carol)
+    new = hs.add_members(2)
+    synced(redis_server, hs, rid)
+
+    st = hgetall(client, key(rid, "state"))
+    assert st[canonical(["m.room.member", carol.user])] == eid
+    assert hgetall(client, key(rid, "member"))[carol.user] == "join"
+    ext = set(hgetall(client, key(rid, "extrem")))
+    assert ext == {eid, new[-1]}, (ext, eid, new[-1])
+    auth = set()
+    for chunk in client.lrange(key(rid, "auth"), 0, -1):
+        auth |= {mxj_room.event_id(room.version, x)
+                 for x in json.loads(b"[" + chunk + b"]")}
+    assert leave in auth, "the replaced leave is not in the auth chain"
+    e = expected_snapshot(room)
+    meta = meta_of(client, rid)
+    assert meta["members"] == str(e["joined"] + 1), meta
+    assert meta["member_events"] == str(len(e["members"])), meta
+    assert meta["state_events"] == str(len(e["state_ids"])), meta
+    assert meta["extremities"] == "2", meta
+    # the edge answers a join on top of it with that state
+    joiner = edge.joiner()
+    status, doc = edge.make_join(room, joiner.user)
+    assert status == 200, doc
+    assert set(mxj_joiner.ref_ids(doc["event"]["prev_events"])) == \
+        {eid, new[-1]}
 
 
 # ============================================================================

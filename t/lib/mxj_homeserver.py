@@ -168,6 +168,7 @@ class Hit:
         self.t = t                  # time.monotonic() at arrival
         self.wall_ms = wall_ms
         self.retry_after_ms = None  # of a 429
+        self.dur = 0.0              # seconds spent making the answer
 
     def __repr__(self):
         return (f"<Hit {self.endpoint} {self.method} {self.target[:90]} "
@@ -837,6 +838,7 @@ class Homeserver(_Base):
                       len(req.body or b""), len(body), t, wall)
             if status == 429 and isinstance(obj, dict):
                 hit.retry_after_ms = obj.get("retry_after_ms")
+            hit.dur = time.monotonic() - t
             self.hits.append(hit)
         return status, [("Content-Type", "application/json")] + headers, \
             body
