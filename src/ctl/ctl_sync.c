@@ -493,13 +493,26 @@ static int
 mxj_sync_loop(mxj_sync_t *s)
 {
     int              ok, all, dirty;
+    char             why[MXJ_SYNC_WHY_LEN];
     size_t           i;
     int64_t          next, now, start;
     struct timespec  ts;
 
     next = mxj_sync_mono_ms();
 
+    /* the registration names room IDs: the aliases resolved first */
+
     if (s->as_listen != NULL) {
+        for (i = 0; i < s->nrooms && !mxj_sync_stopping(s); i++) {
+            if (s->rooms[i].alias != NULL
+                && mxj_sync_resolve_room(s, &s->rooms[i], why, sizeof(why))
+                   != 0)
+            {
+                mxj_sync_log("alias %s: %s (not in the registration until "
+                             "it resolves)", s->rooms[i].alias, why);
+            }
+        }
+
         if (mxj_sync_as_register(s) != 0 || mxj_sync_as_start(s) != 0) {
             return MXJ_EXIT_FAIL;
         }

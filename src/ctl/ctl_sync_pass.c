@@ -407,6 +407,23 @@ mxj_sync_uri(mx_buf_t *out, const char *a, const char *b, const char *c,
 
 /* --- 1. the room ------------------------------------------------------- */
 
+int
+mxj_sync_resolve_room(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
+    size_t len)
+{
+    mxj_sync_pass_t  p;
+
+    memset(&p, 0, sizeof(mxj_sync_pass_t));
+    p.s = s;
+    p.room = room;
+    p.why = why;
+    p.len = len;
+    why[0] = '\0';
+
+    return mxj_sync_resolve(&p);
+}
+
+
 static int
 mxj_sync_resolve(mxj_sync_pass_t *p)
 {

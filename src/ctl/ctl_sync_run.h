@@ -185,6 +185,10 @@ int mxj_sync_sleep(mxj_sync_t *s, long ms);
 int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
     size_t len);
 
+/* The room ID of an alias, by the directory query (step 1 alone). */
+int mxj_sync_resolve_room(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
+    size_t len);
+
 /* The Application Service listener. */
 int mxj_sync_as_bind(mxj_sync_t *s);
 int mxj_sync_as_start(mxj_sync_t *s);
