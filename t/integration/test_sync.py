@@ -1389,6 +1389,67 @@ def test_kept_join_replaces_the_users_event(nginx, redis_server,
         {eid, new[-1]}
 
 
+def test_joins_during_passes_are_kept(nginx, redis_server, hs_factory,
+                                      edges):
+    """Joins accepted at the edge while passes run (a 2,000-member room,
+    the room moving upstream before each pass, so that each pass loads):
+    none delivered, so after one more pass every accepted join is in the
+    snapshot ("a join not yet delivered is always kept"), whether it came
+    before, during or after a pass's copy of edge_pdu and its switch."""
+    import threading
+    hs = hs_factory(members=2000, servers=20)
+    room = hs.room
+    rid = room.room_id
+    edge = edges(nginx, redis_server, hs).start()
+    client = redis_server.client()
+    synced(redis_server, hs, rid)
+    stop = threading.Event()
+    accepted, refused = [], []
+
+    def joins():
+        while not stop.is_set():
+            j = edge.joiner()
+            try:
+                _, eid, _ = edge.join(room, j)
+                accepted.append((j.user, eid, time.monotonic()))
+            except AssertionError as e:
+                refused.append(str(e)[:200])
+            stop.wait(0.01)
+
+    th = threading.Thread(target=joins, daemon=True)
+    th.start()
+    spans = []
+    try:
+        for k in range(5):
+            hs.message(f"moving on {k}")
+            t0 = time.monotonic()
+            synced(redis_server, hs, rid)
+            spans.append((t0, time.monotonic()))
+    finally:
+        stop.set()
+        th.join(30)
+    during = [a for a in accepted
+              if any(t0 <= a[2] <= t1 for t0, t1 in spans)]
+    assert len(during) >= 5, f"only {len(during)} joins during passes " \
+        f"(refused: {refused[:3]})"
+    hs.message("last")
+    synced(redis_server, hs, rid)
+    st = hgetall(client, key(rid, "state"))
+    lost = [(u, e, t) for u, e, t in accepted
+            if st.get(canonical(["m.room.member", u])) != e]
+    in_outbox = set(fw.outbox_ids(client, rid))
+    unconfirmed = {text(k) for k in client.hkeys(key(rid, "unconfirmed"))}
+    lost_during = [x for x in lost if x in during]
+    assert not lost, \
+        f"{len(lost)} of {len(accepted)} joins accepted at the edge are " \
+        f"not in the snapshot ({len(lost_during)} of them accepted while " \
+        f"a pass ran, of {len(during)} accepted then); still in the " \
+        f"outbox: {sum(1 for x in lost if x[1] in in_outbox)}, in " \
+        f"P{{R}}:unconfirmed: " \
+        f"{sum(1 for x in lost if x[1] in unconfirmed)}; first " \
+        f"{[x[:2] for x in lost[:2]]}"
+
+
 # ============================================================================
 # 6. Forged events
 # ============================================================================
