@@ -210,13 +210,13 @@ def auth_refs(ev):
 def check_snapshot(client, hs, room=None, extremity=None):
     """Every key docs/redis-schema.md defines for the room equals what the
     generated room says its state is now, byte for byte, with one
-    forward extremity: E (or one of the deepest, when extremity is not
-    given: "the deepest; ties by ID" does not say which end of the tie).
-    Returns the meta."""
+    forward extremity: E (by default the deepest of the homeserver's
+    extremities, the first by ID among ties). Returns the meta."""
     room = room or hs.room
     rid = room.room_id
     e = expected_snapshot(room)
     v = int(room.version)
+    upstream = sorted(room.extremity_ids)
 
     meta = hgetall(client, key(rid, "meta"))
     assert meta, f"no snapshot of {rid}"
@@ -226,9 +226,14 @@ def check_snapshot(client, hs, room=None, extremity=None):
         f"meta.synced_from {meta.get('synced_from')!r}, want {hs.url!r}"
     assert "stale" not in meta, f"a new snapshot marked stale: {meta}"
     ext = hgetall(client, key(rid, "extrem"))
-    cands = [extremity] if extremity else deepest(room)
-    assert len(ext) == 1 and next(iter(ext)) in cands, \
-        f"extremities {sorted(ext)}, want one of {cands}"
+    # "the deepest; ties by ID: the first in byte order"
+    want = extremity or deepest(room)[0]
+    assert list(ext) == [want], \
+        f"extremities {sorted(ext)}, want [{want}] (deepest of " \
+        f"{upstream}: {deepest(room)})"
+    assert meta.get("synced_extremities") == canonical(upstream), \
+        f"meta.synced_extremities {meta.get('synced_extremities')}, " \
+        f"the homeserver's are {upstream}"
     eid = next(iter(ext))
     ev = room.events[eid]
     assert json.loads(ext[eid]) == {
@@ -1076,9 +1081,11 @@ def test_appservice_ban_stops_edge_joins(nginx, redis_server, hs_factory,
     assert reg.get("sender_localpart") == "matrix-join-sync", reg
     assert reg.get("rate_limited") is False, reg
     assert reg.get("url", "").rstrip("/") == f"http://127.0.0.1:{port}", reg
-    assert len(str(reg.get("as_token", ""))) >= 16 and \
-        len(str(reg.get("hs_token", ""))) >= 16 and \
-        reg["as_token"] != reg["hs_token"], reg
+    for t in ("as_token", "hs_token"):
+        assert re.fullmatch(r"[0-9a-f]{64}", str(reg.get(t))), reg
+    assert reg["as_token"] != reg["hs_token"], reg
+    assert reg_path.stat().st_mode & 0o777 == 0o600, \
+        oct(reg_path.stat().st_mode)
     rooms = reg["namespaces"]["rooms"]
     assert len(rooms) == 1 and rooms[0]["exclusive"] is False, rooms
     assert re.fullmatch(rooms[0]["regex"], room.room_id)
@@ -1089,14 +1096,15 @@ def test_appservice_ban_stops_edge_joins(nginx, redis_server, hs_factory,
     except ImportError:
         pass
 
-    # a wrong token is refused and does nothing
-    st, body, _ = hs.push([{"event_id": "$x", "type": "m.room.member",
-                            "state_key": "@x:" + REMOTE,
-                            "sender": room.creator,
-                            "content": {"membership": "ban"},
-                            "room_id": room.room_id,
-                            "origin_server_ts": 1}], token="wrong")
-    assert st in (401, 403), (st, body)
+    # a wrong token (403) or none (401) is refused and does nothing
+    fake = [{"event_id": "$x", "type": "m.room.member",
+             "state_key": "@x:" + REMOTE, "sender": room.creator,
+             "content": {"membership": "ban"}, "room_id": room.room_id,
+             "origin_server_ts": 1}]
+    st, body, _ = hs.push(fake, token="wrong")
+    assert st == 403, (st, body)
+    st, body, _ = hs.push(fake, where="none")
+    assert st == 401, (st, body)
     time.sleep(0.3)
     assert "stale" not in meta_of(client, room.room_id)
 
@@ -1153,6 +1161,23 @@ def test_appservice_ban_stops_edge_joins(nginx, redis_server, hs_factory,
     assert meta_of(client, room.room_id)["generation"] == gen
     assert hs.count("state") + hs.count("state_ids") == sum(
         1 for h in hs.hits[:mark] if h.endpoint in ("state", "state_ids"))
+
+    # started again with the same registration file: the same tokens
+    d.stop()
+    loaded = meta_of(client, room.room_id)["loaded_at"]
+    time.sleep(0.01)
+    d2 = daemons(redis_server, hs, tmp_path, "--every", "1h",
+                 "--appservice-listen", f"127.0.0.1:{port}",
+                 "--registration", reg_path, room.room_id,
+                 name="sync2").start()
+    # its first pass (nothing changed: loaded_at renewed) comes after
+    # the registration is written
+    wait_for("the first pass of the second run", lambda: not d2.running()
+             or meta_of(client, room.room_id)["loaded_at"] != loaded, 30)
+    assert d2.running(), d2.log()
+    again = parse_registration(reg_path.read_text())
+    assert (again["as_token"], again["hs_token"]) == \
+        (reg["as_token"], reg["hs_token"])
 
 
 @pytest.mark.parametrize("change", ["kick", "join_rules", "power_levels",
