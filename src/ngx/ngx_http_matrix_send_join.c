@@ -109,6 +109,8 @@ typedef struct {
 
     /* the chunk lists of the answer: the worker's copy, or this answer's */
     ngx_matrix_chunks_t         *chunks;
+    ngx_uint_t                   filling;   /* this request reads them */
+    ngx_event_t                  wait;      /* for another one's reading */
 } ngx_http_matrix_send_join_ctx_t;
 
 
@@ -146,6 +148,7 @@ static void ngx_http_matrix_send_join_accepted(ngx_http_request_t *r,
     const char *err);
 static ngx_int_t ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
     ngx_http_matrix_send_join_ctx_t *sj, redisReply *res);
+static void ngx_http_matrix_send_join_wait(ngx_event_t *ev);
 static void ngx_http_matrix_send_join_cleanup(void *data);
 
 
@@ -1386,6 +1389,32 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 
+    /*
+     * The worker holds this generation's chunks already: the script alone
+     * will do (it answers "generation" when the snapshot is not the one
+     * they belong to). Else one request reads them from Redis, and the
+     * others wait for its copy rather than read the same megabytes.
+     */
+
+    ngx_matrix_chunks_release(sj->chunks);
+    sj->chunks = ngx_matrix_chunks_get(&sj->room_id, sj->generation,
+                                       sj->omit);
+
+    if (sj->chunks == NULL && !sj->filling) {
+        if (!ngx_matrix_chunks_fill_start(&sj->room_id, sj->generation,
+                                          sj->omit,
+                                          mmcf->redis.timeout + 500))
+        {
+            sj->wait.handler = ngx_http_matrix_send_join_wait;
+            sj->wait.data = r;
+            sj->wait.log = r->connection->log;
+            ngx_add_timer(&sj->wait, 5);
+            return;
+        }
+
+        sj->filling = 1;
+    }
+
     if (ngx_http_matrix_send_join_authorization(r, &authz) != NGX_OK) {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -1459,16 +1488,6 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
            sj->authoriser ? ngx_strlen(sj->authoriser) : 0);
 
 #undef SJ_ARG
-
-    /*
-     * The worker holds this generation's chunks already: the script alone.
-     * They cannot have changed: the script answers "generation" when the
-     * snapshot is not the one they belong to.
-     */
-
-    ngx_matrix_chunks_release(sj->chunks);
-    sj->chunks = ngx_matrix_chunks_get(&sj->room_id, sj->generation,
-                                       sj->omit);
 
     if (sj->chunks) {
         rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT,
@@ -1566,6 +1585,13 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     sj = ctx->data;
+
+    if (sj->filling && sj->chunks == NULL) {
+        /* whatever came, the waiting requests look again (the copy is
+         * made below, before any of them runs) */
+        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, sj->omit);
+        sj->filling = 0;
+    }
 
     if (status != NGX_MATRIX_REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -2043,12 +2069,36 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
 
 
 static void
+ngx_http_matrix_send_join_wait(ngx_event_t *ev)
+{
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    r = ev->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    ngx_http_matrix_send_join_accept(r, ctx);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
 ngx_http_matrix_send_join_cleanup(void *data)
 {
     ngx_http_matrix_send_join_ctx_t *sj = data;
 
     ngx_uint_t   i;
     char       **s;
+
+    if (sj->wait.timer_set) {
+        ngx_del_timer(&sj->wait);
+    }
+
+    if (sj->filling) {
+        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, sj->omit);
+    }
 
     ngx_matrix_chunks_release(sj->chunks);
     json_decref(sj->content);

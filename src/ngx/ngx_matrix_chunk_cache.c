@@ -11,6 +11,20 @@
 #include "ngx_matrix_chunk_cache.h"
 
 
+#define NGX_MATRIX_CHUNKS_FILLS  32
+
+
+/* a read of chunks from Redis in progress */
+typedef struct {
+    u_char                       key[NGX_MAX_ERROR_STR];
+    size_t                       key_len;
+    ngx_msec_t                   started;
+    ngx_uint_t                   used;
+} ngx_matrix_chunks_fill_t;
+
+
+static ngx_matrix_chunks_fill_t  ngx_matrix_chunks_fills[NGX_MATRIX_CHUNKS_FILLS];
+
 static ngx_queue_t  ngx_matrix_chunks_lru;     /* most recent at the head */
 static ngx_uint_t   ngx_matrix_chunks_init;
 static size_t       ngx_matrix_chunks_total;
@@ -281,5 +295,89 @@ ngx_matrix_chunks_free_all(void)
     while (!ngx_queue_empty(&ngx_matrix_chunks_lru)) {
         q = ngx_queue_head(&ngx_matrix_chunks_lru);
         ngx_matrix_chunks_unlink(ngx_queue_data(q, ngx_matrix_chunks_t, lru));
+    }
+}
+
+
+static ngx_matrix_chunks_fill_t *
+ngx_matrix_chunks_fill_find(u_char *key, size_t len)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_MATRIX_CHUNKS_FILLS; i++) {
+        if (ngx_matrix_chunks_fills[i].used
+            && ngx_matrix_chunks_fills[i].key_len == len
+            && ngx_memcmp(ngx_matrix_chunks_fills[i].key, key, len) == 0)
+        {
+            return &ngx_matrix_chunks_fills[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+ngx_uint_t
+ngx_matrix_chunks_fill_start(ngx_str_t *room, const char *generation,
+    ngx_uint_t partial, ngx_msec_t max_wait)
+{
+    u_char                     key[NGX_MAX_ERROR_STR];
+    size_t                     len;
+    ngx_uint_t                 i;
+    ngx_matrix_chunks_fill_t  *f;
+
+    len = ngx_matrix_chunks_key(NULL, room, generation, partial);
+    if (len > sizeof(key)) {
+        return 1;
+    }
+
+    (void) ngx_matrix_chunks_key(key, room, generation, partial);
+
+    f = ngx_matrix_chunks_fill_find(key, len);
+
+    if (f) {
+        if (ngx_current_msec - f->started < max_wait) {
+            return 0;
+        }
+
+        /* that reader is late: this one reads too, and owns the slot */
+        f->started = ngx_current_msec;
+        return 1;
+    }
+
+    for (i = 0; i < NGX_MATRIX_CHUNKS_FILLS; i++) {
+        f = &ngx_matrix_chunks_fills[i];
+
+        if (!f->used) {
+            ngx_memcpy(f->key, key, len);
+            f->key_len = len;
+            f->started = ngx_current_msec;
+            f->used = 1;
+            return 1;
+        }
+    }
+
+    return 1;       /* no slot: read without telling others */
+}
+
+
+void
+ngx_matrix_chunks_fill_end(ngx_str_t *room, const char *generation,
+    ngx_uint_t partial)
+{
+    u_char                     key[NGX_MAX_ERROR_STR];
+    size_t                     len;
+    ngx_matrix_chunks_fill_t  *f;
+
+    len = ngx_matrix_chunks_key(NULL, room, generation, partial);
+    if (len > sizeof(key)) {
+        return;
+    }
+
+    (void) ngx_matrix_chunks_key(key, room, generation, partial);
+
+    f = ngx_matrix_chunks_fill_find(key, len);
+    if (f) {
+        f->used = 0;
     }
 }

@@ -62,6 +62,19 @@ ngx_matrix_chunks_t *ngx_matrix_chunks_from_replies(ngx_str_t *room,
 
 void ngx_matrix_chunks_release(ngx_matrix_chunks_t *ch);
 
+/*
+ * One reader of a generation's chunks at a time: the first answer after a
+ * load reads them from Redis while the others wait for the copy instead of
+ * asking Redis for the same megabytes. fill_start() returns 1 when the
+ * caller is now the reader, 0 when another reader started less than
+ * max_wait ms ago; fill_end() is called by the reader when its reply came
+ * (or its request ended).
+ */
+ngx_uint_t ngx_matrix_chunks_fill_start(ngx_str_t *room,
+    const char *generation, ngx_uint_t partial, ngx_msec_t max_wait);
+void ngx_matrix_chunks_fill_end(ngx_str_t *room, const char *generation,
+    ngx_uint_t partial);
+
 /* Bytes and entries held by this worker, for matrix_status. */
 size_t ngx_matrix_chunks_bytes(void);
 ngx_uint_t ngx_matrix_chunks_entries(void);
