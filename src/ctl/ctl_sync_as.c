@@ -10,7 +10,9 @@
  * The listener is a small HTTP/1.1 server on a blocking socket in its own
  * thread: one connection at a time, answered and closed ("Connection:
  * close"), the head at most 16 KiB, the body at most 1 MiB, each
- * connection given 10 s in all. The homeserver is its only client.
+ * connection given 10 s in all and 2 s between reads; what cannot start
+ * a request line is refused at its first byte. The homeserver is its only
+ * client.
  */
 
 #include <errno.h>
@@ -33,7 +35,8 @@
 
 #define MXJ_SYNC_AS_BODY_MAX    (1024 * 1024)
 #define MXJ_SYNC_AS_HEAD_MAX    16384
-#define MXJ_SYNC_AS_CONN_MS     10000
+#define MXJ_SYNC_AS_CONN_MS     10000   /* a connection in all */
+#define MXJ_SYNC_AS_IDLE_MS     2000    /* and between two reads */
 #define MXJ_SYNC_AS_POLL_MS     200
 #define MXJ_SYNC_AS_TXNS        1024    /* transaction IDs remembered */
 
@@ -200,10 +203,10 @@ mxj_sync_as_register(mxj_sync_t *s)
     free(tmp);
     mx_buf_free(&out);
 
-    mxj_sync_log("wrote the application service registration %s (%zu rooms%s)"
+    mxj_sync_log("wrote the application service registration %s (%zu room%s%s)"
                  ": the homeserver reads it at start "
                  "(app_service_config_files)", s->registration, ids.n,
-                 s->registered.n ? ", changed" : "");
+                 ids.n == 1 ? "" : "s", s->registered.n ? ", changed" : "");
 
     mxj_sync_ids_free(&s->registered);
     s->registered = ids;
@@ -448,9 +451,8 @@ mxj_sync_as_conn(mxj_sync_as_t *as, int fd)
             goto done;
         }
 
-        if (len >= MXJ_SYNC_AS_HEAD_MAX
-            || mxj_sync_as_read(fd, buf, MXJ_SYNC_AS_HEAD_MAX, &len,
-                                deadline) != 0)
+        if (mxj_sync_as_read(fd, buf, MXJ_SYNC_AS_HEAD_MAX, &len, deadline)
+            != 0)
         {
             goto done;          /* gone, silent or too slow: no answer */
         }
@@ -553,6 +555,10 @@ mxj_sync_as_read(int fd, char *buf, size_t cap, size_t *len,
 
         if (left <= 0) {
             return -1;
+        }
+
+        if (left > MXJ_SYNC_AS_IDLE_MS) {
+            left = MXJ_SYNC_AS_IDLE_MS;
         }
 
         pfd.fd = fd;

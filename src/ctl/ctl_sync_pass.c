@@ -156,7 +156,8 @@ static int mxj_sync_resolve(mxj_sync_pass_t *p);
 static int mxj_sync_keys(mxj_sync_pass_t *p);
 static int mxj_sync_read(mxj_sync_pass_t *p);
 static const char *mxj_sync_meta(mxj_sync_pass_t *p, const char *name);
-static int mxj_sync_in(redisReply *list, const char *id, int pairs);
+static int mxj_sync_index(mxj_sync_map_t *m, redisReply *list,
+    size_t step);
 static int mxj_sync_make_join(mxj_sync_pass_t *p);
 static int mxj_sync_try_make_join(mxj_sync_pass_t *p, const char *user,
     int *next);
@@ -595,18 +596,19 @@ mxj_sync_meta(mxj_sync_pass_t *p, const char *name)
 }
 
 
-/* Whether id is in a reply's list (pairs: the fields of an HGETALL). */
+/* The strings of a reply's list (step 2: the fields of an HGETALL) as a set. */
 
 static int
-mxj_sync_in(redisReply *list, const char *id, int pairs)
+mxj_sync_index(mxj_sync_map_t *m, redisReply *list, size_t step)
 {
     size_t  i;
 
-    for (i = 0; i < list->elements; i += pairs ? 2 : 1) {
+    for (i = 0; i < list->elements; i += step) {
         if (list->element[i]->type == REDIS_REPLY_STRING
-            && strcmp(list->element[i]->str, id) == 0)
+            && mxj_sync_map_put(m, list->element[i]->str,
+                                list->element[i]) != 0)
         {
-            return 1;
+            return -1;
         }
     }
 
@@ -811,20 +813,35 @@ mxj_sync_joins(mxj_sync_pass_t *p)
     json_t           *rec, *pdu, *passes;
     mx_err_t          err;
     redisReply       *list;
+    mxj_sync_map_t    delivered, queued;
     mxj_sync_join_t  *j;
 
     list = p->read->element[2];
+
+    memset(&delivered, 0, sizeof(mxj_sync_map_t));
+    memset(&queued, 0, sizeof(mxj_sync_map_t));
+
+    if (p->njoins > 0
+        && (mxj_sync_index(&delivered, p->delivered, 2) != 0
+            || mxj_sync_index(&queued, p->outbox, 1) != 0))
+    {
+        mxj_sync_map_free(&delivered);
+        mxj_sync_map_free(&queued);
+        return mxj_sync_fail(p, "out of memory");
+    }
 
     for (i = 0; i < p->njoins; i++) {
         j = &p->joins[i];
         j->id = strdup(list->element[2 * i]->str);
 
         if (j->id == NULL) {
+            mxj_sync_map_free(&delivered);
+            mxj_sync_map_free(&queued);
             return mxj_sync_fail(p, "out of memory");
         }
 
-        j->delivered = mxj_sync_in(p->delivered, j->id, 1);
-        j->queued = mxj_sync_in(p->outbox, j->id, 0);
+        j->delivered = (mxj_sync_map_get(&delivered, j->id) != NULL);
+        j->queued = (mxj_sync_map_get(&queued, j->id) != NULL);
 
         rec = mx_json_parse(list->element[2 * i + 1]->str,
                             list->element[2 * i + 1]->len, 0, &err);
@@ -852,9 +869,14 @@ mxj_sync_joins(mxj_sync_pass_t *p)
         j->ev = mxj_sync_ev_new(p->rv, j->json, j->id, &err);
 
         if (j->pdu == NULL || j->ev == NULL) {
+            mxj_sync_map_free(&delivered);
+            mxj_sync_map_free(&queued);
             return mxj_sync_fail(p, "edge join %s: %s", j->id, err.text);
         }
     }
+
+    mxj_sync_map_free(&delivered);
+    mxj_sync_map_free(&queued);
 
     return 0;
 }
@@ -2138,9 +2160,11 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
     int64_t           now;
     redisReply       *reply;
     redisContext     *c;
+    mxj_sync_map_t    joins;
     mxj_sync_join_t  *j;
 
     c = p->s->r.c;
+    memset(&joins, 0, sizeof(mxj_sync_map_t));
     now = mxj_sync_wall_ms();
     cmds = 0;
 
@@ -2183,14 +2207,14 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
         cmds++;
     }
 
-    for (k = 0; k + 1 < p->delivered->elements; k += 2) {
-        for (i = 0; i < p->njoins; i++) {
-            if (strcmp(p->joins[i].id, p->delivered->element[k]->str) == 0) {
-                break;
-            }
+    for (i = 0; i < p->njoins; i++) {
+        if (mxj_sync_map_put(&joins, p->joins[i].id, &p->joins[i]) != 0) {
+            break;
         }
+    }
 
-        if (i == p->njoins
+    for (k = 0; i == p->njoins && k + 1 < p->delivered->elements; k += 2) {
+        if (mxj_sync_map_get(&joins, p->delivered->element[k]->str) == NULL
             && atoll(p->delivered->element[k + 1]->str)
                < now - MXJ_SYNC_ORPHAN_MS)
         {
@@ -2201,6 +2225,7 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
     }
 
     mx_buf_free(&v);
+    mxj_sync_map_free(&joins);
 
     redisAppendCommand(c, "EXEC");
 

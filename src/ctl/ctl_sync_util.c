@@ -357,9 +357,29 @@ mxj_sync_http_parse(const char *buf, size_t len, mxj_sync_http_req_t *req,
     }
 
     if (n == 0) {
-        if (len > MXJ_SYNC_HEAD_MAX) {
+        if (len >= MXJ_SYNC_HEAD_MAX) {
             *why = "request head too large";
             return -1;
+        }
+
+        /* what came so far must be able to start a request line */
+
+        for (i = 0; i < len && buf[i] != ' '; i++) {
+            if (!isupper((unsigned char) buf[i]) || i >= 16) {
+                *why = "bad request method";
+                return -1;
+            }
+        }
+
+        for (i++; i < len && buf[i] != ' ' && buf[i] != '\r'
+                  && buf[i] != '\n'; i++)
+        {
+            if ((unsigned char) buf[i] <= 0x20
+                || (unsigned char) buf[i] >= 0x7f)
+            {
+                *why = "bad request target";
+                return -1;
+            }
         }
 
         return 1;

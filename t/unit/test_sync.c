@@ -207,7 +207,24 @@ test_http_parse(void **state)
     assert_true(req.expect_continue);
     assert_true(req.transfer_encoding);
 
-    /* garbage */
+    /* garbage, refused at once when it cannot start a request line */
+    assert_int_equal(mxj_sync_http_parse("GE", 2, &req, &why), 1);
+    assert_int_equal(mxj_sync_http_parse("PUT /_matrix/a", 14, &req, &why),
+                     1);
+    assert_int_equal(mxj_sync_http_parse("\x00\xff", 2, &req, &why), -1);
+    assert_int_equal(mxj_sync_http_parse("get", 3, &req, &why), -1);
+    assert_int_equal(mxj_sync_http_parse("GET /a\x01", 7, &req, &why), -1);
+    assert_int_equal(mxj_sync_http_parse("ABCDEFGHIJKLMNOPQRS", 19, &req,
+                                         &why), -1);
+    {
+        char  big[16384];
+
+        memset(big, 'a', sizeof(big));
+        memcpy(big, "GET /", 5);
+        assert_int_equal(mxj_sync_http_parse(big, sizeof(big), &req, &why),
+                         -1);
+    }
+
     assert_int_equal(mxj_sync_http_parse("\r\n\r\n", 4, &req, &why), -1);
     assert_int_equal(mxj_sync_http_parse("get / HTTP/1.1\r\n\r\n", 18, &req,
                                          &why), -1);
