@@ -58,22 +58,35 @@ static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
 enum {
     MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
     MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER,
-    MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL
+    MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL, MXJ_K_EDGE, MXJ_K_EDGE_PDU
 };
 
 
 /*
  * KEYS: the n current keys (meta first), the n staging keys, the n old
- * keys, then the load lock; ARGV[1] our lock token. An absent staging key
- * (an empty list) leaves the current one absent too.
+ * keys, then the load lock, then (sync) the hash the accepted edge joins
+ * go to; ARGV[1] our lock token, and when that hash is given: the
+ * position in KEYS of the current edge_pdu, and the prefix and suffix
+ * wrapped around each PDU. The copy is made here, in the switch, so that
+ * a join accepted after the caller last read edge_pdu is not reset with
+ * it. An absent staging key (an empty list) leaves the current one absent
+ * too.
  */
 static const char  mxj_load_switch_lua[] =
-    "local n = (#KEYS - 1) / 3\n"
-    "if redis.call('GET', KEYS[#KEYS]) ~= ARGV[1] then\n"
+    "local copy = #ARGV > 1\n"
+    "local n = (#KEYS - 1 - (copy and 1 or 0)) / 3\n"
+    "if redis.call('GET', KEYS[3 * n + 1]) ~= ARGV[1] then\n"
     "  return redis.error_reply('the load lock is no longer ours')\n"
     "end\n"
     "if redis.call('EXISTS', KEYS[n + 1]) == 0 then\n"
     "  return redis.error_reply('the staging meta key is missing')\n"
+    "end\n"
+    "if copy then\n"
+    "  local edge = redis.call('HGETALL', KEYS[tonumber(ARGV[2])])\n"
+    "  for i = 1, #edge, 2 do\n"
+    "    redis.call('HSETNX', KEYS[#KEYS], edge[i],"
+    " ARGV[3] .. edge[i + 1] .. ARGV[4])\n"
+    "  end\n"
     "end\n"
     "for i = 1, n do\n"
     "  redis.call('UNLINK', KEYS[2 * n + i])\n"
@@ -1204,12 +1217,14 @@ static int
 mxj_load_switch(mxj_load_t *ld)
 {
     int           i, n;
-    char          nkeys[16];
-    const char   *argv[3 + 3 * MXJ_LOAD_NKEYS + 2];
+    char          nkeys[16], pos[16];
+    const char   *argv[3 + 3 * MXJ_LOAD_NKEYS + 2 + 4];
     redisReply   *reply;
 
     n = 0;
-    snprintf(nkeys, sizeof(nkeys), "%d", 3 * MXJ_LOAD_NKEYS + 1);
+    snprintf(nkeys, sizeof(nkeys), "%d",
+             3 * MXJ_LOAD_NKEYS + 1 + (ld->opts->edge_to ? 1 : 0));
+    snprintf(pos, sizeof(pos), "%d", MXJ_K_EDGE_PDU + 1);
 
     argv[n++] = "EVAL";
     argv[n++] = mxj_load_switch_lua;
@@ -1228,7 +1243,18 @@ mxj_load_switch(mxj_load_t *ld)
     }
 
     argv[n++] = ld->lock;
+
+    if (ld->opts->edge_to) {
+        argv[n++] = ld->opts->edge_to;
+    }
+
     argv[n++] = ld->token;
+
+    if (ld->opts->edge_to) {
+        argv[n++] = pos;
+        argv[n++] = ld->opts->edge_prefix;
+        argv[n++] = ld->opts->edge_suffix;
+    }
 
     reply = mxj_redis_cmd(ld->r, n, argv, NULL);
     if (reply == NULL) {

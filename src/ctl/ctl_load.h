@@ -19,6 +19,12 @@ typedef struct {
                                        rest: name, value, name, value... */
     size_t          nmeta;          /* strings in meta (twice the pairs) */
     int             progress;       /* progress lines on stderr */
+    const char     *edge_to;        /* a hash the accepted edge joins
+                                       are copied into by the switch,
+                                       before the edge keys are reset
+                                       (sync: P{R}:unconfirmed), or NULL */
+    const char     *edge_prefix;    /* each PDU copied as prefix + PDU */
+    const char     *edge_suffix;    /* + suffix (HSETNX by event ID) */
     char            generation[33]; /* out: meta.generation of this load */
 } mxj_load_opts_t;
 

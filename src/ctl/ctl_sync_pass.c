@@ -2105,6 +2105,16 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     opts.meta = meta;
     opts.nmeta = 6;
 
+    /*
+     * Joins the edge accepts while the pass runs are copied by the switch
+     * itself: read after the pass's first script, they would be reset with
+     * edge_pdu and never judged. The next pass puts them back on top.
+     */
+
+    opts.edge_to = p->k_unconfirmed;
+    opts.edge_prefix = "{\"passes\":0,\"pdu\":";
+    opts.edge_suffix = "}";
+
     rc = mxj_load_snapshot(&p->s->r, *snap, &opts);
     mx_buf_free(&ext);
 
