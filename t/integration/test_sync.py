@@ -1346,11 +1346,12 @@ def test_unconfirmed_count_stays(nginx, redis_server, hs_factory, edges):
         client, rid)
 
 
+@pytest.mark.parametrize("version", ["1", "10", "12"])
 def test_undelivered_join_always_kept(nginx, redis_server, hs_factory,
-                                      edges):
+                                      edges, version):
     """A join still in the outbox is kept on top of every pass, however
     many, while the homeserver's room moves on."""
-    hs = hs_factory(members=25, servers=3)
+    hs = hs_factory(members=25, servers=3, version=version)
     room = hs.room
     edge = edges(nginx, redis_server, hs).start()
     client = redis_server.client()
@@ -1478,6 +1479,38 @@ def test_joins_during_passes_are_kept(nginx, redis_server, hs_factory,
         f"P{{R}}:unconfirmed: " \
         f"{sum(1 for x in lost if x[1] in unconfirmed)}; first " \
         f"{[x[:2] for x in lost[:2]]}"
+
+
+def test_dead_letter_join_dropped_at_once(nginx, redis_server, hs_factory,
+                                          edges):
+    """A join the homeserver refuses (403): the forwarder makes it a dead
+    letter and marks the room stale; the next pass drops the join at once
+    (neither delivered nor in the outbox), counts it, and its load clears
+    the stale mark."""
+    hs = hs_factory(members=25, servers=3)
+    room = hs.room
+    rid = room.room_id
+    edge = edges(nginx, redis_server, hs).start()
+    client = redis_server.client()
+    synced(redis_server, hs, rid)
+    j = edge.joiner("refused")
+    ev, eid, _ = edge.join(room, j)
+    hs.refuse_joins.add(j.user)
+    f = fw.Forwarder(redis_server.address, hs.url, "--once",
+                     "--max-attempts", "1", "--timeout", "5000")
+    f.start()
+    try:
+        f.wait(60)
+    finally:
+        f.stop()
+    assert [e for e, _ in fw.dead_entries(client, rid)], f.log()
+    assert meta_of(client, rid).get("stale") == "1"
+    hs.message("after")
+    synced(redis_server, hs, "--confirm-passes", "3", rid)
+    meta = check_snapshot(client, hs)
+    assert meta.get("unconfirmed") == "1", meta
+    assert j.user not in hgetall(client, key(rid, "member"))
+    assert client.hget(key(rid, "unconfirmed"), eid) is None
 
 
 # ============================================================================

@@ -46,6 +46,7 @@ the forward extremities, which it then replaces):
                                   answered 200 but left out of the room,
                                   as Synapse does; a join of a user the
                                   current state bans is soft-failed anyway
+    refuse_joins                  users whose send_join gets 403
     answer_429(endpoint, ms, n)   the next n requests of endpoint get 429
                                   M_LIMIT_EXCEEDED with retry_after_ms
     rate = (per_s, burst)         Synapse-like per-origin rate limit
@@ -332,6 +333,7 @@ class Homeserver(_Base):
         self._soft_state = {}           # event ID -> state before it
         self.forged = {}                # event ID -> how
         self.soft_fail_joins = set()    # users, or True
+        self.refuse_joins = set()       # users whose send_join gets 403
         self.join_answers = {}          # event ID -> what send_join did
         self.rate = None                # (per second, burst) per origin
         self._buckets = {}
@@ -1103,6 +1105,8 @@ class Homeserver(_Base):
                 raise _err(400, "M_BAD_JSON", f"unknown prev_event "
                                               f"{ref_id(p)}")
         before = dict(room.state)
+        if ev["sender"] in self.refuse_joins:
+            raise _err(403, "M_FORBIDDEN", "refused on purpose")
         if eid not in self.join_answers:
             user = ev["sender"]
             banned = room.membership(user) == "ban"
