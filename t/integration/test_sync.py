@@ -1415,11 +1415,6 @@ def test_kept_join_replaces_the_users_event(nginx, redis_server,
         {eid, new[-1]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sync as of 3ea9e5a: a join the edge accepts after the pass's first "
-    "script copied P{R}:edge_pdu into P{R}:unconfirmed and before its "
-    "load switched the keys is reset with edge_pdu and never copied: "
-    "lost from the snapshot while still in the outbox"))
 def test_joins_during_passes_are_kept(nginx, redis_server, hs_factory,
                                       edges):
     """Joins accepted at the edge while passes run (a 2,000-member room,
