@@ -248,7 +248,8 @@ mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
             return mxj_sync_usage();
         }
 
-#define mxj_sync_is(name)  (n == sizeof(name) - 1 && strncmp(arg, name, n) == 0)
+#define mxj_sync_is(name)                                                     \
+    (n == sizeof(name) - 1 && strncmp(arg, name, n) == 0)
 
         if (mxj_sync_is("--homeserver")) {
             s->homeserver = value;

@@ -365,9 +365,6 @@ mxj_sync_http_why(mxj_sync_http_t *h, const char *what, char *why,
         snprintf(why, len, "%s: %ld %s%s%.200s", what, h->status, code,
                  error ? ": " : "", error ? error : "");
 
-    } else if (h->status / 100 == 2) {
-        snprintf(why, len, "%s: %ld, %s", what, h->status, h->err);
-
     } else {
         snprintf(why, len, "%s: %ld", what, h->status);
     }
@@ -743,6 +740,26 @@ mxj_sync_keyring_lookup(void *data, const char *server, const char *key_id,
     }
 
     return -1;
+}
+
+
+int
+mxj_sync_keyring_expire(mxj_sync_keyring_t *ring, const char *server,
+    int64_t min_age_ms)
+{
+    mxj_sync_server_t  *sv;
+
+    sv = mxj_sync_map_get(&ring->servers, server);
+
+    if (sv == NULL || sv->fetched == 0
+        || mxj_sync_mono_ms() - sv->fetched < min_age_ms)
+    {
+        return 0;
+    }
+
+    sv->fetched = 0;
+
+    return 1;
 }
 
 

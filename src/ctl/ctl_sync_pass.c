@@ -28,6 +28,8 @@
 #define MXJ_SYNC_ORPHAN_MS       3600000 /* delivered records of joins
                                             no longer known: pruned */
 #define MXJ_SYNC_USERS_TRIED     8       /* make_join candidates */
+#define MXJ_SYNC_KEYS_AGAIN_MS   60000   /* keys this old asked again when
+                                            a signature does not verify */
 #define MXJ_SYNC_FED             "/_matrix/federation/v1/"
 
 
@@ -182,6 +184,7 @@ static int mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,
         mxj_sync_body_t *b, mxj_sync_ids_t *into));
 static int mxj_sync_signers(mxj_sync_pass_t *p, const char *text,
     size_t len, mxj_sync_body_t *b, mxj_sync_ids_t *into);
+static int mxj_sync_keys_again(mxj_sync_pass_t *p, const json_t *ev);
 static int mxj_sync_build(mxj_sync_pass_t *p, mx_buf_t *doc);
 static int mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     mx_snapshot_t **snap);
@@ -596,7 +599,7 @@ mxj_sync_meta(mxj_sync_pass_t *p, const char *name)
 }
 
 
-/* The strings of a reply's list (step 2: the fields of an HGETALL) as a set. */
+/* A reply's strings (step 2: an HGETALL's fields) as a set. */
 
 static int
 mxj_sync_index(mxj_sync_map_t *m, redisReply *list, size_t step)
@@ -1914,9 +1917,16 @@ mxj_sync_check_pdu(mxj_sync_pass_t *p, const char *text, size_t len,
         goto done;
     }
 
-    if (mx_event_check_signatures(p->rv, ev, mxj_sync_keyring_lookup,
-                                  &p->s->keyring, &err) != 0)
-    {
+    rc = mx_event_check_signatures(p->rv, ev, mxj_sync_keyring_lookup,
+                                   &p->s->keyring, &err);
+
+    if (rc != 0 && mxj_sync_keys_again(p, ev)) {
+        rc = mx_event_check_signatures(p->rv, ev, mxj_sync_keyring_lookup,
+                                       &p->s->keyring, &err);
+    }
+
+    if (rc != 0) {
+        rc = -1;
         why = NULL;
         n = mx_event_required_signers(p->rv, ev, names, NULL);
 
@@ -1955,6 +1965,46 @@ done:
     json_decref(ev);
 
     return rc;
+}
+
+
+/*
+ * A signature that did not verify, with keys asked a minute ago or more:
+ * the server may have a new key since. Its signers' keys asked again,
+ * once; 1 when they were.
+ */
+
+static int
+mxj_sync_keys_again(mxj_sync_pass_t *p, const json_t *ev)
+{
+    int              i, n, again;
+    char             names[2][256], why[MXJ_SYNC_WHY_LEN];
+    mxj_sync_ids_t   want;
+
+    n = mx_event_required_signers(p->rv, ev, names, NULL);
+    again = 0;
+
+    memset(&want, 0, sizeof(mxj_sync_ids_t));
+
+    for (i = 0; i < n; i++) {
+        if (mxj_sync_keyring_expire(&p->s->keyring, names[i],
+                                    MXJ_SYNC_KEYS_AGAIN_MS)
+            && mxj_sync_ids_push(&want, names[i]) == 0)
+        {
+            again = 1;
+        }
+    }
+
+    if (again && mxj_sync_keyring_fetch(&p->s->keyring, &p->s->http, &want,
+                                        why, sizeof(why)) != 0)
+    {
+        mxj_sync_log("room=%s: server keys asked again: %s", p->id, why);
+        again = 0;
+    }
+
+    mxj_sync_ids_free(&want);
+
+    return again;
 }
 
 

@@ -111,6 +111,14 @@ int mxj_sync_keyring_lookup(void *data, const char *server,
     const char *key_id, uint8_t pk[MX_ED25519_PK_LEN],
     int64_t *valid_until_ts);
 
+/*
+ * Forgets when server's keys were asked if that was at least min_age_ms
+ * ago (not NAME's key file keys, never asked): 1 when so, and the next
+ * mxj_sync_keyring_fetch asks for them.
+ */
+int mxj_sync_keyring_expire(mxj_sync_keyring_t *ring, const char *server,
+    int64_t min_age_ms);
+
 /* Why server has no keys, or NULL. */
 const char *mxj_sync_keyring_why(mxj_sync_keyring_t *ring,
     const char *server);

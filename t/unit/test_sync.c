@@ -267,8 +267,9 @@ test_as_route(void **state)
     char  txn[MXJ_SYNC_TXN_MAX + 1], token[MXJ_SYNC_TOKEN_MAX + 1];
     char  head[1024];
 
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/t%2F1 HTTP/1.1\r\n"
-                           "Authorization: Bearer abc\r\n\r\n", txn, token),
+    assert_int_equal(route("PUT /_matrix/app/v1/transactions/t%2F1 "
+                           "HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n",
+                           txn, token),
                      MXJ_SYNC_AS_TRANSACTION);
     assert_string_equal(txn, "t/1");
     assert_string_equal(token, "abc");
