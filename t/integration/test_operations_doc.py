@@ -1,8 +1,10 @@
 """docs/operations.md and README.md stay true to the code: every complete
 nginx configuration in them passes `nginx -t` with the module (its files
-replaced by test ones), every matrix_* directive they name is documented
-in docs/directives.md, and every matrix-join-ctl command and option they
-use is in `matrix-join-ctl help`."""
+replaced by test ones) and routes each kind of request where the document
+says (recording upstreams stand in for the homeserver's processes), the
+documented limit_req limits, every matrix_* directive they name is
+documented in docs/directives.md, and every matrix-join-ctl command and
+option they use is in `matrix-join-ctl help`."""
 
 import http.client
 import re
@@ -17,6 +19,8 @@ from mxj_nginx import CTL, TOP, Nginx, free_port
 sys.path.insert(0, str(TOP / "t" / "lib"))
 from mxj_remote import Recorder  # noqa: E402
 
+pytestmark = pytest.mark.timeout(120)
+
 DOCS = [TOP / "docs" / "operations.md", TOP / "README.md"]
 OPERATIONS = TOP / "docs" / "operations.md"
 
@@ -27,6 +31,7 @@ OTHER_OPTIONS = {
     "--resolve": "curl", "--scan": "redis-cli", "--pattern": "redis-cli",
     "--now": "systemctl", "--once": "t/run and matrix-join-ctl forward",
     "--asan": "t/build and t/test", "--seconds": "t/fuzz/run",
+    "--help": "t/run", "--user": "t/lib/mxj_demo.py join",
 }
 
 
@@ -41,13 +46,15 @@ def ctl_help():
 
 
 def configs():
-    return [b for b in blocks(OPERATIONS, "nginx") if "server {" in b]
+    """operations.md's two, then README's minimal one."""
+    return [b for path in (OPERATIONS, TOP / "README.md")
+            for b in blocks(path, "nginx") if "server {" in b]
 
 
 def test_operations_has_both_configurations():
     cs = configs()
-    assert len(cs) == 2, f"{len(cs)} complete configurations"
-    assert any("synapse_federation" in c for c in cs)
+    assert len(cs) == 3, f"{len(cs)} complete configurations"
+    assert "synapse_federation" in cs[1]
 
 
 def with_test_files(conf, tmp_path):
@@ -70,7 +77,7 @@ def with_test_files(conf, tmp_path):
     return conf
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_configuration_passes_nginx_t(which, tmp_path):
     n = Nginx()
     try:
@@ -108,8 +115,8 @@ class DocumentedEdge:
         fb = re.search(r"location @homeserver \{\s*proxy_pass "
                        r"http://(\w+);", conf)
         assert fb, "no location @homeserver that proxies to an upstream"
-        conf = conf.replace(fb.group(0),
-                            fb.group(0).replace(fb.group(1), "fallback"))
+        conf = conf.replace(fb.group(0), fb.group(0).replace(
+            f"http://{fb.group(1)};", "http://fallback;"))
         conf = "upstream fallback {\n}\n" + conf
         self.recorders = {k: Recorder() for k in self.names + ["fallback"]}
         self.nginx = n = Nginx()
@@ -118,9 +125,13 @@ class DocumentedEdge:
                           lambda m: f"{m.group(1)}\n    server "
                                     f"{rec.address};\n{m.group(3)}",
                           conf, flags=re.S)
-        conf = re.sub(r"listen 443 ssl;", f"listen 127.0.0.1:{n.port} ssl;",
-                      conf)
-        conf = re.sub(r"\n\s*listen 8448 ssl default_server;", "", conf)
+        listens = re.findall(r"\n\s*listen [^;]*;", conf)
+        assert listens, "no listen"
+        conf = conf.replace(listens[0],
+                            f"\n    listen 127.0.0.1:{n.port} ssl;")
+        for extra in listens[1:]:
+            conf = conf.replace(extra, "")
+        assert "listen 127.0.0.1:" in conf
         conf = conf.replace("matrix_redis         127.0.0.1:6379;",
                             f"matrix_redis         127.0.0.1:{free_port()};")
         n.write_conf(conf)
@@ -163,7 +174,7 @@ ROUTES = [
 ]
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_documented_routing(which, tmp_path):
     """Each request reaches the upstream the document means, with the raw
     URI (nothing re-encoded), through the module's fallback for the join
