@@ -1582,6 +1582,7 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
     ngx_int_t                          rc;
     redisReply                        *res, *s;
     ngx_http_matrix_send_join_ctx_t   *sj;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     sj = ctx->data;
@@ -1654,9 +1655,24 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
     }
 
     if (s->len == 8 && ngx_strncmp(s->str, "conflict", 8) == 0) {
+        /*
+         * The ID is a snapshot event's: a v1/v2 ID taken from another
+         * event, or this very join, put into the snapshot by a sync
+         * before it reached the homeserver and now sent again. The
+         * homeserver tells the two apart; without it, 400.
+         */
+        mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+        if (mlcf->fallback.len) {
+            ngx_http_matrix_fallback(r, NGX_HTTP_BAD_REQUEST,
+                                     "the join's event ID is already in the "
+                                     "snapshot");
+            return;
+        }
+
         ngx_http_matrix_fail(r, NGX_HTTP_BAD_REQUEST, "M_BAD_JSON",
-                             "The event ID \"%s\" is another event's",
-                             sj->id);
+                             "The event ID \"%s\" is already in the room's "
+                             "snapshot", sj->id);
         return;
     }
 
