@@ -90,6 +90,18 @@ typedef void (*ngx_http_matrix_next_pt)(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 
 
+#define NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX   8
+
+/* A restricted room's allowed rooms and the user's membership in each. */
+typedef struct {
+    const char                  *user;
+    const char                  *rooms[NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX];
+    int                          joined[NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX];
+    size_t                       n;
+    size_t                       next;
+} ngx_http_matrix_allow_t;
+
+
 /*
  * Per-request state shared by the federation handlers. A handler suspends
  * the request once (r->main->count++, NGX_DONE) and every path then ends in
@@ -118,6 +130,10 @@ struct ngx_http_matrix_ctx_s {
     ngx_str_t                    fetch_key_id;
 
     void                        *data;          /* the handler's own */
+
+    /* the join rate and the allowed rooms of make_join and send_join */
+    ngx_http_matrix_next_pt      then;
+    ngx_http_matrix_allow_t     *allow;
     unsigned                     sync:1;        /* inside the handler */
     unsigned                     suspended:1;
     unsigned                     waiting:1;
@@ -182,6 +198,26 @@ void ngx_http_matrix_fail(ngx_http_request_t *r, ngx_uint_t status,
  */
 void ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
+
+/*
+ * The room's join rate (matrix_join_rate, a token bucket in Redis): next
+ * runs when a token was taken or no rate is set; else 429 or 503.
+ */
+void ngx_http_matrix_join_rate_take(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_str_t *room_id,
+    ngx_http_matrix_next_pt next);
+
+/*
+ * Reads the user's membership in each of allow->rooms from those rooms'
+ * snapshots (one script each), then runs next; a room that is not cached
+ * is MX_AUTH_ROOM_UNKNOWN. ngx_http_matrix_allow_joined() answers
+ * mx_auth's room_joined() from the result.
+ */
+void ngx_http_matrix_allow_check(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_allow_t *allow,
+    ngx_http_matrix_next_pt next);
+int ngx_http_matrix_allow_joined(ngx_http_matrix_allow_t *allow,
+    const char *room_id);
 
 /* ngx_http_matrix_auth.c */
 void ngx_http_matrix_authenticate(ngx_http_request_t *r,

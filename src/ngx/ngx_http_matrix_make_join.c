@@ -27,7 +27,6 @@
 
 
 #define NGX_HTTP_MATRIX_PREV_EVENTS_MAX   20
-#define NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX   8
 
 #define NGX_HTTP_MATRIX_MAKE_JOIN_PREFIX  "/_matrix/federation/v1/make_join/"
 
@@ -54,10 +53,7 @@ typedef struct {
     const char                 **local_joined;
     size_t                       nlocal;
 
-    const char                  *allow[NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX];
-    int                          allow_joined[NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX];
-    size_t                       nallow;
-    size_t                       next_allow;
+    ngx_http_matrix_allow_t      allow;
 } ngx_http_matrix_make_join_ctx_t;
 
 
@@ -72,14 +68,6 @@ static void ngx_http_matrix_make_join_authenticated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static void ngx_http_matrix_make_join_rated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
-static void ngx_http_matrix_make_join_rate_reply(ngx_http_request_t *r,
-    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
-    const char *err);
-static void ngx_http_matrix_make_join_next_allow(ngx_http_request_t *r,
-    ngx_http_matrix_ctx_t *ctx);
-static void ngx_http_matrix_make_join_allow_reply(ngx_http_request_t *r,
-    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
-    const char *err);
 static void ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static json_t *ngx_http_matrix_make_join_template(ngx_http_request_t *r,
@@ -161,15 +149,7 @@ ngx_http_matrix_make_join_room_joined(void *data, const char *room_id,
 {
     ngx_http_matrix_make_join_ctx_t *mj = data;
 
-    size_t  i;
-
-    for (i = 0; i < mj->nallow; i++) {
-        if (ngx_strcmp(mj->allow[i], room_id) == 0) {
-            return mj->allow_joined[i];
-        }
-    }
-
-    return MX_AUTH_ROOM_UNKNOWN;
+    return ngx_http_matrix_allow_joined(&mj->allow, room_id);
 }
 
 
@@ -605,14 +585,8 @@ ngx_http_matrix_make_join_authenticated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
     json_t                            *body;
-    ngx_str_t                          key;
-    ngx_int_t                          rc;
     mx_auth_result_t                   res;
-    const char                        *argv[3];
-    size_t                             argvlen[3];
-    char                               rate[32], burst[32];
     ngx_http_matrix_make_join_ctx_t   *mj;
-    ngx_http_matrix_join_loc_conf_t   *mlcf;
 
     mj = ctx->data;
 
@@ -643,65 +617,10 @@ ngx_http_matrix_make_join_authenticated(ngx_http_request_t *r,
 
     /* 3. the room's join rate, shared through Redis */
 
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
-
-    if (mlcf->join_rate == 0) {
-        ngx_http_matrix_make_join_rated(r, ctx);
-        return;
-    }
-
-    if (ngx_http_matrix_room_key(r, &mj->room_id, "rate", &key) != NGX_OK) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    argv[0] = (char *) key.data;
-    argvlen[0] = key.len;
-    argv[1] = rate;
-    argvlen[1] = ngx_sprintf((u_char *) rate, "%.9f",
-                             mlcf->join_rate / 1000.0 / 1000.0)
-                 - (u_char *) rate;
-    argv[2] = burst;
-    argvlen[2] = ngx_sprintf((u_char *) burst, "%ui", mlcf->join_burst)
-                 - (u_char *) burst;
-
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_JOIN_RATE,
-                                 ngx_http_matrix_make_join_rate_reply, ctx,
-                                 1, 2, argv, argvlen);
-    if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
-    }
+    ngx_http_matrix_join_rate_take(r, ctx, &mj->room_id,
+                                   ngx_http_matrix_make_join_rated);
 }
 
-
-static void
-ngx_http_matrix_make_join_rate_reply(ngx_http_request_t *r, void *data,
-    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
-{
-    ngx_http_matrix_ctx_t *ctx = data;
-
-    json_t  *body;
-
-    if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
-        return;
-    }
-
-    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
-        body = json_pack("{s:s, s:s, s:I}", "errcode", "M_LIMIT_EXCEEDED",
-                         "error", "Too many joins to this room",
-                         "retry_after_ms", (json_int_t) reply->integer);
-        ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r,
-                                        NGX_HTTP_TOO_MANY_REQUESTS, body));
-        return;
-    }
-
-    ngx_http_matrix_make_join_rated(r, ctx);
-}
 
 
 static void
@@ -749,102 +668,19 @@ ngx_http_matrix_make_join_rated(ngx_http_request_t *r,
             || (mj->rv->knock_restricted
                 && ngx_strcmp(rule, "knock_restricted") == 0)))
     {
-        mj->nallow = mx_auth_allow_rooms(
-                         json_object_get(mj->state[MJ_JOIN_RULES], "content"),
-                         mj->allow, NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX);
-        mj->next_allow = 0;
+        mj->allow.user = (char *) mj->user.data;
+        mj->allow.n = mx_auth_allow_rooms(
+                          json_object_get(mj->state[MJ_JOIN_RULES], "content"),
+                          mj->allow.rooms, NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX);
 
-        ngx_http_matrix_make_join_next_allow(r, ctx);
+        ngx_http_matrix_allow_check(r, ctx, &mj->allow,
+                                    ngx_http_matrix_make_join_decide);
         return;
     }
 
     ngx_http_matrix_make_join_decide(r, ctx);
 }
 
-
-static void
-ngx_http_matrix_make_join_next_allow(ngx_http_request_t *r,
-    ngx_http_matrix_ctx_t *ctx)
-{
-    ngx_str_t                          room, meta, member;
-    ngx_int_t                          rc;
-    const char                        *argv[3];
-    size_t                             argvlen[3];
-    ngx_http_matrix_make_join_ctx_t   *mj;
-
-    mj = ctx->data;
-
-    if (mj->next_allow == mj->nallow) {
-        ngx_http_matrix_make_join_decide(r, ctx);
-        return;
-    }
-
-    room.data = (u_char *) mj->allow[mj->next_allow];
-    room.len = ngx_strlen(room.data);
-
-    if (ngx_strlchr(room.data, room.data + room.len, '}') != NULL
-        || ngx_http_matrix_room_key(r, &room, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, &room, "member", &member) != NGX_OK)
-    {
-        mj->allow_joined[mj->next_allow++] = MX_AUTH_ROOM_UNKNOWN;
-        ngx_http_matrix_make_join_next_allow(r, ctx);
-        return;
-    }
-
-    argv[0] = (char *) meta.data;
-    argvlen[0] = meta.len;
-    argv[1] = (char *) member.data;
-    argvlen[1] = member.len;
-    argv[2] = (char *) mj->user.data;
-    argvlen[2] = mj->user.len;
-
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
-                                 ngx_http_matrix_make_join_allow_reply, ctx,
-                                 2, 1, argv, argvlen);
-    if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
-    }
-}
-
-
-/* {known, membership} of the user in an allowed room */
-
-static void
-ngx_http_matrix_make_join_allow_reply(ngx_http_request_t *r, void *data,
-    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
-{
-    ngx_http_matrix_ctx_t *ctx = data;
-
-    int                               joined;
-    redisReply                       *m;
-    ngx_http_matrix_make_join_ctx_t  *mj;
-
-    mj = ctx->data;
-
-    if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
-        return;
-    }
-
-    joined = MX_AUTH_ROOM_UNKNOWN;
-
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
-        && reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[0]->integer == 1)
-    {
-        m = reply->element[1];
-        joined = (m->type == REDIS_REPLY_STRING && m->len == 4
-                  && ngx_strncmp(m->str, "join", 4) == 0);
-    }
-
-    mj->allow_joined[mj->next_allow++] = joined;
-
-    ngx_http_matrix_make_join_next_allow(r, ctx);
-}
 
 
 static void

@@ -34,7 +34,6 @@
 
 
 #define NGX_HTTP_MATRIX_SJ_PREFIX      "/_matrix/federation/v"
-#define NGX_HTTP_MATRIX_SJ_ALLOW_MAX   8
 #define NGX_HTTP_MATRIX_SJ_KEYS_MAX    8
 #define NGX_HTTP_MATRIX_SJ_TRIES       3
 
@@ -91,10 +90,7 @@ typedef struct {
     json_t                      *auth_member;   /* the authoriser's */
     char                        *auth_member_id;
 
-    const char                  *allow[NGX_HTTP_MATRIX_SJ_ALLOW_MAX];
-    int                          allow_joined[NGX_HTTP_MATRIX_SJ_ALLOW_MAX];
-    size_t                       nallow;
-    size_t                       next_allow;
+    ngx_http_matrix_allow_t      allow;
 
     /* the join as accepted */
     char                        *accepted;      /* canonical, malloc'ed */
@@ -122,9 +118,6 @@ static void ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
     redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
 static void ngx_http_matrix_send_join_authenticated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
-static void ngx_http_matrix_send_join_rate_reply(ngx_http_request_t *r,
-    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
-    const char *err);
 static void ngx_http_matrix_send_join_rated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static void ngx_http_matrix_send_join_next_key(ngx_http_request_t *r,
@@ -132,11 +125,6 @@ static void ngx_http_matrix_send_join_next_key(ngx_http_request_t *r,
 static void ngx_http_matrix_send_join_read_state(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx);
 static void ngx_http_matrix_send_join_state(ngx_http_request_t *r,
-    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
-    const char *err);
-static void ngx_http_matrix_send_join_next_allow(ngx_http_request_t *r,
-    ngx_http_matrix_ctx_t *ctx);
-static void ngx_http_matrix_send_join_allow_reply(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
 static void ngx_http_matrix_send_join_decide(ngx_http_request_t *r,
@@ -240,15 +228,7 @@ ngx_http_matrix_send_join_room_joined(void *data, const char *room_id,
 {
     ngx_http_matrix_send_join_ctx_t *sj = data;
 
-    size_t  i;
-
-    for (i = 0; i < sj->nallow; i++) {
-        if (ngx_strcmp(sj->allow[i], room_id) == 0) {
-            return sj->allow_joined[i];
-        }
-    }
-
-    return MX_AUTH_ROOM_UNKNOWN;
+    return ngx_http_matrix_allow_joined(&sj->allow, room_id);
 }
 
 
@@ -657,14 +637,8 @@ static void
 ngx_http_matrix_send_join_authenticated(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    ngx_str_t                          key;
-    ngx_int_t                          rc;
     mx_auth_result_t                   res;
-    const char                        *argv[3];
-    size_t                             argvlen[3];
-    char                               rate[32], burst[32];
     ngx_http_matrix_send_join_ctx_t   *sj;
-    ngx_http_matrix_join_loc_conf_t   *mlcf;
 
     sj = ctx->data;
 
@@ -677,66 +651,9 @@ ngx_http_matrix_send_join_authenticated(ngx_http_request_t *r,
         return;
     }
 
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
-
-    if (mlcf->join_rate == 0) {
-        ngx_http_matrix_send_join_rated(r, ctx);
-        return;
-    }
-
-    if (ngx_http_matrix_room_key(r, &sj->room_id, "rate", &key) != NGX_OK) {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    argv[0] = (char *) key.data;
-    argvlen[0] = key.len;
-    argv[1] = rate;
-    argvlen[1] = ngx_sprintf((u_char *) rate, "%.9f",
-                             mlcf->join_rate / 1000.0 / 1000.0)
-                 - (u_char *) rate;
-    argv[2] = burst;
-    argvlen[2] = ngx_sprintf((u_char *) burst, "%ui", mlcf->join_burst)
-                 - (u_char *) burst;
-
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_JOIN_RATE,
-                                 ngx_http_matrix_send_join_rate_reply, ctx,
-                                 1, 2, argv, argvlen);
-    if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
-    }
+    ngx_http_matrix_join_rate_take(r, ctx, &sj->room_id,
+                                   ngx_http_matrix_send_join_rated);
 }
-
-
-static void
-ngx_http_matrix_send_join_rate_reply(ngx_http_request_t *r, void *data,
-    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
-{
-    ngx_http_matrix_ctx_t *ctx = data;
-
-    json_t  *body;
-
-    if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
-        return;
-    }
-
-    if (reply->type == REDIS_REPLY_INTEGER && reply->integer > 0) {
-        body = json_pack("{s:s, s:s, s:I}", "errcode", "M_LIMIT_EXCEEDED",
-                         "error", "Too many joins to this room",
-                         "retry_after_ms", (json_int_t) reply->integer);
-        ngx_http_matrix_finalize(r, ngx_http_matrix_send_body(r,
-                                        NGX_HTTP_TOO_MANY_REQUESTS, body));
-        return;
-    }
-
-    ngx_http_matrix_send_join_rated(r, ctx);
-}
-
 
 /* Fails r with the outcome of a core check. */
 
@@ -1090,12 +1007,13 @@ ngx_http_matrix_send_join_state(ngx_http_request_t *r, void *data,
             || (sj->rv->knock_restricted
                 && ngx_strcmp(rule, "knock_restricted") == 0)))
     {
-        sj->nallow = mx_auth_allow_rooms(
-                         json_object_get(sj->join_rules, "content"),
-                         sj->allow, NGX_HTTP_MATRIX_SJ_ALLOW_MAX);
-        sj->next_allow = 0;
+        sj->allow.user = sj->sender;
+        sj->allow.n = mx_auth_allow_rooms(
+                          json_object_get(sj->join_rules, "content"),
+                          sj->allow.rooms, NGX_HTTP_MATRIX_ALLOW_ROOMS_MAX);
 
-        ngx_http_matrix_send_join_next_allow(r, ctx);
+        ngx_http_matrix_allow_check(r, ctx, &sj->allow,
+                                    ngx_http_matrix_send_join_decide);
         return;
     }
 
@@ -1103,87 +1021,6 @@ ngx_http_matrix_send_join_state(ngx_http_request_t *r, void *data,
 }
 
 
-static void
-ngx_http_matrix_send_join_next_allow(ngx_http_request_t *r,
-    ngx_http_matrix_ctx_t *ctx)
-{
-    ngx_str_t                          room, meta, member;
-    ngx_int_t                          rc;
-    const char                        *argv[3];
-    size_t                             argvlen[3];
-    ngx_http_matrix_send_join_ctx_t   *sj;
-
-    sj = ctx->data;
-
-    if (sj->next_allow == sj->nallow) {
-        ngx_http_matrix_send_join_decide(r, ctx);
-        return;
-    }
-
-    room.data = (u_char *) sj->allow[sj->next_allow];
-    room.len = ngx_strlen(room.data);
-
-    if (ngx_strlchr(room.data, room.data + room.len, '}') != NULL
-        || ngx_http_matrix_room_key(r, &room, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, &room, "member", &member) != NGX_OK)
-    {
-        sj->allow_joined[sj->next_allow++] = MX_AUTH_ROOM_UNKNOWN;
-        ngx_http_matrix_send_join_next_allow(r, ctx);
-        return;
-    }
-
-    argv[0] = (char *) meta.data;
-    argvlen[0] = meta.len;
-    argv[1] = (char *) member.data;
-    argvlen[1] = member.len;
-    argv[2] = sj->sender;
-    argvlen[2] = ngx_strlen(sj->sender);
-
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
-                                 ngx_http_matrix_send_join_allow_reply, ctx,
-                                 2, 1, argv, argvlen);
-    if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
-    }
-}
-
-
-static void
-ngx_http_matrix_send_join_allow_reply(ngx_http_request_t *r, void *data,
-    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
-{
-    ngx_http_matrix_ctx_t *ctx = data;
-
-    int                               joined;
-    redisReply                       *m;
-    ngx_http_matrix_send_join_ctx_t  *sj;
-
-    sj = ctx->data;
-
-    if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
-        return;
-    }
-
-    joined = MX_AUTH_ROOM_UNKNOWN;
-
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
-        && reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[0]->integer == 1)
-    {
-        m = reply->element[1];
-        joined = (m->type == REDIS_REPLY_STRING && m->len == 4
-                  && ngx_strncmp(m->str, "join", 4) == 0);
-    }
-
-    sj->allow_joined[sj->next_allow++] = joined;
-
-    ngx_http_matrix_send_join_next_allow(r, ctx);
-}
 
 
 /* The auth events, the restricted conditions, the join rules; we sign. */
