@@ -171,6 +171,15 @@ class Nginx:
             wait_port(self.port, self.proc,
                       timeout=60 if (ASAN or VALGRIND) else 10)
         except RuntimeError as e:
+            # a master still running (listening elsewhere) holds its
+            # output open: reading it would wait forever
+            if self.proc.poll() is None:
+                self.proc.terminate()       # the master stops its workers
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
             out = self.proc.stdout.read().decode(errors="replace")
             raise RuntimeError(f"nginx did not start: {e}\n{out}\n"
                                f"{self.log_text()}")
