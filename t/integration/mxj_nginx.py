@@ -212,7 +212,9 @@ class Nginx:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"nginx did not quit within {limit} s")
+                raise AssertionError(f"nginx did not quit within {limit} s; "
+                                     "the end of its error log:\n"
+                                     + self.log_text()[-3000:])
 
     def log_text(self):
         try:
