@@ -178,6 +178,15 @@ const char *ngx_http_matrix_snapshot_unusable(ngx_http_request_t *r,
 char *ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
     ngx_array_t *uses);
 
+/*
+ * The two path parameters "{a}/{b}" of the raw URI after its first skip
+ * bytes (the query left out), each percent-decoded and NUL-terminated in
+ * r's pool. Returns NULL, or what is wrong ("shape" when the path does
+ * not have that form).
+ */
+const char *ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
+    ngx_str_t seg[2], const char *shape);
+
 /* Builds "<prefix>{<room_id>}:<suffix>" in r's pool. */
 ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
     const char *suffix, ngx_str_t *key);

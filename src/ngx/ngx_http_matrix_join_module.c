@@ -1380,3 +1380,52 @@ ngx_http_matrix_allow_reply(ngx_http_request_t *r, void *data,
 
     ngx_http_matrix_allow_next(r, ctx);
 }
+
+
+const char *
+ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
+    ngx_str_t seg[2], const char *shape)
+{
+    u_char      *p, *end, *slash, *dst, *src;
+    ngx_uint_t   n;
+
+    p = r->unparsed_uri.data + skip;
+    end = r->unparsed_uri.data + r->unparsed_uri.len;
+
+    if (r->args_start) {
+        end = r->args_start - 1;     /* the '?' */
+    }
+
+    if (p > end) {
+        return shape;
+    }
+
+    slash = ngx_strlchr(p, end, '/');
+    if (slash == NULL || ngx_strlchr(slash + 1, end, '/') != NULL) {
+        return shape;
+    }
+
+    seg[0].data = p;
+    seg[0].len = slash - p;
+    seg[1].data = slash + 1;
+    seg[1].len = end - slash - 1;
+
+    for (n = 0; n < 2; n++) {
+        dst = ngx_pnalloc(r->pool, seg[n].len + 1);
+        if (dst == NULL) {
+            return "out of memory";
+        }
+
+        src = seg[n].data;
+        seg[n].data = dst;
+        ngx_unescape_uri(&dst, &src, seg[n].len, 0);
+        seg[n].len = dst - seg[n].data;
+        *dst = '\0';
+
+        if (ngx_strlchr(seg[n].data, dst, '\0') != NULL) {
+            return "a path parameter holds a NUL byte";
+        }
+    }
+
+    return NULL;
+}

@@ -365,9 +365,10 @@ static const char *
 ngx_http_matrix_send_join_path(ngx_http_request_t *r,
     ngx_http_matrix_send_join_ctx_t *sj)
 {
-    u_char     *p, *end, *slash, *dst, *src;
-    size_t      n;
-    ngx_str_t   seg[2], arg;
+    u_char      *p, *end;
+    size_t       n;
+    ngx_str_t    seg[2], arg;
+    const char  *err;
     static const char  shape[] = "expected /_matrix/federation/v1/"
                                  "send_join/{roomId}/{eventId} or v2";
 
@@ -387,35 +388,10 @@ ngx_http_matrix_send_join_path(ngx_http_request_t *r,
     sj->v1 = (p[n] == '1');
     p += n + sizeof("1/send_join/") - 1;
 
-    if (r->args_start) {
-        end = r->args_start - 1;     /* the '?' */
-    }
-
-    slash = ngx_strlchr(p, end, '/');
-    if (slash == NULL || ngx_strlchr(slash + 1, end, '/') != NULL) {
-        return shape;
-    }
-
-    seg[0].data = p;
-    seg[0].len = slash - p;
-    seg[1].data = slash + 1;
-    seg[1].len = end - slash - 1;
-
-    for (n = 0; n < 2; n++) {
-        dst = ngx_pnalloc(r->pool, seg[n].len + 1);
-        if (dst == NULL) {
-            return "out of memory";
-        }
-
-        src = seg[n].data;
-        seg[n].data = dst;
-        ngx_unescape_uri(&dst, &src, seg[n].len, 0);
-        seg[n].len = dst - seg[n].data;
-        *dst = '\0';
-
-        if (ngx_strlchr(seg[n].data, dst, '\0') != NULL) {
-            return "a path parameter holds a NUL byte";
-        }
+    err = ngx_http_matrix_path_params(r, p - r->unparsed_uri.data, seg,
+                                      shape);
+    if (err) {
+        return err;
     }
 
     if (!mx_room_id_valid((char *) seg[0].data, seg[0].len, 1)
