@@ -187,6 +187,10 @@ char *ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
 const char *ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
     ngx_str_t seg[2], const char *shape);
 
+/* A string reply copied into r's pool, NUL-terminated; NULL if e is not
+ * a string (or on allocation failure). */
+char *ngx_http_matrix_reply_str(ngx_http_request_t *r, redisReply *e);
+
 /* Builds "<prefix>{<room_id>}:<suffix>" in r's pool. */
 ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
     const char *suffix, ngx_str_t *key);

@@ -1429,3 +1429,24 @@ ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
 
     return NULL;
 }
+
+
+char *
+ngx_http_matrix_reply_str(ngx_http_request_t *r, redisReply *e)
+{
+    char  *s;
+
+    if (e == NULL || e->type != REDIS_REPLY_STRING) {
+        return NULL;
+    }
+
+    s = ngx_pnalloc(r->pool, e->len + 1);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(s, e->str, e->len);
+    s[e->len] = '\0';
+
+    return s;
+}

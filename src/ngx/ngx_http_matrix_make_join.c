@@ -341,27 +341,6 @@ ngx_http_matrix_make_join_read(ngx_http_request_t *r, void *data,
 }
 
 
-static char *
-ngx_http_matrix_reply_str(ngx_http_request_t *r, redisReply *e)
-{
-    char  *s;
-
-    if (e->type != REDIS_REPLY_STRING) {
-        return NULL;
-    }
-
-    s = ngx_pnalloc(r->pool, e->len + 1);
-    if (s == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(s, e->str, e->len);
-    s[e->len] = '\0';
-
-    return s;
-}
-
-
 static json_t *
 ngx_http_matrix_member_event(const char *user, const char *membership)
 {

@@ -245,27 +245,6 @@ ngx_http_matrix_send_join_key(void *data, const char *server,
 
 
 static char *
-ngx_http_matrix_reply_dup(ngx_http_request_t *r, redisReply *e)
-{
-    char  *s;
-
-    if (e == NULL || e->type != REDIS_REPLY_STRING) {
-        return NULL;
-    }
-
-    s = ngx_pnalloc(r->pool, e->len + 1);
-    if (s == NULL) {
-        return NULL;
-    }
-
-    ngx_memcpy(s, e->str, e->len);
-    s[e->len] = '\0';
-
-    return s;
-}
-
-
-static char *
 ngx_http_matrix_strdup(ngx_http_request_t *r, const char *s)
 {
     char    *d;
@@ -559,7 +538,7 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
         return;
     }
 
-    sj->generation = ngx_http_matrix_reply_dup(r, meta->element[3]);
+    sj->generation = ngx_http_matrix_reply_str(r, meta->element[3]);
     if (sj->generation == NULL) {
         ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
                                  "the snapshot was loaded without what "
@@ -867,7 +846,7 @@ ngx_http_matrix_send_join_event(ngx_http_request_t *r,
 {
     mx_err_t  err;
 
-    *id_out = ngx_http_matrix_reply_dup(r, id);
+    *id_out = ngx_http_matrix_reply_str(r, id);
 
     if (pdu == NULL || pdu->type != REDIS_REPLY_STRING) {
         return NGX_OK;
