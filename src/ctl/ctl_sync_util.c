@@ -13,15 +13,15 @@
 #include <strings.h>
 
 #include "ctl_sync.h"
+#include "mx_uri.h"
 
 
 #define MXJ_SYNC_DURATION_MAX  (365LL * 86400 * 1000)
 #define MXJ_SYNC_HEAD_MAX      16384
 
 
-static int mxj_sync_hex(int c);
 static int mxj_sync_unescape(const char *s, size_t n, char *out,
-    size_t cap);
+    size_t cap, int plus);
 static int mxj_sync_token_line(const char *line, size_t n, const char *name,
     char *out);
 static int mxj_sync_yaml_quoted(mx_buf_t *out, const char *s);
@@ -541,7 +541,7 @@ mxj_sync_as_route_e
 mxj_sync_as_route(const mxj_sync_http_req_t *req, char *txn, char *token)
 {
     size_t       n, plen, k;
-    const char  *path, *query, *q, *amp;
+    const char  *path, *query, *q;
 
     static const char  txn_prefix[] = "/_matrix/app/v1/transactions/";
     static const char  ping[] = "/_matrix/app/v1/ping";
@@ -571,24 +571,13 @@ mxj_sync_as_route(const mxj_sync_http_req_t *req, char *txn, char *token)
     plen = query ? (size_t) (query - path) : req->target_len;
 
     if (req->authorization == NULL && query != NULL) {
-        q = query + 1;
+        k = 0;
 
-        while (q < path + req->target_len) {
-            amp = memchr(q, '&', path + req->target_len - q);
-            n = amp ? (size_t) (amp - q) : (size_t) (path + req->target_len
-                                                     - q);
-
-            if (n > 13 && memcmp(q, "access_token=", 13) == 0) {
-                if (mxj_sync_unescape(q + 13, n - 13, token,
-                                      MXJ_SYNC_TOKEN_MAX + 1) != 0)
-                {
-                    token[0] = '\0';
-                }
-
-                break;
-            }
-
-            q += n + 1;
+        if (mx_uri_arg_next(query + 1, path + req->target_len - query - 1,
+                            &k, "access_token", &q, &n)
+            && mxj_sync_unescape(q, n, token, MXJ_SYNC_TOKEN_MAX + 1, 1) != 0)
+        {
+            token[0] = '\0';
         }
     }
 
@@ -608,7 +597,7 @@ mxj_sync_as_route(const mxj_sync_http_req_t *req, char *txn, char *token)
         return MXJ_SYNC_AS_UNKNOWN;
     }
 
-    if (mxj_sync_unescape(path + n, plen - n, txn, MXJ_SYNC_TXN_MAX + 1)
+    if (mxj_sync_unescape(path + n, plen - n, txn, MXJ_SYNC_TXN_MAX + 1, 0)
         != 0 || txn[0] == '\0')
     {
         txn[0] = '\0';
@@ -623,61 +612,33 @@ mxj_sync_as_route(const mxj_sync_http_req_t *req, char *txn, char *token)
 }
 
 
-/* Percent-decoding into out (cap bytes with the NUL); no NUL allowed. */
+/*
+ * Percent-decoding (mx_uri_unescape, as the homeserver's side reads URIs)
+ * into out, cap bytes with the NUL; -1 when it does not fit or holds a
+ * NUL.
+ */
 
 static int
-mxj_sync_unescape(const char *s, size_t n, char *out, size_t cap)
+mxj_sync_unescape(const char *s, size_t n, char *out, size_t cap, int plus)
 {
-    int     hi, lo;
-    size_t  i, k;
+    char    tmp[3 * (MXJ_SYNC_TOKEN_MAX + 1)];    /* the longer of the two */
+    size_t  k;
 
-    for (i = 0, k = 0; i < n; i++) {
-        if (k + 1 >= cap) {
-            return -1;
-        }
-
-        if (s[i] == '%') {
-            if (i + 2 >= n) {
-                return -1;
-            }
-
-            hi = mxj_sync_hex(s[i + 1]);
-            lo = mxj_sync_hex(s[i + 2]);
-
-            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                return -1;
-            }
-
-            out[k++] = (char) (hi * 16 + lo);
-            i += 2;
-            continue;
-        }
-
-        out[k++] = s[i];
+    /* decoding shortens at most threefold: longer cannot fit */
+    if (n > sizeof(tmp)) {
+        return -1;
     }
 
+    k = mx_uri_unescape(tmp, s, n, plus);
+
+    if (k + 1 > cap || memchr(tmp, '\0', k) != NULL) {
+        return -1;
+    }
+
+    memcpy(out, tmp, k);
     out[k] = '\0';
 
     return 0;
-}
-
-
-static int
-mxj_sync_hex(int c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-
-    return -1;
 }
 
 

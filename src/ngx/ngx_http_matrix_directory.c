@@ -42,10 +42,9 @@ static void ngx_http_matrix_directory_answer(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_matrix_directory_handler(ngx_http_request_t *r)
 {
-    u_char                            *dst, *src;
     const char                        *srv;
     size_t                             slen;
-    ngx_str_t                          arg, key;
+    ngx_str_t                          key;
     ngx_int_t                          rc;
     ngx_http_matrix_ctx_t             *ctx;
     ngx_http_matrix_directory_ctx_t   *dctx;
@@ -69,22 +68,17 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
 
     ctx->data = dctx;
 
-    if (ngx_http_arg(r, (u_char *) "room_alias", 10, &arg) != NGX_OK) {
+    rc = ngx_http_matrix_query_arg(r, "room_alias", &dctx->alias);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_DECLINED) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,
                                           "M_INVALID_PARAM",
                                           "room_alias is missing");
     }
-
-    dctx->alias.data = ngx_pnalloc(r->pool, arg.len + 1);
-    if (dctx->alias.data == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    dst = dctx->alias.data;
-    src = arg.data;
-    ngx_unescape_uri(&dst, &src, arg.len, 0);
-    dctx->alias.len = dst - dctx->alias.data;
-    *dst = '\0';
 
     srv = mx_id_server((char *) dctx->alias.data, dctx->alias.len, '#',
                        &slen);
@@ -92,7 +86,8 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
     if (dctx->alias.len > MX_ID_MAX_LEN
         || srv == NULL
         || srv - (const char *) dctx->alias.data < 3    /* "#" local ":" */
-        || ngx_strlchr(dctx->alias.data, dst, '\0') != NULL
+        || ngx_strlchr(dctx->alias.data, dctx->alias.data + dctx->alias.len,
+                       '\0') != NULL
         || !mx_server_name_valid(srv, slen))
     {
         return ngx_http_matrix_send_error(r, NGX_HTTP_BAD_REQUEST,

@@ -180,12 +180,20 @@ char *ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
 
 /*
  * The two path parameters "{a}/{b}" of the raw URI after its first skip
- * bytes (the query left out), each percent-decoded and NUL-terminated in
- * r's pool. Returns NULL, or what is wrong ("shape" when the path does
- * not have that form).
+ * bytes (the query left out), each percent-decoded as Synapse decodes
+ * them (mx_uri_path_params) and NUL-terminated in r's pool. Returns NULL,
+ * or what is wrong ("shape" when the path does not have that form).
  */
 const char *ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
     ngx_str_t seg[2], const char *shape);
+
+/*
+ * The first query argument called name, decoded as Synapse (Twisted)
+ * decodes it (mx_uri_arg_next) and NUL-terminated in r's pool: NGX_OK,
+ * NGX_DECLINED when there is none, NGX_ERROR without memory.
+ */
+ngx_int_t ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
 
 /* A string reply copied into r's pool, NUL-terminated; NULL if e is not
  * a string (or on allocation failure). */

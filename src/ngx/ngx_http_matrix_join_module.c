@@ -21,6 +21,7 @@
 #include "ngx_matrix_pdu_cache.h"
 #include "mx_base64.h"
 #include "mx_id.h"
+#include "mx_uri.h"
 
 
 #define NGX_HTTP_MATRIX_KEY_VALIDITY_MIN  (3600 * 1000)
@@ -1386,8 +1387,9 @@ const char *
 ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
     ngx_str_t seg[2], const char *shape)
 {
-    u_char      *p, *end, *slash, *dst, *src;
-    ngx_uint_t   n;
+    u_char         *p, *end, *buf;
+    ngx_uint_t      n;
+    mx_uri_part_t   part[2];
 
     p = r->unparsed_uri.data + skip;
     end = r->unparsed_uri.data + r->unparsed_uri.len;
@@ -1400,34 +1402,56 @@ ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
         return shape;
     }
 
-    slash = ngx_strlchr(p, end, '/');
-    if (slash == NULL || ngx_strlchr(slash + 1, end, '/') != NULL) {
+    buf = ngx_pnalloc(r->pool, end - p + 2);
+    if (buf == NULL) {
+        return "out of memory";
+    }
+
+    switch (mx_uri_path_params((char *) p, end - p, (char *) buf, part)) {
+
+    case MX_URI_OK:
+        break;
+
+    case MX_URI_NUL:
+        return "a path parameter holds a NUL byte";
+
+    default:
         return shape;
     }
 
-    seg[0].data = p;
-    seg[0].len = slash - p;
-    seg[1].data = slash + 1;
-    seg[1].len = end - slash - 1;
-
     for (n = 0; n < 2; n++) {
-        dst = ngx_pnalloc(r->pool, seg[n].len + 1);
-        if (dst == NULL) {
-            return "out of memory";
-        }
-
-        src = seg[n].data;
-        seg[n].data = dst;
-        ngx_unescape_uri(&dst, &src, seg[n].len, 0);
-        seg[n].len = dst - seg[n].data;
-        *dst = '\0';
-
-        if (ngx_strlchr(seg[n].data, dst, '\0') != NULL) {
-            return "a path parameter holds a NUL byte";
-        }
+        seg[n].data = (u_char *) part[n].data;
+        seg[n].len = part[n].len;
     }
 
     return NULL;
+}
+
+
+ngx_int_t
+ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    size_t       pos, vlen;
+    const char  *val;
+
+    pos = 0;
+
+    if (!mx_uri_arg_next((char *) r->args.data, r->args.len, &pos, name,
+                         &val, &vlen))
+    {
+        return NGX_DECLINED;
+    }
+
+    value->data = ngx_pnalloc(r->pool, vlen + 1);
+    if (value->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    value->len = mx_uri_unescape((char *) value->data, val, vlen, 1);
+    value->data[value->len] = '\0';
+
+    return NGX_OK;
 }
 
 

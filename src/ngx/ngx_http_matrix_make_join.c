@@ -24,6 +24,7 @@
 #include "mx_id.h"
 #include "mx_json.h"
 #include "mx_room_version.h"
+#include "mx_uri.h"
 
 
 #define NGX_HTTP_MATRIX_PREV_EVENTS_MAX   20
@@ -901,44 +902,7 @@ failed:
 static ngx_uint_t
 ngx_http_matrix_make_join_ver_ok(ngx_http_request_t *r, const char *version)
 {
-    u_char      *p, *end, *amp, *dst, *src;
-    u_char       buf[64];
-    size_t       len;
-    ngx_uint_t   seen;
-
-    seen = 0;
-    p = r->args.data;
-    end = p + r->args.len;
-
-    while (p < end) {
-        amp = ngx_strlchr(p, end, '&');
-        if (amp == NULL) {
-            amp = end;
-        }
-
-        if (amp - p >= 4 && ngx_strncmp(p, "ver=", 4) == 0
-            && (size_t) (amp - p - 4) < sizeof(buf))
-        {
-            seen = 1;
-            dst = buf;
-            src = p + 4;
-            ngx_unescape_uri(&dst, &src, amp - p - 4, 0);
-            len = dst - buf;
-
-            if (len == ngx_strlen(version)
-                && ngx_strncmp(buf, version, len) == 0)
-            {
-                return 1;
-            }
-
-        } else if (amp - p >= 4 && ngx_strncmp(p, "ver=", 4) == 0) {
-            seen = 1;   /* too long to be any version we know */
-        }
-
-        p = amp + 1;
-    }
-
-    return !seen && ngx_strcmp(version, "1") == 0;
+    return mx_uri_ver_listed((char *) r->args.data, r->args.len, version);
 }
 
 

@@ -31,6 +31,7 @@
 #include "mx_json.h"
 #include "mx_pdu.h"
 #include "mx_room_version.h"
+#include "mx_uri.h"
 
 
 #define NGX_HTTP_MATRIX_SJ_PREFIX      "/_matrix/federation/v"
@@ -346,7 +347,8 @@ ngx_http_matrix_send_join_path(ngx_http_request_t *r,
 {
     u_char      *p, *end;
     size_t       n;
-    ngx_str_t    seg[2], arg;
+    int          omit;
+    ngx_str_t    seg[2];
     const char  *err;
     static const char  shape[] = "expected /_matrix/federation/v1/"
                                  "send_join/{roomId}/{eventId} or v2";
@@ -388,18 +390,13 @@ ngx_http_matrix_send_join_path(ngx_http_request_t *r,
 
     /* omit_members: true or false, nothing else (MSC3706) */
 
-    if (ngx_http_arg(r, (u_char *) "omit_members",
-                     sizeof("omit_members") - 1, &arg)
-        == NGX_OK)
-    {
-        if (arg.len == 4 && ngx_strncmp(arg.data, "true", 4) == 0) {
-            sj->omit = 1;
-
-        } else if (!(arg.len == 5 && ngx_strncmp(arg.data, "false", 5) == 0))
-        {
-            return "omit_members must be true or false";
-        }
+    omit = mx_uri_arg_bool((char *) r->args.data, r->args.len,
+                           "omit_members", 0);
+    if (omit < 0) {
+        return "omit_members must be true or false";
     }
+
+    sj->omit = omit;
 
     return NULL;
 }

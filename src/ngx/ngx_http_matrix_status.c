@@ -53,7 +53,7 @@ static void ngx_http_matrix_status_cleanup(void *data);
 static ngx_int_t
 ngx_http_matrix_status_handler(ngx_http_request_t *r)
 {
-    ngx_str_t                          arg, room_id;
+    ngx_str_t                          room_id;
     ngx_int_t                          rc;
     ngx_pool_cleanup_t                *cln;
     ngx_http_matrix_status_ctx_t      *ctx;
@@ -93,19 +93,13 @@ ngx_http_matrix_status_handler(ngx_http_request_t *r)
     cln->handler = ngx_http_matrix_status_cleanup;
     cln->data = ctx;
 
-    if (ngx_http_arg(r, (u_char *) "room_id", 7, &arg) == NGX_OK) {
-        room_id.data = ngx_pnalloc(r->pool, arg.len);
-        if (room_id.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
+    rc = ngx_http_matrix_query_arg(r, "room_id", &room_id);
 
-        {
-            u_char  *dst = room_id.data, *src = arg.data;
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
-            ngx_unescape_uri(&dst, &src, arg.len, NGX_UNESCAPE_URI);
-            room_id.len = dst - room_id.data;
-        }
-
+    if (rc == NGX_OK) {
         if (room_id.len == 0 || room_id.len > 255 || room_id.data[0] != '!'
             || ngx_strlchr(room_id.data, room_id.data + room_id.len, '}'))
         {

@@ -373,6 +373,26 @@ def test_directory_percent_encoded_alias(loaded, encoded):
     assert rep.json()["room_id"] == f.room.room_id
 
 
+@pytest.mark.parametrize("query,found", [
+    ("room%5Falias=%23room7%3As0.example.org", True),    # name decoded
+    ("x=1;room_alias=%23room7%3As0.example.org", True),  # ';' separates
+    ("room_alias=%23room7%3As0.example.org&room_alias=%23x%3Ay", True),
+    ("room_alias=%23room+7%3As0.example.org", False),    # '+' is a space
+], ids=["encoded-name", "semicolon", "first-wins", "plus-is-space"])
+def test_directory_query_read_as_synapse_reads_it(loaded, query, found):
+    """room_alias is read with Twisted's query rules (Synapse's
+    request.args): names decoded, ';' a separator, '+' a space, the first
+    value used. "#room 7:s0.example.org" is not cached: 404 (no
+    fallback)."""
+    f = loaded.conf(fallback=False)
+    rep = f.signed_get(DIR + "?" + query)
+    if found:
+        assert rep.status == 200, rep
+        assert rep.json()["room_id"] == f.room.room_id
+    else:
+        assert_error(rep, 404, "M_NOT_FOUND")
+
+
 # -- the directory: bad parameters ------------------------------------------
 
 def test_directory_missing_alias(loaded):

@@ -973,6 +973,32 @@ def test_percent_encoded_every_byte(edge):
     check_template(room, edge.signed(target))
 
 
+@pytest.mark.parametrize("query,ok", [
+    ("?ver=9;ver=10", True),            # ';' separates, as in Twisted
+    ("?v%65r=10", True),                # the name is decoded too
+    ("?ver=1%30", True),
+    ("?ver=10=", False),                # the value is "10="
+    ("?VER=10", False),                 # not "ver": none given, so ["1"]
+    ("?ver", False),                    # no '=': ignored, so ["1"]
+    ("?ver=", False),                   # one, empty
+], ids=["semicolon", "encoded-name", "encoded-value", "trailing-equals",
+        "upper-case-name", "bare-name", "empty-value"])
+def test_ver_read_as_synapse_reads_it(edge, query, ok):
+    """The query is read with Twisted's rules (mx_uri_arg_next; the same
+    rules t/differential/test_uri.py compares with Twisted itself), so
+    the edge and the homeserver agree on which versions were offered."""
+    room = new_room("10")
+    edge.load(room).start()
+    target = raw_target(urllib.parse.quote(room.room_id, safe=""),
+                        urllib.parse.quote(JOINER, safe=""), query)
+    rep = edge.signed(target)
+    if ok:
+        check_template(room, rep)
+    else:
+        assert_error(rep, 400, "M_INCOMPATIBLE_ROOM_VERSION")
+    assert edge.rec.requests == []
+
+
 def test_unencoded_slash_makes_three_segments(edge):
     """A raw "/" splits the user ID: not a user ID (or an unknown path),
     never a template for "@a"."""

@@ -1102,6 +1102,25 @@ def test_omit_members_invalid(edge, value):
     assert edge.rec.requests == []
 
 
+@pytest.mark.parametrize("query,omit", [
+    ("?omit_members=tru%65", True),         # decoded before compared
+    ("?omit%5Fmembers=true", True),         # the name too
+    ("?x=1;omit_members=true", True),       # ';' separates
+    ("?OMIT_MEMBERS=true", False),          # another name: absent
+    ("?omit_members", False),               # no '=': ignored
+], ids=["encoded-value", "encoded-name", "semicolon", "upper-case-name",
+        "bare-name"])
+def test_omit_members_read_as_synapse_reads_it(edge, query, omit):
+    """omit_members is read with Twisted's query rules (Synapse's
+    parse_boolean over request.args), not nginx's ngx_http_arg (which
+    matches names case-insensitively and does not decode)."""
+    room = new_room("10")
+    edge.load(room).start()
+    view = View(room)
+    _, doc, _ = join(edge, room, view, edge.joiner, query=query, omit=omit)
+    assert doc.get("members_omitted", False) is omit
+
+
 def test_omit_members_false_full_state(edge):
     room = new_room("10")
     edge.load(room).start()

@@ -303,8 +303,14 @@ test_as_route(void **state)
                            "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
     assert_int_equal(route("PUT /_matrix/app/v1/transactions/%00 HTTP/1.1\r\n"
                            "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
+    /* a '%' without two hex digits stays, as the homeservers read it */
     assert_int_equal(route("PUT /_matrix/app/v1/transactions/%4 HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
+                           "\r\n", txn, token), MXJ_SYNC_AS_TRANSACTION);
+    assert_string_equal(txn, "%4");
+    assert_int_equal(route("PUT /_matrix/app/v1/transactions/9?access_token"
+                           "=a+b%2B;x=1 HTTP/1.1\r\n\r\n", txn, token),
+                     MXJ_SYNC_AS_TRANSACTION);
+    assert_string_equal(token, "a b+");
     assert_int_equal(route("PUT /transactions/1 HTTP/1.1\r\n\r\n", txn,
                            token), MXJ_SYNC_AS_UNKNOWN);
     assert_int_equal(route("GET / HTTP/1.1\r\n\r\n", txn, token),
