@@ -488,11 +488,14 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
 
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 
-    redis = json_pack("{s:s%, s:s, s:I, s:s, s:I}",
+    redis = json_pack("{s:s%, s:s, s:I, s:I, s:I, s:s, s:I}",
                       "address", mmcf->redis.address.data,
                       mmcf->redis.address.len,
                       "state", ngx_matrix_redis_state(),
                       "connects", (json_int_t) ngx_matrix_redis_connects(),
+                      "hung", (json_int_t) ngx_matrix_redis_hangs(),
+                      "outstanding",
+                      (json_int_t) ngx_matrix_redis_outstanding(),
                       "last_error", ngx_matrix_redis_last_error(),
                       "worker_pid", (json_int_t) ngx_pid);
 

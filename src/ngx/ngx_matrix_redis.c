@@ -16,6 +16,13 @@
  * 4. Every operation in flight has a non-cancelable timer: it is the
  *    timeout (hiredis 0.14 has none) and it makes a graceful shutdown wait
  *    for the reply instead of dropping the request.
+ * 5. A request that times out is answered, but its command stays queued
+ *    in hiredis until Redis answers; a Redis that never does (stopped,
+ *    or a network that drops packets while TCP stays up) would let every
+ *    later command pile up in the worker, bodies included. So when a
+ *    command times out and nothing at all was read from the connection
+ *    since it was sent, the connection is declared hung: freed (every
+ *    command on it answered 504 at once) and made again.
  */
 
 #include <ngx_config.h>
@@ -46,8 +53,13 @@ typedef struct {
     ngx_msec_t                   backoff;
     ngx_msec_t                   next_connect;  /* ngx_current_msec based */
     ngx_uint_t                   connects;
+    ngx_uint_t                   hangs;
+    ngx_uint_t                   outstanding;   /* ops hiredis holds */
+    ngx_uint_t                   context;       /* counts contexts made */
+    ngx_uint_t                   reads;         /* read events on it */
     ngx_uint_t                   schema_bad;
     redisAsyncContext           *broken;    /* AUTH or SELECT failed on it */
+    redisAsyncContext           *hung;      /* being freed as hung */
     char                         last_error[128];
     unsigned                     exiting:1;
 } ngx_matrix_redis_t;
@@ -60,6 +72,8 @@ typedef struct {
     void                        *data;
     ngx_event_t                  timer;
     ngx_matrix_script_e          script;
+    ngx_uint_t                   context;       /* rd->context when sent */
+    ngx_uint_t                   reads;         /* rd->reads when sent */
     int                          nkeys;
     int                          argc;
     char                       **argv;          /* a copy, for NOSCRIPT */
@@ -101,6 +115,7 @@ static ngx_int_t ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op);
 static void ngx_matrix_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_matrix_redis_timeout(ngx_event_t *ev);
+static void ngx_matrix_redis_hung(ngx_matrix_redis_t *rd);
 static void ngx_matrix_redis_request_gone(void *data);
 static void ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op,
     redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
@@ -458,6 +473,7 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
 
     rd->ac = ac;
     rd->state = NGX_MATRIX_REDIS_CONNECTING;
+    rd->context++;
 
     redisAsyncSetConnectCallback(ac, ngx_matrix_redis_connected);
     redisAsyncSetDisconnectCallback(ac, ngx_matrix_redis_disconnected);
@@ -520,6 +536,10 @@ static void
 ngx_matrix_redis_disconnected(const redisAsyncContext *ac, int status)
 {
     ngx_matrix_redis_t  *rd = ac->data;
+
+    if (rd->hung == ac) {
+        return;         /* closed by ngx_matrix_redis_hung(), which says so */
+    }
 
     ngx_matrix_redis_lost(rd, status == REDIS_OK ? "closed" : ac->errstr);
 }
@@ -705,6 +725,7 @@ ngx_matrix_redis_read_handler(ngx_event_t *ev)
     ngx_matrix_redis_t  *rd = c->data;
 
     if (rd->ac) {
+        rd->reads++;            /* Redis is alive, even mid-reply */
         redisAsyncHandleRead(rd->ac);
     }
 }
@@ -804,6 +825,10 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
 
+    rd->outstanding++;
+    op->context = rd->context;
+    op->reads = rd->reads;
+
     op->timer.handler = ngx_matrix_redis_timeout;
     op->timer.data = op;
     op->timer.log = rd->log;
@@ -898,8 +923,10 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
     ngx_matrix_redis_op_t  *op = privdata;
 
     if (reply == NULL || rd->broken == ac) {
-        /* the context is going away: connection lost, or worker exit */
-        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+        /* the context is going away: lost, hung, or worker exit */
+        ngx_matrix_redis_finish(op, NULL,
+                                rd->hung == ac ? NGX_MATRIX_REDIS_TIMEOUT
+                                               : NGX_MATRIX_REDIS_UNAVAILABLE,
                                 NULL);
         return;
     }
@@ -941,6 +968,10 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
 
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
+    }
+
+    if (ngx_matrix_redis) {
+        ngx_matrix_redis->outstanding--;    /* before the handler reads it */
     }
 
     r = op->request;
@@ -985,6 +1016,7 @@ static void
 ngx_matrix_redis_timeout(ngx_event_t *ev)
 {
     ngx_http_request_t     *r;
+    ngx_matrix_redis_t     *rd;
     ngx_matrix_redis_op_t  *op = ev->data;
 
     /*
@@ -993,21 +1025,65 @@ ngx_matrix_redis_timeout(ngx_event_t *ev)
      */
 
     op->timed_out = 1;
+    rd = ngx_matrix_redis;
 
     r = op->request;
-    if (r == NULL) {
-        return;
+
+    if (r != NULL) {
+        op->request = NULL;
+        op->cleanup->handler = NULL;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "redis %V: no reply within %M ms",
+                      &rd->conf->address, rd->conf->timeout);
+
+        op->handler(r, op->data, NULL, NGX_MATRIX_REDIS_TIMEOUT, NULL);
     }
 
-    op->request = NULL;
-    op->cleanup->handler = NULL;
+    /* nothing read since this command went out: the connection is hung */
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "redis %V: no reply within %M ms",
-                  &ngx_matrix_redis->conf->address,
-                  ngx_matrix_redis->conf->timeout);
+    if (rd != NULL && !rd->exiting && rd->ac != NULL && rd->hung == NULL
+        && op->context == rd->context && op->reads == rd->reads)
+    {
+        ngx_matrix_redis_hung(rd);      /* frees op too */
+    }
+}
 
-    op->handler(r, op->data, NULL, NGX_MATRIX_REDIS_TIMEOUT, NULL);
+
+static void
+ngx_matrix_redis_hung(ngx_matrix_redis_t *rd)
+{
+    redisAsyncContext  *ac;
+
+    ac = rd->ac;
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "redis %V: nothing read for %M ms with %ui commands "
+                  "waiting: closing the connection",
+                  &rd->conf->address, rd->conf->timeout, rd->outstanding);
+
+    rd->hangs++;
+
+    /*
+     * hiredis calls every callback now, with a NULL reply (answered as
+     * timeouts), refuses commands queued from them, and calls the
+     * disconnect callback only if the connection had been made.
+     */
+
+    rd->hung = ac;
+    redisAsyncFree(ac);
+    rd->hung = NULL;
+
+    ngx_cpystrn((u_char *) rd->last_error,
+                (u_char *) "no reply within matrix_redis_timeout",
+                sizeof(rd->last_error));
+
+    rd->ac = NULL;
+    rd->broken = NULL;
+    rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+
+    /* the next request reconnects, after the current backoff */
+    rd->next_connect = ngx_current_msec + rd->backoff;
 }
 
 
@@ -1098,6 +1174,20 @@ ngx_uint_t
 ngx_matrix_redis_connects(void)
 {
     return ngx_matrix_redis ? ngx_matrix_redis->connects : 0;
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_hangs(void)
+{
+    return ngx_matrix_redis ? ngx_matrix_redis->hangs : 0;
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_outstanding(void)
+{
+    return ngx_matrix_redis ? ngx_matrix_redis->outstanding : 0;
 }
 
 

@@ -95,6 +95,8 @@ const char *ngx_matrix_redis_status_text(ngx_matrix_redis_status_e status);
 /* Connection state for matrix_status: "connected", "connecting", ... */
 const char *ngx_matrix_redis_state(void);
 ngx_uint_t ngx_matrix_redis_connects(void);
+ngx_uint_t ngx_matrix_redis_hangs(void);         /* connections closed as hung */
+ngx_uint_t ngx_matrix_redis_outstanding(void);   /* commands awaiting replies */
 const char *ngx_matrix_redis_last_error(void);
 
 char *ngx_matrix_redis_parse_address(ngx_conf_t *cf,

@@ -133,10 +133,81 @@ def test_stalled_redis_times_out(nginx, redis_server):
     # answered by the configured timeout, not by the end of the pause
     assert 0.45 <= elapsed < 3.0, elapsed
 
-    # once Redis answers again the same connection serves requests
+    # nothing was read for the whole timeout: the connection is closed as
+    # hung, and once Redis answers again a new one serves requests
     time.sleep(4.0 - (time.monotonic() - t0) + 0.2)
+    r = get_status(nginx)
+    assert r.status_code == 200, r.text
+    assert r.json()["redis"]["hung"] == 1
+    assert r.json()["redis"]["connects"] == 2
+    log = nginx.log_text()
+    assert "no reply within 500 ms" in log
+    # matrix_status sends two commands
+    assert "nothing read for 500 ms with 2 commands waiting: closing the " \
+        "connection" in log
+    assert "connection lost" not in log     # closed by us, said once
+
+
+def test_stopped_redis_does_not_pile_up_commands(nginx, redis_server):
+    """A Redis that never answers (SIGSTOP: TCP stays up, nothing is
+    read): each request is answered by the timeout, and the commands do
+    not pile up in the worker for as long as it lasts: every connection
+    is closed after one timeout without a byte read, with only the
+    commands of that window on it."""
+    put_room(redis_server.client())
+    nginx.write_conf(status_conf(redis_server.address,
+                                 "matrix_redis_timeout 300ms;"))
+    nginx.start()
     assert get_status(nginx).status_code == 200
-    assert "no reply within 500 ms" in nginx.log_text()
+
+    redis_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        answers = []
+        lock = threading.Lock()
+
+        def ask():
+            end = time.monotonic() + 2.5
+            while time.monotonic() < end:
+                r = get_status(nginx, timeout=10)
+                with lock:
+                    answers.append(r)
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        redis_server.proc.send_signal(signal.SIGCONT)
+
+    assert answers
+    for r in answers:
+        # 504 by the timeout, or 502 while the worker waits to reconnect
+        assert r.status_code in (502, 504), r.text
+        assert r.json()["errcode"] == "M_UNKNOWN"
+    assert any(r.status_code == 504 for r in answers)
+
+    log = nginx.log_text()
+    closes = [int(line.split(" with ")[1].split()[0])
+              for line in log.splitlines()
+              if "closing the connection" in line]
+    assert len(closes) >= 2, log[-2000:]
+    # four clients, one request (two commands) each at a time: at most
+    # eight commands ever wait on one connection
+    assert max(closes) <= 8, closes
+
+    deadline = time.monotonic() + 15
+    while True:
+        r = get_status(nginx)
+        if r.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200, r.text
+    st = r.json()["redis"]
+    assert st["hung"] == len(closes)
+    assert st["outstanding"] == 0       # this request's own is done
+    assert ROOM in r.json()["rooms"]
 
 
 def test_redis_killed_mid_request_then_recovers(nginx, redis_server):
