@@ -17,7 +17,11 @@ def main():
     ap.add_argument("--seconds", type=float, default=20.0,
                     help="load per row (default 20)")
     ap.add_argument("--rate", type=int, default=120,
-                    help="requests/s offered (default 120)")
+                    help="requests/s offered (default 120; a row may run "
+                    "at a lower rate of its own, big-room at 60)")
+    ap.add_argument("--members", type=int,
+                    help="members of big-room's large room (default "
+                    "20000)")
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--json", help="also write the rows to this file")
     a = ap.parse_args()
@@ -29,13 +33,21 @@ def main():
     for i, f in enumerate(faults):
         t0 = time.monotonic()
         row = mxj_fault.run_row(f, seconds=a.seconds, rate=a.rate,
-                                threads=a.threads, seed=i)
+                                threads=a.threads, seed=i,
+                                members=a.members if f == "big-room"
+                                else None)
+        row["elapsed"] = time.monotonic() - t0
         rows.append(row)
-        print(f"{f}: {row['requests']} requests, {row['ok200']} send_join "
-              f"200, lost {row['lost']}, left in outbox "
+        print(f"{f}: {row['requests']} requests at {row['rate']}/s, "
+              f"{row['ok200']} send_join 200, lost {row['lost']}, "
+              f"redelivered {row['redelivered']} (2xx while Redis was down "
+              f"{row['acks_in_outage']}), left in outbox "
               f"{row['left_in_outbox']}, other {row['errors']}, max "
-              f"{row['max_latency'] * 1000:.0f} ms "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
+              f"{row['max_latency'] * 1000:.0f} ms, largest send_join "
+              f"answer {row['max_answer_bytes']:,} bytes "
+              f"({row['big_answers']} over 1 MB), forwarder "
+              f"reconnected {row['redis_reconnects']}x "
+              f"({row['elapsed']:.0f} s)", flush=True)
         for p in row["problems"]:
             print("   PROBLEM:", p, flush=True)
     print()

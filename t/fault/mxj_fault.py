@@ -29,7 +29,15 @@ After the load: the fault is undone, the running forwarder stopped,
   forward  the final `forward --once` exits non-zero or leaves dead
            letters.
 
-Nothing here asserts time: max latency is recorded, not judged.
+Recorded, not judged: max latency; `redelivered`, the events the
+homeserver answered 2xx more than once (delivery is at-least-once: an
+entry whose acknowledgement was lost is sent again, and the homeserver
+answers a repeated send_join 200); `acks_in_outage`, deliveries answered
+2xx while Redis was down (their XACK/XDEL cannot have happened, so each
+must be delivered again). Nothing here asserts time.
+
+Rows may carry options (ROW_OPTIONS): a rate they are run at (at most),
+a large first room (`members`).
 """
 
 import copy
@@ -94,19 +102,22 @@ class Req:
 
 
 class Result:
-    __slots__ = ("req", "status", "body", "error", "latency")
+    __slots__ = ("req", "status", "body", "error", "latency", "size")
 
     def __init__(self, req, status, body, error, latency):
         self.req = req
         self.status = status
-        self.body = body
+        self.size = len(body)
+        # a 200's body is not judged, and a big room's is megabytes
+        self.body = b"" if status == 200 else body
         self.error = error
         self.latency = latency
 
 
 def send(port, req, timeout=HANG_S):
-    """(status, body, error): error is None, 'hang', 'reset', 'refused' or
-    another exception's name."""
+    """(status, body, error): error is None, 'hang', 'reset', 'refused',
+    'truncated' (the connection closed before the whole body) or another
+    exception's name."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.putrequest(req.method, req.target, skip_host=True,
@@ -126,6 +137,10 @@ def send(port, req, timeout=HANG_S):
     except (ConnectionResetError, BrokenPipeError,
             http.client.RemoteDisconnected):
         return None, b"", "reset"
+    except http.client.IncompleteRead:
+        return None, b"", "truncated"
+    except http.client.HTTPException as e:
+        return None, b"", type(e).__name__
     except OSError as e:
         return None, b"", type(e).__name__
     finally:
@@ -149,7 +164,7 @@ class Edge:
 
     def __init__(self, workers=2, rooms=3, seed=0, http_extra="",
                  server_extra="", main_extra="", key_server=KeyServer,
-                 forwarder=True, worker_connections=1024):
+                 forwarder=True, worker_connections=1024, members=None):
         self.worker_connections = worker_connections
         self.http_extra = http_extra
         self.server_extra = server_extra
@@ -165,13 +180,19 @@ class Edge:
               for rs in self.remotes}
         self.upstream = Upstream(verify_keys=vk, destination=EDGE,
                                  avoid=[self.nginx.port])
-        self.rooms = [mxj_room.Room(VERSIONS[i % len(VERSIONS)], members=6,
-                                    servers=2, seed=7100 + seed * 10 + i)
+        # members: the first room that large (the others 6 members)
+        self.rooms = [mxj_room.Room(VERSIONS[i % len(VERSIONS)],
+                                    members=members if members and i == 0
+                                    else 6,
+                                    servers=20 if members and i == 0 else 2,
+                                    seed=7100 + seed * 10 + i)
                       for i in range(rooms)]
         self.forwarder = None
         self.fwd_runs = 0
         self.killed_workers = []
         self.generation = 0
+        self.redis_down = []        # [monotonic kill, monotonic up or None]
+        self.notes = []             # what a fault saw, for the problems
 
     # -- setup ---------------------------------------------------------------
 
@@ -307,6 +328,24 @@ class Edge:
             f"worker process {pid} exited on signal 9")
         os.kill(pid, signal.SIGKILL)
 
+    # -- Redis ---------------------------------------------------------------
+
+    # An outage is timed conservatively: from after the kill was reaped
+    # to before the restart began, when Redis was surely down.
+
+    def kill_redis(self):
+        self.redis.kill9()
+        self.redis_down.append([time.monotonic(), None])
+
+    def restart_redis(self):
+        if self.redis_down and self.redis_down[-1][1] is None:
+            self.redis_down[-1][1] = time.monotonic()
+        self.redis.restart()
+
+    def in_outage(self, t):
+        return any(a <= t and (b is None or t < b)
+                   for a, b in self.redis_down)
+
     # -- pre-signed requests ---------------------------------------------------
 
     def make_join_req(self, room, remote, localpart):
@@ -420,11 +459,65 @@ def _nothing(edge):
 
 
 def _redis_kill(edge):
-    edge.redis.kill9()
+    edge.kill_redis()
 
 
 def _redis_restart(edge):
-    edge.redis.restart()
+    edge.restart_redis()
+
+
+ACK_DELAY = 0.3     # redis-kill-ack: the homeserver's 200 comes this late
+
+
+def _redis_kill_ack(edge):
+    """The homeserver answers 200 after ACK_DELAY, so that deliveries are
+    in flight; once two are (at most 5 s), Redis is killed: their 2xx
+    comes while Redis is down, and the forwarder cannot XACK/XDEL."""
+    edge.upstream.on(Answer(200, {}, delay=ACK_DELAY))
+    time.sleep(1.0)
+    try:
+        edge.upstream.wait_for(lambda u: u.in_flight >= 2, 5.0)
+    except AssertionError:
+        edge.notes.append("redis-kill-ack: fewer than 2 deliveries in "
+                          "flight after 5 s; Redis killed anyway")
+    edge.kill_redis()
+
+
+def _redis_restart_fast(edge):
+    """Restarted; the homeserver answers at once again."""
+    edge.restart_redis()
+    edge.upstream.clear_rules()
+
+
+def _redis_kill_repeat(edge):
+    """kill -9, 2 s down, restart, 2 s up, twice; the third kill's restart
+    is the fault's end."""
+    for _ in range(2):
+        edge.kill_redis()
+        time.sleep(2.0)
+        edge.restart_redis()
+        time.sleep(2.0)
+    edge.kill_redis()
+
+
+def _compound(edge):
+    """kill -9 of Redis, of one nginx worker and of the forwarder at the
+    same instant (the three signals sent back to back, then reaped)."""
+    pid = edge.workers()[0]
+    edge.killed_workers.append(pid)
+    edge.nginx.allowed_log.append(
+        f"worker process {pid} exited on signal 9")
+    os.kill(edge.redis.proc.pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
+    os.kill(edge.forwarder.pid, signal.SIGKILL)
+    edge.redis.proc.wait()
+    edge.redis_down.append([time.monotonic(), None])
+    edge.forwarder.kill9()      # reaps it (the signal again is harmless)
+
+
+def _compound_end(edge):
+    edge.restart_redis()
+    edge.start_forwarder()
 
 
 def _redis_pause(edge):
@@ -499,18 +592,50 @@ FAULTS = {
                       "homeserver hangs for 5 s (forward --timeout 2 s)"),
     "upstream-refuse": (_up_down, _up_up, 5, False,
                         "homeserver refuses connections for 5 s"),
+    "redis-kill-ack": (_redis_kill_ack, _redis_restart_fast, 2, False,
+                       "kill -9 of redis-server while deliveries are in "
+                       "flight (homeserver answers 200 after 300 ms), "
+                       "restarted 2 s later"),
+    "redis-kill-repeat": (_redis_kill_repeat, _redis_restart, 2, False,
+                          "kill -9 of redis-server 3 times, each restarted "
+                          "2 s later, 2 s apart"),
+    "compound": (_compound, _compound_end, 2, True,
+                 "kill -9 of redis-server, one nginx worker and the "
+                 "forwarder at once; Redis and the forwarder restarted "
+                 "2 s later"),
+    "big-room": (_redis_kill, _redis_restart, 2, False,
+                 "one room of {members} members (send_join answers of "
+                 "{answer_mb:.0f} MB), kill -9 of redis-server restarted "
+                 "2 s later; {rate} requests/s"),
 }
+
+# Options of a row: "rate", the most requests/s it is run at; "members",
+# the size of its first room (ROW_OPTIONS's or run_row's members=).
+ROW_OPTIONS = {
+    # 20,000 members: each send_join answer of that room is about 14 MB;
+    # 60/s is half the default, for a 2-CPU machine shared with other work
+    # (120/s was carried too, max latency 43 ms, on 2026-11-27)
+    "big-room": {"rate": 60, "members": 20000},
+}
+
+# Rows in which a worker is killed on purpose (one must have been).
+WORKER_KILLS = ("worker-kill", "compound")
 
 
 def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
-            seed=0):
-    """One row: returns a dict (fault, requests, ok200, lost, bad, hangs,
-    errors, max_latency, problems [strings])."""
+            seed=0, members=None):
+    """One row: returns a dict (fault, requests, ok200, lost, redelivered,
+    bad, hangs, errors, max_latency, problems [strings])."""
     begin, end, hold, conn_ok, what = FAULTS[fault]
+    opts = ROW_OPTIONS.get(fault, {})
+    rate = min(rate, opts.get("rate", rate))
+    members = members or opts.get("members")
     fault_at = seconds / 3 if fault_at is None else fault_at
-    edge = Edge(seed=seed)
+    edge = Edge(seed=seed, members=members)
     problems = []
-    row = {"fault": fault, "what": what}
+    row = {"fault": fault, "what": what, "rate": rate, "seconds": seconds}
+    if members:
+        row["members"] = members
     try:
         edge.start()
         per_room = int(rate * seconds / 2 / len(edge.rooms) * 1.3) + 20
@@ -534,7 +659,9 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         if edge.forwarder is not None and not edge.forwarder.running():
             problems.append(f"the forwarder exited: "
                             f"{edge.forwarder.excerpt(1500)}")
+        fwd_log = edge.forwarder.log() if edge.forwarder else ""
         edge.stop_forwarder()
+        problems.extend(edge.notes)
         rc, log = edge.forward_once()
         if rc != 0:
             problems.append(f"forward --once exited {rc}: {log}")
@@ -574,6 +701,22 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         for s in edge.upstream.requests():
             if s.ok:
                 delivered.setdefault(s.event_id, []).append(s)
+        redelivered = sum(1 for v in delivered.values() if len(v) > 1)
+        # answered 2xx while Redis was down: the acknowledgement cannot
+        # have happened, so each must reach the homeserver again (or be
+        # left in the outbox)
+        in_outage = {s.event_id for v in delivered.values() for s in v
+                     if edge.in_outage(s.answered_mono)}
+        not_again = [e for e in in_outage
+                     if len(delivered[e]) < 2 and e not in outbox]
+        if not_again:
+            problems.append(f"{len(not_again)} events answered 2xx while "
+                            f"Redis was down were neither delivered again "
+                            f"nor left in the outbox: {not_again[:3]}")
+        if fault == "redis-kill-ack" and not in_outage:
+            problems.append("no delivery was answered 2xx while Redis was "
+                            "down: the row did not test a lost "
+                            "acknowledgement")
         xbad = [s for s in edge.upstream.requests()
                 if s.xmatrix not in (None, "ok")]
         if xbad:
@@ -598,8 +741,14 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         edge.stop()
         for line in edge.nginx.bad_log_lines()[:5]:
             problems.append(f"nginx log: {line}")
-        if fault == "worker-kill" and not edge.killed_workers:
+        if fault in WORKER_KILLS and not edge.killed_workers:
             problems.append("no worker was killed")
+        sizes = [x.size for x in sj_ok
+                 if x.req.room_id == edge.rooms[0].room_id]
+        if "{" in row["what"]:
+            row["what"] = row["what"].format(
+                members=f"{members:,}" if members else 6, rate=rate,
+                answer_mb=max(sizes, default=0) / 1e6)
         row.update(
             requests=len(results),
             make_join=sum(1 for x in results if x.req.kind == "make_join"),
@@ -607,6 +756,11 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
             ok200=len(sj_ok),
             mj200=len(ok) - len(sj_ok),
             lost=len(lost),
+            redelivered=redelivered,
+            acks_in_outage=len(in_outage),
+            redis_reconnects=fwd_log.count("connected again"),
+            max_answer_bytes=max((x.size for x in sj_ok), default=0),
+            big_answers=sum(1 for x in sj_ok if x.size >= 1000000),
             left_in_outbox=len(outbox),
             delivered=len(delivered),
             bad=len(bad), hangs=hangs, errors=errors,
@@ -625,14 +779,15 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
 
 
 def table(rows):
-    out = ["| fault | requests | send_join 200 | lost | make_join 200 "
-           "| other answers | max latency | verdict |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| fault | requests | send_join 200 | lost | redelivered "
+           "| make_join 200 | other answers | max latency | verdict |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         errs = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) \
             or "—"
         out.append(f"| {r['what']} | {r['requests']} | {r['ok200']} | "
-                   f"{r['lost']} | {r['mj200']} | {errs} | "
+                   f"{r['lost']} | {r.get('redelivered', 0)} | "
+                   f"{r['mj200']} | {errs} | "
                    f"{r['max_latency'] * 1000:.0f} ms | "
                    f"{'ok' if not r['problems'] else 'FAILED'} |")
     return "\n".join(out)

@@ -1,5 +1,6 @@
 """The fault matrix (t/fault/, docs/reliability.md) in a reduced form for
-CI: three rows with a few seconds of load each. Asserts correctness only
+CI: four rows with a few seconds of load each (compound: Redis, a worker
+and the forwarder killed at once). Asserts correctness only
 (every send_join answered 200 reached the homeserver exactly as sent or
 is still in the outbox; every other answer is a Matrix JSON 5xx; no
 crash or [alert] but the worker killed on purpose); latency is recorded
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.no_valgrind]
 
 
 @pytest.mark.parametrize("fault", ["redis-kill", "worker-kill",
-                                   "forwarder-kill"])
+                                   "forwarder-kill", "compound"])
 def test_fault_row(fault):
     row = mxj_fault.run_row(fault, seconds=5.0, fault_at=1.5, rate=80,
                             threads=6)
