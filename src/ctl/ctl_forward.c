@@ -1828,6 +1828,9 @@ mxj_fwd_deliver(mxj_fwd_worker_t *w, mxj_fwd_room_t *room,
         if (action == MXJ_FWD_ACK) {
             if (mxj_fwd_ack(w, room, e) != 0) {
                 /* left pending: it is delivered again */
+                mxj_fwd_log("delivered, not acknowledged room=%s event=%s "
+                            "status=%ld: it stays in the outbox and is sent "
+                            "again", room->id, event, status);
                 break;
             }
 
