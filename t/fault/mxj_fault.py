@@ -45,7 +45,6 @@ import hashlib
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
