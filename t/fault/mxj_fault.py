@@ -523,6 +523,14 @@ def _redis_pause(edge):
     edge.redis.pause(3000)
 
 
+def _redis_sigstop(edge):
+    edge.redis.proc.send_signal(signal.SIGSTOP)
+
+
+def _redis_sigcont(edge):
+    edge.redis.proc.send_signal(signal.SIGCONT)
+
+
 def _reload(edge):
     edge.reconfigure()
 
@@ -577,6 +585,9 @@ FAULTS = {
                    "(appendfsync always)"),
     "redis-pause": (_redis_pause, _nothing, 0, False,
                     "CLIENT PAUSE 3000 ALL"),
+    "redis-stop": (_redis_sigstop, _redis_sigcont, 3, False,
+                   "SIGSTOP of redis-server for 3 s (TCP up, nothing "
+                   "read)"),
     "reload": (_reload, _nothing, 0, False,
                "nginx -s reload with a changed config"),
     "quit-start": (_nginx_quit, _nginx_start, 1, True,
