@@ -104,6 +104,7 @@ mx_keydoc_parse(const char *body, size_t len, const char *server,
 {
     size_t                  i, n;
     json_t                 *root, *docs, *doc;
+    const char             *reason;
     const mx_keydoc_key_t  *k;
 
     *nkeys = 0;
@@ -130,7 +131,7 @@ mx_keydoc_parse(const char *body, size_t len, const char *server,
         return -1;
     }
 
-    *why = "the answer has no key document of the server";
+    reason = "the answer has no key document of the server";
 
     for (i = 0; i < n; i++) {
         doc = (docs == NULL) ? root : json_array_get(docs, i);
@@ -140,7 +141,7 @@ mx_keydoc_parse(const char *body, size_t len, const char *server,
         }
 
         if (mx_keydoc_check(doc, server, now, max_age, keys, nmax, nkeys,
-                            why)
+                            &reason)
             != 0)
         {
             continue;
@@ -161,14 +162,19 @@ mx_keydoc_parse(const char *body, size_t len, const char *server,
             break;
         }
 
-        *why = (k == NULL) ? "the server's document does not list the key"
-                           : "the key's document has expired";
+        reason = (k == NULL) ? "the server's document does not list the key"
+                             : "the key's document has expired";
         *nkeys = 0;
     }
 
     json_decref(root);
 
-    return (i < n) ? 0 : -1;
+    if (i == n) {
+        *why = reason;
+        return -1;
+    }
+
+    return 0;
 }
 
 

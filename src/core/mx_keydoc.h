@@ -50,8 +50,9 @@ typedef struct {
  * Checks one key document of server and takes its keys into keys[0..nmax)
  * in document order, verify_keys first, then old_verify_keys; *nkeys is
  * how many. A document with more than nmax keys still checks; the keys
- * past nmax are not returned. 0, or -1 with *why, a static sentence
- * ("the key document's self-signature does not verify"), and *nkeys 0.
+ * past nmax are not returned. 0 (*why untouched), or -1 with *why, a
+ * static sentence ("the key document's self-signature does not verify"),
+ * and *nkeys 0.
  */
 int mx_keydoc_check(const json_t *doc, const char *server, int64_t now,
     int64_t max_age, mx_keydoc_key_t *keys, size_t nmax, size_t *nkeys,
@@ -64,9 +65,10 @@ int mx_keydoc_check(const json_t *doc, const char *server, int64_t now,
  * documents of other servers are skipped. The first document of server
  * that checks (mx_keydoc_check), and with key_id not NULL, that also has
  * key_id among its current keys (in the first nmax) and a valid_until_ts
- * after now. 0 with its keys as mx_keydoc_check gives them, or -1 with
- * *why the reason of the last document of server that did not do, or
- * "the answer has no key document of the server", and *nkeys 0.
+ * after now. 0 with its keys as mx_keydoc_check gives them (*why
+ * untouched), or -1 with *why the reason of the last document of server
+ * that did not do, or "the answer has no key document of the server",
+ * and *nkeys 0.
  */
 int mx_keydoc_parse(const char *body, size_t len, const char *server,
     const char *key_id, int64_t now, int64_t max_age, mx_keydoc_key_t *keys,

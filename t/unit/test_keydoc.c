@@ -220,6 +220,7 @@ test_good(void **state)
     assert_int_equal(n, 2);
     assert_int_equal(parse(GOOD, "domain", "ed25519:1", keys, 8, &n, &why),
                      0);
+    assert_null(why);
     assert_int_equal(n, 2);
     assert_key(&keys[0], "ed25519:1", spec_pk, NOW + WEEK, 0);
 
