@@ -262,12 +262,9 @@ int
 mx_json_verify(const json_t *obj, const char *entity, const char *key_id,
     const uint8_t pk[MX_ED25519_PK_LEN], mx_err_t *err)
 {
-    long         n;
-    size_t       len;
     json_t      *sigs, *mine, *s;
-    uint8_t      sig[MX_ED25519_SIG_LEN + 3];
+    uint8_t      sig[MX_ED25519_SIG_LEN];
     mx_buf_t     bytes = MX_BUF_INIT;
-    const char  *b64;
 
     if (!json_is_object(obj)) {
         mx_err_set(err, "signed JSON must be an object");
@@ -290,29 +287,7 @@ mx_json_verify(const json_t *obj, const char *entity, const char *key_id,
         return -1;
     }
 
-    if (!json_is_string(s)) {
-        mx_err_set(err, "signature is not a string");
-        return -1;
-    }
-
-    b64 = json_string_value(s);
-    len = json_string_length(s);
-
-    /* 64 bytes are 86 characters, 88 when padded */
-    if (len > MX_ED25519_SIG_B64_LEN + 2) {
-        mx_err_set(err, "signature has wrong length");
-        return -1;
-    }
-
-    n = mx_b64_decode(sig, sizeof(sig), b64, len, MX_B64_STD);
-
-    if (n < 0) {
-        mx_err_set(err, "signature is not base64");
-        return -1;
-    }
-
-    if (n != MX_ED25519_SIG_LEN) {
-        mx_err_set(err, "signature has wrong length");
+    if (mx_json_signature_decode(s, sig, err) != 0) {
         return -1;
     }
 
@@ -329,6 +304,47 @@ mx_json_verify(const json_t *obj, const char *entity, const char *key_id,
     }
 
     mx_buf_free(&bytes);
+
+    return 0;
+}
+
+
+int
+mx_json_signature_decode(const json_t *s, uint8_t sig[MX_ED25519_SIG_LEN],
+    mx_err_t *err)
+{
+    long         n;
+    size_t       len;
+    uint8_t      buf[MX_ED25519_SIG_LEN + 3];
+    const char  *b64;
+
+    if (!json_is_string(s)) {
+        mx_err_set(err, "signature is not a string");
+        return -1;
+    }
+
+    b64 = json_string_value(s);
+    len = json_string_length(s);
+
+    /* 64 bytes are 86 characters, 88 when padded */
+    if (len > MX_ED25519_SIG_B64_LEN + 2) {
+        mx_err_set(err, "signature has wrong length");
+        return -1;
+    }
+
+    n = mx_b64_decode(buf, sizeof(buf), b64, len, MX_B64_STD);
+
+    if (n < 0) {
+        mx_err_set(err, "signature is not base64");
+        return -1;
+    }
+
+    if (n != MX_ED25519_SIG_LEN) {
+        mx_err_set(err, "signature has wrong length");
+        return -1;
+    }
+
+    memcpy(sig, buf, MX_ED25519_SIG_LEN);
 
     return 0;
 }

@@ -69,6 +69,16 @@ int mx_json_verify(const json_t *obj, const char *entity, const char *key_id,
     const uint8_t pk[MX_ED25519_PK_LEN], mx_err_t *err);
 
 /*
+ * A signature value of signed JSON: a string, the std base64 (padded or
+ * not) of 64 bytes, into sig. What mx_json_verify checks before it
+ * verifies, for a caller that makes the signing bytes once and checks
+ * several signatures over them. 0, or -1 with err ("signature is not
+ * base64", "signature has wrong length", "signature is not a string").
+ */
+int mx_json_signature_decode(const json_t *s, uint8_t sig[MX_ED25519_SIG_LEN],
+    mx_err_t *err);
+
+/*
  * Canonical bytes that get signed: obj without "signatures" and "unsigned".
  * Appended to out. 0 or -1.
  */

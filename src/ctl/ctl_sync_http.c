@@ -20,8 +20,8 @@
 #include "ctl.h"
 #include "ctl_forward.h"
 #include "ctl_sync_run.h"
-#include "mx_base64.h"
 #include "mx_json.h"
+#include "mx_keydoc.h"
 #include "mx_xmatrix.h"
 
 
@@ -571,26 +571,20 @@ mxj_sync_keyring_fetch(mxj_sync_keyring_t *ring, mxj_sync_http_t *h,
 
 
 /*
- * One key document: its server must have been asked for, and it must
- * carry the server's own signature by one of its verify_keys, every such
- * signature verifying. Its keys are then known until valid_until_ts
- * (verify_keys, at most 7 days from now) or expired_ts (old_verify_keys).
- * A bad document is ignored, the reason kept. -1 only when out of memory.
+ * One key document of a server asked for, by the rules of mx_keydoc: its
+ * keys are then known until valid_until_ts (verify_keys, at most 7 days
+ * from now) or expired_ts (old_verify_keys), whether the document is
+ * still valid or not: an event is judged at its own time. A bad document
+ * is ignored, the reason kept. -1 only when out of memory.
  */
 
 static int
 mxj_sync_keyring_doc(mxj_sync_keyring_t *ring, json_t *doc,
     const mxj_sync_ids_t *want, int64_t now)
 {
-    int                  good, bad;
-    long                 n;
-    char                 why[256];
-    size_t               i;
-    uint8_t              pk[MX_ED25519_PK_LEN + 3];
-    json_t              *vk, *old, *sigs, *v;
-    int64_t              until;
-    mx_err_t             err;
-    const char          *server, *key_id, *b64;
+    size_t               i, n;
+    const char          *server, *why;
+    mx_keydoc_key_t      keys[MX_KEYDOC_MAX_KEYS];
     mxj_sync_server_t   *sv;
 
     server = json_string_value(json_object_get(doc, "server_name"));
@@ -614,104 +608,26 @@ mxj_sync_keyring_doc(mxj_sync_keyring_t *ring, json_t *doc,
         return -1;
     }
 
-    vk = json_object_get(doc, "verify_keys");
-    old = json_object_get(doc, "old_verify_keys");
-    sigs = json_object_get(json_object_get(doc, "signatures"), server);
-    v = json_object_get(doc, "valid_until_ts");
-
-    if (!json_is_object(vk) || !json_is_object(sigs) || !json_is_integer(v))
+    if (mx_keydoc_check(doc, server, now, MXJ_SYNC_KEY_DAYS_MS, keys,
+                        MX_KEYDOC_MAX_KEYS, &n, &why)
+        != 0)
     {
-        snprintf(why, sizeof(why), "its key document lacks verify_keys, "
-                 "valid_until_ts or its own signatures");
-        goto bad;
+        free(sv->why);
+        sv->why = strdup(why);
+        return 0;
     }
 
-    until = json_integer_value(v);
-
-    if (until > now + MXJ_SYNC_KEY_DAYS_MS) {
-        until = now + MXJ_SYNC_KEY_DAYS_MS;
-    }
-
-    /* the self-signature, with the keys the document itself lists */
-
-    good = 0;
-    bad = 0;
-
-    json_object_foreach(sigs, key_id, v) {
-        b64 = json_string_value(json_object_get(json_object_get(vk, key_id),
-                                                "key"));
-
-        if (b64 == NULL || strncmp(key_id, "ed25519:", 8) != 0) {
-            continue;
-        }
-
-        n = mx_b64_decode(pk, sizeof(pk), b64, strlen(b64), MX_B64_STD);
-
-        if (n != MX_ED25519_PK_LEN
-            || mx_json_verify(doc, server, key_id, pk, &err) != 0)
+    for (i = 0; i < n; i++) {
+        if (mxj_sync_server_key(sv, keys[i].key_id, keys[i].pk,
+                                keys[i].valid_until)
+            != 0)
         {
-            bad++;
-            continue;
-        }
-
-        good++;
-    }
-
-    if (good == 0 || bad > 0) {
-        snprintf(why, sizeof(why), "its key document's self-signature does "
-                 "not verify");
-        goto bad;
-    }
-
-    json_object_foreach(vk, key_id, v) {
-        b64 = json_string_value(json_object_get(v, "key"));
-
-        if (b64 == NULL || !mx_key_id_valid(key_id, strlen(key_id))) {
-            continue;
-        }
-
-        if (mx_b64_decode(pk, sizeof(pk), b64, strlen(b64), MX_B64_STD)
-            != MX_ED25519_PK_LEN)
-        {
-            continue;
-        }
-
-        if (mxj_sync_server_key(sv, key_id, pk, until) != 0) {
             return -1;
-        }
-    }
-
-    if (json_is_object(old)) {
-        json_object_foreach(old, key_id, v) {
-            b64 = json_string_value(json_object_get(v, "key"));
-
-            if (b64 == NULL || !json_is_integer(json_object_get(v,
-                                                         "expired_ts"))
-                || !mx_key_id_valid(key_id, strlen(key_id))
-                || mx_b64_decode(pk, sizeof(pk), b64, strlen(b64),
-                                 MX_B64_STD) != MX_ED25519_PK_LEN)
-            {
-                continue;
-            }
-
-            if (mxj_sync_server_key(sv, key_id, pk,
-                    json_integer_value(json_object_get(v, "expired_ts")))
-                != 0)
-            {
-                return -1;
-            }
         }
     }
 
     free(sv->why);
     sv->why = NULL;
-
-    return 0;
-
-bad:
-
-    free(sv->why);
-    sv->why = strdup(why);
 
     return 0;
 }

@@ -19,6 +19,7 @@
 #include "mx_base64.h"
 #include "mx_crypto.h"
 #include "mx_json.h"
+#include "mx_keydoc.h"
 #include "mx_xmatrix.h"
 
 
@@ -84,9 +85,6 @@ static void ngx_http_matrix_auth_waiter_gone(void *data);
 static void ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev);
 static void ngx_http_matrix_auth_resume(ngx_event_t *ev);
 static void ngx_http_matrix_auth_fetch_end(ngx_http_matrix_fetch_t *f);
-static ngx_int_t ngx_http_matrix_auth_parse_keys(ngx_http_request_t *sr,
-    ngx_http_matrix_fetch_t *f, u_char *body, size_t len, u_char *pk,
-    int64_t *valid_until, const char **why);
 static void ngx_http_matrix_key_store(ngx_http_request_t *r,
     const char *server, const char *key_id, const u_char *pk,
     int64_t valid_until);
@@ -849,10 +847,11 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
     ngx_http_matrix_fetch_t *f = data;
 
     u_char                            *body;
-    u_char                             pk[MX_ED25519_PK_LEN];
-    size_t                             len;
-    int64_t                            valid_until, now;
+    size_t                             len, nkeys;
+    int64_t                            now;
     const char                        *why;
+    mx_keydoc_key_t                    keys[MX_KEYDOC_MAX_KEYS];
+    const mx_keydoc_key_t             *k;
     ngx_http_matrix_join_loc_conf_t   *mlcf;
 
     if (!f->used || f->owner != sr->parent) {
@@ -868,6 +867,8 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
     }
 
     why = NULL;
+    k = NULL;
+    now = ngx_http_matrix_now_ms();
 
     if (rc != NGX_OK && rc != NGX_HTTP_OK) {
         why = "the fetch failed";
@@ -879,16 +880,18 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
         why = "the key server's answer is empty (or larger than "
               "subrequest_output_buffer_size)";
 
-    } else {
-        (void) ngx_http_matrix_auth_parse_keys(sr, f, body, len, pk,
-                                               &valid_until, &why);
+    } else if (mx_keydoc_parse((char *) body, len, f->server, f->key_id,
+                               now, NGX_HTTP_MATRIX_KEY_MAX_AGE, keys,
+                               MX_KEYDOC_MAX_KEYS, &nkeys, &why)
+               == 0)
+    {
+        k = mx_keydoc_find(keys, nkeys, f->key_id);
     }
 
     mlcf = ngx_http_get_module_loc_conf(sr->parent,
                                         ngx_http_matrix_join_module);
-    now = ngx_http_matrix_now_ms();
 
-    if (why) {
+    if (k == NULL) {
         ngx_log_error(NGX_LOG_WARN, sr->connection->log, 0,
                       "matrix: fetching key \"%s\" of \"%s\" failed: %s "
                       "(status %ui)", f->key_id, f->server, why,
@@ -898,9 +901,10 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
                                      now + mlcf->key_fetch_negative_ttl);
 
     } else {
-        ngx_http_matrix_key_remember(f->server, f->key_id, pk, valid_until,
-                                     0);
-        ngx_http_matrix_key_store(sr, f->server, f->key_id, pk, valid_until);
+        ngx_http_matrix_key_remember(f->server, f->key_id, k->pk,
+                                     k->valid_until, 0);
+        ngx_http_matrix_key_store(sr, f->server, f->key_id, k->pk,
+                                  k->valid_until);
     }
 
     /* everyone waiting, the owner too, looks the key up again */
@@ -908,149 +912,6 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
     ngx_http_matrix_auth_fetch_end(f);
 
     return rc;
-}
-
-
-/*
- * A server's key document, or a notary's {"server_keys": [...]}: the
- * document for f->server must be self-signed and name f->key_id in
- * verify_keys.
- */
-static ngx_int_t
-ngx_http_matrix_auth_parse_keys(ngx_http_request_t *sr,
-    ngx_http_matrix_fetch_t *f, u_char *body, size_t len, u_char *pk,
-    int64_t *valid_until, const char **why)
-{
-    size_t        i;
-    json_t       *root, *docs, *doc, *vk, *k, *sigs, *sig, *until;
-    int64_t       cap, now;
-    u_char        spk[MX_ED25519_PK_LEN];
-    mx_err_t      err;
-    const char   *kid;
-    ngx_uint_t    signed_ok, bad_sig, found;
-
-    root = json_loadb((char *) body, len, 0, NULL);
-    if (!json_is_object(root)) {
-        json_decref(root);
-        *why = "the answer is not a JSON object";
-        return NGX_ERROR;
-    }
-
-    docs = json_object_get(root, "server_keys");
-
-    if (docs == NULL) {
-        docs = json_array();
-        if (docs == NULL) {
-            json_decref(root);
-            *why = "out of memory";
-            return NGX_ERROR;
-        }
-
-        json_array_append(docs, root);
-
-    } else if (json_is_array(docs)) {
-        json_incref(docs);
-
-    } else {
-        json_decref(root);
-        *why = "\"server_keys\" is not a list";
-        return NGX_ERROR;
-    }
-
-    now = ngx_http_matrix_now_ms();
-    found = 0;
-    *why = "no document of the server names the key";
-
-    json_array_foreach(docs, i, doc) {
-        k = json_object_get(doc, "server_name");
-
-        if (!json_is_string(k) || ngx_strcmp(json_string_value(k), f->server))
-        {
-            continue;
-        }
-
-        vk = json_object_get(doc, "verify_keys");
-        sigs = json_object_get(json_object_get(doc, "signatures"), f->server);
-        until = json_object_get(doc, "valid_until_ts");
-
-        if (!json_is_object(vk) || !json_is_object(sigs)
-            || !json_is_integer(until))
-        {
-            *why = "a document of the server is malformed";
-            continue;
-        }
-
-        /* every signature of the server by a key it lists must verify */
-
-        signed_ok = 0;
-        bad_sig = 0;
-
-        json_object_foreach(sigs, kid, sig) {
-            k = json_object_get(json_object_get(vk, kid), "key");
-
-            if (!json_is_string(k)
-                || mx_b64_decode(spk, sizeof(spk), json_string_value(k),
-                                 json_string_length(k), MX_B64_STD)
-                   != MX_ED25519_PK_LEN)
-            {
-                continue;       /* signed by a key it does not list */
-            }
-
-            if (mx_json_verify(doc, f->server, kid, spk, &err) != 0) {
-                bad_sig = 1;
-                break;
-            }
-
-            signed_ok = 1;
-        }
-
-        if (bad_sig) {
-            *why = "the document's self-signature does not verify";
-            continue;
-        }
-
-        if (!signed_ok) {
-            *why = "the document is not signed by the server itself";
-            continue;
-        }
-
-        k = json_object_get(json_object_get(vk, f->key_id), "key");
-
-        if (!json_is_string(k)
-            || mx_b64_decode(pk, MX_ED25519_PK_LEN, json_string_value(k),
-                             json_string_length(k), MX_B64_STD)
-               != MX_ED25519_PK_LEN)
-        {
-            *why = "the server's document does not list the key";
-            continue;
-        }
-
-        *valid_until = json_integer_value(until);
-        cap = now + NGX_HTTP_MATRIX_KEY_MAX_AGE;
-
-        if (*valid_until > cap) {
-            *valid_until = cap;
-        }
-
-        if (*valid_until <= now) {
-            *why = "the key's document has expired";
-            continue;
-        }
-
-        found = 1;
-        break;
-    }
-
-    json_decref(docs);
-    json_decref(root);
-
-    if (!found) {
-        return NGX_ERROR;
-    }
-
-    *why = NULL;
-
-    return NGX_OK;
 }
 
 

@@ -870,6 +870,18 @@ def test_bad_key_answer_401(loaded, how):
     assert f.r.hget(keys_hash(f), "ed25519:k1") is None
 
 
+@pytest.mark.parametrize("form", ["notary", "post"])
+def test_notary_expired_document_first(loaded, form):
+    """A notary may hold several documents of a server, an expired one
+    ahead of the current one: the one that vouches for the key now is
+    used."""
+    f = loaded.conf(fetch=form)
+    f.keys.stale_first = True
+    assert f.signed_get(f.target).status == 200
+    assert f.keys.count() == 1
+    assert json.loads(stored_key(f))["valid_until_ts"] > now_ms()
+
+
 def test_fetch_timeout_401(loaded):
     f = loaded.conf(http_extra="matrix_key_fetch_timeout 1s;")
     f.keys.delay = 4

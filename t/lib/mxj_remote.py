@@ -339,7 +339,9 @@ class KeyServer(_Base):
     Switches (attributes, reset() restores them): status (an HTTP status
     other than 200 answers an M_UNKNOWN error), delay (seconds to wait
     before answering), wrong_server_name, bad_signature, omit_key,
-    valid_until_ts (absolute ms, e.g. in the past)."""
+    valid_until_ts (absolute ms, e.g. in the past), stale_first (the
+    notary forms put an expired document of the server, well signed,
+    ahead of the current one, as a notary holding older ones may)."""
 
     def __init__(self, *servers, notary_name="notary.test", port=0,
                  avoid=()):
@@ -363,6 +365,7 @@ class KeyServer(_Base):
         self.bad_signature = False
         self.omit_key = False
         self.valid_until_ts = None
+        self.stale_first = False
 
     def count(self, path=None):
         with self._lock:
@@ -435,8 +438,12 @@ class KeyServer(_Base):
                                     "error": "unknown path"})
         docs = []
         for name in wanted:
-            if name in self.hosts:
-                doc = self._doc(self.hosts[name])
+            if name not in self.hosts:
+                continue
+            server = self.hosts[name]
+            ahead = [server.key_document(valid_until_ts=now_ms() - DAY_MS)] \
+                if self.stale_first else []
+            for doc in ahead + [self._doc(server)]:
                 sign_json(doc, self.notary.name,
                           self.notary.signing_key())
                 docs.append(doc)
