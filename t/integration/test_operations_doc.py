@@ -31,6 +31,7 @@ OTHER_OPTIONS = {
     "--resolve": "curl", "--scan": "redis-cli", "--pattern": "redis-cli",
     "--now": "systemctl", "--once": "t/run and matrix-join-ctl forward",
     "--asan": "t/build and t/test", "--seconds": "t/fuzz/run",
+    "--runs": "t/fuzz/run",
     "--help": "t/run", "--user": "t/lib/mxj_demo.py join",
 }
 
