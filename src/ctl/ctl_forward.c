@@ -29,6 +29,7 @@
 
 #include "ctl.h"
 #include "ctl_forward.h"
+#include "ctl_run.h"
 #include "ctl_redis.h"
 #include "mx_crypto.h"
 
@@ -40,7 +41,6 @@
 #define MXJ_FWD_REDIS_MIN_MS    100     /* reconnect backoff */
 #define MXJ_FWD_REDIS_MAX_MS    5000
 #define MXJ_FWD_REDIS_IO        10      /* s, one Redis reply */
-#define MXJ_FWD_SLICE_MS        100     /* waits check for a stop this often */
 #define MXJ_FWD_LOG_MAX         2048
 
 
@@ -114,14 +114,12 @@ typedef struct {
     long                max_attempts;
     long                timeout;
 
-    pthread_mutex_t     mutex;          /* the rooms and the counters */
-    pthread_cond_t      cond;
+    mxj_run_t           run;            /* its mutex: the rooms, the counters */
     mxj_fwd_room_t    **rooms;          /* sorted by ID */
     size_t              nrooms;
     size_t              cap;
     size_t              next;           /* round robin */
     long                dead_letters;
-    int                 stop;           /* __atomic */
 } mxj_fwd_t;
 
 
@@ -169,10 +167,6 @@ static void mxj_fwd_log(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
 static int64_t mxj_fwd_mono_ms(void);
 static int64_t mxj_fwd_wall_ms(void);
-static int mxj_fwd_stopping(mxj_fwd_t *fwd);
-static void mxj_fwd_set_stop(mxj_fwd_t *fwd);
-static int mxj_fwd_sleep(mxj_fwd_t *fwd, long ms);
-static void *mxj_fwd_signals(void *data);
 static int mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures);
 static int mxj_fwd_refresh(mxj_fwd_t *fwd);
 static mxj_fwd_room_t *mxj_fwd_room_new(mxj_fwd_t *fwd, const char *id);
@@ -220,8 +214,6 @@ mxj_cmd_forward(int argc, char **argv)
     int                 rc, idle, failures, schema;
     long                i, started;
     int64_t             now, next_refresh;
-    sigset_t            set;
-    pthread_t           sig;
     mxj_fwd_t           fwd;
     mxj_fwd_worker_t   *workers;
 
@@ -239,28 +231,15 @@ mxj_cmd_forward(int argc, char **argv)
         return MXJ_EXIT_FAIL;
     }
 
-    /*
-     * A Redis or HTTP peer closing its socket must not kill us; the stop
-     * signals go to one thread that waits for them, so that no read of
-     * any other thread is ever interrupted.
-     */
+    /* SIGPIPE ignored; SIGTERM and SIGINT go to one thread (ctl_run.h) */
 
-    signal(SIGPIPE, SIG_IGN);
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-    pthread_mutex_init(&fwd.mutex, NULL);
-    pthread_cond_init(&fwd.cond, NULL);
-
-    if (pthread_create(&sig, NULL, mxj_fwd_signals, &fwd) != 0) {
-        fprintf(stderr, "matrix-join-ctl: cannot start a thread\n");
+    if (mxj_run_start(&fwd.run, CLOCK_REALTIME, mxj_fwd_log,
+                      "no new entries; finishing the deliveries in flight",
+                      "already stopping")
+        != 0)
+    {
         return MXJ_EXIT_FAIL;
     }
-
-    pthread_detach(sig);
 
     mxj_fwd_log("starting: consumer=%s upstream=%s concurrency=%ld "
                 "claim_idle_ms=%ld max_attempts=%ld timeout_ms=%ld%s",
@@ -306,7 +285,7 @@ mxj_cmd_forward(int argc, char **argv)
             != 0)
         {
             mxj_fwd_log("cannot start worker %ld", started);
-            mxj_fwd_set_stop(&fwd);
+            mxj_run_stop(&fwd.run);
             break;
         }
     }
@@ -315,7 +294,7 @@ mxj_cmd_forward(int argc, char **argv)
 
     next_refresh = 0;
 
-    while (!mxj_fwd_stopping(&fwd)) {
+    while (!mxj_run_stopping(&fwd.run)) {
         if (mxj_fwd_connect(&fwd, &fwd.r, &failures) != 0) {
             break;
         }
@@ -338,17 +317,17 @@ mxj_cmd_forward(int argc, char **argv)
 
         if (fwd.once && idle) {
             mxj_fwd_log("every outbox is empty");
-            mxj_fwd_set_stop(&fwd);
+            mxj_run_stop(&fwd.run);
             break;
         }
 
         /* more rooms, fewer looks: at most some 10,000 XLEN a second */
 
-        mxj_fwd_sleep(&fwd, fwd.nrooms / 10 > MXJ_FWD_SCAN_MS
+        mxj_run_sleep(&fwd.run, fwd.nrooms / 10 > MXJ_FWD_SCAN_MS
                             ? (long) (fwd.nrooms / 10) : MXJ_FWD_SCAN_MS);
     }
 
-    mxj_fwd_set_stop(&fwd);
+    mxj_run_stop(&fwd.run);
 
     for (i = 0; i < started; i++) {
         pthread_join(workers[i].tid, NULL);
@@ -608,78 +587,6 @@ mxj_fwd_wall_ms(void)
 }
 
 
-static int
-mxj_fwd_stopping(mxj_fwd_t *fwd)
-{
-    return __atomic_load_n(&fwd->stop, __ATOMIC_ACQUIRE);
-}
-
-
-static void
-mxj_fwd_set_stop(mxj_fwd_t *fwd)
-{
-    pthread_mutex_lock(&fwd->mutex);
-    __atomic_store_n(&fwd->stop, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&fwd->cond);
-    pthread_mutex_unlock(&fwd->mutex);
-}
-
-
-/* Sleeps ms in slices; 1 when a stop cut it short. */
-
-static int
-mxj_fwd_sleep(mxj_fwd_t *fwd, long ms)
-{
-    long             slice;
-    struct timespec  ts;
-
-    while (ms > 0) {
-        if (mxj_fwd_stopping(fwd)) {
-            return 1;
-        }
-
-        slice = ms < MXJ_FWD_SLICE_MS ? ms : MXJ_FWD_SLICE_MS;
-        ts.tv_sec = slice / 1000;
-        ts.tv_nsec = (slice % 1000) * 1000000;
-        nanosleep(&ts, NULL);
-        ms -= slice;
-    }
-
-    return mxj_fwd_stopping(fwd);
-}
-
-
-static void *
-mxj_fwd_signals(void *data)
-{
-    int         signo;
-    sigset_t    set;
-    mxj_fwd_t  *fwd = data;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-
-    for ( ;; ) {
-        if (sigwait(&set, &signo) != 0) {
-            continue;
-        }
-
-        if (mxj_fwd_stopping(fwd)) {
-            mxj_fwd_log("%s: already stopping",
-                        signo == SIGTERM ? "SIGTERM" : "SIGINT");
-            continue;
-        }
-
-        mxj_fwd_log("%s: no new entries; finishing the deliveries in flight",
-                    signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        mxj_fwd_set_stop(fwd);
-    }
-
-    return NULL;
-}
-
-
 /*
  * Makes sure r is connected, reconnecting with a backoff (logged) for as
  * long as it takes. 0, or -1 when a stop came first.
@@ -698,7 +605,7 @@ mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures)
 
     mxj_redis_close(r);
 
-    while (!mxj_fwd_stopping(fwd)) {
+    while (!mxj_run_stopping(&fwd->run)) {
         if (mxj_redis_connect(r) == 0) {
             tv.tv_sec = MXJ_FWD_REDIS_IO;
             tv.tv_usec = 0;
@@ -727,7 +634,7 @@ mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures)
         mxj_fwd_log("redis at %s unavailable, connecting again in %.1f s",
                     r->address, ms / 1000.0);
 
-        mxj_fwd_sleep(fwd, ms);
+        mxj_run_sleep(&fwd->run, ms);
     }
 
     return -1;
@@ -811,7 +718,7 @@ mxj_fwd_refresh(mxj_fwd_t *fwd)
 
     /* new rooms are appended, then the table is sorted once */
 
-    pthread_mutex_lock(&fwd->mutex);
+    pthread_mutex_lock(&fwd->run.mutex);
 
     known = fwd->nrooms;
 
@@ -881,7 +788,7 @@ mxj_fwd_refresh(mxj_fwd_t *fwd)
 
     fwd->nrooms = k;
 
-    pthread_mutex_unlock(&fwd->mutex);
+    pthread_mutex_unlock(&fwd->run.mutex);
 
     if (i < 2) {
         goto done;
@@ -890,10 +797,10 @@ mxj_fwd_refresh(mxj_fwd_t *fwd)
     /* the group of each room that does not have it yet */
 
     for (i = 0; i < fwd->nrooms; i++) {
-        pthread_mutex_lock(&fwd->mutex);
+        pthread_mutex_lock(&fwd->run.mutex);
         room = fwd->rooms[i];
         j = room->grouped;
-        pthread_mutex_unlock(&fwd->mutex);
+        pthread_mutex_unlock(&fwd->run.mutex);
 
         if (!j && mxj_fwd_group(fwd, &fwd->r, room) != 0 && fwd->r.c->err) {
             goto done;
@@ -992,9 +899,9 @@ mxj_fwd_group(mxj_fwd_t *fwd, mxj_redis_t *r, mxj_fwd_room_t *room)
     freeReplyObject(reply);
 
     if (rc == 0) {
-        pthread_mutex_lock(&fwd->mutex);
+        pthread_mutex_lock(&fwd->run.mutex);
         room->grouped = 1;
-        pthread_mutex_unlock(&fwd->mutex);
+        pthread_mutex_unlock(&fwd->run.mutex);
     }
 
     return rc;
@@ -1017,7 +924,7 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 
     *idle = 0;
 
-    pthread_mutex_lock(&fwd->mutex);
+    pthread_mutex_lock(&fwd->run.mutex);
 
     n = fwd->nrooms;
     rooms = malloc((n ? n : 1) * sizeof(mxj_fwd_room_t *));
@@ -1026,7 +933,7 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
         memcpy(rooms, fwd->rooms, n * sizeof(mxj_fwd_room_t *));
     }
 
-    pthread_mutex_unlock(&fwd->mutex);
+    pthread_mutex_unlock(&fwd->run.mutex);
 
     if (rooms == NULL) {
         fprintf(stderr, "matrix-join-ctl: out of memory\n");
@@ -1054,7 +961,7 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 
         sent--;
 
-        pthread_mutex_lock(&fwd->mutex);
+        pthread_mutex_lock(&fwd->run.mutex);
 
         /* a wrong type counts as no work: the worker would only fail */
 
@@ -1065,12 +972,12 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
             rooms[i]->work = 0;
         }
 
-        pthread_mutex_unlock(&fwd->mutex);
+        pthread_mutex_unlock(&fwd->run.mutex);
 
         freeReplyObject(reply);
     }
 
-    pthread_mutex_lock(&fwd->mutex);
+    pthread_mutex_lock(&fwd->run.mutex);
 
     *idle = 1;
     ready = 0;
@@ -1088,10 +995,10 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
     /* idle workers are woken only for something to take */
 
     if (ready) {
-        pthread_cond_broadcast(&fwd->cond);
+        pthread_cond_broadcast(&fwd->run.cond);
     }
 
-    pthread_mutex_unlock(&fwd->mutex);
+    pthread_mutex_unlock(&fwd->run.mutex);
 
     rc = 0;
 
@@ -1159,7 +1066,7 @@ mxj_fwd_worker(void *data)
     w->curl = curl_easy_init();
     if (w->curl == NULL) {
         mxj_fwd_log("worker %ld: curl_easy_init() failed", w->index);
-        mxj_fwd_set_stop(w->fwd);
+        mxj_run_stop(&w->fwd->run);
         return NULL;
     }
 
@@ -1211,9 +1118,9 @@ mxj_fwd_take(mxj_fwd_t *fwd)
     struct timespec   ts;
     mxj_fwd_room_t   *room;
 
-    pthread_mutex_lock(&fwd->mutex);
+    pthread_mutex_lock(&fwd->run.mutex);
 
-    while (!mxj_fwd_stopping(fwd)) {
+    while (!mxj_run_stopping(&fwd->run)) {
         now = mxj_fwd_mono_ms();
         until = now + 1000;
 
@@ -1235,7 +1142,7 @@ mxj_fwd_take(mxj_fwd_t *fwd)
 
             room->busy = 1;
             fwd->next = i + 1;
-            pthread_mutex_unlock(&fwd->mutex);
+            pthread_mutex_unlock(&fwd->run.mutex);
 
             return room;
         }
@@ -1251,10 +1158,10 @@ mxj_fwd_take(mxj_fwd_t *fwd)
             ts.tv_nsec -= 1000000000;
         }
 
-        pthread_cond_timedwait(&fwd->cond, &fwd->mutex, &ts);
+        pthread_cond_timedwait(&fwd->run.cond, &fwd->run.mutex, &ts);
     }
 
-    pthread_mutex_unlock(&fwd->mutex);
+    pthread_mutex_unlock(&fwd->run.mutex);
 
     return NULL;
 }
@@ -1264,7 +1171,7 @@ static void
 mxj_fwd_put(mxj_fwd_t *fwd, mxj_fwd_room_t *room, mxj_fwd_end_e end,
     long wait)
 {
-    pthread_mutex_lock(&fwd->mutex);
+    pthread_mutex_lock(&fwd->run.mutex);
 
     room->busy = 0;
 
@@ -1282,8 +1189,8 @@ mxj_fwd_put(mxj_fwd_t *fwd, mxj_fwd_room_t *room, mxj_fwd_end_e end,
         break;
     }
 
-    pthread_cond_broadcast(&fwd->cond);
-    pthread_mutex_unlock(&fwd->mutex);
+    pthread_cond_broadcast(&fwd->run.cond);
+    pthread_mutex_unlock(&fwd->run.mutex);
 }
 
 
@@ -1318,7 +1225,7 @@ mxj_fwd_serve(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, long *wait)
     end = MXJ_FWD_MORE;
 
     for (n = 0; n < MXJ_FWD_BATCH; n++) {
-        if (mxj_fwd_stopping(w->fwd)) {
+        if (mxj_run_stopping(&w->fwd->run)) {
             end = MXJ_FWD_STOPPED;
             break;
         }
@@ -1544,9 +1451,9 @@ mxj_fwd_next(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
 
             item = reply->element[0]->element[1]->element[0];
 
-            pthread_mutex_lock(&fwd->mutex);
+            pthread_mutex_lock(&fwd->run.mutex);
             room->used = 1;
-            pthread_mutex_unlock(&fwd->mutex);
+            pthread_mutex_unlock(&fwd->run.mutex);
 
             if (mxj_fwd_entry(reply, item, e) != 0) {
                 freeReplyObject(reply);
@@ -1599,9 +1506,9 @@ mxj_fwd_next(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
 
         freeReplyObject(reply);
 
-        pthread_mutex_lock(&fwd->mutex);
+        pthread_mutex_lock(&fwd->run.mutex);
         room->used = 1;
-        pthread_mutex_unlock(&fwd->mutex);
+        pthread_mutex_unlock(&fwd->run.mutex);
 
         reply = mxj_fwd_cmd(&w->r, 6, (const char *[]) { "XCLAIM",
                                                           room->outbox,
@@ -2136,9 +2043,9 @@ mxj_fwd_dead(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
 
     freeReplyObject(reply);
 
-    pthread_mutex_lock(&w->fwd->mutex);
+    pthread_mutex_lock(&w->fwd->run.mutex);
     w->fwd->dead_letters++;
-    pthread_mutex_unlock(&w->fwd->mutex);
+    pthread_mutex_unlock(&w->fwd->run.mutex);
 
     /* the response, shown on one line */
 
@@ -2170,7 +2077,7 @@ mxj_fwd_wait(mxj_fwd_worker_t *w, long ms)
     until = mxj_fwd_mono_ms() + ms;
 
     for ( ;; ) {
-        if (mxj_fwd_stopping(w->fwd)) {
+        if (mxj_run_stopping(&w->fwd->run)) {
             return MXJ_FWD_STOPPED;
         }
 
@@ -2184,8 +2091,8 @@ mxj_fwd_wait(mxj_fwd_worker_t *w, long ms)
             return MXJ_FWD_MORE;
         }
 
-        mxj_fwd_sleep(w->fwd, until - now < MXJ_FWD_SLICE_MS
-                              ? (long) (until - now) : MXJ_FWD_SLICE_MS);
+        mxj_run_sleep(&w->fwd->run, until - now < MXJ_RUN_SLICE_MS
+                              ? (long) (until - now) : MXJ_RUN_SLICE_MS);
     }
 }
 

@@ -33,7 +33,6 @@
 
 
 #define MXJ_SYNC_LOG_MAX      4096
-#define MXJ_SYNC_SLICE_MS     100
 #define MXJ_SYNC_KEYFILE_MAX  65536
 
 
@@ -43,8 +42,6 @@ static int mxj_sync_number(const char *name, const char *value, long min,
     long max, long *out);
 static int mxj_sync_room_arg(mxj_sync_t *s, const char *arg);
 static int mxj_sync_read_key(mxj_sync_t *s);
-static void *mxj_sync_signals(void *data);
-static void mxj_sync_set_stop(mxj_sync_t *s);
 static int mxj_sync_loop(mxj_sync_t *s);
 static int mxj_sync_round(mxj_sync_t *s, int all);
 static void mxj_sync_free(mxj_sync_t *s);
@@ -55,10 +52,7 @@ mxj_cmd_sync(int argc, char **argv)
 {
     int                  rc, schema;
     size_t               i;
-    sigset_t             set;
-    pthread_t            sig;
     mxj_sync_t           s;
-    pthread_condattr_t   attr;
 
     if (mxj_sync_args(argc, argv, &s) != 0) {
         mxj_sync_free(&s);
@@ -81,30 +75,14 @@ mxj_cmd_sync(int argc, char **argv)
         goto done;
     }
 
-    /*
-     * A peer closing its socket must not kill us; the stop signals go to
-     * one thread that waits for them (as the forwarder's).
-     */
+    /* SIGPIPE ignored; SIGTERM and SIGINT go to one thread (ctl_run.h) */
 
-    signal(SIGPIPE, SIG_IGN);
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-
-    pthread_mutex_init(&s.mutex, NULL);
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&s.cond, &attr);
-    pthread_condattr_destroy(&attr);
-
-    if (pthread_create(&sig, NULL, mxj_sync_signals, &s) != 0) {
-        fprintf(stderr, "matrix-join-ctl: cannot start a thread\n");
+    if (mxj_run_start(&s.run, CLOCK_MONOTONIC, mxj_sync_log,
+                      "stopping after the room being synced", NULL)
+        != 0)
+    {
         goto cleanup;
     }
-
-    pthread_detach(sig);
 
     if (mxj_sync_http_init(&s.http, &s) != 0) {
         goto cleanup;
@@ -504,7 +482,7 @@ mxj_sync_loop(mxj_sync_t *s)
     /* the registration names room IDs: the aliases resolved first */
 
     if (s->as_listen != NULL) {
-        for (i = 0; i < s->nrooms && !mxj_sync_stopping(s); i++) {
+        for (i = 0; i < s->nrooms && !mxj_run_stopping(&s->run); i++) {
             if (s->rooms[i].alias != NULL
                 && mxj_sync_resolve_room(s, &s->rooms[i], why, sizeof(why))
                    != 0)
@@ -520,11 +498,11 @@ mxj_sync_loop(mxj_sync_t *s)
     }
 
     for ( ;; ) {
-        pthread_mutex_lock(&s->mutex);
+        pthread_mutex_lock(&s->run.mutex);
 
         for ( ;; ) {
-            if (mxj_sync_stopping(s)) {
-                pthread_mutex_unlock(&s->mutex);
+            if (mxj_run_stopping(&s->run)) {
+                pthread_mutex_unlock(&s->run.mutex);
                 mxj_sync_log("stopped");
                 return MXJ_EXIT_OK;
             }
@@ -543,10 +521,10 @@ mxj_sync_loop(mxj_sync_t *s)
 
             ts.tv_sec = next / 1000;
             ts.tv_nsec = (next % 1000) * 1000000;
-            pthread_cond_timedwait(&s->cond, &s->mutex, &ts);
+            pthread_cond_timedwait(&s->run.cond, &s->run.mutex, &ts);
         }
 
-        pthread_mutex_unlock(&s->mutex);
+        pthread_mutex_unlock(&s->run.mutex);
 
         start = mxj_sync_mono_ms();
         ok = mxj_sync_round(s, all);
@@ -582,15 +560,15 @@ mxj_sync_round(mxj_sync_t *s, int all)
     for (i = 0; i < s->nrooms; i++) {
         room = &s->rooms[i];
 
-        pthread_mutex_lock(&s->mutex);
+        pthread_mutex_lock(&s->run.mutex);
         dirty = room->dirty;
-        pthread_mutex_unlock(&s->mutex);
+        pthread_mutex_unlock(&s->run.mutex);
 
         if (!all && !dirty) {
             continue;
         }
 
-        if (mxj_sync_stopping(s)) {
+        if (mxj_run_stopping(&s->run)) {
             ok = 0;
             break;
         }
@@ -661,65 +639,3 @@ mxj_sync_wall_ms(void)
 }
 
 
-int
-mxj_sync_stopping(mxj_sync_t *s)
-{
-    return __atomic_load_n(&s->stop, __ATOMIC_ACQUIRE);
-}
-
-
-static void
-mxj_sync_set_stop(mxj_sync_t *s)
-{
-    pthread_mutex_lock(&s->mutex);
-    __atomic_store_n(&s->stop, 1, __ATOMIC_RELEASE);
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->mutex);
-}
-
-
-int
-mxj_sync_sleep(mxj_sync_t *s, long ms)
-{
-    long             slice;
-    struct timespec  ts;
-
-    while (ms > 0) {
-        if (mxj_sync_stopping(s)) {
-            return 1;
-        }
-
-        slice = ms < MXJ_SYNC_SLICE_MS ? ms : MXJ_SYNC_SLICE_MS;
-        ts.tv_sec = slice / 1000;
-        ts.tv_nsec = (slice % 1000) * 1000000;
-        nanosleep(&ts, NULL);
-        ms -= slice;
-    }
-
-    return mxj_sync_stopping(s);
-}
-
-
-static void *
-mxj_sync_signals(void *data)
-{
-    int          signo;
-    sigset_t     set;
-    mxj_sync_t  *s = data;
-
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-
-    for ( ;; ) {
-        if (sigwait(&set, &signo) != 0) {
-            continue;
-        }
-
-        mxj_sync_log("%s: stopping after the room being synced",
-                     signo == SIGTERM ? "SIGTERM" : "SIGINT");
-        mxj_sync_set_stop(s);
-    }
-
-    return NULL;
-}

@@ -373,7 +373,7 @@ mxj_sync_as_thread(void *data)
     struct pollfd   pfd;
     mxj_sync_as_t  *as = data;
 
-    while (!mxj_sync_stopping(as->s)) {
+    while (!mxj_run_stopping(&as->s->run)) {
         pfd.fd = as->s->as_fd;
         pfd.events = POLLIN;
         pfd.revents = 0;
@@ -763,7 +763,7 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
     s = as->s;
     found = 0;
 
-    pthread_mutex_lock(&s->mutex);
+    pthread_mutex_lock(&s->run.mutex);
 
     for (i = 0; i < s->nrooms; i++) {
         if (s->rooms[i].id != NULL && strcmp(s->rooms[i].id, room_id) == 0)
@@ -773,7 +773,7 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
         }
     }
 
-    pthread_mutex_unlock(&s->mutex);
+    pthread_mutex_unlock(&s->run.mutex);
 
     if (!found) {
         return 0;
@@ -802,7 +802,7 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
 
     freeReplyObject(reply);
 
-    pthread_mutex_lock(&s->mutex);
+    pthread_mutex_lock(&s->run.mutex);
 
     for (i = 0; i < s->nrooms; i++) {
         if (s->rooms[i].id != NULL && strcmp(s->rooms[i].id, room_id) == 0)
@@ -811,8 +811,8 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
         }
     }
 
-    pthread_cond_broadcast(&s->cond);
-    pthread_mutex_unlock(&s->mutex);
+    pthread_cond_broadcast(&s->run.cond);
+    pthread_mutex_unlock(&s->run.mutex);
 
     m = json_string_value(json_object_get(json_object_get(ev, "content"),
                                           "membership"));

@@ -338,10 +338,10 @@ mxj_sync_wait(mxj_sync_http_t *h, int64_t until)
     now = mxj_sync_mono_ms();
 
     if (until <= now) {
-        return mxj_sync_stopping(h->sync);
+        return mxj_run_stopping(&h->sync->run);
     }
 
-    return mxj_sync_sleep(h->sync, (long) (until - now));
+    return mxj_run_sleep(&h->sync->run, (long) (until - now));
 }
 
 

@@ -221,10 +221,10 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     snap = NULL;
     why[0] = '\0';
 
-    pthread_mutex_lock(&s->mutex);
+    pthread_mutex_lock(&s->run.mutex);
     room->dirty = 0;
     p.pushes = room->pushes;
-    pthread_mutex_unlock(&s->mutex);
+    pthread_mutex_unlock(&s->run.mutex);
 
     rc = -1;
 
@@ -485,10 +485,10 @@ mxj_sync_resolve(mxj_sync_pass_t *p)
             return mxj_sync_fail(p, "out of memory");
         }
 
-        pthread_mutex_lock(&p->s->mutex);
+        pthread_mutex_lock(&p->s->run.mutex);
         free(room->id);
         room->id = id;
-        pthread_mutex_unlock(&p->s->mutex);
+        pthread_mutex_unlock(&p->s->run.mutex);
 
         mxj_sync_pool_free(&room->pool);
         room->generation[0] = '\0';
@@ -2182,9 +2182,9 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
      * change pushed: stale again, and another pass is due.
      */
 
-    pthread_mutex_lock(&p->s->mutex);
+    pthread_mutex_lock(&p->s->run.mutex);
     pushes = p->room->pushes;
-    pthread_mutex_unlock(&p->s->mutex);
+    pthread_mutex_unlock(&p->s->run.mutex);
 
     if (pushes != p->pushes) {
         reply = mxj_redis_cmdf(&p->s->r, "EVAL %s 1 %s", mxj_sync_stale_lua,
@@ -2193,9 +2193,9 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
             freeReplyObject(reply);
         }
 
-        pthread_mutex_lock(&p->s->mutex);
+        pthread_mutex_lock(&p->s->run.mutex);
         p->room->dirty = 1;
-        pthread_mutex_unlock(&p->s->mutex);
+        pthread_mutex_unlock(&p->s->run.mutex);
     }
 
     mxj_sync_pool_sweep(&p->room->pool);

@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "ctl_redis.h"
+#include "ctl_run.h"
 #include "ctl_sync.h"
 #include "mx_crypto.h"
 #include "mx_keyfile.h"
@@ -165,9 +166,7 @@ struct mxj_sync_s {
     mxj_sync_http_t           http;
     mxj_sync_keyring_t        keyring;
 
-    pthread_mutex_t           mutex;
-    pthread_cond_t            cond;
-    int                       stop;         /* __atomic */
+    mxj_run_t                 run;          /* its mutex: the state below */
 
     /* the Application Service listener */
     int                       as_fd;
@@ -182,12 +181,8 @@ struct mxj_sync_s {
 
 void mxj_sync_log(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
-int mxj_sync_stopping(mxj_sync_t *s);
 int64_t mxj_sync_mono_ms(void);
 int64_t mxj_sync_wall_ms(void);
-
-/* Sleeps ms, in slices; 1 when a stop cut it short. */
-int mxj_sync_sleep(mxj_sync_t *s, long ms);
 
 /* One room's pass (docs/sync.md "One pass, per room"): 0, or -1 with why. */
 int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,

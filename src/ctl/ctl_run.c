@@ -1,0 +1,121 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * The stop, the sliced sleep and the signal thread of forward and sync
+ * (ctl_run.h).
+ */
+
+#include <signal.h>
+#include <stdio.h>
+
+#include "ctl_run.h"
+
+
+static void *mxj_run_signals(void *data);
+
+
+int
+mxj_run_start(mxj_run_t *run, clockid_t clock, mxj_run_log_pt log,
+    const char *stopping, const char *again)
+{
+    sigset_t            set;
+    pthread_t           tid;
+    pthread_condattr_t  attr;
+
+    run->stop = 0;
+    run->log = log;
+    run->stopping = stopping;
+    run->again = again;
+
+    signal(SIGPIPE, SIG_IGN);
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    pthread_mutex_init(&run->mutex, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, clock);
+    pthread_cond_init(&run->cond, &attr);
+    pthread_condattr_destroy(&attr);
+
+    if (pthread_create(&tid, NULL, mxj_run_signals, run) != 0) {
+        fprintf(stderr, "matrix-join-ctl: cannot start a thread\n");
+        return -1;
+    }
+
+    pthread_detach(tid);
+
+    return 0;
+}
+
+
+int
+mxj_run_stopping(mxj_run_t *run)
+{
+    return __atomic_load_n(&run->stop, __ATOMIC_ACQUIRE);
+}
+
+
+void
+mxj_run_stop(mxj_run_t *run)
+{
+    pthread_mutex_lock(&run->mutex);
+    __atomic_store_n(&run->stop, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&run->cond);
+    pthread_mutex_unlock(&run->mutex);
+}
+
+
+int
+mxj_run_sleep(mxj_run_t *run, long ms)
+{
+    long             slice;
+    struct timespec  ts;
+
+    while (ms > 0) {
+        if (mxj_run_stopping(run)) {
+            return 1;
+        }
+
+        slice = ms < MXJ_RUN_SLICE_MS ? ms : MXJ_RUN_SLICE_MS;
+        ts.tv_sec = slice / 1000;
+        ts.tv_nsec = (slice % 1000) * 1000000;
+        nanosleep(&ts, NULL);
+        ms -= slice;
+    }
+
+    return mxj_run_stopping(run);
+}
+
+
+static void *
+mxj_run_signals(void *data)
+{
+    int          signo;
+    sigset_t     set;
+    mxj_run_t   *run = data;
+    const char  *name;
+
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+
+    for ( ;; ) {
+        if (sigwait(&set, &signo) != 0) {
+            continue;
+        }
+
+        name = (signo == SIGTERM) ? "SIGTERM" : "SIGINT";
+
+        if (mxj_run_stopping(run) && run->again != NULL) {
+            run->log("%s: %s", name, run->again);
+            continue;
+        }
+
+        run->log("%s: %s", name, run->stopping);
+        mxj_run_stop(run);
+    }
+
+    return NULL;
+}

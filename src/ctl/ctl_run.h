@@ -1,0 +1,52 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ * What the long-running commands (forward, sync) share: a stop that is
+ * set once and seen by every thread, the lock and condition their
+ * threads wait on, a sleep that a stop cuts short, and one thread that
+ * takes SIGTERM and SIGINT so that no other thread's read is ever
+ * interrupted by them.
+ */
+
+#ifndef MXJ_CTL_RUN_H
+#define MXJ_CTL_RUN_H
+
+#include <pthread.h>
+#include <time.h>
+
+
+#define MXJ_RUN_SLICE_MS  100       /* sleeps look for a stop this often */
+
+
+typedef void (*mxj_run_log_pt)(const char *fmt, ...);
+
+typedef struct {
+    pthread_mutex_t     mutex;      /* also the command's own state's */
+    pthread_cond_t      cond;       /* broadcast on a stop, and by the command */
+    int                 stop;       /* __atomic */
+    mxj_run_log_pt      log;
+    const char         *stopping;   /* logged after "SIGTERM: " at the first */
+    const char         *again;      /* at later ones; NULL: stopping again */
+} mxj_run_t;
+
+
+/*
+ * Ignores SIGPIPE (a peer closing its socket must not kill us), blocks
+ * SIGTERM and SIGINT in this thread and so in every thread made after
+ * it, makes the lock and the condition (timed waits on it use clock) and
+ * starts the thread that turns those signals into a stop. Call before
+ * any other thread is made. 0, or -1 (said on stderr).
+ */
+int mxj_run_start(mxj_run_t *run, clockid_t clock, mxj_run_log_pt log,
+    const char *stopping, const char *again);
+
+/* 1 once a stop was asked for. */
+int mxj_run_stopping(mxj_run_t *run);
+
+/* Asks every thread to stop: sets the flag, wakes the condition. */
+void mxj_run_stop(mxj_run_t *run);
+
+/* Sleeps ms in slices of MXJ_RUN_SLICE_MS; 1 when a stop cut it short
+ * (or came during it). */
+int mxj_run_sleep(mxj_run_t *run, long ms);
+
+#endif /* MXJ_CTL_RUN_H */
