@@ -13,7 +13,6 @@
  * the process, the room's lease between processes.
  */
 
-#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -165,8 +164,6 @@ static int mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd);
 static int mxj_fwd_usage(void);
 static void mxj_fwd_log(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
-static int64_t mxj_fwd_mono_ms(void);
-static int64_t mxj_fwd_wall_ms(void);
 static int mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures);
 static int mxj_fwd_refresh(mxj_fwd_t *fwd);
 static mxj_fwd_room_t *mxj_fwd_room_new(mxj_fwd_t *fwd, const char *id);
@@ -299,7 +296,7 @@ mxj_cmd_forward(int argc, char **argv)
             break;
         }
 
-        now = mxj_fwd_mono_ms();
+        now = mxj_run_mono_ms();
 
         if (now >= next_refresh) {
             if (mxj_fwd_refresh(&fwd) != 0) {
@@ -354,28 +351,6 @@ mxj_cmd_forward(int argc, char **argv)
     curl_global_cleanup();
 
     return rc;
-}
-
-
-static int
-mxj_fwd_number(const char *name, const char *value, long min, long max,
-    long *out)
-{
-    char  *end;
-    long   n;
-
-    errno = 0;
-    n = strtol(value, &end, 10);
-
-    if (errno || *value == '\0' || *end != '\0' || n < min || n > max) {
-        fprintf(stderr, "matrix-join-ctl: forward: invalid %s \"%s\" "
-                "(%ld to %ld)\n", name, value, min, max);
-        return -1;
-    }
-
-    *out = n;
-
-    return 0;
 }
 
 
@@ -477,7 +452,7 @@ mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd)
             return mxj_fwd_usage();
         }
 
-        if (mxj_fwd_number(numbers[o].name, value, numbers[o].min,
+        if (mxj_run_number("forward", numbers[o].name, value, numbers[o].min,
                            numbers[o].max,
                            (long *) ((char *) fwd + numbers[o].off))
             != 0)
@@ -539,51 +514,11 @@ mxj_fwd_usage(void)
 static void
 mxj_fwd_log(const char *fmt, ...)
 {
-    int      n;
-    char     line[MXJ_FWD_LOG_MAX];
     va_list  args;
 
-    memcpy(line, "forward: ", 9);
-
     va_start(args, fmt);
-    n = vsnprintf(line + 9, sizeof(line) - 10, fmt, args);
+    mxj_run_vlog("forward: ", MXJ_FWD_LOG_MAX, fmt, args);
     va_end(args);
-
-    if (n < 0) {
-        return;
-    }
-
-    n += 9;
-
-    if (n > (int) sizeof(line) - 2) {
-        n = sizeof(line) - 2;
-    }
-
-    line[n++] = '\n';
-
-    fwrite(line, 1, n, stderr);
-}
-
-
-static int64_t
-mxj_fwd_mono_ms(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-
-static int64_t
-mxj_fwd_wall_ms(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 
@@ -1121,7 +1056,7 @@ mxj_fwd_take(mxj_fwd_t *fwd)
     pthread_mutex_lock(&fwd->run.mutex);
 
     while (!mxj_run_stopping(&fwd->run)) {
-        now = mxj_fwd_mono_ms();
+        now = mxj_run_mono_ms();
         until = now + 1000;
 
         for (k = 0; k < fwd->nrooms; k++) {
@@ -1182,7 +1117,7 @@ mxj_fwd_put(mxj_fwd_t *fwd, mxj_fwd_room_t *room, mxj_fwd_end_e end,
         break;
 
     case MXJ_FWD_WAIT:
-        room->not_before = mxj_fwd_mono_ms() + wait;
+        room->not_before = mxj_run_mono_ms() + wait;
         break;
 
     default:
@@ -1297,7 +1232,7 @@ mxj_fwd_lease(mxj_fwd_worker_t *w, mxj_fwd_room_t *room)
     freeReplyObject(reply);
 
     if (rc) {
-        w->renewed = mxj_fwd_mono_ms();
+        w->renewed = mxj_run_mono_ms();
     }
 
     return rc;
@@ -1338,7 +1273,7 @@ mxj_fwd_renew_due(mxj_fwd_worker_t *w)
         return w->lease_lost ? -1 : 0;
     }
 
-    if (mxj_fwd_mono_ms() - w->renewed < w->fwd->claim_idle / 3) {
+    if (mxj_run_mono_ms() - w->renewed < w->fwd->claim_idle / 3) {
         return 0;
     }
 
@@ -1727,7 +1662,7 @@ mxj_fwd_deliver(mxj_fwd_worker_t *w, mxj_fwd_room_t *room,
         status = mxj_fwd_http(w, e, target, headers, &latency, err);
 
         since = room->last_delivered
-                ? mxj_fwd_mono_ms() - room->last_delivered : -1;
+                ? mxj_run_mono_ms() - room->last_delivered : -1;
 
         action = mxj_fwd_judge(status, (long) since, fwd->max_attempts,
                                &counted);
@@ -1741,10 +1676,10 @@ mxj_fwd_deliver(mxj_fwd_worker_t *w, mxj_fwd_room_t *room,
                 break;
             }
 
-            room->last_delivered = mxj_fwd_mono_ms();
+            room->last_delivered = mxj_run_mono_ms();
 
             received = e->received_ts ? atoll(e->received_ts->str) : 0;
-            lag = received > 0 ? mxj_fwd_wall_ms() - received : -1;
+            lag = received > 0 ? mxj_run_wall_ms() - received : -1;
 
             mxj_fwd_log("delivered room=%s event=%s status=%ld attempts=%lu "
                         "latency_ms=%lld lag_ms=%lld", room->id, event,
@@ -1839,11 +1774,11 @@ mxj_fwd_http(mxj_fwd_worker_t *w, mxj_fwd_entry_t *e, const char *target,
     curl_easy_setopt(w->curl, CURLOPT_ERRORBUFFER, err);
 
     w->resp_len = 0;
-    t0 = mxj_fwd_mono_ms();
+    t0 = mxj_run_mono_ms();
 
     rc = curl_easy_perform(w->curl);
 
-    *latency = mxj_fwd_mono_ms() - t0;
+    *latency = mxj_run_mono_ms() - t0;
 
     curl_easy_setopt(w->curl, CURLOPT_ERRORBUFFER, NULL);
 
@@ -1921,7 +1856,7 @@ mxj_fwd_ack(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e)
         return -1;
     }
 
-    snprintf(ms, sizeof(ms), "%lld", (long long) mxj_fwd_wall_ms());
+    snprintf(ms, sizeof(ms), "%lld", (long long) mxj_run_wall_ms());
 
     redisAppendCommand(c, "MULTI");
     redisAppendCommand(c, "XACK %s %s %s", room->outbox, MXJ_FWD_GROUP,
@@ -1996,7 +1931,7 @@ mxj_fwd_dead(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
 
     snprintf(st, sizeof(st), "%ld", status);
     snprintf(at, sizeof(at), "%lu", attempts);
-    snprintf(ts, sizeof(ts), "%lld", (long long) mxj_fwd_wall_ms());
+    snprintf(ts, sizeof(ts), "%lld", (long long) mxj_run_wall_ms());
 
     argv[0] = "EVAL";
     argv[1] = mxj_fwd_dead_lua;
@@ -2074,7 +2009,7 @@ mxj_fwd_wait(mxj_fwd_worker_t *w, long ms)
 {
     int64_t  until, now;
 
-    until = mxj_fwd_mono_ms() + ms;
+    until = mxj_run_mono_ms() + ms;
 
     for ( ;; ) {
         if (mxj_run_stopping(&w->fwd->run)) {
@@ -2085,7 +2020,7 @@ mxj_fwd_wait(mxj_fwd_worker_t *w, long ms)
             return w->lease_lost ? MXJ_FWD_WAIT : MXJ_FWD_REDIS_ERROR;
         }
 
-        now = mxj_fwd_mono_ms();
+        now = mxj_run_mono_ms();
 
         if (now >= until) {
             return MXJ_FWD_MORE;

@@ -4,8 +4,11 @@
  * (ctl_run.h).
  */
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "ctl_run.h"
 
@@ -118,4 +121,80 @@ mxj_run_signals(void *data)
     }
 
     return NULL;
+}
+
+
+int64_t
+mxj_run_mono_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+int64_t
+mxj_run_wall_ms(void)
+{
+    struct timespec  ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+
+void
+mxj_run_vlog(const char *prefix, size_t max, const char *fmt, va_list args)
+{
+    int     n;
+    char    line[MXJ_RUN_LOG_MAX];
+    size_t  plen;
+
+    if (max > sizeof(line)) {
+        max = sizeof(line);
+    }
+
+    plen = strlen(prefix);
+    memcpy(line, prefix, plen);
+
+    n = vsnprintf(line + plen, max - plen - 1, fmt, args);
+
+    if (n < 0) {
+        return;
+    }
+
+    n += plen;
+
+    if (n > (int) max - 2) {
+        n = max - 2;
+    }
+
+    line[n++] = '\n';
+
+    fwrite(line, 1, n, stderr);
+}
+
+
+int
+mxj_run_number(const char *cmd, const char *name, const char *value,
+    long min, long max, long *out)
+{
+    char  *end;
+    long   n;
+
+    errno = 0;
+    n = strtol(value, &end, 10);
+
+    if (errno || *value == '\0' || *end != '\0' || n < min || n > max) {
+        fprintf(stderr, "matrix-join-ctl: %s: invalid %s \"%s\" "
+                "(%ld to %ld)\n", cmd, name, value, min, max);
+        return -1;
+    }
+
+    *out = n;
+
+    return 0;
 }

@@ -11,10 +11,14 @@
 #define MXJ_CTL_RUN_H
 
 #include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 
 #define MXJ_RUN_SLICE_MS  100       /* sleeps look for a stop this often */
+#define MXJ_RUN_LOG_MAX   4096      /* the longest log line, newline included */
 
 
 typedef void (*mxj_run_log_pt)(const char *fmt, ...);
@@ -48,5 +52,24 @@ void mxj_run_stop(mxj_run_t *run);
 /* Sleeps ms in slices of MXJ_RUN_SLICE_MS; 1 when a stop cut it short
  * (or came during it). */
 int mxj_run_sleep(mxj_run_t *run, long ms);
+
+/* The clocks, in milliseconds. */
+int64_t mxj_run_mono_ms(void);
+int64_t mxj_run_wall_ms(void);
+
+/*
+ * One log line on standard error, "<prefix><message>\n", written with one
+ * write so that the threads' lines do not mix; cut at max bytes
+ * (at most MXJ_RUN_LOG_MAX).
+ */
+void mxj_run_vlog(const char *prefix, size_t max, const char *fmt,
+    va_list args);
+
+/*
+ * A numeric option of command cmd: value must be a whole decimal number
+ * in [min, max]. 0 with *out set, or -1 (said on stderr).
+ */
+int mxj_run_number(const char *cmd, const char *name, const char *value,
+    long min, long max, long *out);
 
 #endif /* MXJ_CTL_RUN_H */

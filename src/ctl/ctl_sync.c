@@ -38,8 +38,6 @@
 
 static int mxj_sync_args(int argc, char **argv, mxj_sync_t *s);
 static int mxj_sync_usage(void);
-static int mxj_sync_number(const char *name, const char *value, long min,
-    long max, long *out);
 static int mxj_sync_room_arg(mxj_sync_t *s, const char *arg);
 static int mxj_sync_read_key(mxj_sync_t *s);
 static int mxj_sync_loop(mxj_sync_t *s);
@@ -155,28 +153,6 @@ mxj_sync_usage(void)
 
 
 static int
-mxj_sync_number(const char *name, const char *value, long min, long max,
-    long *out)
-{
-    char  *end;
-    long   n;
-
-    errno = 0;
-    n = strtol(value, &end, 10);
-
-    if (errno || *value == '\0' || *end != '\0' || n < min || n > max) {
-        fprintf(stderr, "matrix-join-ctl: sync: invalid %s \"%s\" "
-                "(%ld to %ld)\n", name, value, min, max);
-        return -1;
-    }
-
-    *out = n;
-
-    return 0;
-}
-
-
-static int
 mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
 {
     int          i, o;
@@ -254,15 +230,17 @@ mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
             }
 
         } else if (mxj_sync_is("--confirm-passes")) {
-            if (mxj_sync_number("--confirm-passes", value, 0, 1000000,
-                                &s->confirm_passes) != 0)
+            if (mxj_run_number("sync", "--confirm-passes", value, 0,
+                               1000000, &s->confirm_passes)
+                != 0)
             {
                 return mxj_sync_usage();
             }
 
         } else if (mxj_sync_is("--timeout")) {
-            if (mxj_sync_number("--timeout", value, 100, 86400000,
-                                &s->timeout) != 0)
+            if (mxj_run_number("sync", "--timeout", value, 100, 86400000,
+                               &s->timeout)
+                != 0)
             {
                 return mxj_sync_usage();
             }
@@ -477,7 +455,7 @@ mxj_sync_loop(mxj_sync_t *s)
     int64_t          next, now, start;
     struct timespec  ts;
 
-    next = mxj_sync_mono_ms();
+    next = mxj_run_mono_ms();
 
     /* the registration names room IDs: the aliases resolved first */
 
@@ -507,7 +485,7 @@ mxj_sync_loop(mxj_sync_t *s)
                 return MXJ_EXIT_OK;
             }
 
-            now = mxj_sync_mono_ms();
+            now = mxj_run_mono_ms();
             all = (now >= next);
             dirty = 0;
 
@@ -526,7 +504,7 @@ mxj_sync_loop(mxj_sync_t *s)
 
         pthread_mutex_unlock(&s->run.mutex);
 
-        start = mxj_sync_mono_ms();
+        start = mxj_run_mono_ms();
         ok = mxj_sync_round(s, all);
 
         if (s->every == 0) {
@@ -591,51 +569,11 @@ mxj_sync_round(mxj_sync_t *s, int all)
 void
 mxj_sync_log(const char *fmt, ...)
 {
-    int      n;
-    char     line[MXJ_SYNC_LOG_MAX];
     va_list  args;
 
-    memcpy(line, "sync: ", 6);
-
     va_start(args, fmt);
-    n = vsnprintf(line + 6, sizeof(line) - 7, fmt, args);
+    mxj_run_vlog("sync: ", MXJ_SYNC_LOG_MAX, fmt, args);
     va_end(args);
-
-    if (n < 0) {
-        return;
-    }
-
-    n += 6;
-
-    if (n > (int) sizeof(line) - 2) {
-        n = sizeof(line) - 2;
-    }
-
-    line[n++] = '\n';
-
-    fwrite(line, 1, n, stderr);
-}
-
-
-int64_t
-mxj_sync_mono_ms(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-
-int64_t
-mxj_sync_wall_ms(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 

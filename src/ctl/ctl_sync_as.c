@@ -419,7 +419,7 @@ mxj_sync_as_conn(mxj_sync_as_t *as, int fd)
     struct timeval        tv;
     mxj_sync_http_req_t   req;
 
-    deadline = mxj_sync_mono_ms() + MXJ_SYNC_AS_CONN_MS;
+    deadline = mxj_run_mono_ms() + MXJ_SYNC_AS_CONN_MS;
 
     tv.tv_sec = 1;
     tv.tv_usec = 0;
@@ -551,7 +551,7 @@ mxj_sync_as_read(int fd, char *buf, size_t cap, size_t *len,
     struct pollfd  pfd;
 
     for ( ;; ) {
-        left = deadline - mxj_sync_mono_ms();
+        left = deadline - mxj_run_mono_ms();
 
         if (left <= 0) {
             return -1;
@@ -644,9 +644,9 @@ mxj_sync_as_close(int fd)
     struct pollfd  pfd;
 
     shutdown(fd, SHUT_WR);
-    until = mxj_sync_mono_ms() + 200;
+    until = mxj_run_mono_ms() + 200;
 
-    while (mxj_sync_mono_ms() < until) {
+    while (mxj_run_mono_ms() < until) {
         pfd.fd = fd;
         pfd.events = POLLIN;
         pfd.revents = 0;

@@ -163,7 +163,7 @@ mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
             goto done;
         }
 
-        h->next_ms = mxj_sync_mono_ms() + h->interval;
+        h->next_ms = mxj_run_mono_ms() + h->interval;
 
         status = mxj_sync_http_once(h, method, uri, body, body_len, headers);
 
@@ -204,14 +204,14 @@ mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
         mxj_sync_log("429 from the homeserver for %s %.200s: waiting %ld ms",
                      method, uri, ms);
 
-        if (mxj_sync_wait(h, mxj_sync_mono_ms() + ms) != 0) {
+        if (mxj_sync_wait(h, mxj_run_mono_ms() + ms) != 0) {
             snprintf(h->err, sizeof(h->err), "stopped");
             status = 0;
             goto done;
         }
 
-        if (h->next_ms < mxj_sync_mono_ms()) {
-            h->next_ms = mxj_sync_mono_ms();
+        if (h->next_ms < mxj_run_mono_ms()) {
+            h->next_ms = mxj_run_mono_ms();
         }
     }
 
@@ -335,7 +335,7 @@ mxj_sync_wait(mxj_sync_http_t *h, int64_t until)
 {
     int64_t  now;
 
-    now = mxj_sync_mono_ms();
+    now = mxj_run_mono_ms();
 
     if (until <= now) {
         return mxj_run_stopping(&h->sync->run);
@@ -467,7 +467,7 @@ mxj_sync_keyring_fetch(mxj_sync_keyring_t *ring, mxj_sync_http_t *h,
     mx_err_t             err;
     mxj_sync_server_t   *sv;
 
-    now = mxj_sync_mono_ms();
+    now = mxj_run_mono_ms();
 
     q = json_object();
     sk = json_object();
@@ -553,7 +553,7 @@ mxj_sync_keyring_fetch(mxj_sync_keyring_t *ring, mxj_sync_http_t *h,
 
     for (i = 0; rc == 0 && i < json_array_size(list); i++) {
         if (mxj_sync_keyring_doc(ring, json_array_get(list, i), want,
-                                 mxj_sync_wall_ms()) != 0)
+                                 mxj_run_wall_ms()) != 0)
         {
             rc = -1;
         }
@@ -668,7 +668,7 @@ mxj_sync_keyring_expire(mxj_sync_keyring_t *ring, const char *server,
     sv = mxj_sync_map_get(&ring->servers, server);
 
     if (sv == NULL || sv->fetched == 0
-        || mxj_sync_mono_ms() - sv->fetched < min_age_ms)
+        || mxj_run_mono_ms() - sv->fetched < min_age_ms)
     {
         return 0;
     }

@@ -215,7 +215,7 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     p.room = room;
     p.why = why;
     p.len = len;
-    p.t0 = mxj_sync_mono_ms();
+    p.t0 = mxj_run_mono_ms();
     p.requests0 = s->http.requests;
     p.bytes0 = s->http.bytes_in;
     snap = NULL;
@@ -311,7 +311,7 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
                  p.dropped,
                  (unsigned long long) (s->http.requests - p.requests0),
                  (unsigned long long) (s->http.bytes_in - p.bytes0),
-                 (double) (mxj_sync_mono_ms() - p.t0) / 1000);
+                 (double) (mxj_run_mono_ms() - p.t0) / 1000);
 
     rc = 0;
     goto done;
@@ -1051,7 +1051,7 @@ mxj_sync_unchanged(mxj_sync_pass_t *p)
                  "%llu requests, %.2f s", p->id, p->s->homeserver, p->x.n,
                  p->kept,
                  (unsigned long long) (p->s->http.requests - p->requests0),
-                 (double) (mxj_sync_mono_ms() - p->t0) / 1000);
+                 (double) (mxj_run_mono_ms() - p->t0) / 1000);
 
     return 0;
 }
@@ -2225,7 +2225,7 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
 
     c = p->s->r.c;
     memset(&joins, 0, sizeof(mxj_sync_map_t));
-    now = mxj_sync_wall_ms();
+    now = mxj_run_wall_ms();
     cmds = 0;
 
     if (redisAppendCommand(c, "MULTI") != REDIS_OK) {

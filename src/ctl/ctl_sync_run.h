@@ -181,8 +181,6 @@ struct mxj_sync_s {
 
 void mxj_sync_log(const char *fmt, ...)
     __attribute__((format(printf, 1, 2)));
-int64_t mxj_sync_mono_ms(void);
-int64_t mxj_sync_wall_ms(void);
 
 /* One room's pass (docs/sync.md "One pass, per room"): 0, or -1 with why. */
 int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
