@@ -193,6 +193,8 @@ static void mxj_sync_log_dropped(mxj_sync_pass_t *p, mxj_sync_join_t *j);
 static void mxj_sync_pass_free(mxj_sync_pass_t *p);
 static int mxj_sync_uri(mx_buf_t *out, const char *a, const char *b,
     const char *c, const char *d);
+static int mxj_sync_fed_get(mxj_sync_pass_t *p, const char *a,
+    const char *b, const char *c, const char *d, const char *what);
 static int mxj_sync_in_ids(const mxj_sync_ids_t *l, const char *s,
     size_t n);
 static mxj_sync_body_t *mxj_sync_body(mxj_sync_pass_t *p, int kind,
@@ -409,6 +411,35 @@ mxj_sync_uri(mx_buf_t *out, const char *a, const char *b, const char *c,
 }
 
 
+/*
+ * GET of the federation URI mxj_sync_uri makes of a, b, c, d: 0 with the
+ * answer in p->s->http.body, or -1 with p->why (what names the request).
+ */
+
+static int
+mxj_sync_fed_get(mxj_sync_pass_t *p, const char *a, const char *b,
+    const char *c, const char *d, const char *what)
+{
+    long      status;
+    mx_buf_t  uri = MX_BUF_INIT;
+
+    if (mxj_sync_uri(&uri, a, b, c, d) != 0) {
+        mx_buf_free(&uri);
+        return mxj_sync_fail(p, "out of memory");
+    }
+
+    status = mxj_sync_http_request(&p->s->http, "GET", uri.data, NULL, 1);
+    mx_buf_free(&uri);
+
+    if (status != 200) {
+        mxj_sync_http_why(&p->s->http, what, p->why, p->len);
+        return -1;
+    }
+
+    return 0;
+}
+
+
 /* --- 1. the room ------------------------------------------------------- */
 
 int
@@ -431,10 +462,8 @@ mxj_sync_resolve_room(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
 static int
 mxj_sync_resolve(mxj_sync_pass_t *p)
 {
-    long              status;
     char             *id;
     json_t           *doc;
-    mx_buf_t          uri = MX_BUF_INIT;
     const char       *rid;
     mxj_sync_room_t  *room;
 
@@ -445,19 +474,11 @@ mxj_sync_resolve(mxj_sync_pass_t *p)
         return 0;
     }
 
-    if (mxj_sync_uri(&uri, MXJ_SYNC_FED "query/directory?room_alias=",
-                     room->alias, NULL, NULL) != 0)
+    if (mxj_sync_fed_get(p, MXJ_SYNC_FED "query/directory?room_alias=",
+                         room->alias, NULL, NULL,
+                         "the directory query of the alias")
+        != 0)
     {
-        mx_buf_free(&uri);
-        return mxj_sync_fail(p, "out of memory");
-    }
-
-    status = mxj_sync_http_request(&p->s->http, "GET", uri.data, NULL, 1);
-    mx_buf_free(&uri);
-
-    if (status != 200) {
-        mxj_sync_http_why(&p->s->http, "the directory query of the alias",
-                          p->why, p->len);
         return -1;
     }
 
@@ -1331,10 +1352,8 @@ mxj_sync_pool_pdu(mxj_sync_pass_t *p, const char *id, const char *pdu,
 static int
 mxj_sync_fetch(mxj_sync_pass_t *p)
 {
-    long              status;
     size_t            i, k;
     json_t           *doc, *lists[2], *v;
-    mx_buf_t          uri = MX_BUF_INIT;
     mxj_sync_ids_t    missing, *into[2];
     mxj_sync_map_t    seen;
 
@@ -1347,18 +1366,10 @@ mxj_sync_fetch(mxj_sync_pass_t *p)
         goto full;
     }
 
-    if (mxj_sync_uri(&uri, MXJ_SYNC_FED "state_ids/", p->id, "?event_id=",
-                     p->e) != 0)
+    if (mxj_sync_fed_get(p, MXJ_SYNC_FED "state_ids/", p->id, "?event_id=",
+                         p->e, "/state_ids")
+        != 0)
     {
-        mx_buf_free(&uri);
-        return mxj_sync_fail(p, "out of memory");
-    }
-
-    status = mxj_sync_http_request(&p->s->http, "GET", uri.data, NULL, 1);
-    mx_buf_free(&uri);
-
-    if (status != 200) {
-        mxj_sync_http_why(&p->s->http, "/state_ids", p->why, p->len);
         return -1;
     }
 
@@ -1608,21 +1619,13 @@ mxj_sync_body(mxj_sync_pass_t *p, int kind, const char *expect)
 static int
 mxj_sync_get_event(mxj_sync_pass_t *p, const char *id)
 {
-    long      status;
-    char      what[MX_EVENT_ID_MAX + 16];
-    mx_buf_t  uri = MX_BUF_INIT;
+    char  what[MX_EVENT_ID_MAX + 16];
 
-    if (mxj_sync_uri(&uri, MXJ_SYNC_FED "event/", id, NULL, NULL) != 0) {
-        mx_buf_free(&uri);
-        return mxj_sync_fail(p, "out of memory");
-    }
+    snprintf(what, sizeof(what), "/event/%s", id);
 
-    status = mxj_sync_http_request(&p->s->http, "GET", uri.data, NULL, 1);
-    mx_buf_free(&uri);
-
-    if (status != 200) {
-        snprintf(what, sizeof(what), "/event/%s", id);
-        mxj_sync_http_why(&p->s->http, what, p->why, p->len);
+    if (mxj_sync_fed_get(p, MXJ_SYNC_FED "event/", id, NULL, NULL, what)
+        != 0)
+    {
         return -1;
     }
 
@@ -1637,21 +1640,10 @@ mxj_sync_get_event(mxj_sync_pass_t *p, const char *id)
 static int
 mxj_sync_get_state(mxj_sync_pass_t *p)
 {
-    long      status;
-    mx_buf_t  uri = MX_BUF_INIT;
-
-    if (mxj_sync_uri(&uri, MXJ_SYNC_FED "state/", p->id, "?event_id=", p->e)
+    if (mxj_sync_fed_get(p, MXJ_SYNC_FED "state/", p->id, "?event_id=", p->e,
+                         "/state")
         != 0)
     {
-        mx_buf_free(&uri);
-        return mxj_sync_fail(p, "out of memory");
-    }
-
-    status = mxj_sync_http_request(&p->s->http, "GET", uri.data, NULL, 1);
-    mx_buf_free(&uri);
-
-    if (status != 200) {
-        mxj_sync_http_why(&p->s->http, "/state", p->why, p->len);
         return -1;
     }
 
