@@ -415,15 +415,13 @@ ngx_http_matrix_auth_step(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
             return;
         }
 
-        key.len = mmcf->redis.prefix.len + sizeof("keys:") - 1
-                  + ngx_strlen(h->origin);
-        key.data = ngx_pnalloc(r->pool, key.len);
-        if (key.data == NULL) {
+        if (ngx_http_matrix_global_key(r, MX_KEY_KEYS, (u_char *) h->origin,
+                                       ngx_strlen(h->origin), &key)
+            != NGX_OK)
+        {
             ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
             return;
         }
-
-        ngx_sprintf(key.data, "%Vkeys:%s", &mmcf->redis.prefix, h->origin);
 
         argv[0] = "HGET";
         argvlen[0] = 4;
@@ -935,14 +933,12 @@ ngx_http_matrix_key_store(ngx_http_request_t *r, const char *server,
         return;
     }
 
-    key.len = mmcf->redis.prefix.len + sizeof("keys:") - 1
-              + ngx_strlen(server);
-    key.data = ngx_pnalloc(r->pool, key.len);
-    if (key.data == NULL) {
+    if (ngx_http_matrix_global_key(r, MX_KEY_KEYS, (u_char *) server,
+                                   ngx_strlen(server), &key)
+        != NGX_OK)
+    {
         return;
     }
-
-    ngx_sprintf(key.data, "%Vkeys:%s", &mmcf->redis.prefix, server);
 
     mx_b64_encode(b64, pk, MX_ED25519_PK_LEN, MX_B64_STD);
 

@@ -48,7 +48,6 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
     ngx_int_t                          rc;
     ngx_http_matrix_ctx_t             *ctx;
     ngx_http_matrix_directory_ctx_t   *dctx;
-    ngx_http_matrix_join_main_conf_t  *mmcf;
     const char                        *argv[2];
     size_t                             argvlen[2];
 
@@ -97,16 +96,12 @@ ngx_http_matrix_directory_handler(ngx_http_request_t *r)
                                           "bytes)");
     }
 
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
-
-    key.len = mmcf->redis.prefix.len + sizeof("alias:") - 1
-              + dctx->alias.len;
-    key.data = ngx_pnalloc(r->pool, key.len);
-    if (key.data == NULL) {
+    if (ngx_http_matrix_global_key(r, MX_KEY_ALIAS, dctx->alias.data,
+                                   dctx->alias.len, &key)
+        != NGX_OK)
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_sprintf(key.data, "%Valias:%V", &mmcf->redis.prefix, &dctx->alias);
 
     argv[0] = "GET";
     argvlen[0] = 3;
@@ -167,7 +162,7 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
 
     ngx_memcpy(dctx->room_id.data, reply->str, reply->len);
 
-    if (ngx_http_matrix_room_key(r, &dctx->room_id, "meta", &meta) != NGX_OK)
+    if (ngx_http_matrix_room_key(r, &dctx->room_id, MX_KEY_META, &meta) != NGX_OK)
     {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
@@ -177,12 +172,12 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
     argvlen[0] = 5;
     argv[1] = (char *) meta.data;
     argvlen[1] = meta.len;
-    argv[2] = "loaded_at";
-    argvlen[2] = 9;
-    argv[3] = "stale";
-    argvlen[3] = 5;
-    argv[4] = "servers";
-    argvlen[4] = 7;
+    argv[2] = MX_META_LOADED_AT;
+    argvlen[2] = sizeof(MX_META_LOADED_AT) - 1;
+    argv[3] = MX_META_STALE;
+    argvlen[3] = sizeof(MX_META_STALE) - 1;
+    argv[4] = MX_META_SERVERS;
+    argvlen[4] = sizeof(MX_META_SERVERS) - 1;
 
     rc = ngx_matrix_redis_command(r, ngx_http_matrix_directory_room, ctx, 5,
                                   argv, argvlen);

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "mx_crypto.h"
+#include "mx_schema.h"
 #include "ngx_matrix_redis.h"
 
 
@@ -199,9 +200,18 @@ ngx_int_t ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
  * a string (or on allocation failure). */
 char *ngx_http_matrix_reply_str(ngx_http_request_t *r, redisReply *e);
 
-/* Builds "<prefix>{<room_id>}:<suffix>" in r's pool. */
+/*
+ * The Redis keys, in r's pool, NUL-terminated, by src/core/mx_schema.h's
+ * builders: "P{R}:suffix" (suffix an MX_KEY_ of a room) and "P name arg"
+ * (name a global MX_KEY_, arg NULL or its argument).
+ */
 ngx_int_t ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
     const char *suffix, ngx_str_t *key);
+/* the forwarder's index of rooms with an outbox: "P outbox:rooms" */
+#define NGX_HTTP_MATRIX_KEY_OUTBOX_ROOMS  MX_KEY_OUTBOX ":" MX_KEY_ROOMS
+
+ngx_int_t ngx_http_matrix_global_key(ngx_http_request_t *r, const char *name,
+    const u_char *arg, size_t arg_len, ngx_str_t *key);
 
 /* Ends a request suspended with NGX_DONE after a reply. */
 void ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc);

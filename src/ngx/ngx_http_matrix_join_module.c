@@ -529,7 +529,7 @@ ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_size_value(mmcf->send_join_cache, 256 * 1024 * 1024);
 
     if (mmcf->redis.prefix.data == NULL) {
-        ngx_str_set(&mmcf->redis.prefix, "mxj:");
+        ngx_str_set(&mmcf->redis.prefix, MX_SCHEMA_PREFIX_DEFAULT);
     }
 
     return NGX_CONF_OK;
@@ -905,7 +905,6 @@ ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_matrix_join_main_conf_t *mmcf = conf;
 
-    u_char     *p;
     ngx_str_t  *value;
 
     if (mmcf->redis.prefix.data) {
@@ -916,14 +915,12 @@ ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* braces would change the hash tag that keeps a room in one slot */
 
-    for (p = value[1].data; p < value[1].data + value[1].len; p++) {
-        if (*p == '{' || *p == '}' || *p <= ' ') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid Redis key prefix \"%V\": braces, "
-                               "spaces and control characters are not "
-                               "allowed", &value[1]);
-            return NGX_CONF_ERROR;
-        }
+    if (!mx_schema_prefix_valid((char *) value[1].data, value[1].len)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis key prefix \"%V\": braces, "
+                           "spaces and control characters are not "
+                           "allowed", &value[1]);
+        return NGX_CONF_ERROR;
     }
 
     mmcf->redis.prefix = value[1];
@@ -936,27 +933,52 @@ ngx_int_t
 ngx_http_matrix_room_key(ngx_http_request_t *r, ngx_str_t *room_id,
     const char *suffix, ngx_str_t *key)
 {
-    u_char                            *p;
-    size_t                             slen;
+    size_t                             n;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 
-    slen = ngx_strlen(suffix);
+    n = mx_schema_room_key(NULL, 0, (char *) mmcf->redis.prefix.data,
+                           mmcf->redis.prefix.len, (char *) room_id->data,
+                           room_id->len, suffix);
 
-    p = ngx_pnalloc(r->pool, mmcf->redis.prefix.len + room_id->len + 3 + slen);
-    if (p == NULL) {
+    key->data = ngx_pnalloc(r->pool, n + 1);
+    if (key->data == NULL) {
         return NGX_ERROR;
     }
 
-    key->data = p;
-    p = ngx_cpymem(p, mmcf->redis.prefix.data, mmcf->redis.prefix.len);
-    *p++ = '{';
-    p = ngx_cpymem(p, room_id->data, room_id->len);
-    *p++ = '}';
-    *p++ = ':';
-    p = ngx_cpymem(p, suffix, slen);
-    key->len = p - key->data;
+    key->len = mx_schema_room_key((char *) key->data, n + 1,
+                                  (char *) mmcf->redis.prefix.data,
+                                  mmcf->redis.prefix.len,
+                                  (char *) room_id->data, room_id->len,
+                                  suffix);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_global_key(ngx_http_request_t *r, const char *name,
+    const u_char *arg, size_t arg_len, ngx_str_t *key)
+{
+    size_t                             n;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    n = mx_schema_global_key(NULL, 0, (char *) mmcf->redis.prefix.data,
+                             mmcf->redis.prefix.len, name,
+                             (const char *) arg, arg_len);
+
+    key->data = ngx_pnalloc(r->pool, n + 1);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    key->len = mx_schema_global_key((char *) key->data, n + 1,
+                                    (char *) mmcf->redis.prefix.data,
+                                    mmcf->redis.prefix.len, name,
+                                    (const char *) arg, arg_len);
 
     return NGX_OK;
 }
@@ -1215,7 +1237,7 @@ ngx_http_matrix_join_rate_take(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx
         return;
     }
 
-    if (ngx_http_matrix_room_key(r, room_id, "rate", &key) != NGX_OK) {
+    if (ngx_http_matrix_room_key(r, room_id, MX_KEY_RATE, &key) != NGX_OK) {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -1232,7 +1254,7 @@ ngx_http_matrix_join_rate_take(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx
 
     ctx->then = next;
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_JOIN_RATE,
+    rc = ngx_matrix_redis_script(r, MX_LUA_JOIN_RATE,
                                  ngx_http_matrix_join_rate_reply, ctx,
                                  1, 2, argv, argvlen);
     if (rc != NGX_OK) {
@@ -1319,8 +1341,9 @@ ngx_http_matrix_allow_next(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     room.len = ngx_strlen(room.data);
 
     if (ngx_strlchr(room.data, room.data + room.len, '}') != NULL
-        || ngx_http_matrix_room_key(r, &room, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, &room, "member", &member) != NGX_OK)
+        || ngx_http_matrix_room_key(r, &room, MX_KEY_META, &meta) != NGX_OK
+        || ngx_http_matrix_room_key(r, &room, MX_KEY_MEMBER, &member)
+           != NGX_OK)
     {
         a->joined[a->next++] = MX_AUTH_ROOM_UNKNOWN;
         ngx_http_matrix_allow_next(r, ctx);
@@ -1334,7 +1357,7 @@ ngx_http_matrix_allow_next(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     argv[2] = a->user;
     argvlen[2] = ngx_strlen(a->user);
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
+    rc = ngx_matrix_redis_script(r, MX_LUA_ROOM_MEMBERSHIP,
                                  ngx_http_matrix_allow_reply, ctx, 2, 1,
                                  argv, argvlen);
     if (rc != NGX_OK) {

@@ -170,7 +170,8 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
     size_t                             argvlen[10];
 
     static const char  *names[7] = {
-        "meta", "state", "member", "pdu", "extrem", "servers", "server_user"
+        MX_KEY_META, MX_KEY_STATE, MX_KEY_MEMBER, MX_KEY_PDU, MX_KEY_EXTREM,
+        MX_KEY_SERVERS, MX_KEY_SERVER_USER
     };
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -241,7 +242,7 @@ ngx_http_matrix_make_join_handler(ngx_http_request_t *r)
     r->read_event_handler = ngx_http_test_reading;
     ctx->sync = 1;
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_MAKE_JOIN,
+    rc = ngx_matrix_redis_script(r, MX_LUA_MAKE_JOIN,
                                  ngx_http_matrix_make_join_read, ctx, 7, 3,
                                  argv, argvlen);
     if (rc != NGX_OK) {

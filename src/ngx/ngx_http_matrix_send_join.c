@@ -272,9 +272,11 @@ ngx_http_matrix_send_join_handler(ngx_http_request_t *r)
     ngx_http_matrix_ctx_t             *ctx;
     ngx_http_matrix_send_join_ctx_t   *sj;
     static const char  *names[SJ_NKEYS] = {
-        "meta", "state", "member", "pdu", "extrem", "edge", "edge_pdu",
-        "edge_m", "edge_old", "edge_orig", "mchunk", "state_m", "servers",
-        "server_user", "outbox", "partial", "state_nm", "auth", "auth_nm"
+        MX_KEY_META, MX_KEY_STATE, MX_KEY_MEMBER, MX_KEY_PDU, MX_KEY_EXTREM,
+        MX_KEY_EDGE, MX_KEY_EDGE_PDU, MX_KEY_EDGE_M, MX_KEY_EDGE_OLD,
+        MX_KEY_EDGE_ORIG, MX_KEY_MCHUNK, MX_KEY_STATE_M, MX_KEY_SERVERS,
+        MX_KEY_SERVER_USER, MX_KEY_OUTBOX, MX_KEY_PARTIAL, MX_KEY_STATE_NM,
+        MX_KEY_AUTH, MX_KEY_AUTH_NM
     };
 
     if (r->method != NGX_HTTP_PUT) {
@@ -473,7 +475,7 @@ ngx_http_matrix_send_join_body(ngx_http_request_t *r)
     argv[2] = (char *) sj->keys[SJ_PDU].data;
     argvlen[2] = sj->keys[SJ_PDU].len;
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_SEND_JOIN_META,
+    rc = ngx_matrix_redis_script(r, MX_LUA_SEND_JOIN_META,
                                  ngx_http_matrix_send_join_meta, ctx, 3, 0,
                                  argv, argvlen);
     if (rc != NGX_OK) {
@@ -825,7 +827,7 @@ ngx_http_matrix_send_join_read_state(ngx_http_request_t *r,
     argv[i] = sj->prevs;
     argvlen[i++] = ngx_strlen(sj->prevs);
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_SEND_JOIN_STATE,
+    rc = ngx_matrix_redis_script(r, MX_LUA_SEND_JOIN_STATE,
                                  ngx_http_matrix_send_join_state, ctx,
                                  SJ_SCRIPT_KEYS, 4, argv, argvlen);
     if (rc != NGX_OK) {
@@ -1158,7 +1160,6 @@ static void
 ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx)
 {
-    u_char                            *p;
     ngx_int_t                          rc;
     ngx_str_t                          authz, rooms, depth, ts;
     ngx_uint_t                         i, n, nlists;
@@ -1210,10 +1211,12 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     }
 
     depth.data = ngx_pnalloc(r->pool, 2 * NGX_INT64_LEN);
-    rooms.len = mmcf->redis.prefix.len + sizeof("outbox:rooms") - 1;
-    rooms.data = ngx_pnalloc(r->pool, rooms.len);
 
-    if (depth.data == NULL || rooms.data == NULL) {
+    if (depth.data == NULL
+        || ngx_http_matrix_global_key(r, NGX_HTTP_MATRIX_KEY_OUTBOX_ROOMS,
+                                      NULL, 0, &rooms)
+           != NGX_OK)
+    {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -1224,8 +1227,6 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
                 - depth.data;
     ts.data = depth.data + NGX_INT64_LEN;
     ts.len = ngx_sprintf(ts.data, "%L", ngx_http_matrix_now_ms()) - ts.data;
-    p = ngx_sprintf(rooms.data, "%Voutbox:rooms", &mmcf->redis.prefix);
-    (void) p;
 
     /* the forwarder's index of rooms with an outbox; harmless if alone */
 
@@ -1279,7 +1280,7 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
 #undef SJ_ARG
 
     if (sj->chunks) {
-        rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT,
+        rc = ngx_matrix_redis_script(r, MX_LUA_SEND_JOIN_ACCEPT,
                                      ngx_http_matrix_send_join_accepted, ctx,
                                      SJ_SCRIPT_KEYS, n - 3 - SJ_SCRIPT_KEYS,
                                      argv + 3, argvlen + 3);
@@ -1298,14 +1299,14 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
         argv[0] = "EVAL";
         argvlen[0] = 4;
         argv[1] = ngx_matrix_redis_script_source(
-                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
+                      MX_LUA_SEND_JOIN_ACCEPT);
         argvlen[1] = ngx_strlen(argv[1]);
 
     } else {
         argv[0] = "EVALSHA";
         argvlen[0] = 7;
         argv[1] = ngx_matrix_redis_script_sha1(
-                      NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT);
+                      MX_LUA_SEND_JOIN_ACCEPT);
         argvlen[1] = 40;
     }
 

@@ -118,10 +118,11 @@ ngx_http_matrix_status_handler(ngx_http_request_t *r)
          * read once both have answered.
          */
 
-        rc = ngx_http_matrix_status_list(r, ctx, "rooms");
+        rc = ngx_http_matrix_status_list(r, ctx, MX_KEY_ROOMS);
 
         if (rc == NGX_OK) {
-            rc = ngx_http_matrix_status_list(r, ctx, "outbox:rooms");
+            rc = ngx_http_matrix_status_list(r, ctx,
+                                             NGX_HTTP_MATRIX_KEY_OUTBOX_ROOMS);
 
             if (rc != NGX_OK) {
                 /* the first reply is awaited, then this is answered */
@@ -154,26 +155,14 @@ static ngx_int_t
 ngx_http_matrix_status_list(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx, const char *set)
 {
-    size_t                             len;
-    ngx_int_t                          rc;
-    ngx_str_t                          key;
-    const char                        *argv[2];
-    size_t                             argvlen[2];
-    ngx_http_matrix_join_main_conf_t  *mmcf;
+    ngx_int_t    rc;
+    ngx_str_t    key;
+    const char  *argv[2];
+    size_t       argvlen[2];
 
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
-
-    len = ngx_strlen(set);
-
-    key.len = mmcf->redis.prefix.len + len;
-    key.data = ngx_pnalloc(r->pool, key.len);
-    if (key.data == NULL) {
+    if (ngx_http_matrix_global_key(r, set, NULL, 0, &key) != NGX_OK) {
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
-
-    ngx_memcpy(ngx_cpymem(key.data, mmcf->redis.prefix.data,
-                          mmcf->redis.prefix.len),
-               set, len);
 
     argv[0] = "SMEMBERS";
     argvlen[0] = sizeof("SMEMBERS") - 1;
@@ -199,10 +188,13 @@ ngx_http_matrix_status_room(ngx_http_request_t *r,
     const char  *argv[6];
     size_t       argvlen[6];
 
-    if (ngx_http_matrix_room_key(r, room_id, "meta", &meta) != NGX_OK
-        || ngx_http_matrix_room_key(r, room_id, "extrem", &extrem) != NGX_OK
-        || ngx_http_matrix_room_key(r, room_id, "outbox", &outbox) != NGX_OK
-        || ngx_http_matrix_room_key(r, room_id, "dead", &dead) != NGX_OK)
+    if (ngx_http_matrix_room_key(r, room_id, MX_KEY_META, &meta) != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, MX_KEY_EXTREM, &extrem)
+           != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, MX_KEY_OUTBOX, &outbox)
+           != NGX_OK
+        || ngx_http_matrix_room_key(r, room_id, MX_KEY_DEAD, &dead)
+           != NGX_OK)
     {
         return NGX_MATRIX_REDIS_UNAVAILABLE;
     }
@@ -222,7 +214,7 @@ ngx_http_matrix_status_room(ngx_http_request_t *r,
     argv[5] = (char *) room_id->data;
     argvlen[5] = room_id->len;
 
-    rc = ngx_matrix_redis_script(r, NGX_MATRIX_SCRIPT_ROOM_STATUS,
+    rc = ngx_matrix_redis_script(r, MX_LUA_ROOM_STATUS,
                                  ngx_http_matrix_status_room_reply, ctx,
                                  4, 2, argv, argvlen);
     if (rc == NGX_OK) {
@@ -367,9 +359,9 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
             continue;
         }
 
-        if (ngx_strcmp(k->str, "room_version") == 0
-            || ngx_strcmp(k->str, "create_event_id") == 0
-            || ngx_strcmp(k->str, "room_id") == 0)
+        if (ngx_strcmp(k->str, MX_META_ROOM_VERSION) == 0
+            || ngx_strcmp(k->str, MX_META_CREATE_EVENT_ID) == 0
+            || ngx_strcmp(k->str, MX_META_ROOM_ID) == 0)
         {
             json_object_set_new(room, k->str, json_stringn(v->str, v->len));
 
@@ -378,11 +370,11 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
                                 ngx_http_matrix_status_number(v));
         }
 
-        if (ngx_strcmp(k->str, "loaded_at") == 0) {
+        if (ngx_strcmp(k->str, MX_META_LOADED_AT) == 0) {
             loaded_at = strtoll(v->str, NULL, 10);
         }
 
-        if (ngx_strcmp(k->str, "room_id") == 0) {
+        if (ngx_strcmp(k->str, MX_META_ROOM_ID) == 0) {
             room_id = v->str;
         }
     }

@@ -28,10 +28,9 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <ngx_sha1.h>
 
+#include "mx_schema.h"
 #include "ngx_matrix_redis.h"
-#include "ngx_matrix_send_join_lua.h"
 
 
 #define NGX_MATRIX_REDIS_BACKOFF_MIN   100
@@ -71,7 +70,7 @@ typedef struct {
     ngx_matrix_redis_handler_pt  handler;
     void                        *data;
     ngx_event_t                  timer;
-    ngx_matrix_script_e          script;
+    mx_lua_e                     script;
     ngx_uint_t                   context;       /* rd->context when sent */
     ngx_uint_t                   reads;         /* rd->reads when sent */
     int                          nkeys;
@@ -82,12 +81,6 @@ typedef struct {
     unsigned                     retried:1;
     unsigned                     timed_out:1;
 } ngx_matrix_redis_op_t;
-
-
-typedef struct {
-    const char                  *source;
-    char                         sha1[41];
-} ngx_matrix_script_t;
 
 
 static ngx_int_t ngx_matrix_redis_connect(ngx_matrix_redis_t *rd);
@@ -110,7 +103,7 @@ static void ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r,
 static ngx_int_t ngx_matrix_redis_start(ngx_http_request_t *r,
     ngx_matrix_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen, ngx_uint_t is_script,
-    ngx_matrix_script_e script, int nkeys);
+    mx_lua_e script, int nkeys);
 static ngx_int_t ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op);
 static void ngx_matrix_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
@@ -126,167 +119,17 @@ static void ngx_matrix_redis_op_free(ngx_matrix_redis_op_t *op);
 static ngx_matrix_redis_t  *ngx_matrix_redis;
 
 
-static ngx_matrix_script_t  ngx_matrix_scripts[NGX_MATRIX_SCRIPT_COUNT] = {
-
-    /*
-     * KEYS: room meta, extremities, outbox, dead letters; ARGV: the
-     * forwarder's group, the room ID. One room, read atomically: nil when
-     * the room has neither a snapshot nor an outbox, else {meta (maybe
-     * empty), extremities, {pending, in_flight, dead, oldest_age_ms},
-     * room ID}. Delivered entries are deleted: the first is the oldest.
-     */
-    { "local function n(v) if type(v) == 'number' then return v end"
-      " return 0 end\n"
-      "local meta = redis.call('HGETALL', KEYS[1])\n"
-      "local pending = n(redis.pcall('XLEN', KEYS[3]))\n"
-      "local dead = n(redis.pcall('XLEN', KEYS[4]))\n"
-      "if #meta == 0 and pending == 0 and dead == 0 then return false end\n"
-      "local inflight, age = 0, 0\n"
-      "if pending > 0 then\n"
-      "  local p = redis.pcall('XPENDING', KEYS[3], ARGV[1])\n"
-      "  if type(p) == 'table' then inflight = n(p[1]) end\n"
-      "  local f = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)\n"
-      "  if f[1] then\n"
-      "    local t = redis.call('TIME')\n"
-      "    local ms = tonumber(string.match(f[1][1], '^(%d+)')) or 0\n"
-      "    age = math.max(0, tonumber(t[1]) * 1000"
-      " + math.floor(tonumber(t[2]) / 1000) - ms)\n"
-      "  end\n"
-      "end\n"
-      "return {meta, #meta > 0 and redis.call('HGETALL', KEYS[2]) or {},"
-      " {pending, inflight, dead, age}, ARGV[2]}\n", "" },
-
-    /*
-     * make_join, one read of one snapshot. KEYS: meta, state, member, pdu,
-     * extrem, servers, server_user; ARGV: user, our server name, the
-     * user's state index field (canonical JSON ["m.room.member", user]).
-     * Returns nil when the room is not cached, else
-     * {{room_version, loaded_at, stale, create_event_id},
-     *  {ids of create, power_levels, join_rules, server_acl, the user's
-     *   member event}, {their PDUs (members: v1/v2 only)},
-     *  the user's membership, our score (minus our joined members),
-     *  {extremity, json, ...}, {{user, membership, id, pdu}...}}
-     * the last, only for restricted join rules, being the local users
-     * that could authorise: our users in the power levels, the room's
-     * creators, and the server's listed joined user.
-     */
-    { "local m = redis.call('HMGET', KEYS[1], 'room_version', 'loaded_at',"
-      " 'stale', 'create_event_id')\n"
-      "if not m[1] then return false end\n"
-      "local user, ours = ARGV[1], ARGV[2]\n"
-      "local ids = redis.call('HMGET', KEYS[2], '[\"m.room.create\",\"\"]',"
-      " '[\"m.room.power_levels\",\"\"]', '[\"m.room.join_rules\",\"\"]',"
-      " '[\"m.room.server_acl\",\"\"]', ARGV[3])\n"
-      "local pdus = {}\n"
-      "for i = 1, 5 do\n"
-      "  pdus[i] = ids[i] and redis.call('HGET', KEYS[4], ids[i]) or false\n"
-      "end\n"
-      "local cands = {}\n"
-      "if pdus[3] and pdus[3]:find('restricted', 1, true) then\n"
-      "  local function js(s)\n"
-      "    return '\"' .. s:gsub('[%z\\1-\\31\"\\\\]', function(c)\n"
-      "      local b = c:byte()\n"
-      "      if c == '\"' then return '\\\\\"' end\n"
-      "      if c == '\\\\' then return '\\\\\\\\' end\n"
-      "      if b == 8 then return '\\\\b' end\n"
-      "      if b == 9 then return '\\\\t' end\n"
-      "      if b == 10 then return '\\\\n' end\n"
-      "      if b == 12 then return '\\\\f' end\n"
-      "      if b == 13 then return '\\\\r' end\n"
-      "      return string.format('\\\\u%04x', b)\n"
-      "    end) .. '\"'\n"
-      "  end\n"
-      "  local seen = {}\n"
-      "  local function cand(u)\n"
-      "    if type(u) ~= 'string' or seen[u] then return end\n"
-      "    local c = u:find(':', 1, true)\n"
-      "    if not c or u:sub(c + 1) ~= ours then return end\n"
-      "    seen[u] = true\n"
-      "    local id = redis.call('HGET', KEYS[2],"
-      " '[\"m.room.member\",' .. js(u) .. ']')\n"
-      "    if not id then return end\n"
-      "    cands[#cands + 1] = {u, redis.call('HGET', KEYS[3], u) or false,"
-      " id, redis.call('HGET', KEYS[4], id) or false}\n"
-      "  end\n"
-      "  for i = 1, 2 do\n"
-      "    if pdus[i] then\n"
-      "      local ok, e = pcall(cjson.decode, pdus[i])\n"
-      "      if ok and type(e) == 'table' and type(e.content) == 'table'"
-      " then\n"
-      "        if i == 1 then\n"
-      "          cand(e.sender)\n"
-      "          if type(e.content.additional_creators) == 'table' then\n"
-      "            for _, u in ipairs(e.content.additional_creators) do"
-      " cand(u) end\n"
-      "          end\n"
-      "        elseif type(e.content.users) == 'table' then\n"
-      "          for u, _ in pairs(e.content.users) do cand(u) end\n"
-      "        end\n"
-      "      end\n"
-      "    end\n"
-      "  end\n"
-      "  cand(redis.call('HGET', KEYS[7], ours))\n"
-      "end\n"
-      "return {m, ids, pdus, redis.call('HGET', KEYS[3], user) or false,"
-      " redis.call('ZSCORE', KEYS[6], ours) or false,"
-      " redis.call('HGETALL', KEYS[5]), cands}\n", "" },
-
-    /*
-     * The join rate of a room: a token bucket. KEYS: rate; ARGV: tokens a
-     * ms, burst. Returns 0 (a token taken) or the ms until one is there.
-     */
-    { "local t = redis.call('TIME')\n"
-      "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-      "local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
-      "local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')\n"
-      "local tokens = tonumber(b[1]) or burst\n"
-      "local ts = tonumber(b[2]) or now\n"
-      "tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)\n"
-      "if tokens < 1 then return math.ceil((1 - tokens) / rate) end\n"
-      "tokens = tokens - 1\n"
-      "redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', now)\n"
-      "redis.call('PEXPIRE', KEYS[1],"
-      " math.ceil((burst - tokens) / rate) + 1000)\n"
-      "return 0\n", "" },
-
-    /* KEYS: a room's meta, member; ARGV: user. {known, membership} */
-    { "return {redis.call('EXISTS', KEYS[1]),"
-      " redis.call('HGET', KEYS[2], ARGV[1]) or false}\n", "" },
-
-    /* send_join: see ngx_matrix_send_join_lua.h */
-    { NGX_MATRIX_LUA_SEND_JOIN_META, "" },
-    { NGX_MATRIX_LUA_SEND_JOIN_STATE, "" },
-    { NGX_MATRIX_LUA_SEND_JOIN_ACCEPT, "" },
-
-};
-
-
 const char *
-ngx_matrix_redis_script_sha1(ngx_matrix_script_e script)
+ngx_matrix_redis_script_sha1(mx_lua_e script)
 {
-    return ngx_matrix_scripts[script].sha1;
+    return mx_lua_scripts[script].sha1;
 }
 
 
 const char *
-ngx_matrix_redis_script_source(ngx_matrix_script_e script)
+ngx_matrix_redis_script_source(mx_lua_e script)
 {
-    return ngx_matrix_scripts[script].source;
-}
-
-
-static void
-ngx_matrix_script_sha1(ngx_matrix_script_t *s)
-{
-    u_char      digest[20];
-    ngx_sha1_t  sha1;
-
-    ngx_sha1_init(&sha1);
-    ngx_sha1_update(&sha1, s->source, ngx_strlen(s->source));
-    ngx_sha1_final(digest, &sha1);
-
-    ngx_hex_dump((u_char *) s->sha1, digest, sizeof(digest));
-    s->sha1[40] = '\0';
+    return mx_lua_scripts[script].source;
 }
 
 
@@ -356,7 +199,6 @@ ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
 ngx_int_t
 ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
 {
-    ngx_uint_t           i;
     ngx_matrix_redis_t  *rd;
 
     rd = ngx_pcalloc(cycle->pool, sizeof(ngx_matrix_redis_t));
@@ -368,10 +210,6 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
     rd->log = cycle->log;
     rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
     rd->next_connect = ngx_current_msec;
-
-    for (i = 0; i < NGX_MATRIX_SCRIPT_COUNT; i++) {
-        ngx_matrix_script_sha1(&ngx_matrix_scripts[i]);
-    }
 
     ngx_matrix_redis = rd;
 
@@ -500,9 +338,12 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
     redisAsyncCommand(ac, ngx_matrix_redis_schema_reply, NULL, "GET %bschema",
                       rcf->prefix.data, rcf->prefix.len);
 
-    for (i = 0; i < NGX_MATRIX_SCRIPT_COUNT; i++) {
+    /* the scripts this binary was built with (src/lua, mx_lua_scripts[]) */
+
+    for (i = 0; i < MX_LUA_COUNT; i++) {
         redisAsyncCommand(ac, ngx_matrix_redis_setup_reply, "SCRIPT LOAD",
-                          "SCRIPT LOAD %s", ngx_matrix_scripts[i].source);
+                          "SCRIPT LOAD %b", mx_lua_scripts[i].source,
+                          mx_lua_scripts[i].len);
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, rd->log, 0,
@@ -609,15 +450,15 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
     rd->schema_bad = 0;
 
     if (reply->type == REDIS_REPLY_STRING
-        && (reply->len != sizeof(NGX_MATRIX_REDIS_SCHEMA) - 1
-            || ngx_strncmp(reply->str, NGX_MATRIX_REDIS_SCHEMA, reply->len)
+        && (reply->len != sizeof(MX_SCHEMA_VERSION) - 1
+            || ngx_strncmp(reply->str, MX_SCHEMA_VERSION, reply->len)
                != 0))
     {
         rd->schema_bad = 1;
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "redis %V: unsupported schema version \"%*s\" under "
                       "prefix \"%V\" (this module knows "
-                      NGX_MATRIX_REDIS_SCHEMA ")", &rd->conf->address,
+                      MX_SCHEMA_VERSION ")", &rd->conf->address,
                       (size_t) ngx_min(reply->len, 32), reply->str,
                       &rd->conf->prefix);
     }
@@ -748,7 +589,7 @@ ngx_matrix_redis_write_handler(ngx_event_t *ev)
 static ngx_int_t
 ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     handler, void *data, int argc, const char **argv, const size_t *argvlen,
-    ngx_uint_t is_script, ngx_matrix_script_e script, int nkeys)
+    ngx_uint_t is_script, mx_lua_e script, int nkeys)
 {
     u_char                 *p;
     size_t                  size;
@@ -866,10 +707,10 @@ ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op)
 
         if (op->retried) {
             sargv[0] = "EVAL";
-            sargv[1] = ngx_matrix_scripts[op->script].source;
+            sargv[1] = mx_lua_scripts[op->script].source;
         } else {
             sargv[0] = "EVALSHA";
-            sargv[1] = ngx_matrix_scripts[op->script].sha1;
+            sargv[1] = mx_lua_scripts[op->script].sha1;
         }
 
         sargvlen[0] = ngx_strlen(sargv[0]);
@@ -906,7 +747,7 @@ ngx_matrix_redis_command(ngx_http_request_t *r,
 
 
 ngx_int_t
-ngx_matrix_redis_script(ngx_http_request_t *r, ngx_matrix_script_e script,
+ngx_matrix_redis_script(ngx_http_request_t *r, mx_lua_e script,
     ngx_matrix_redis_handler_pt handler, void *data, int nkeys, int nargs,
     const char **argv, const size_t *argvlen)
 {

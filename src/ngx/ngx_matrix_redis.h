@@ -14,8 +14,7 @@
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 
-
-#define NGX_MATRIX_REDIS_SCHEMA  "1"
+#include "mx_lua.h"
 
 
 typedef enum {
@@ -25,19 +24,6 @@ typedef enum {
     NGX_MATRIX_REDIS_SCHEMA_ERROR,  /* Redis holds a schema we do not know */
     NGX_MATRIX_REDIS_REPLY_ERROR    /* Redis answered with an error */
 } ngx_matrix_redis_status_e;
-
-
-/* Lua scripts, loaded with SCRIPT LOAD at connect and run with EVALSHA. */
-typedef enum {
-    NGX_MATRIX_SCRIPT_ROOM_STATUS = 0,
-    NGX_MATRIX_SCRIPT_MAKE_JOIN,
-    NGX_MATRIX_SCRIPT_JOIN_RATE,
-    NGX_MATRIX_SCRIPT_ROOM_MEMBERSHIP,
-    NGX_MATRIX_SCRIPT_SEND_JOIN_META,
-    NGX_MATRIX_SCRIPT_SEND_JOIN_STATE,
-    NGX_MATRIX_SCRIPT_SEND_JOIN_ACCEPT,
-    NGX_MATRIX_SCRIPT_COUNT
-} ngx_matrix_script_e;
 
 
 typedef struct {
@@ -78,15 +64,18 @@ ngx_int_t ngx_matrix_redis_command(ngx_http_request_t *r,
     ngx_matrix_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen);
 
-/* EVALSHA of a script with nkeys keys and nargs args (keys first). */
-ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r,
-    ngx_matrix_script_e script, ngx_matrix_redis_handler_pt handler,
-    void *data, int nkeys, int nargs, const char **argv,
-    const size_t *argvlen);
+/*
+ * EVALSHA of a script of src/lua (mx_lua_scripts[], loaded with SCRIPT
+ * LOAD at connect; EVAL after NOSCRIPT) with nkeys keys and nargs args
+ * (keys first).
+ */
+ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r, mx_lua_e script,
+    ngx_matrix_redis_handler_pt handler, void *data, int nkeys, int nargs,
+    const char **argv, const size_t *argvlen);
 
 /* For scripts run inside MULTI: their SHA-1 (hex) and source. */
-const char *ngx_matrix_redis_script_sha1(ngx_matrix_script_e script);
-const char *ngx_matrix_redis_script_source(ngx_matrix_script_e script);
+const char *ngx_matrix_redis_script_sha1(mx_lua_e script);
+const char *ngx_matrix_redis_script_source(mx_lua_e script);
 
 /* The status code and Matrix message for an adapter status. */
 ngx_uint_t ngx_matrix_redis_http_status(ngx_matrix_redis_status_e status);
