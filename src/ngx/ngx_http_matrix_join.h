@@ -231,6 +231,17 @@ void ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason);
 
 /*
+ * The edge cannot decide where the homeserver can (an allowed room it
+ * does not cache or whose snapshot may not answer, Redis failing before
+ * anything was stored): the request goes to the fallback unchanged when
+ * there is one, as an uncached room's does; else the Matrix error
+ * status/errcode with the formatted reason (docs/directives.md, "When the
+ * edge cannot decide").
+ */
+void ngx_http_matrix_undecided(ngx_http_request_t *r, ngx_uint_t status,
+    const char *errcode, const char *fmt, ...);
+
+/*
  * The room's join rate (matrix_join_rate, a token bucket in Redis): next
  * runs when a token was taken or no rate is set; else 429 or 503.
  */

@@ -985,6 +985,31 @@ ngx_http_matrix_global_key(ngx_http_request_t *r, const char *name,
 
 
 void
+ngx_http_matrix_undecided(ngx_http_request_t *r, ngx_uint_t status,
+    const char *errcode, const char *fmt, ...)
+{
+    u_char                           msg[512], *last;
+    va_list                          ap;
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+
+    va_start(ap, fmt);
+    last = ngx_vslprintf(msg, msg + sizeof(msg) - 1, fmt, ap);
+    va_end(ap);
+
+    *last = '\0';
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    if (mlcf->fallback.len) {
+        ngx_http_matrix_fallback(r, status, (char *) msg);
+        return;
+    }
+
+    ngx_http_matrix_fail(r, status, errcode, "%s", msg);
+}
+
+
+void
 ngx_http_matrix_finalize(ngx_http_request_t *r, ngx_int_t rc)
 {
     ngx_uint_t              sync;
@@ -1258,9 +1283,9 @@ ngx_http_matrix_join_rate_take(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx
                                  ngx_http_matrix_join_rate_reply, ctx,
                                  1, 2, argv, argvlen);
     if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(rc),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(rc));
     }
 }
 
@@ -1274,9 +1299,9 @@ ngx_http_matrix_join_rate_reply(ngx_http_request_t *r, void *data,
     json_t  *body;
 
     if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(status),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(status));
         return;
     }
 
@@ -1361,14 +1386,17 @@ ngx_http_matrix_allow_next(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
                                  ngx_http_matrix_allow_reply, ctx, 2, 1,
                                  argv, argvlen);
     if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(rc),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(rc));
     }
 }
 
 
-/* {known, membership} of the user in an allowed room */
+/*
+ * {known, membership, loaded_at, stale} of the user in an allowed room; a
+ * snapshot that may not answer (stale, too old) knows nothing either.
+ */
 
 static void
 ngx_http_matrix_allow_reply(ngx_http_request_t *r, void *data,
@@ -1383,17 +1411,20 @@ ngx_http_matrix_allow_reply(ngx_http_request_t *r, void *data,
     a = ctx->allow;
 
     if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(status),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(status));
         return;
     }
 
     joined = MX_AUTH_ROOM_UNKNOWN;
 
-    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4
         && reply->element[0]->type == REDIS_REPLY_INTEGER
-        && reply->element[0]->integer == 1)
+        && reply->element[0]->integer == 1
+        && ngx_http_matrix_snapshot_unusable(r, reply->element[2],
+                                             reply->element[3])
+           == NULL)
     {
         m = reply->element[1];
         joined = (m->type == REDIS_REPLY_STRING && m->len == 4

@@ -671,6 +671,12 @@ ngx_http_matrix_make_join_decide(ngx_http_request_t *r,
         ngx_cpystrn((u_char *) who, (u_char *) res.authoriser, sizeof(who));
         authoriser = who;
 
+    } else if (code == MX_AUTH_UNABLE_TO_AUTHORISE) {
+        /* an allowed room we do not cache: the homeserver can tell */
+        ngx_http_matrix_undecided(r, res.status, res.errcode, "%s",
+                                  res.rule);
+        return;
+
     } else if (code != MX_AUTH_ALLOW) {
         ngx_http_matrix_fail(r, res.status, res.errcode, "%s", res.rule);
         return;

@@ -831,9 +831,9 @@ ngx_http_matrix_send_join_read_state(ngx_http_request_t *r,
                                  ngx_http_matrix_send_join_state, ctx,
                                  SJ_SCRIPT_KEYS, 4, argv, argvlen);
     if (rc != NGX_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(rc));
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(rc),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(rc));
     }
 }
 
@@ -878,9 +878,10 @@ ngx_http_matrix_send_join_state(ngx_http_request_t *r, void *data,
     sj = ctx->data;
 
     if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
-                             "M_UNKNOWN", "%s",
-                             ngx_matrix_redis_status_text(status));
+        /* nothing is stored yet: the homeserver can take it */
+        ngx_http_matrix_undecided(r, ngx_matrix_redis_http_status(status),
+                                  "M_UNKNOWN", "%s",
+                                  ngx_matrix_redis_status_text(status));
         return;
     }
 
@@ -1015,6 +1016,13 @@ ngx_http_matrix_send_join_decide(ngx_http_request_t *r,
 
     code = mx_auth_restricted(sj->rv, ngx_http_matrix_send_join_get, sj,
                               sj->sender, &me, &res);
+
+    if (code == MX_AUTH_UNABLE_TO_AUTHORISE) {
+        /* an allowed room we do not cache: the homeserver can tell */
+        ngx_http_matrix_undecided(r, res.status, res.errcode, "%s",
+                                  res.rule);
+        return;
+    }
 
     if (code != MX_AUTH_ALLOW && code != MX_AUTH_AUTHORISED
         && !(code == MX_AUTH_UNABLE_TO_GRANT && sj->authoriser))

@@ -696,9 +696,10 @@ def test_restricted_user_in_allowed_room(edge, version, rule):
 
 @pytest.mark.parametrize("version,rule", RESTRICTED)
 def test_restricted_allowed_room_not_cached(edge, version, rule):
+    """Without a fallback (with one: test_undecidable.py)."""
     room = new_room(version, join_rules=restricted_rules(
         version, "!notcached:elsewhere.test", rule=rule))
-    edge.load(room).start()
+    edge.load(room).start(fallback=False)
     refused(edge, room, 400, "M_UNABLE_TO_AUTHORISE_JOIN")
 
 
@@ -874,9 +875,10 @@ def test_restricted_one_allowed_room_cached_one_not(edge):
     a = allowed_room(edge)
     room = new_room("10", join_rules=restricted_rules(
         "10", "!notcached:elsewhere.test", a.room_id))
-    edge.load(room).start()
+    edge.load(room).start(fallback=False)
     joins(edge, room)
     # and when the user is in no cached allowed room: unable to authorise
+    # (without a fallback)
     a.add_member(JOINER, "leave")
     edge.load(a)
     refused(edge, room, 400, "M_UNABLE_TO_AUTHORISE_JOIN")
