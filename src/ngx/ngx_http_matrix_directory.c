@@ -162,7 +162,8 @@ ngx_http_matrix_directory_alias(ngx_http_request_t *r, void *data,
 
     ngx_memcpy(dctx->room_id.data, reply->str, reply->len);
 
-    if (ngx_http_matrix_room_key(r, &dctx->room_id, MX_KEY_META, &meta) != NGX_OK)
+    if (ngx_http_matrix_room_key(r, &dctx->room_id, MX_KEY_META, &meta)
+        != NGX_OK)
     {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
