@@ -153,6 +153,8 @@ typedef struct {
 extern ngx_module_t  ngx_http_matrix_join_module;
 
 
+/* ngx_http_matrix_util.c */
+
 /* Sends {"errcode": ..., "error": ...} with status; returns what the
  * content handler should return. */
 ngx_int_t ngx_http_matrix_send_error(ngx_http_request_t *r,
@@ -241,9 +243,12 @@ void ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
 void ngx_http_matrix_undecided(ngx_http_request_t *r, ngx_uint_t status,
     const char *errcode, const char *fmt, ...);
 
+/* ngx_http_matrix_join_check.c */
+
 /*
  * The room's join rate (matrix_join_rate, a token bucket in Redis): next
- * runs when a token was taken or no rate is set; else 429 or 503.
+ * runs when a token was taken or no rate is set; else 429, or Redis
+ * failing: ngx_http_matrix_undecided().
  */
 void ngx_http_matrix_join_rate_take(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_str_t *room_id,
@@ -251,9 +256,11 @@ void ngx_http_matrix_join_rate_take(ngx_http_request_t *r,
 
 /*
  * Reads the user's membership in each of allow->rooms from those rooms'
- * snapshots (one script each), then runs next; a room that is not cached
- * is MX_AUTH_ROOM_UNKNOWN. ngx_http_matrix_allow_joined() answers
- * mx_auth's room_joined() from the result.
+ * snapshots (one script each), then runs next; a room that is not cached,
+ * or whose snapshot may not answer (ngx_http_matrix_snapshot_unusable),
+ * is MX_AUTH_ROOM_UNKNOWN; Redis failing is ngx_http_matrix_undecided().
+ * ngx_http_matrix_allow_joined() answers mx_auth's room_joined() from the
+ * result.
  */
 void ngx_http_matrix_allow_check(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_allow_t *allow,
@@ -287,9 +294,11 @@ char *ngx_http_matrix_make_join(ngx_conf_t *cf, ngx_command_t *cmd,
 /* ngx_http_matrix_status.c */
 char *ngx_http_matrix_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
-/* ngx_matrix_keys.c */
+/* ngx_http_matrix_key_server.c */
 char *ngx_http_matrix_key_server(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* ngx_http_matrix_signing_key.c */
 ngx_int_t ngx_http_matrix_keyset_read(ngx_conf_t *cf,
     ngx_http_matrix_keyset_t *ks);
 ngx_int_t ngx_http_matrix_keys_init_worker(ngx_cycle_t *cycle,

@@ -353,7 +353,7 @@ ngx_http_matrix_member_event(const char *user, const char *membership)
 
 /*
  * The script's reply: {meta, ids, pdus, membership, our_score, extrem,
- * candidates}; see ngx_matrix_redis.c. Everything is copied out of it.
+ * candidates}; see src/lua/make_join.lua. Everything is copied out of it.
  */
 static ngx_int_t
 ngx_http_matrix_make_join_view(ngx_http_request_t *r,
