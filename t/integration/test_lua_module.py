@@ -49,7 +49,7 @@ def ms_now(r):
     return sec * 1000 + usec // 1000
 
 
-# -- room_status ---------------------------------------------------------------
+# -- room_status --------------------------------------------------------------
 
 STATUS_KEYS = [P + "meta", P + "extrem", P + "outbox", P + "dead"]
 
@@ -84,7 +84,7 @@ def test_room_status_outbox_of_a_room_no_longer_cached(r):
     assert before - 1000 <= counts[3] <= after - 1000
 
 
-# -- make_join -----------------------------------------------------------------
+# -- make_join ----------------------------------------------------------------
 
 MJ_KEYS = [P + k for k in ("meta", "state", "member", "pdu", "extrem",
                            "servers", "server_user")]
@@ -140,7 +140,7 @@ def test_make_join_restricted_room_lists_local_authorisers(r):
         [b"@u:x", b"join", b"$mu", M_U.encode()]]
 
 
-# -- join_rate -----------------------------------------------------------------
+# -- join_rate ----------------------------------------------------------------
 
 FUTURE = "99999999999999"   # a bucket time ahead of now refills nothing
 
@@ -164,7 +164,7 @@ def test_join_rate_last_token(r):
     assert r.hget(P + "rate", "tokens") == b"0.5"
 
 
-# -- room_membership -----------------------------------------------------------
+# -- room_membership ----------------------------------------------------------
 
 RM_KEYS = [P + "meta", P + "member"]
 
@@ -190,7 +190,7 @@ def test_room_membership_stale(r):
         [1, b"join", b"123", b"1"]
 
 
-# -- send_join_meta ------------------------------------------------------------
+# -- send_join_meta -----------------------------------------------------------
 
 META_KEYS = [P + "meta", P + "state", P + "pdu"]
 ACL = '{"type":"m.room.server_acl","content":{"allow":["*"]}}'
@@ -211,7 +211,7 @@ def test_send_join_meta(r):
         [[b"10", b"123", b"1", b"7"], ACL.encode()]
 
 
-# -- send_join_state -----------------------------------------------------------
+# -- send_join_state ----------------------------------------------------------
 
 def sj_room(r):
     r.hset(P + "meta", mapping={"room_version": "10", "generation": "7",
@@ -263,9 +263,10 @@ def test_send_join_state_unhappy(r):
         [b"unknown", b"$nope"]
 
 
-# -- send_join_accept ----------------------------------------------------------
+# -- send_join_accept ---------------------------------------------------------
 
-JOIN = '{"type":"m.room.member","sender":"@j:y","content":{"membership":"join"}}'
+JOIN = ('{"type":"m.room.member","sender":"@j:y",'
+        '"content":{"membership":"join"}}')
 
 
 def accept_args(event_id="$j", generation="7", omit="0"):

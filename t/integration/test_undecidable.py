@@ -63,7 +63,7 @@ def allowed_room(edge, joiner):
     return a
 
 
-# -- an allowed room the edge does not cache -----------------------------------
+# -- an allowed room the edge does not cache ----------------------------------
 
 @pytest.mark.parametrize("version", ["8", "10"])
 def test_make_join_allowed_room_not_cached_goes_to_fallback(edge, version):
@@ -95,7 +95,7 @@ def test_one_allowed_room_met_needs_no_fallback(edge):
     assert edge.rec.requests == []
 
 
-# -- an allowed room whose snapshot may not answer -----------------------------
+# -- an allowed room whose snapshot may not answer ----------------------------
 
 @pytest.mark.parametrize("how", ["stale", "old"])
 def test_allowed_room_not_answerable_goes_to_fallback(edge, how):
@@ -137,7 +137,7 @@ def test_allowed_room_stale_without_fallback(edge):
     edge.untouched(room, before)
 
 
-# -- Redis failing before anything is stored -----------------------------------
+# -- Redis failing before anything is stored ----------------------------------
 # A key of the wrong type makes the script's command fail with WRONGTYPE:
 # Redis answers an error exactly at the step under test.
 
@@ -184,7 +184,7 @@ def test_send_join_state_failing_goes_to_fallback(edge):
     assert edge.outbox(room) == []
 
 
-# -- what the edge keeps: the homeserver would answer the same -----------------
+# -- what the edge keeps: the homeserver would answer the same ----------------
 
 def test_unfetchable_key_stays_401(edge):
     """The joining server's key cannot be fetched: 401, not the fallback
