@@ -176,13 +176,13 @@ mxj_sync_as_listen(mxj_sync_as_t *as)
     as->daemon = MHD_start_daemon(
         MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         mxj_sync_as_handler, as,
+        MHD_OPTION_EXTERNAL_LOGGER, mxj_sync_as_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, (MHD_socket) as->s->as_fd,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) MXJ_SYNC_AS_IDLE_S,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int) MXJ_SYNC_AS_CONNS,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) MXJ_SYNC_AS_HEAD_MEM,
         MHD_OPTION_NOTIFY_COMPLETED, mxj_sync_as_completed, as,
         MHD_OPTION_UNESCAPE_CALLBACK, mxj_sync_as_unescape, NULL,
-        MHD_OPTION_EXTERNAL_LOGGER, mxj_sync_as_mhd_log, NULL,
         MHD_OPTION_STRICT_FOR_CLIENT, (int) 1,
         MHD_OPTION_END);
 

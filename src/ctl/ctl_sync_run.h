@@ -2,8 +2,8 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync at run time: the command's state, the federation
  * client (ctl_sync_http.c), one room's pass (ctl_sync_pass.c) and the
- * Application Service listener (ctl_sync_as.c). The pure pieces are in
- * ctl_sync.h.
+ * Application Service (ctl_sync_as.c, ctl_sync_as_http.c). The pure
+ * pieces are in ctl_sync.h.
  */
 
 #ifndef MXJ_CTL_SYNC_RUN_H

@@ -389,9 +389,12 @@ def test_garbage_is_closed(listener, garbage):
     a 400, or without an answer once the client falls silent), and the
     listener serves the homeserver as before."""
     s = socket.create_connection(("127.0.0.1", listener.port), timeout=30)
+    t0 = time.monotonic()
     s.sendall(garbage)
     out = read_all(s)
     s.close()
+    print(f"\n{garbage[:12]!r}...: {out[:40]!r}, closed after "
+          f"{(time.monotonic() - t0) * 1000:.0f} ms")
     assert out == b"" or re.match(rb"HTTP/1\.[01] (400|505) ", out), out
     still_serves(listener, "after-garbage")
 
