@@ -774,6 +774,7 @@ mxj_sync_as_thread(void *data)
         /* the rooms to mark without an item */
 
         as->any_lost = 0;
+        retry = 0;
 
         for (i = 0; i < s->nrooms; i++) {
             if (!as->lost[i]) {
@@ -799,12 +800,11 @@ mxj_sync_as_thread(void *data)
             pthread_mutex_lock(&as->mutex);
 
             if (failed) {
-                as->lost[i] = 1;        /* again, later */
+                as->lost[i] = 1;        /* again, a moment later */
                 as->any_lost = 1;
+                retry = mxj_run_mono_ms() + MXJ_SYNC_AS_RETRY_MS;
             }
         }
-
-        retry = mxj_run_mono_ms() + MXJ_SYNC_AS_RETRY_MS;
     }
 
     pthread_mutex_unlock(&as->mutex);
