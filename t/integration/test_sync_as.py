@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from mxj_nginx import free_port
+from mxj_redis import RedisServer
 from test_sync import (REMOTE, daemons, hs_factory, key,  # noqa: F401
                        meta_of, wait_for)
 
@@ -480,3 +481,35 @@ def test_a_burst_of_1000_while_redis_is_paused(listener):
           f"on, {len(skipped)} not queued (their room synced instead)")
     assert grown < 64 * 1024, grown
     assert listener.d.running(), listener.log()[-2000:]
+
+
+# -- Redis down ---------------------------------------------------------------
+
+def test_redis_down_the_room_marked_once_it_is_back(hs_factory, daemons,
+                                                   tmp_path):  # noqa: F811
+    """A ban pushed while Redis is down: answered {} all the same (the
+    answer never waits for Redis), and the room kept to be marked until
+    Redis is back (its data kept by the AOF), then marked stale."""
+    rs = RedisServer(aof=True).start()
+    try:
+        hs = hs_factory(members=10, servers=2)
+        ls = Listener(rs, hs, daemons, tmp_path)
+        room = hs.room
+        gen = ls.meta()["generation"]
+        rs.kill9()
+        st, body = ls.push([ban(room.room_id, room.creator,
+                                "@h:" + REMOTE, "$h")], "down1")
+        assert (st, json.loads(body)) == (200, {})
+        wait_for("the failed mark logged", lambda: f"txn=down1 room="
+                 f"{room.room_id} m.room.member ban: Redis failed"
+                 in ls.log(), 30)
+        assert ls.marked("down1") == []
+        rs.restart()
+        ls.wait_marked(room.room_id, gen, 30)
+        wait_for("marked once Redis is back", lambda: f"room={room.room_id}"
+                 f" marked stale, a pass started (for pushes not looked "
+                 f"at)" in ls.log(), 30)
+        assert ls.meta().get("generation") is not None
+        assert ls.d.running(), ls.log()[-2000:]
+    finally:
+        rs.cleanup()
