@@ -21,7 +21,7 @@
 
 #define MXJ_SYNC_AS_BODY_MAX     (8 * 1024 * 1024)  /* a transaction read */
 #define MXJ_SYNC_AS_QUEUE_MAX    128     /* transactions queued */
-#define MXJ_SYNC_AS_QUEUE_BYTES  (64 * 1024 * 1024) /* their bodies */
+#define MXJ_SYNC_AS_QUEUE_BYTES  (32 * 1024 * 1024) /* their bodies */
 #define MXJ_SYNC_AS_IDLE_S       2       /* between two reads */
 #define MXJ_SYNC_AS_CONN_MS      10000   /* a request's body in all */
 #define MXJ_SYNC_AS_CONNS        8       /* connections at once */
