@@ -21,6 +21,7 @@
 #define MXJ_SYNC_LOCALPART       "matrix-join-sync"
 #define MXJ_SYNC_TOKEN_MAX       256     /* bytes of an as/hs token */
 #define MXJ_SYNC_TXN_MAX         255     /* bytes of a transaction ID */
+#define MXJ_SYNC_TXNS            1024    /* transaction IDs remembered */
 #define MXJ_SYNC_CONFIRM_PASSES  3
 #define MXJ_SYNC_INCREMENTAL_MAX 50      /* missing events fetched one by
                                             one; more: one /state */
@@ -44,71 +45,51 @@ long long mxj_sync_duration_ms(const char *s);
  */
 int mxj_sync_auth_relevant(const json_t *ev);
 
-/*
- * The application service registration (YAML) for the rooms, appended to
- * out: id, url, as_token, hs_token, sender_localpart, rate_limited false,
- * namespaces (users and aliases empty, one non-exclusive regex per room
- * ID). 0 or -1 (out of memory).
- */
-int mxj_sync_registration(mx_buf_t *out, const char *url,
-    const char *as_token, const char *hs_token, const char *const *rooms,
-    size_t nrooms);
-
-/*
- * The as_token and hs_token of a registration written before (so that a
- * restart keeps the tokens the homeserver knows). 0 when both were found,
- * -1 otherwise. as and hs hold MXJ_SYNC_TOKEN_MAX + 1 bytes.
- */
-int mxj_sync_registration_tokens(const char *text, size_t len, char *as,
-    char *hs);
-
 /* The regex of one room ID: ^ + the ID, metacharacters escaped, + $. */
 int mxj_sync_room_regex(mx_buf_t *out, const char *room);
 
 
-/*
- * The head of an HTTP/1.x request, as the application service listener
- * reads it. The pointers are into the buffer parsed.
- */
-typedef struct {
-    const char     *method;
-    size_t          method_len;
-    const char     *target;
-    size_t          target_len;
-    const char     *authorization;      /* NULL when absent */
-    size_t          authorization_len;
-    long long       content_length;     /* -1 when absent */
-    size_t          head_len;           /* bytes of the head, the blank
-                                           line included */
-    unsigned        transfer_encoding:1;
-    unsigned        expect_continue:1;
-    unsigned        http10:1;
-} mxj_sync_http_req_t;
-
-/*
- * Parses the request head in buf[0..len): 0 when complete (req filled),
- * 1 when more bytes are needed, -1 when malformed (*why set).
- */
-int mxj_sync_http_parse(const char *buf, size_t len,
-    mxj_sync_http_req_t *req, const char **why);
-
 typedef enum {
-    MXJ_SYNC_AS_TRANSACTION = 0,   /* PUT /_matrix/app/v1/transactions/T */
+    MXJ_SYNC_AS_TRANSACTION = 0,   /* PUT .../transactions/T */
     MXJ_SYNC_AS_PING,              /* POST /_matrix/app/v1/ping */
+    MXJ_SYNC_AS_QUERY,             /* GET .../users/U, .../rooms/A */
     MXJ_SYNC_AS_BAD_METHOD,        /* a known path, another method */
     MXJ_SYNC_AS_UNKNOWN
 } mxj_sync_as_route_e;
 
 /*
- * Where a request goes, its transaction ID (percent-decoded, for
- * transactions) and the token it carries: the Authorization header's
- * Bearer token, else the access_token query parameter ("" when none).
- * txn and token hold MXJ_SYNC_TXN_MAX + 1 and MXJ_SYNC_TOKEN_MAX + 1
- * bytes; a transaction ID or token too long or malformed routes to
- * MXJ_SYNC_AS_UNKNOWN or leaves the token "".
+ * Where a request of the Application Service API goes, by its method and
+ * its path as sent (not yet percent-decoded, without the query): the
+ * paths under /_matrix/app/v1 and the legacy ones without that prefix
+ * (/transactions/T, /users/U, /rooms/A). The transaction ID is decoded
+ * into txn (MXJ_SYNC_TXN_MAX + 1 bytes); one empty, too long, holding a
+ * '/' or a NUL routes to MXJ_SYNC_AS_UNKNOWN.
  */
-mxj_sync_as_route_e mxj_sync_as_route(const mxj_sync_http_req_t *req,
-    char *txn, char *token);
+mxj_sync_as_route_e mxj_sync_as_route(const char *method, const char *path,
+    char *txn);
+
+/*
+ * The hs_token of a request, as the homeservers send it: the value of an
+ * Authorization header ("Bearer TOKEN") into bearer, the access_token
+ * query parameter (as sent, percent-decoded here) into param; "" for one
+ * absent (NULL). Both hold MXJ_SYNC_TOKEN_MAX + 1 bytes. -1 when one given
+ * is malformed (another scheme, empty, too long, a NUL): a credential
+ * given and not the hs_token.
+ */
+int mxj_sync_as_tokens(const char *authorization, const char *access_token,
+    char *bearer, char *param);
+
+/* The transaction IDs seen last, MXJ_SYNC_TXNS of them. */
+typedef struct {
+    char           *ids[MXJ_SYNC_TXNS];
+    size_t          next;
+} mxj_sync_txns_t;
+
+/* 1 when txn is one of the last MXJ_SYNC_TXNS remembered. */
+int mxj_sync_txns_seen(const mxj_sync_txns_t *t, const char *txn);
+/* Remembers txn, forgetting the oldest; 0 or -1 (out of memory). */
+int mxj_sync_txns_add(mxj_sync_txns_t *t, const char *txn);
+void mxj_sync_txns_free(mxj_sync_txns_t *t);
 
 /* Appends s percent-encoded (everything but A-Z a-z 0-9 - . _ ~). */
 int mxj_sync_uri_escape(mx_buf_t *out, const char *s);

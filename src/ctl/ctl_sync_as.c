@@ -1,74 +1,55 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync: the Application Service side (docs/sync.md,
- * "Pushed changes"). The registration the operator gives the homeserver,
- * and a listener for PUT /_matrix/app/v1/transactions/{txnId}: an
- * auth-relevant state event of a managed room marks the room stale at
- * once (the module sends its requests to the fallback) and wakes the
- * passes for it.
+ * "Pushed changes"). The registration the operator gives the homeserver
+ * (YAML, by libyaml), and the worker that acts on the transactions the
+ * listener (ctl_sync_as_http.c) answered and queued: an auth-relevant
+ * state event of a managed room marks the room stale (the module sends
+ * its requests to the fallback) and wakes the passes for it.
  *
- * The listener is a small HTTP/1.1 server on a blocking socket in its own
- * thread: one connection at a time, answered and closed ("Connection:
- * close"), the head at most 16 KiB, the body at most 1 MiB, each
- * connection given 10 s in all and 2 s between reads; what cannot start
- * a request line is refused at its first byte. The homeserver is its only
- * client.
+ * The worker is a thread of its own, so that a mark never waits for a
+ * pass under way, and the answer to the homeserver never waits for
+ * Redis. A room the worker could not mark (the queue was full, Redis
+ * failed) is kept in s->as->lost and marked again until it is.
  */
 
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <sodium.h>
+#include <yaml.h>
 
-#include "ctl_sync_run.h"
-#include "mx_json.h"
-
-
-#define MXJ_SYNC_AS_BODY_MAX    (1024 * 1024)
-#define MXJ_SYNC_AS_HEAD_MAX    16384
-#define MXJ_SYNC_AS_CONN_MS     10000   /* a connection in all */
-#define MXJ_SYNC_AS_IDLE_MS     2000    /* and between two reads */
-#define MXJ_SYNC_AS_POLL_MS     200
-#define MXJ_SYNC_AS_TXNS        1024    /* transaction IDs remembered */
+#include "ctl_sync_as.h"
+#include "mx_lua.h"
+#include "mx_schema.h"
 
 
-typedef struct {
-    mxj_sync_t     *s;
-    mxj_redis_t     r;                  /* the listener's own connection */
-    char           *txns[MXJ_SYNC_AS_TXNS];
-    size_t          next_txn;
-} mxj_sync_as_t;
+#define MXJ_SYNC_AS_WAIT_MS     200     /* the worker checks for a stop */
+#define MXJ_SYNC_AS_RETRY_MS    500     /* a room Redis failed to mark */
+#define MXJ_SYNC_AS_REG_MAX     65536   /* a registration read back */
 
 
-/* KEYS: meta. Only an existing meta: its existence means "room known". */
-static const char  mxj_sync_as_stale_lua[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-    "  redis.call('HSET', KEYS[1], 'stale', '1')\n"
-    "  return 1\n"
-    "end\n"
-    "return 0\n";
-
-
+static int mxj_sync_as_registration(mx_buf_t *out, mxj_sync_t *s,
+    const char *const *rooms, size_t nrooms);
+static int mxj_sync_as_emit_pair(yaml_emitter_t *e, const char *key,
+    const char *value, yaml_scalar_style_t style);
+static int mxj_sync_as_emit_scalar(yaml_emitter_t *e, const char *value,
+    yaml_scalar_style_t style);
+static int mxj_sync_as_yaml_write(void *data, unsigned char *buf,
+    size_t size);
+static int mxj_sync_as_tokens_read(const char *text, size_t len, char *as,
+    char *hs);
+static int mxj_sync_as_token_ok(const char *t, size_t n);
 static void *mxj_sync_as_thread(void *data);
-static void mxj_sync_as_conn(mxj_sync_as_t *as, int fd);
-static int mxj_sync_as_read(int fd, char *buf, size_t cap, size_t *len,
-    int64_t deadline);
-static void mxj_sync_as_answer(int fd, int status, const char *body);
-static void mxj_sync_as_close(int fd);
-static int mxj_sync_as_transaction(mxj_sync_as_t *as, const char *txn,
-    const char *body, size_t len, int *status, const char **answer);
-static int mxj_sync_as_seen(mxj_sync_as_t *as, const char *txn);
-static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
-    const json_t *ev, const char *txn);
+static void mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item);
+static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id);
+static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
 
 
 /* --- the registration -------------------------------------------------- */
@@ -125,15 +106,15 @@ mxj_sync_as_register(mxj_sync_t *s)
         f = fopen(s->registration, "rb");
 
         if (f != NULL && fstat(fileno(f), &st) == 0 && S_ISREG(st.st_mode)
-            && st.st_size < 65536)
+            && st.st_size < MXJ_SYNC_AS_REG_MAX)
         {
             text = malloc((size_t) st.st_size + 1);
 
             if (text != NULL) {
                 len = fread(text, 1, (size_t) st.st_size, f);
 
-                if (mxj_sync_registration_tokens(text, len, s->as_token,
-                                                 s->hs_token) != 0)
+                if (mxj_sync_as_tokens_read(text, len, s->as_token,
+                                            s->hs_token) != 0)
                 {
                     s->as_token[0] = '\0';
                     s->hs_token[0] = '\0';
@@ -164,9 +145,7 @@ mxj_sync_as_register(mxj_sync_t *s)
 
     rooms = (const char **) ids.v;
 
-    if (mxj_sync_registration(&out, s->as_url, s->as_token, s->hs_token,
-                              rooms, ids.n) != 0)
-    {
+    if (mxj_sync_as_registration(&out, s, rooms, ids.n) != 0) {
         goto nomem;
     }
 
@@ -180,7 +159,7 @@ mxj_sync_as_register(mxj_sync_t *s)
 
     snprintf(tmp, n, "%s.tmp", s->registration);
 
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 
     if (fd < 0 || write(fd, out.data, out.len) != (ssize_t) out.len
         || fsync(fd) != 0 || close(fd) != 0
@@ -223,103 +202,277 @@ nomem:
 }
 
 
-/* --- the listener ------------------------------------------------------ */
+/*
+ * The registration: id, url, as_token, hs_token, sender_localpart,
+ * rate_limited false, namespaces (users and aliases empty, one
+ * non-exclusive regex per room ID: every event of those rooms is pushed).
+ * A comment first; then one YAML document by libyaml's emitter.
+ */
 
-int
-mxj_sync_as_bind(mxj_sync_t *s)
+static int
+mxj_sync_as_registration(mx_buf_t *out, mxj_sync_t *s,
+    const char *const *rooms, size_t nrooms)
 {
-    int               fd, on, rc;
-    char              host[256];
-    size_t            n;
-    const char       *colon, *a, *port;
-    struct addrinfo   hints, *res, *ai;
+    int              ok;
+    size_t           i;
+    mx_buf_t         re = MX_BUF_INIT;
+    yaml_event_t     ev;
+    yaml_emitter_t   e;
 
-    a = s->as_listen;
-    colon = strrchr(a, ':');
-
-    if (colon == NULL || colon == a || colon[1] == '\0') {
-        fprintf(stderr, "matrix-join-ctl: sync: invalid --appservice-listen "
-                "\"%s\" (want HOST:PORT)\n", a);
+    if (mx_buf_append_str(out,
+            "# Written by matrix-join-ctl sync: add this file to the "
+            "homeserver's\n"
+            "# app_service_config_files. sync keeps the tokens when it "
+            "writes it again.\n") != 0)
+    {
         return -1;
     }
 
-    port = colon + 1;
-    n = (size_t) (colon - a);
-
-    if (a[0] == '[' && n >= 2 && a[n - 1] == ']') {
-        a++;
-        n -= 2;
-    }
-
-    if (n >= sizeof(host)) {
-        fprintf(stderr, "matrix-join-ctl: sync: host too long in "
-                "--appservice-listen\n");
+    if (!yaml_emitter_initialize(&e)) {
         return -1;
     }
 
-    memcpy(host, a, n);
-    host[n] = '\0';
+    yaml_emitter_set_output(&e, mxj_sync_as_yaml_write, out);
+    yaml_emitter_set_unicode(&e, 1);
+    yaml_emitter_set_width(&e, -1);        /* a long regex on one line */
 
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
+#define MXJ_EMIT(init)  (init && yaml_emitter_emit(&e, &ev))
 
-    rc = getaddrinfo(host, port, &hints, &res);
+    ok = MXJ_EMIT(yaml_stream_start_event_initialize(&ev, YAML_UTF8_ENCODING))
+         && MXJ_EMIT(yaml_document_start_event_initialize(&ev, NULL, NULL,
+                                                          NULL, 1))
+         && MXJ_EMIT(yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1,
+                                                    YAML_BLOCK_MAPPING_STYLE))
+         && mxj_sync_as_emit_pair(&e, "id", MXJ_SYNC_AS_ID,
+                                  YAML_PLAIN_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_pair(&e, "url", s->as_url,
+                                  YAML_SINGLE_QUOTED_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_pair(&e, "as_token", s->as_token,
+                                  YAML_SINGLE_QUOTED_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_pair(&e, "hs_token", s->hs_token,
+                                  YAML_SINGLE_QUOTED_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_pair(&e, "sender_localpart", MXJ_SYNC_LOCALPART,
+                                  YAML_PLAIN_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_pair(&e, "rate_limited", "false",
+                                  YAML_PLAIN_SCALAR_STYLE) == 0
+         && mxj_sync_as_emit_scalar(&e, "namespaces",
+                                    YAML_PLAIN_SCALAR_STYLE) == 0
+         && MXJ_EMIT(yaml_mapping_start_event_initialize(&ev, NULL, NULL, 1,
+                                                    YAML_BLOCK_MAPPING_STYLE));
 
-    if (rc != 0) {
-        fprintf(stderr, "matrix-join-ctl: sync: --appservice-listen "
-                "\"%s\": %s\n", s->as_listen, gai_strerror(rc));
+    /* users: [] and aliases: [] */
+
+    for (i = 0; ok && i < 2; i++) {
+        ok = mxj_sync_as_emit_scalar(&e, i == 0 ? "users" : "aliases",
+                                     YAML_PLAIN_SCALAR_STYLE) == 0
+             && MXJ_EMIT(yaml_sequence_start_event_initialize(&ev, NULL,
+                             NULL, 1, YAML_FLOW_SEQUENCE_STYLE))
+             && MXJ_EMIT(yaml_sequence_end_event_initialize(&ev));
+    }
+
+    ok = ok && mxj_sync_as_emit_scalar(&e, "rooms",
+                                       YAML_PLAIN_SCALAR_STYLE) == 0
+         && MXJ_EMIT(yaml_sequence_start_event_initialize(&ev, NULL, NULL, 1,
+                         nrooms ? YAML_BLOCK_SEQUENCE_STYLE
+                                : YAML_FLOW_SEQUENCE_STYLE));
+
+    for (i = 0; ok && i < nrooms; i++) {
+        mx_buf_reset(&re);
+
+        ok = mxj_sync_room_regex(&re, rooms[i]) == 0
+             && MXJ_EMIT(yaml_mapping_start_event_initialize(&ev, NULL, NULL,
+                             1, YAML_BLOCK_MAPPING_STYLE))
+             && mxj_sync_as_emit_pair(&e, "exclusive", "false",
+                                      YAML_PLAIN_SCALAR_STYLE) == 0
+             && mxj_sync_as_emit_pair(&e, "regex", re.data,
+                                      YAML_SINGLE_QUOTED_SCALAR_STYLE) == 0
+             && MXJ_EMIT(yaml_mapping_end_event_initialize(&ev));
+    }
+
+    ok = ok && MXJ_EMIT(yaml_sequence_end_event_initialize(&ev))
+         && MXJ_EMIT(yaml_mapping_end_event_initialize(&ev))
+         && MXJ_EMIT(yaml_mapping_end_event_initialize(&ev))
+         && MXJ_EMIT(yaml_document_end_event_initialize(&ev, 1))
+         && MXJ_EMIT(yaml_stream_end_event_initialize(&ev))
+         && yaml_emitter_flush(&e);
+
+#undef MXJ_EMIT
+
+    if (!ok && e.error != YAML_NO_ERROR) {
+        mxj_sync_log("the registration: libyaml: %s",
+                     e.problem ? e.problem : "an error");
+    }
+
+    yaml_emitter_delete(&e);
+    mx_buf_free(&re);
+
+    return ok ? 0 : -1;
+}
+
+
+static int
+mxj_sync_as_emit_pair(yaml_emitter_t *e, const char *key, const char *value,
+    yaml_scalar_style_t style)
+{
+    if (mxj_sync_as_emit_scalar(e, key, YAML_PLAIN_SCALAR_STYLE) != 0) {
         return -1;
     }
 
-    fd = -1;
+    return mxj_sync_as_emit_scalar(e, value, style);
+}
 
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
 
-        if (fd < 0) {
-            continue;
-        }
+static int
+mxj_sync_as_emit_scalar(yaml_emitter_t *e, const char *value,
+    yaml_scalar_style_t style)
+{
+    yaml_event_t  ev;
 
-        on = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (!yaml_scalar_event_initialize(&ev, NULL, NULL,
+                                      (yaml_char_t *) value,
+                                      (int) strlen(value), 1, 1, style))
+    {
+        return -1;
+    }
 
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0
-            && listen(fd, 64) == 0)
-        {
+    return yaml_emitter_emit(e, &ev) ? 0 : -1;
+}
+
+
+static int
+mxj_sync_as_yaml_write(void *data, unsigned char *buf, size_t size)
+{
+    return mx_buf_append(data, (const char *) buf, size) == 0;
+}
+
+
+/*
+ * The as_token and hs_token of a registration written before (so that a
+ * restart keeps the tokens the homeserver knows): the scalars of those
+ * keys of the top-level mapping, by libyaml's parser. 0 when both were
+ * found, and well-formed; -1 otherwise.
+ */
+
+static int
+mxj_sync_as_tokens_read(const char *text, size_t len, char *as, char *hs)
+{
+    int             depth, got, done, key;
+    char           *want;
+    size_t          n;
+    yaml_event_t    ev;
+    yaml_parser_t   p;
+
+    if (!yaml_parser_initialize(&p)) {
+        return -1;
+    }
+
+    yaml_parser_set_input_string(&p, (const unsigned char *) text, len);
+
+    depth = 0;
+    got = 0;
+    done = 0;
+    key = 1;            /* at depth 1: a key comes next */
+    want = NULL;
+
+    while (!done) {
+        if (!yaml_parser_parse(&p, &ev)) {
             break;
         }
 
-        close(fd);
-        fd = -1;
+        switch (ev.type) {
+
+        case YAML_STREAM_END_EVENT:
+            done = 1;
+            break;
+
+        case YAML_MAPPING_START_EVENT:
+        case YAML_SEQUENCE_START_EVENT:
+            if (depth == 1) {
+                key = 1;        /* a nested value: the next is a key */
+                want = NULL;
+            }
+
+            depth++;
+            break;
+
+        case YAML_MAPPING_END_EVENT:
+        case YAML_SEQUENCE_END_EVENT:
+            depth--;
+            break;
+
+        case YAML_SCALAR_EVENT:
+            if (depth != 1) {
+                break;
+            }
+
+            n = ev.data.scalar.length;
+
+            if (key) {
+                want = NULL;
+
+                if (n == 8 && memcmp(ev.data.scalar.value, "as_token", 8)
+                              == 0)
+                {
+                    want = as;
+
+                } else if (n == 8 && memcmp(ev.data.scalar.value,
+                                            "hs_token", 8) == 0)
+                {
+                    want = hs;
+                }
+
+                key = 0;
+                break;
+            }
+
+            if (want != NULL
+                && mxj_sync_as_token_ok((const char *) ev.data.scalar.value,
+                                        n))
+            {
+                memcpy(want, ev.data.scalar.value, n);
+                want[n] = '\0';
+                got |= (want == as) ? 1 : 2;
+            }
+
+            want = NULL;
+            key = 1;
+            break;
+
+        default:
+            break;
+        }
+
+        yaml_event_delete(&ev);
     }
 
-    rc = errno;
-    freeaddrinfo(res);
+    yaml_parser_delete(&p);
 
-    if (fd < 0) {
-        fprintf(stderr, "matrix-join-ctl: sync: cannot listen on %s: %s\n",
-                s->as_listen, strerror(rc));
-        return -1;
-    }
-
-    s->as_fd = fd;
-
-    n = strlen(s->as_listen) + 8;
-    s->as_url = malloc(n);
-
-    if (s->as_url == NULL) {
-        fprintf(stderr, "matrix-join-ctl: out of memory\n");
-        return -1;
-    }
-
-    snprintf(s->as_url, n, "http://%s", s->as_listen);
-
-    return 0;
+    return (done && got == 3) ? 0 : -1;
 }
 
+
+/* A token as sync writes them: printable ASCII, no quotes or spaces. */
+
+static int
+mxj_sync_as_token_ok(const char *t, size_t n)
+{
+    size_t  i;
+
+    if (n == 0 || n > MXJ_SYNC_TOKEN_MAX) {
+        return 0;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (t[i] <= 0x20 || t[i] >= 0x7f || t[i] == '\'' || t[i] == '"') {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+/* --- start and stop ---------------------------------------------------- */
 
 int
 mxj_sync_as_start(mxj_sync_t *s)
@@ -328,35 +481,107 @@ mxj_sync_as_start(mxj_sync_t *s)
 
     as = calloc(1, sizeof(mxj_sync_as_t));
     if (as == NULL) {
-        fprintf(stderr, "matrix-join-ctl: out of memory\n");
-        return -1;
+        goto nomem;
+    }
+
+    as->lost = calloc(s->nrooms ? s->nrooms : 1, 1);
+    if (as->lost == NULL) {
+        free(as);
+        goto nomem;
     }
 
     as->s = s;
     as->r = s->r;
     as->r.c = NULL;
+    pthread_mutex_init(&as->mutex, NULL);
+    pthread_cond_init(&as->cond, NULL);
 
-    if (pthread_create(&s->as_tid, NULL, mxj_sync_as_thread, as) != 0) {
-        free(as);
+    crypto_generichash(as->hs_hash, sizeof(as->hs_hash),
+                       (const unsigned char *) s->hs_token,
+                       strlen(s->hs_token), NULL, 0);
+
+    s->as = as;
+
+    if (pthread_create(&as->tid, NULL, mxj_sync_as_thread, as) != 0) {
         fprintf(stderr, "matrix-join-ctl: cannot start a thread\n");
         return -1;
     }
 
-    s->as_started = 1;
+    as->started = 1;
+
+    if (mxj_sync_as_listen(as) != 0) {
+        return -1;
+    }
 
     mxj_sync_log("application service listening on %s", s->as_listen);
 
     return 0;
+
+nomem:
+
+    fprintf(stderr, "matrix-join-ctl: out of memory\n");
+    return -1;
 }
 
+
+/*
+ * The listener first (nothing more is queued), then the worker, which
+ * finishes the item at hand. Transactions still queued were answered:
+ * they are logged, and the first pass of the next start covers them.
+ */
 
 void
 mxj_sync_as_stop(mxj_sync_t *s)
 {
-    if (s->as_started) {
-        pthread_join(s->as_tid, NULL);
-        s->as_started = 0;
+    size_t               n;
+    mxj_sync_as_t       *as;
+    mxj_sync_as_item_t  *item, *next;
+
+    as = s->as;
+
+    if (as == NULL) {
+        if (s->as_fd >= 0) {
+            close(s->as_fd);
+            s->as_fd = -1;
+        }
+
+        return;
     }
+
+    mxj_sync_as_unlisten(as);
+
+    if (as->started) {
+        pthread_mutex_lock(&as->mutex);
+        as->stop = 1;
+        pthread_cond_broadcast(&as->cond);
+        pthread_mutex_unlock(&as->mutex);
+
+        pthread_join(as->tid, NULL);
+    }
+
+    n = 0;
+
+    for (item = as->head; item != NULL; item = next) {
+        next = item->next;
+        mxj_sync_as_item_free(item);
+        n++;
+    }
+
+    if (n > 0 || as->any_lost) {
+        mxj_sync_log("appservice: stopped with %zu transaction%s queued%s: "
+                     "the first pass of the next start covers them", n,
+                     n == 1 ? "" : "s",
+                     as->any_lost ? " and rooms not yet marked stale" : "");
+    }
+
+    mxj_redis_close(&as->r);
+    mxj_sync_txns_free(&as->txns);
+    pthread_cond_destroy(&as->cond);
+    pthread_mutex_destroy(&as->mutex);
+    sodium_memzero(as->hs_hash, sizeof(as->hs_hash));
+    free(as->lost);
+    free(as);
+    s->as = NULL;
 
     if (s->as_fd >= 0) {
         close(s->as_fd);
@@ -365,403 +590,293 @@ mxj_sync_as_stop(mxj_sync_t *s)
 }
 
 
+/* --- the queue --------------------------------------------------------- */
+
+void
+mxj_sync_as_queue(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
+{
+    size_t        i, nrooms;
+    ssize_t       k;
+    json_t       *ev;
+    const char   *room_id;
+
+    pthread_mutex_lock(&as->mutex);
+
+    if (as->queued < MXJ_SYNC_AS_QUEUE_MAX
+        && as->queued_bytes + item->bytes <= MXJ_SYNC_AS_QUEUE_BYTES)
+    {
+        item->next = NULL;
+
+        if (as->tail != NULL) {
+            as->tail->next = item;
+
+        } else {
+            as->head = item;
+        }
+
+        as->tail = item;
+        as->queued++;
+        as->queued_bytes += item->bytes;
+
+        pthread_cond_broadcast(&as->cond);
+        pthread_mutex_unlock(&as->mutex);
+
+        return;
+    }
+
+    /* full: its rooms marked stale and synced without it */
+
+    as->overflows++;
+    pthread_mutex_unlock(&as->mutex);
+
+    nrooms = 0;
+
+    json_array_foreach(item->events, i, ev) {
+        room_id = json_string_value(json_object_get(ev, "room_id"));
+        k = room_id ? mxj_sync_as_room(as->s, room_id) : -1;
+
+        if (k < 0) {
+            continue;
+        }
+
+        pthread_mutex_lock(&as->mutex);
+        nrooms += !as->lost[k];
+        as->lost[k] = 1;
+        as->any_lost = 1;
+        pthread_mutex_unlock(&as->mutex);
+    }
+
+    pthread_mutex_lock(&as->mutex);
+    pthread_cond_broadcast(&as->cond);
+    pthread_mutex_unlock(&as->mutex);
+
+    mxj_sync_log("appservice: txn=%s not queued (the queue is full: %d "
+                 "transactions or %d MiB): its %zu event%s not looked at, "
+                 "%zu more room%s marked stale and synced instead",
+                 item->txn, MXJ_SYNC_AS_QUEUE_MAX,
+                 MXJ_SYNC_AS_QUEUE_BYTES / (1024 * 1024),
+                 json_array_size(item->events),
+                 json_array_size(item->events) == 1 ? "" : "s", nrooms,
+                 nrooms == 1 ? "" : "s");
+
+    mxj_sync_as_item_free(item);
+}
+
+
+void
+mxj_sync_as_lose_all(mxj_sync_as_t *as, const char *txn, const char *why)
+{
+    size_t  i;
+
+    pthread_mutex_lock(&as->mutex);
+
+    for (i = 0; i < as->s->nrooms; i++) {
+        as->lost[i] = 1;
+    }
+
+    as->any_lost = 1;
+    pthread_cond_broadcast(&as->cond);
+    pthread_mutex_unlock(&as->mutex);
+
+    mxj_sync_log("appservice: txn=%s %s: every room marked stale and "
+                 "synced instead", txn, why);
+}
+
+
+ssize_t
+mxj_sync_as_room(mxj_sync_t *s, const char *room_id)
+{
+    size_t   i;
+    ssize_t  k;
+
+    k = -1;
+
+    pthread_mutex_lock(&s->run.mutex);
+
+    for (i = 0; i < s->nrooms; i++) {
+        if (s->rooms[i].id != NULL && strcmp(s->rooms[i].id, room_id) == 0)
+        {
+            k = (ssize_t) i;
+            break;
+        }
+    }
+
+    pthread_mutex_unlock(&s->run.mutex);
+
+    return k;
+}
+
+
+void
+mxj_sync_as_item_free(mxj_sync_as_item_t *item)
+{
+    if (item == NULL) {
+        return;
+    }
+
+    free(item->txn);
+    json_decref(item->events);
+    free(item);
+}
+
+
+/* --- the worker -------------------------------------------------------- */
+
 static void *
 mxj_sync_as_thread(void *data)
 {
-    int             fd, rc;
-    size_t          i;
-    struct pollfd   pfd;
-    mxj_sync_as_t  *as = data;
+    int                  failed;
+    char                *room_id;
+    size_t               i;
+    int64_t              retry, now;
+    mxj_sync_t          *s;
+    mxj_sync_as_t       *as = data;
+    struct timespec      ts;
+    mxj_sync_as_item_t  *item;
 
-    while (!mxj_run_stopping(&as->s->run)) {
-        pfd.fd = as->s->as_fd;
-        pfd.events = POLLIN;
-        pfd.revents = 0;
+    s = as->s;
+    retry = 0;
 
-        rc = poll(&pfd, 1, MXJ_SYNC_AS_POLL_MS);
+    pthread_mutex_lock(&as->mutex);
 
-        if (rc <= 0) {
+    while (!as->stop) {
+        now = mxj_run_mono_ms();
+
+        if (as->head == NULL && !(as->any_lost && now >= retry)) {
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += MXJ_SYNC_AS_WAIT_MS * 1000000L;
+            ts.tv_sec += ts.tv_nsec / 1000000000L;
+            ts.tv_nsec %= 1000000000L;
+            pthread_cond_timedwait(&as->cond, &as->mutex, &ts);
             continue;
         }
 
-        fd = accept(as->s->as_fd, NULL, NULL);
+        item = as->head;
 
-        if (fd < 0) {
+        if (item != NULL) {
+            as->head = item->next;
+
+            if (as->head == NULL) {
+                as->tail = NULL;
+            }
+
+            as->queued--;
+            as->queued_bytes -= item->bytes;
+            pthread_mutex_unlock(&as->mutex);
+
+            mxj_sync_as_apply(as, item);
+            mxj_sync_as_item_free(item);
+
+            pthread_mutex_lock(&as->mutex);
             continue;
         }
 
-        (void) fcntl(fd, F_SETFD, FD_CLOEXEC);
+        /* the rooms to mark without an item */
 
-        mxj_sync_as_conn(as, fd);
+        as->any_lost = 0;
+        retry = 0;
+
+        for (i = 0; i < s->nrooms; i++) {
+            if (!as->lost[i]) {
+                continue;
+            }
+
+            as->lost[i] = 0;
+            pthread_mutex_unlock(&as->mutex);
+
+            pthread_mutex_lock(&s->run.mutex);
+            room_id = s->rooms[i].id ? strdup(s->rooms[i].id) : NULL;
+            pthread_mutex_unlock(&s->run.mutex);
+
+            failed = (room_id != NULL && mxj_sync_as_mark(as, room_id) != 0);
+
+            if (room_id != NULL && !failed) {
+                mxj_sync_log("appservice: room=%s marked stale, a pass "
+                             "started (for pushes not looked at)", room_id);
+            }
+
+            free(room_id);
+
+            pthread_mutex_lock(&as->mutex);
+
+            if (failed) {
+                as->lost[i] = 1;        /* again, a moment later */
+                as->any_lost = 1;
+                retry = mxj_run_mono_ms() + MXJ_SYNC_AS_RETRY_MS;
+            }
+        }
     }
 
-    mxj_redis_close(&as->r);
-
-    for (i = 0; i < MXJ_SYNC_AS_TXNS; i++) {
-        free(as->txns[i]);
-    }
-
-    free(as);
+    pthread_mutex_unlock(&as->mutex);
 
     return NULL;
 }
 
 
-static void
-mxj_sync_as_conn(mxj_sync_as_t *as, int fd)
-{
-    int                   rc, status;
-    char                 *buf, txn[MXJ_SYNC_TXN_MAX + 1];
-    char                  token[MXJ_SYNC_TOKEN_MAX + 1], answer[256];
-    size_t                len, want;
-    int64_t               deadline;
-    const char           *why, *body;
-    struct timeval        tv;
-    mxj_sync_http_req_t   req;
-
-    deadline = mxj_run_mono_ms() + MXJ_SYNC_AS_CONN_MS;
-
-    tv.tv_sec = 1;
-    tv.tv_usec = 0;
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-
-    buf = malloc(MXJ_SYNC_AS_HEAD_MAX + MXJ_SYNC_AS_BODY_MAX + 1);
-    if (buf == NULL) {
-        mxj_sync_as_answer(fd, 500, "{\"errcode\":\"M_UNKNOWN\","
-                           "\"error\":\"out of memory\"}");
-        mxj_sync_as_close(fd);
-        return;
-    }
-
-    /* the head */
-
-    len = 0;
-
-    for ( ;; ) {
-        rc = mxj_sync_http_parse(buf, len, &req, &why);
-
-        if (rc == 0) {
-            break;
-        }
-
-        if (rc < 0) {
-            snprintf(answer, sizeof(answer), "{\"errcode\":\"M_UNKNOWN\","
-                     "\"error\":\"%s\"}", why);
-            mxj_sync_as_answer(fd, 400, answer);
-            goto done;
-        }
-
-        if (mxj_sync_as_read(fd, buf, MXJ_SYNC_AS_HEAD_MAX, &len, deadline)
-            != 0)
-        {
-            goto done;          /* gone, silent or too slow: no answer */
-        }
-    }
-
-    if (req.transfer_encoding) {
-        mxj_sync_as_answer(fd, 411, "{\"errcode\":\"M_UNKNOWN\",\"error\":"
-                           "\"a body needs a Content-Length\"}");
-        goto done;
-    }
-
-    if (req.content_length > MXJ_SYNC_AS_BODY_MAX) {
-        mxj_sync_as_answer(fd, 413, "{\"errcode\":\"M_TOO_LARGE\","
-                           "\"error\":\"the body is over 1 MiB\"}");
-        goto done;
-    }
-
-    /* the body */
-
-    want = req.head_len + (req.content_length > 0
-                           ? (size_t) req.content_length : 0);
-
-    if (req.expect_continue && len < want && !req.http10) {
-        if (write(fd, "HTTP/1.1 100 Continue\r\n\r\n", 25) != 25) {
-            goto done;
-        }
-    }
-
-    while (len < want) {
-        if (mxj_sync_as_read(fd, buf, want, &len, deadline) != 0) {
-            goto done;
-        }
-    }
-
-    body = buf + req.head_len;
-    buf[want] = '\0';
-
-    switch (mxj_sync_as_route(&req, txn, token)) {
-
-    case MXJ_SYNC_AS_UNKNOWN:
-        mxj_sync_as_answer(fd, 404, "{\"errcode\":\"M_UNRECOGNIZED\","
-                           "\"error\":\"Unrecognized request\"}");
-        goto done;
-
-    case MXJ_SYNC_AS_BAD_METHOD:
-        mxj_sync_as_answer(fd, 405, "{\"errcode\":\"M_UNRECOGNIZED\","
-                           "\"error\":\"Unrecognized request\"}");
-        goto done;
-
-    default:
-        break;
-    }
-
-    if (token[0] == '\0') {
-        mxj_sync_as_answer(fd, 401, "{\"errcode\":\"M_UNAUTHORIZED\","
-                           "\"error\":\"no hs_token\"}");
-        goto done;
-    }
-
-    if (strlen(token) != strlen(as->s->hs_token)
-        || sodium_memcmp(token, as->s->hs_token, strlen(token)) != 0)
-    {
-        mxj_sync_log("appservice: a request with a wrong hs_token refused");
-        mxj_sync_as_answer(fd, 403, "{\"errcode\":\"M_FORBIDDEN\","
-                           "\"error\":\"wrong hs_token\"}");
-        goto done;
-    }
-
-    if (txn[0] == '\0') {
-        mxj_sync_as_answer(fd, 200, "{}");      /* the ping */
-        goto done;
-    }
-
-    status = 200;
-    body = (mxj_sync_as_transaction(as, txn, body, want - req.head_len,
-                                    &status, &why) == 0) ? "{}" : why;
-
-    mxj_sync_as_answer(fd, status, body);
-
-done:
-
-    free(buf);
-    mxj_sync_as_close(fd);
-}
-
-
-/* Reads more into buf[*len..cap); -1 when closed, failed or too late. */
-
-static int
-mxj_sync_as_read(int fd, char *buf, size_t cap, size_t *len,
-    int64_t deadline)
-{
-    int            rc;
-    ssize_t        n;
-    int64_t        left;
-    struct pollfd  pfd;
-
-    for ( ;; ) {
-        left = deadline - mxj_run_mono_ms();
-
-        if (left <= 0) {
-            return -1;
-        }
-
-        if (left > MXJ_SYNC_AS_IDLE_MS) {
-            left = MXJ_SYNC_AS_IDLE_MS;
-        }
-
-        pfd.fd = fd;
-        pfd.events = POLLIN;
-        pfd.revents = 0;
-
-        rc = poll(&pfd, 1, (int) left);
-
-        if (rc < 0 && errno == EINTR) {
-            continue;
-        }
-
-        if (rc <= 0) {
-            return -1;
-        }
-
-        n = read(fd, buf + *len, cap - *len);
-
-        if (n < 0 && errno == EINTR) {
-            continue;
-        }
-
-        if (n <= 0) {
-            return -1;
-        }
-
-        *len += (size_t) n;
-
-        return 0;
-    }
-}
-
+/* The events of a transaction, in order. */
 
 static void
-mxj_sync_as_answer(int fd, int status, const char *body)
-{
-    int          n;
-    char         head[256];
-    size_t       len;
-    const char  *reason;
-
-    switch (status) {
-    case 200: reason = "OK"; break;
-    case 400: reason = "Bad Request"; break;
-    case 401: reason = "Unauthorized"; break;
-    case 403: reason = "Forbidden"; break;
-    case 404: reason = "Not Found"; break;
-    case 405: reason = "Method Not Allowed"; break;
-    case 411: reason = "Length Required"; break;
-    case 413: reason = "Payload Too Large"; break;
-    default: reason = "Internal Server Error"; break;
-    }
-
-    len = strlen(body);
-
-    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n"
-                 "Content-Type: application/json\r\n"
-                 "Content-Length: %zu\r\n"
-                 "Connection: close\r\n\r\n", status, reason, len);
-
-    /* a client gone by now has nothing more to be told */
-
-    if (write(fd, head, n) != n || len == 0) {
-        return;
-    }
-
-    if (write(fd, body, len) != (ssize_t) len) {
-        return;
-    }
-}
-
-
-/*
- * The answer is out; what the client still sends is read and dropped for
- * a moment, so that closing does not reset the connection under it.
- */
-
-static void
-mxj_sync_as_close(int fd)
-{
-    char           drop[4096];
-    int64_t        until;
-    struct pollfd  pfd;
-
-    shutdown(fd, SHUT_WR);
-    until = mxj_run_mono_ms() + 200;
-
-    while (mxj_run_mono_ms() < until) {
-        pfd.fd = fd;
-        pfd.events = POLLIN;
-        pfd.revents = 0;
-
-        if (poll(&pfd, 1, 50) <= 0) {
-            break;
-        }
-
-        if (read(fd, drop, sizeof(drop)) <= 0) {
-            break;
-        }
-    }
-
-    close(fd);
-}
-
-
-/* --- transactions ------------------------------------------------------ */
-
-static int
-mxj_sync_as_transaction(mxj_sync_as_t *as, const char *txn,
-    const char *body, size_t len, int *status, const char **answer)
+mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 {
     size_t        i;
-    json_t       *doc, *events, *ev;
-    mx_err_t      err;
-    const char   *room_id;
+    ssize_t       k;
+    json_t       *ev;
+    const char   *room_id, *m;
 
-    if (mxj_sync_as_seen(as, txn)) {
-        return 0;               /* answered {} again, nothing done twice */
-    }
-
-    doc = mx_json_parse(body, len, 0, &err);
-
-    if (doc == NULL) {
-        *status = 400;
-        *answer = "{\"errcode\":\"M_NOT_JSON\",\"error\":\"Content not "
-                  "JSON.\"}";
-        return -1;
-    }
-
-    events = json_object_get(doc, "events");
-
-    if (!json_is_object(doc) || (events != NULL && !json_is_array(events)))
-    {
-        json_decref(doc);
-        *status = 400;
-        *answer = "{\"errcode\":\"M_BAD_JSON\",\"error\":\"want "
-                  "{\\\"events\\\": [...]}\"}";
-        return -1;
-    }
-
-    for (i = 0; i < json_array_size(events); i++) {
-        ev = json_array_get(events, i);
+    json_array_foreach(item->events, i, ev) {
         room_id = json_string_value(json_object_get(ev, "room_id"));
 
         if (room_id == NULL || !mxj_sync_auth_relevant(ev)) {
             continue;
         }
 
-        if (mxj_sync_as_mark(as, room_id, ev, txn) != 0) {
-            json_decref(doc);
-            *status = 500;
-            *answer = "{\"errcode\":\"M_UNKNOWN\",\"error\":\"Redis is "
-                      "unavailable\"}";
-            return -1;
+        m = json_string_value(json_object_get(json_object_get(ev, "content"),
+                                              "membership"));
+
+        if (mxj_sync_as_mark(as, room_id) != 0) {
+            k = mxj_sync_as_room(as->s, room_id);
+
+            mxj_sync_log("appservice: txn=%s room=%s %s%s%s: Redis failed, "
+                         "the room is marked again until it is", item->txn,
+                         room_id,
+                         json_string_value(json_object_get(ev, "type")),
+                         m ? " " : "", m ? m : "");
+
+            if (k >= 0) {
+                pthread_mutex_lock(&as->mutex);
+                as->lost[k] = 1;
+                as->any_lost = 1;
+                pthread_mutex_unlock(&as->mutex);
+            }
+
+            continue;
         }
+
+        mxj_sync_log("appservice: txn=%s room=%s %s%s%s %s: marked stale, a "
+                     "pass started", item->txn, room_id,
+                     json_string_value(json_object_get(ev, "type")),
+                     m ? " " : "", m ? m : "",
+                     json_string_value(json_object_get(ev, "state_key")));
     }
-
-    json_decref(doc);
-
-    /* remembered once done: a transaction that failed comes again */
-
-    i = as->next_txn++ % MXJ_SYNC_AS_TXNS;
-    free(as->txns[i]);
-    as->txns[i] = strdup(txn);
-
-    return 0;
-}
-
-
-static int
-mxj_sync_as_seen(mxj_sync_as_t *as, const char *txn)
-{
-    size_t  i;
-
-    for (i = 0; i < MXJ_SYNC_AS_TXNS; i++) {
-        if (as->txns[i] != NULL && strcmp(as->txns[i], txn) == 0) {
-            return 1;
-        }
-    }
-
-    return 0;
 }
 
 
 /*
- * An auth-relevant event of a managed room: the push counted (so that a
- * pass under way knows its snapshot may predate it), the room's snapshot
- * marked stale, the passes woken for it. -1 when Redis failed.
+ * A managed room: the push counted (so that a pass under way knows its
+ * snapshot may predate it), the snapshot marked stale, the passes woken
+ * for it. 0, or -1 when Redis failed (the passes are woken all the same).
  */
 
 static int
-mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
-    const char *txn)
+mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
 {
-    int               found;
+    int               rc;
     char             *key;
     size_t            i;
     redisReply       *reply;
-    const char       *m;
     mxj_sync_t       *s;
 
     s = as->s;
-    found = 0;
 
     pthread_mutex_lock(&s->run.mutex);
 
@@ -769,38 +884,51 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
         if (s->rooms[i].id != NULL && strcmp(s->rooms[i].id, room_id) == 0)
         {
             s->rooms[i].pushes++;
-            found = 1;
         }
     }
 
     pthread_mutex_unlock(&s->run.mutex);
 
-    if (!found) {
-        return 0;
-    }
+    rc = -1;
 
     if (as->r.c == NULL || as->r.c->err) {
         mxj_redis_close(&as->r);
 
         if (mxj_redis_connect(&as->r) != 0) {
-            return -1;
+            goto done;
         }
     }
 
     key = mxj_room_key(&as->r, room_id, ":meta");
     if (key == NULL) {
-        return -1;
+        goto done;
     }
 
-    reply = mxj_redis_cmdf(&as->r, "EVAL %s 1 %s", mxj_sync_as_stale_lua,
-                           key);
+    reply = mxj_redis_cmdf(&as->r, "EVAL %s 1 %s %s",
+                           mx_lua_scripts[MX_LUA_SYNC_AS_STALE].source, key,
+                           MX_META_STALE);
     free(key);
 
-    if (reply == NULL) {
-        return -1;
+    if (reply != NULL) {
+        rc = (reply->type == REDIS_REPLY_INTEGER) ? 0 : -1;
+        freeReplyObject(reply);
     }
 
-    freeReplyObject(reply);
+done:
+
+    mxj_sync_as_wake(as, room_id);
+
+    return rc;
+}
+
+
+static void
+mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id)
+{
+    size_t       i;
+    mxj_sync_t  *s;
+
+    s = as->s;
 
     pthread_mutex_lock(&s->run.mutex);
 
@@ -813,15 +941,4 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const json_t *ev,
 
     pthread_cond_broadcast(&s->run.cond);
     pthread_mutex_unlock(&s->run.mutex);
-
-    m = json_string_value(json_object_get(json_object_get(ev, "content"),
-                                          "membership"));
-
-    mxj_sync_log("appservice: txn=%s room=%s %s%s%s %s: marked stale, a "
-                 "pass started", txn, room_id,
-                 json_string_value(json_object_get(ev, "type")),
-                 m ? " " : "", m ? m : "",
-                 json_string_value(json_object_get(ev, "state_key")));
-
-    return 0;
 }

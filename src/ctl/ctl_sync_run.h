@@ -2,8 +2,8 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync at run time: the command's state, the federation
  * client (ctl_sync_http.c), one room's pass (ctl_sync_pass.c) and the
- * Application Service listener (ctl_sync_as.c). The pure pieces are in
- * ctl_sync.h.
+ * Application Service (ctl_sync_as.c, ctl_sync_as_http.c). The pure
+ * pieces are in ctl_sync.h.
  */
 
 #ifndef MXJ_CTL_SYNC_RUN_H
@@ -168,10 +168,9 @@ struct mxj_sync_s {
 
     mxj_run_t                 run;          /* its mutex: the state below */
 
-    /* the Application Service listener */
+    /* the Application Service (ctl_sync_as.h) */
     int                       as_fd;
-    pthread_t                 as_tid;
-    int                       as_started;
+    struct mxj_sync_as_s     *as;
     char                      as_token[MXJ_SYNC_TOKEN_MAX + 1];
     char                      hs_token[MXJ_SYNC_TOKEN_MAX + 1];
     char                     *as_url;
@@ -190,7 +189,7 @@ int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
 int mxj_sync_resolve_room(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
     size_t len);
 
-/* The Application Service listener. */
+/* The Application Service: its listener and registration. */
 int mxj_sync_as_bind(mxj_sync_t *s);
 int mxj_sync_as_start(mxj_sync_t *s);
 void mxj_sync_as_stop(mxj_sync_t *s);

@@ -1,9 +1,10 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync's pure pieces (docs/sync.md): durations, which
- * pushed events are auth-relevant, the registration file, the listener's
- * request parsing, the fate of edge joins, the JSON scanner and the
- * snapshot document built from the homeserver's events and the kept joins.
+ * pushed events are auth-relevant, the registration's regexes, the
+ * listener's routes, tokens and transaction IDs, the fate of edge joins,
+ * the JSON scanner and the snapshot document built from the homeserver's
+ * events and the kept joins.
  */
 
 #include <stdarg.h>
@@ -101,226 +102,176 @@ test_auth_relevant(void **state)
 }
 
 
-/* --- the registration -------------------------------------------------- */
+/* --- the registration's regexes --------------------------------------- */
 
 static void
-test_registration(void **state)
+test_room_regex(void **state)
 {
-    char         as[MXJ_SYNC_TOKEN_MAX + 1], hs[MXJ_SYNC_TOKEN_MAX + 1];
-    mx_buf_t     out = MX_BUF_INIT;
-    const char  *rooms[] = { "!abc:example.org", "!x.y+z:h.example.org:8448" };
+    mx_buf_t  out = MX_BUF_INIT;
 
-    assert_int_equal(mxj_sync_registration(&out, "http://127.0.0.1:9000",
-                                           "ASTOK", "HSTOK", rooms, 2), 0);
-
-    assert_string_equal(out.data,
-        "# Written by matrix-join-ctl sync: add this file to the "
-        "homeserver's\n"
-        "# app_service_config_files. sync keeps the tokens when it writes "
-        "it again.\n"
-        "id: matrix-join-sync\n"
-        "url: 'http://127.0.0.1:9000'\n"
-        "as_token: 'ASTOK'\n"
-        "hs_token: 'HSTOK'\n"
-        "sender_localpart: matrix-join-sync\n"
-        "rate_limited: false\n"
-        "namespaces:\n"
-        "  users: []\n"
-        "  aliases: []\n"
-        "  rooms:\n"
-        "    - exclusive: false\n"
-        "      regex: '^!abc:example\\.org$'\n"
-        "    - exclusive: false\n"
-        "      regex: '^!x\\.y\\+z:h\\.example\\.org:8448$'\n");
-
-    assert_int_equal(mxj_sync_registration_tokens(out.data, out.len, as, hs),
-                     0);
-    assert_string_equal(as, "ASTOK");
-    assert_string_equal(hs, "HSTOK");
+    assert_int_equal(mxj_sync_room_regex(&out, "!abc:example.org"), 0);
+    assert_int_equal(mx_buf_append_byte(&out, '\0'), 0);
+    assert_string_equal(out.data, "^!abc:example\\.org$");
 
     mx_buf_reset(&out);
-    assert_int_equal(mxj_sync_registration(&out, "http://h:1", "a'b", "c",
-                                           NULL, 0), 0);
-    assert_non_null(strstr(out.data, "as_token: 'a''b'\n"));
-    assert_non_null(strstr(out.data, "  rooms: []\n"));
+    assert_int_equal(mxj_sync_room_regex(&out, "!x.y+z*(a|b)[c]{2}^$?\\/"
+                                               ":h.example.org:8448"), 0);
+    assert_int_equal(mx_buf_append_byte(&out, '\0'), 0);
+    assert_string_equal(out.data, "^!x\\.y\\+z\\*\\(a\\|b\\)\\[c\\]\\{2\\}"
+                                  "\\^\\$\\?\\\\\\/:h\\.example\\.org:8448$");
     mx_buf_free(&out);
-
-    /* tokens written by hand: unquoted, double-quoted, a comment after */
-
-    assert_int_equal(mxj_sync_registration_tokens(
-        "id: x\nas_token: abc123\nhs_token: \"def\"  # secret\n", 50, as, hs),
-        0);
-    assert_string_equal(as, "abc123");
-    assert_string_equal(hs, "def");
-
-    assert_int_equal(mxj_sync_registration_tokens("as_token: a\n", 12, as,
-                                                  hs), -1);
-    assert_int_equal(mxj_sync_registration_tokens(
-        "as_token: 'a\nhs_token: b\n", 25, as, hs), -1);
-    assert_int_equal(mxj_sync_registration_tokens(
-        "as_token: ''\nhs_token: b\n", 25, as, hs), -1);
 }
 
 
-/* --- the listener's requests ------------------------------------------- */
-
-static void
-test_http_parse(void **state)
-{
-    const char           *why;
-    mxj_sync_http_req_t   req;
-
-    static const char  full[] =
-        "PUT /_matrix/app/v1/transactions/42 HTTP/1.1\r\n"
-        "Host: localhost\r\n"
-        "content-length:  17 \r\n"
-        "Authorization: Bearer tok\r\n"
-        "\r\n"
-        "{\"events\":[]}";
-
-    assert_int_equal(mxj_sync_http_parse(full, sizeof(full) - 1, &req, &why),
-                     0);
-    assert_int_equal(req.method_len, 3);
-    assert_memory_equal(req.method, "PUT", 3);
-    assert_int_equal(req.target_len, 31);
-    assert_memory_equal(req.target, "/_matrix/app/v1/transactions/42", 31);
-    assert_int_equal(req.content_length, 17);
-    assert_int_equal(req.authorization_len, 10);
-    assert_memory_equal(req.authorization, "Bearer tok", 10);
-    assert_int_equal(req.head_len, strstr(full, "{") - full);
-    assert_false(req.http10);
-
-    /* not complete yet */
-    assert_int_equal(mxj_sync_http_parse(full, 40, &req, &why), 1);
-    assert_int_equal(mxj_sync_http_parse(full, 0, &req, &why), 1);
-
-    /* bare LF lines */
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.0\nA: b\n\n", 21, &req,
-                                         &why), 0);
-    assert_true(req.http10);
-    assert_int_equal(req.content_length, -1);
-    assert_null(req.authorization);
-
-    assert_int_equal(mxj_sync_http_parse("POST /x HTTP/1.1\r\nExpect: "
-        "100-continue\r\nTransfer-Encoding: chunked\r\n\r\n", 70, &req, &why),
-        0);
-    assert_true(req.expect_continue);
-    assert_true(req.transfer_encoding);
-
-    /* garbage, refused at once when it cannot start a request line */
-    assert_int_equal(mxj_sync_http_parse("GE", 2, &req, &why), 1);
-    assert_int_equal(mxj_sync_http_parse("PUT /_matrix/a", 14, &req, &why),
-                     1);
-    assert_int_equal(mxj_sync_http_parse("\x00\xff", 2, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("get", 3, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET /a\x01", 7, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("ABCDEFGHIJKLMNOPQRS", 19, &req,
-                                         &why), -1);
-    {
-        char  big[16384];
-
-        memset(big, 'a', sizeof(big));
-        memcpy(big, "GET /", 5);
-        assert_int_equal(mxj_sync_http_parse(big, sizeof(big), &req, &why),
-                         -1);
-    }
-
-    assert_int_equal(mxj_sync_http_parse("\r\n\r\n", 4, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("get / HTTP/1.1\r\n\r\n", 18, &req,
-                                         &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET x HTTP/1.1\r\n\r\n", 18, &req,
-                                         &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/2.0\r\n\r\n", 18, &req,
-                                         &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET /\r\n\r\n", 9, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\nNoColon\r\n\r\n",
-                                         27, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\n x: y\r\n\r\n",
-                                         25, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\n"
-        "Content-Length: 1\r\nContent-Length: 2\r\n\r\n", 56, &req, &why),
-        -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\n"
-        "Content-Length: -1\r\n\r\n", 38, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\n"
-        "Content-Length: 1x\r\n\r\n", 38, &req, &why), -1);
-    assert_int_equal(mxj_sync_http_parse("GET / HTTP/1.1\r\n"
-        "Authorization: a\r\nAuthorization: b\r\n\r\n", 54, &req, &why), -1);
-}
-
-
-static mxj_sync_as_route_e
-route(const char *head, char *txn, char *token)
-{
-    const char           *why;
-    mxj_sync_http_req_t   req;
-
-    assert_int_equal(mxj_sync_http_parse(head, strlen(head), &req, &why), 0);
-
-    return mxj_sync_as_route(&req, txn, token);
-}
-
+/* --- the listener's routes, tokens and transaction IDs ----------------- */
 
 static void
 test_as_route(void **state)
 {
-    char  txn[MXJ_SYNC_TXN_MAX + 1], token[MXJ_SYNC_TOKEN_MAX + 1];
-    char  head[1024];
+    char  txn[MXJ_SYNC_TXN_MAX + 1], path[1024];
 
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/t%2F1 "
-                           "HTTP/1.1\r\nAuthorization: Bearer abc\r\n\r\n",
-                           txn, token),
+    /* the v1 path and the legacy one (Synapse before 1.81) */
+    assert_int_equal(mxj_sync_as_route("PUT", "/_matrix/app/v1/transactions/"
+                                       "t%2F1", txn),
                      MXJ_SYNC_AS_TRANSACTION);
     assert_string_equal(txn, "t/1");
-    assert_string_equal(token, "abc");
-
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/9?x=1&"
-                           "access_token=s%3Dq HTTP/1.1\r\n\r\n", txn, token),
+    assert_int_equal(mxj_sync_as_route("PUT", "/transactions/42", txn),
                      MXJ_SYNC_AS_TRANSACTION);
-    assert_string_equal(txn, "9");
-    assert_string_equal(token, "s=q");
+    assert_string_equal(txn, "42");
 
-    /* the header wins over the parameter */
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/9?access_token=q "
-                           "HTTP/1.1\r\nAuthorization: bearer h\r\n\r\n", txn,
-                           token), MXJ_SYNC_AS_TRANSACTION);
-    assert_string_equal(token, "h");
-
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/9 HTTP/1.1\r\n"
-                           "Authorization: Basic abc\r\n\r\n", txn, token),
-                     MXJ_SYNC_AS_TRANSACTION);
-    assert_string_equal(token, "");
-
-    assert_int_equal(route("POST /_matrix/app/v1/ping HTTP/1.1\r\n\r\n", txn,
-                           token), MXJ_SYNC_AS_PING);
-    assert_int_equal(route("GET /_matrix/app/v1/ping HTTP/1.1\r\n\r\n", txn,
-                           token), MXJ_SYNC_AS_BAD_METHOD);
-    assert_int_equal(route("POST /_matrix/app/v1/transactions/1 HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_BAD_METHOD);
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/ HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/a/b HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/%00 HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_UNKNOWN);
     /* a '%' without two hex digits stays, as the homeservers read it */
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/%4 HTTP/1.1\r\n"
-                           "\r\n", txn, token), MXJ_SYNC_AS_TRANSACTION);
-    assert_string_equal(txn, "%4");
-    assert_int_equal(route("PUT /_matrix/app/v1/transactions/9?access_token"
-                           "=a+b%2B;x=1 HTTP/1.1\r\n\r\n", txn, token),
+    assert_int_equal(mxj_sync_as_route("PUT", "/transactions/%4", txn),
                      MXJ_SYNC_AS_TRANSACTION);
-    assert_string_equal(token, "a b+");
-    assert_int_equal(route("PUT /transactions/1 HTTP/1.1\r\n\r\n", txn,
-                           token), MXJ_SYNC_AS_UNKNOWN);
-    assert_int_equal(route("GET / HTTP/1.1\r\n\r\n", txn, token),
+    assert_string_equal(txn, "%4");
+
+    assert_int_equal(mxj_sync_as_route("POST", "/transactions/1", txn),
+                     MXJ_SYNC_AS_BAD_METHOD);
+    assert_int_equal(mxj_sync_as_route("GET", "/_matrix/app/v1/transactions/"
+                                       "1", txn), MXJ_SYNC_AS_BAD_METHOD);
+    assert_int_equal(mxj_sync_as_route("PUT", "/_matrix/app/v1/transactions/",
+                                       txn), MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("PUT", "/transactions/", txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("PUT", "/transactions/a/b", txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("PUT", "/_matrix/app/v1/transactions/"
+                                       "%00", txn), MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("PUT", "/_matrix/app/v2/transactions/"
+                                       "1", txn), MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("PUT", "/_matrix/app/v1transactions/"
+                                       "1", txn), MXJ_SYNC_AS_UNKNOWN);
+
+    /* the queries, v1 and legacy */
+    assert_int_equal(mxj_sync_as_route("GET", "/_matrix/app/v1/users/"
+                                       "%40a%3Ah", txn), MXJ_SYNC_AS_QUERY);
+    assert_int_equal(mxj_sync_as_route("GET", "/users/@a:h", txn),
+                     MXJ_SYNC_AS_QUERY);
+    assert_int_equal(mxj_sync_as_route("GET", "/rooms/%23a%3Ah", txn),
+                     MXJ_SYNC_AS_QUERY);
+    assert_int_equal(mxj_sync_as_route("PUT", "/rooms/%23a%3Ah", txn),
+                     MXJ_SYNC_AS_BAD_METHOD);
+    assert_int_equal(mxj_sync_as_route("GET", "/rooms/", txn),
                      MXJ_SYNC_AS_UNKNOWN);
 
-    /* a transaction ID over 255 bytes */
-    strcpy(head, "PUT /_matrix/app/v1/transactions/");
-    memset(head + strlen(head), 'a', 256);
-    strcpy(head + 33 + 256, " HTTP/1.1\r\n\r\n");
-    assert_int_equal(route(head, txn, token), MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("POST", "/_matrix/app/v1/ping", txn),
+                     MXJ_SYNC_AS_PING);
+    assert_int_equal(mxj_sync_as_route("GET", "/_matrix/app/v1/ping", txn),
+                     MXJ_SYNC_AS_BAD_METHOD);
+    assert_int_equal(mxj_sync_as_route("POST", "/ping", txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("GET", "/", txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+    assert_int_equal(mxj_sync_as_route("GET", "/_matrix/app/v1/thirdparty/"
+                                       "protocol/irc", txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+
+    /* a transaction ID of 255 bytes, and one over */
+    strcpy(path, "/transactions/");
+    memset(path + 14, 'a', 255);
+    path[14 + 255] = '\0';
+    assert_int_equal(mxj_sync_as_route("PUT", path, txn),
+                     MXJ_SYNC_AS_TRANSACTION);
+    assert_int_equal(strlen(txn), 255);
+    strcpy(path + 14 + 255, "a");
+    assert_int_equal(mxj_sync_as_route("PUT", path, txn),
+                     MXJ_SYNC_AS_UNKNOWN);
+    assert_string_equal(txn, "");
+}
+
+
+static void
+test_as_tokens(void **state)
+{
+    char  b[MXJ_SYNC_TOKEN_MAX + 1], p[MXJ_SYNC_TOKEN_MAX + 1];
+    char  big[MXJ_SYNC_TOKEN_MAX + 16];
+
+    assert_int_equal(mxj_sync_as_tokens("Bearer abc", NULL, b, p), 0);
+    assert_string_equal(b, "abc");
+    assert_string_equal(p, "");
+    assert_int_equal(mxj_sync_as_tokens("bearer  abc ", NULL, b, p), 0);
+    assert_string_equal(b, "abc");
+
+    assert_int_equal(mxj_sync_as_tokens(NULL, "s%3Dq", b, p), 0);
+    assert_string_equal(b, "");
+    assert_string_equal(p, "s=q");
+    assert_int_equal(mxj_sync_as_tokens(NULL, "a+b%2B", b, p), 0);
+    assert_string_equal(p, "a b+");
+
+    /* both: both returned, for the caller to check each */
+    assert_int_equal(mxj_sync_as_tokens("Bearer h", "q", b, p), 0);
+    assert_string_equal(b, "h");
+    assert_string_equal(p, "q");
+
+    assert_int_equal(mxj_sync_as_tokens(NULL, NULL, b, p), 0);
+    assert_string_equal(b, "");
+    assert_string_equal(p, "");
+
+    /* given and malformed: a credential that is not the hs_token */
+    assert_int_equal(mxj_sync_as_tokens("Basic abc", NULL, b, p), -1);
+    assert_int_equal(mxj_sync_as_tokens("Bearer", NULL, b, p), -1);
+    assert_int_equal(mxj_sync_as_tokens("Bearer    ", NULL, b, p), -1);
+    assert_int_equal(mxj_sync_as_tokens(NULL, "", b, p), -1);
+    assert_int_equal(mxj_sync_as_tokens(NULL, "a%00b", b, p), -1);
+
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(mxj_sync_as_tokens(NULL, big, b, p), -1);
+    memcpy(big, "Bearer ", 7);
+    assert_int_equal(mxj_sync_as_tokens(big, NULL, b, p), -1);
+    big[7 + MXJ_SYNC_TOKEN_MAX] = '\0';
+    assert_int_equal(mxj_sync_as_tokens(big, NULL, b, p), 0);
+    assert_int_equal(strlen(b), MXJ_SYNC_TOKEN_MAX);
+}
+
+
+static void
+test_txns(void **state)
+{
+    char             id[32];
+    size_t           i;
+    mxj_sync_txns_t  t;
+
+    memset(&t, 0, sizeof(t));
+
+    assert_false(mxj_sync_txns_seen(&t, "1"));
+    assert_int_equal(mxj_sync_txns_add(&t, "1"), 0);
+    assert_true(mxj_sync_txns_seen(&t, "1"));
+    assert_false(mxj_sync_txns_seen(&t, "10"));
+
+    /* bounded: the oldest forgotten once MXJ_SYNC_TXNS more came */
+    for (i = 2; i <= MXJ_SYNC_TXNS; i++) {
+        snprintf(id, sizeof(id), "%zu", i);
+        assert_int_equal(mxj_sync_txns_add(&t, id), 0);
+    }
+
+    assert_true(mxj_sync_txns_seen(&t, "1"));
+    assert_int_equal(mxj_sync_txns_add(&t, "next"), 0);
+    assert_false(mxj_sync_txns_seen(&t, "1"));
+    assert_true(mxj_sync_txns_seen(&t, "2"));
+    assert_true(mxj_sync_txns_seen(&t, "next"));
+
+    mxj_sync_txns_free(&t);
+    assert_false(mxj_sync_txns_seen(&t, "2"));
 }
 
 
@@ -918,9 +869,10 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duration),
         cmocka_unit_test(test_auth_relevant),
-        cmocka_unit_test(test_registration),
-        cmocka_unit_test(test_http_parse),
+        cmocka_unit_test(test_room_regex),
         cmocka_unit_test(test_as_route),
+        cmocka_unit_test(test_as_tokens),
+        cmocka_unit_test(test_txns),
         cmocka_unit_test(test_uri_escape),
         cmocka_unit_test(test_judge_join),
         cmocka_unit_test(test_json_scan),
