@@ -43,44 +43,6 @@
 #define MXJ_FWD_LOG_MAX         2048
 
 
-/* KEYS: the lease; ARGV: our token, ms. Takes it, or renews it if ours. */
-static const char  mxj_fwd_lease_lua[] =
-    "local v = redis.call('GET', KEYS[1])\n"
-    "if v and v ~= ARGV[1] then return 0 end\n"
-    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\n"
-    "return 1\n";
-
-static const char  mxj_fwd_release_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  return redis.call('DEL', KEYS[1])\n"
-    "end\n"
-    "return 0\n";
-
-/*
- * KEYS: outbox; ARGV: the group, our consumer. At exit: each run with
- * another name (<hostname>-<pid>) would leave one consumer per room in
- * the group forever; ours goes unless entries are still pending at it.
- */
-static const char  mxj_fwd_leave_lua[] =
-    "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])"
-    " > 0 then return 0 end\n"
-    "return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])\n";
-
-/*
- * KEYS: outbox, dead, meta; ARGV: the entry's ID, then the fields of the
- * dead letter. A stale mark on an absent meta would create a room with no
- * snapshot ("its existence means room known"): only an existing one.
- */
-static const char  mxj_fwd_dead_lua[] =
-    "redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))\n"
-    "redis.call('XACK', KEYS[1], '" MXJ_FWD_GROUP "', ARGV[1])\n"
-    "redis.call('XDEL', KEYS[1], ARGV[1])\n"
-    "if redis.call('EXISTS', KEYS[3]) == 1 then\n"
-    "  redis.call('HSET', KEYS[3], 'stale', '1')\n"
-    "end\n"
-    "return 1\n";
-
-
 typedef struct {
     char               *id;             /* the room ID */
     char               *outbox;
@@ -199,6 +161,8 @@ static mxj_fwd_end_e mxj_fwd_wait(mxj_fwd_worker_t *w, long ms);
 static size_t mxj_fwd_write(char *data, size_t size, size_t n, void *ctx);
 static int mxj_fwd_progress(void *ctx, curl_off_t dltotal, curl_off_t dlnow,
     curl_off_t ultotal, curl_off_t ulnow);
+static redisReply *mxj_fwd_script(mxj_redis_t *r, mx_lua_e which, int nkeys,
+    int argc, const char **argv, const size_t *lens);
 static redisReply *mxj_fwd_cmd(mxj_redis_t *r, int argc, const char **argv,
     const size_t *lens);
 static int mxj_fwd_is_error(redisReply *reply, const char *prefix);
@@ -622,7 +586,7 @@ mxj_fwd_refresh(mxj_fwd_t *fwd)
     redisReply       *sets[2], *v;
     mxj_fwd_room_t   *room, **grow;
 
-    static const char  *names[2] = { "outbox:rooms", "rooms" };
+    static const char  *names[2] = { MX_KEY_OUTBOX_ROOMS, MX_KEY_ROOMS };
 
     sets[0] = NULL;
     sets[1] = NULL;
@@ -630,7 +594,7 @@ mxj_fwd_refresh(mxj_fwd_t *fwd)
     rc = -1;
 
     for (i = 0; i < 2; i++) {
-        key = mxj_global_key(&fwd->r, names[i]);
+        key = mxj_global_key(&fwd->r, names[i], NULL);
         if (key == NULL) {
             goto done;
         }
@@ -768,11 +732,11 @@ mxj_fwd_room_new(mxj_fwd_t *fwd, const char *id)
     }
 
     room->id = strdup(id);
-    room->outbox = mxj_room_key(&fwd->r, id, ":outbox");
-    room->dead = mxj_room_key(&fwd->r, id, ":dead");
-    room->meta = mxj_room_key(&fwd->r, id, ":meta");
-    room->delivered = mxj_room_key(&fwd->r, id, ":delivered");
-    room->lock = mxj_room_key(&fwd->r, id, ":fwdlock");
+    room->outbox = mxj_room_key(&fwd->r, id, MX_KEY_OUTBOX);
+    room->dead = mxj_room_key(&fwd->r, id, MX_KEY_DEAD);
+    room->meta = mxj_room_key(&fwd->r, id, MX_KEY_META);
+    room->delivered = mxj_room_key(&fwd->r, id, MX_KEY_DELIVERED);
+    room->lock = mxj_room_key(&fwd->r, id, MX_KEY_FWDLOCK);
 
     if (room->id == NULL || room->outbox == NULL || room->dead == NULL
         || room->meta == NULL || room->delivered == NULL
@@ -958,22 +922,20 @@ mxj_fwd_leave(mxj_fwd_t *fwd)
 {
     size_t        i;
     redisReply   *reply;
-    const char   *argv[6];
+    const char   *argv[3];
 
-    argv[0] = "EVAL";
-    argv[1] = mxj_fwd_leave_lua;
-    argv[2] = "1";
-    argv[4] = MXJ_FWD_GROUP;
-    argv[5] = fwd->consumer;
+    argv[1] = MXJ_FWD_GROUP;
+    argv[2] = fwd->consumer;
 
     for (i = 0; i < fwd->nrooms; i++) {
         if (!fwd->rooms[i]->used || fwd->r.c == NULL || fwd->r.c->err) {
             continue;
         }
 
-        argv[3] = fwd->rooms[i]->outbox;
+        argv[0] = fwd->rooms[i]->outbox;
 
-        reply = mxj_fwd_cmd(&fwd->r, 6, argv, NULL);
+        reply = mxj_fwd_script(&fwd->r, MX_LUA_FORWARD_LEAVE, 1, 3, argv,
+                               NULL);
         if (reply != NULL) {
             freeReplyObject(reply);
         }
@@ -1212,11 +1174,9 @@ mxj_fwd_lease(mxj_fwd_worker_t *w, mxj_fwd_room_t *room)
 
     snprintf(ms, sizeof(ms), "%ld", w->fwd->claim_idle);
 
-    reply = mxj_fwd_cmd(&w->r, 6, (const char *[]) { "EVAL",
-                                                      mxj_fwd_lease_lua, "1",
-                                                      room->lock, w->token,
-                                                      ms },
-                        NULL);
+    reply = mxj_fwd_script(&w->r, MX_LUA_LOCK_TAKE, 1, 3,
+                           (const char *[]) { room->lock, w->token, ms },
+                           NULL);
     if (reply == NULL) {
         return -1;
     }
@@ -1248,11 +1208,9 @@ mxj_fwd_release(mxj_fwd_worker_t *w, mxj_fwd_room_t *room)
         return;     /* it expires */
     }
 
-    reply = mxj_fwd_cmd(&w->r, 5, (const char *[]) { "EVAL",
-                                                      mxj_fwd_release_lua,
-                                                      "1", room->lock,
-                                                      w->token },
-                        NULL);
+    reply = mxj_fwd_script(&w->r, MX_LUA_LOCK_RELEASE, 1, 2,
+                           (const char *[]) { room->lock, w->token },
+                           NULL);
     if (reply != NULL) {
         freeReplyObject(reply);
     }
@@ -1532,22 +1490,22 @@ mxj_fwd_entry(redisReply *reply, redisReply *item, mxj_fwd_entry_t *e)
             continue;
         }
 
-        if (strcmp(k->str, "method") == 0) {
+        if (strcmp(k->str, MX_OUTBOX_METHOD) == 0) {
             e->method = v;
 
-        } else if (strcmp(k->str, "uri") == 0) {
+        } else if (strcmp(k->str, MX_OUTBOX_URI) == 0) {
             e->uri = v;
 
-        } else if (strcmp(k->str, "authorization") == 0) {
+        } else if (strcmp(k->str, MX_OUTBOX_AUTHORIZATION) == 0) {
             e->authorization = v;
 
-        } else if (strcmp(k->str, "body") == 0) {
+        } else if (strcmp(k->str, MX_OUTBOX_BODY) == 0) {
             e->body = v;
 
-        } else if (strcmp(k->str, "event_id") == 0) {
+        } else if (strcmp(k->str, MX_OUTBOX_EVENT_ID) == 0) {
             e->event_id = v;
 
-        } else if (strcmp(k->str, "received_ts") == 0) {
+        } else if (strcmp(k->str, MX_OUTBOX_RECEIVED_TS) == 0) {
             e->received_ts = v;
         }
     }
@@ -1917,7 +1875,7 @@ mxj_fwd_dead(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
     const char  **argv;
 
     n = e->fields->elements & ~(size_t) 1;
-    argc = 7 + n + 8;
+    argc = 5 + n + 8;
 
     argv = malloc(argc * sizeof(char *));
     lens = malloc(argc * sizeof(size_t));
@@ -1933,24 +1891,22 @@ mxj_fwd_dead(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
     snprintf(at, sizeof(at), "%lu", attempts);
     snprintf(ts, sizeof(ts), "%lld", (long long) mxj_run_wall_ms());
 
-    argv[0] = "EVAL";
-    argv[1] = mxj_fwd_dead_lua;
-    argv[2] = "3";
-    argv[3] = room->outbox;
-    argv[4] = room->dead;
-    argv[5] = room->meta;
-    argv[6] = e->id;
+    argv[0] = room->outbox;
+    argv[1] = room->dead;
+    argv[2] = room->meta;
+    argv[3] = MXJ_FWD_GROUP;
+    argv[4] = e->id;
 
-    for (i = 0; i < 7; i++) {
+    for (i = 0; i < 5; i++) {
         lens[i] = strlen(argv[i]);
     }
 
     for (i = 0; i < n; i++) {
-        argv[7 + i] = e->fields->element[i]->str;
-        lens[7 + i] = e->fields->element[i]->len;
+        argv[5 + i] = e->fields->element[i]->str;
+        lens[5 + i] = e->fields->element[i]->len;
     }
 
-    i = 7 + n;
+    i = 5 + n;
     argv[i] = "status";     lens[i++] = 6;
     argv[i] = st;           lens[i++] = strlen(st);
     argv[i] = "response";   lens[i++] = 8;
@@ -1960,7 +1916,7 @@ mxj_fwd_dead(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e,
     argv[i] = "failed_ts";  lens[i++] = 9;
     argv[i] = ts;           lens[i++] = strlen(ts);
 
-    reply = mxj_fwd_cmd(&w->r, argc, argv, lens);
+    reply = mxj_fwd_script(&w->r, MX_LUA_FORWARD_DEAD, 3, argc, argv, lens);
 
     free(argv);
     free(lens);
@@ -2045,6 +2001,33 @@ mxj_fwd_cmd(mxj_redis_t *r, int argc, const char **argv, const size_t *lens)
     }
 
     reply = redisCommandArgv(r->c, argc, argv, lens);
+
+    if (reply == NULL) {
+        mxj_fwd_log("redis at %s: %s", r->address,
+                    r->c->errstr[0] ? r->c->errstr : "no reply");
+
+        if (r->c->err == 0) {
+            r->c->err = REDIS_ERR_OTHER;
+        }
+    }
+
+    return reply;
+}
+
+
+/* A script of src/lua, as mxj_fwd_cmd() runs a command. */
+
+static redisReply *
+mxj_fwd_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
+    const char **argv, const size_t *lens)
+{
+    redisReply  *reply;
+
+    if (r->c == NULL || r->c->err) {
+        return NULL;
+    }
+
+    reply = mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
 
     if (reply == NULL) {
         mxj_fwd_log("redis at %s: %s", r->address,

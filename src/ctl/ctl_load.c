@@ -50,9 +50,11 @@
  * generation (the joins they record stay in the outbox).
  */
 static const char  *mxj_load_names[MXJ_LOAD_NKEYS] = {
-    "meta", "state", "member", "pdu", "state_nm", "state_m", "auth", "extrem",
-    "servers", "server_user", "mchunk", "auth_nm", "partial",
-    "edge", "edge_pdu", "edge_m", "edge_orig", "edge_old"
+    MX_KEY_META, MX_KEY_STATE, MX_KEY_MEMBER, MX_KEY_PDU, MX_KEY_STATE_NM,
+    MX_KEY_STATE_M, MX_KEY_AUTH, MX_KEY_EXTREM, MX_KEY_SERVERS,
+    MX_KEY_SERVER_USER, MX_KEY_MCHUNK, MX_KEY_AUTH_NM, MX_KEY_PARTIAL,
+    MX_KEY_EDGE, MX_KEY_EDGE_PDU, MX_KEY_EDGE_M, MX_KEY_EDGE_ORIG,
+    MX_KEY_EDGE_OLD
 };
 
 enum {
@@ -60,53 +62,6 @@ enum {
     MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER,
     MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL, MXJ_K_EDGE, MXJ_K_EDGE_PDU
 };
-
-
-/*
- * KEYS: the n current keys (meta first), the n staging keys, the n old
- * keys, then the load lock, then (sync) the hash the accepted edge joins
- * go to; ARGV[1] our lock token, and when that hash is given: the
- * position in KEYS of the current edge_pdu, and the prefix and suffix
- * wrapped around each PDU. The copy is made here, in the switch, so that
- * a join accepted after the caller last read edge_pdu is not reset with
- * it. An absent staging key (an empty list) leaves the current one absent
- * too.
- */
-static const char  mxj_load_switch_lua[] =
-    "local copy = #ARGV > 1\n"
-    "local n = (#KEYS - 1 - (copy and 1 or 0)) / 3\n"
-    "if redis.call('GET', KEYS[3 * n + 1]) ~= ARGV[1] then\n"
-    "  return redis.error_reply('the load lock is no longer ours')\n"
-    "end\n"
-    "if redis.call('EXISTS', KEYS[n + 1]) == 0 then\n"
-    "  return redis.error_reply('the staging meta key is missing')\n"
-    "end\n"
-    "if copy then\n"
-    "  local edge = redis.call('HGETALL', KEYS[tonumber(ARGV[2])])\n"
-    "  for i = 1, #edge, 2 do\n"
-    "    redis.call('HSETNX', KEYS[#KEYS], edge[i],"
-    " ARGV[3] .. edge[i + 1] .. ARGV[4])\n"
-    "  end\n"
-    "end\n"
-    "for i = 1, n do\n"
-    "  redis.call('UNLINK', KEYS[2 * n + i])\n"
-    "  if redis.call('EXISTS', KEYS[i]) == 1 then\n"
-    "    redis.call('RENAME', KEYS[i], KEYS[2 * n + i])\n"
-    "  end\n"
-    "  if redis.call('EXISTS', KEYS[n + i]) == 1 then\n"
-    "    redis.call('RENAME', KEYS[n + i], KEYS[i])\n"
-    "  end\n"
-    "end\n"
-    "local t = redis.call('TIME')\n"
-    "redis.call('HSET', KEYS[1], 'loaded_at', t[1] .. string.format('%03d',"
-    " math.floor(tonumber(t[2]) / 1000)))\n"
-    "return 1\n";
-
-static const char  mxj_load_unlock_lua[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
-    "  return redis.call('DEL', KEYS[1])\n"
-    "end\n"
-    "return 0\n";
 
 
 typedef struct {
@@ -401,13 +356,13 @@ mxj_load_keys(mxj_load_t *ld)
     char    name[32];
 
     for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
-        snprintf(name, sizeof(name), ":%s", mxj_load_names[i]);
-        ld->cur[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
+        ld->cur[i] = mxj_room_key(ld->r, ld->snap->room_id,
+                                  mxj_load_names[i]);
 
-        snprintf(name, sizeof(name), ":load:%s", mxj_load_names[i]);
+        snprintf(name, sizeof(name), MX_KEY_GEN_LOAD "%s", mxj_load_names[i]);
         ld->load[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
 
-        snprintf(name, sizeof(name), ":old:%s", mxj_load_names[i]);
+        snprintf(name, sizeof(name), MX_KEY_GEN_OLD "%s", mxj_load_names[i]);
         ld->old[i] = mxj_room_key(ld->r, ld->snap->room_id, name);
 
         if (ld->cur[i] == NULL || ld->load[i] == NULL || ld->old[i] == NULL)
@@ -416,7 +371,7 @@ mxj_load_keys(mxj_load_t *ld)
         }
     }
 
-    ld->lock = mxj_room_key(ld->r, ld->snap->room_id, ":loadlock");
+    ld->lock = mxj_room_key(ld->r, ld->snap->room_id, MX_KEY_LOADLOCK);
 
     return ld->lock ? 0 : -1;
 }
@@ -476,8 +431,8 @@ mxj_load_unlock(mxj_load_t *ld)
         return;
     }
 
-    reply = mxj_redis_cmdf(ld->r, "EVAL %s 1 %s %s", mxj_load_unlock_lua,
-                           ld->lock, ld->token);
+    reply = mxj_redis_script(ld->r, MX_LUA_LOCK_RELEASE, 1, 2,
+                             (const char *[]) { ld->lock, ld->token }, NULL);
     if (reply != NULL) {
         freeReplyObject(reply);
     }
@@ -758,18 +713,18 @@ mxj_load_meta(mxj_load_t *ld, mxj_pipe_t *p)
     snprintf(num[5], sizeof(num[5]), "%lld", (long long) s->max_depth);
     snprintf(num[6], sizeof(num[6]), "%llu", (unsigned long long) s->bytes);
 
-    meta[0] = "schema";             meta[1] = MXJ_SCHEMA_VERSION;
-    meta[2] = "room_version";       meta[3] = s->rv->id;
-    meta[4] = "create_event_id";    meta[5] = s->create_event_id;
-    meta[6] = "state_events";       meta[7] = num[0];
-    meta[8] = "members";            meta[9] = num[1];
-    meta[10] = "member_events";     meta[11] = num[2];
-    meta[12] = "auth_chain";        meta[13] = num[3];
-    meta[14] = "extremities";       meta[15] = num[4];
-    meta[16] = "max_depth";         meta[17] = num[5];
-    meta[18] = "bytes";             meta[19] = num[6];
-    meta[20] = "room_id";           meta[21] = s->room_id;
-    meta[22] = "generation";        meta[23] = generation;
+    meta[0] = MX_META_SCHEMA;               meta[1] = MX_SCHEMA_VERSION;
+    meta[2] = MX_META_ROOM_VERSION;         meta[3] = s->rv->id;
+    meta[4] = MX_META_CREATE_EVENT_ID;      meta[5] = s->create_event_id;
+    meta[6] = MX_META_STATE_EVENTS;         meta[7] = num[0];
+    meta[8] = MX_META_MEMBERS;              meta[9] = num[1];
+    meta[10] = MX_META_MEMBER_EVENTS;       meta[11] = num[2];
+    meta[12] = MX_META_AUTH_CHAIN;          meta[13] = num[3];
+    meta[14] = MX_META_EXTREMITIES;         meta[15] = num[4];
+    meta[16] = MX_META_MAX_DEPTH;           meta[17] = num[5];
+    meta[18] = MX_META_BYTES;               meta[19] = num[6];
+    meta[20] = MX_META_ROOM_ID;             meta[21] = s->room_id;
+    meta[22] = MX_META_GENERATION;          meta[23] = generation;
 
     if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0) {
         return -1;
@@ -905,7 +860,8 @@ mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p)
     rc = -1;
 
     if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) == 0
-        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], "heroes", 6) == 0
+        && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], MX_META_HEROES,
+                        sizeof(MX_META_HEROES) - 1) == 0
         && mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], list.data, list.len)
            == 0
         && mxj_pipe_end(p) == 0)
@@ -1152,7 +1108,8 @@ mxj_load_servers(mxj_load_t *ld, mxj_pipe_t *p)
     }
 
     if (mxj_pipe_start(p, "HSET", ld->load[MXJ_K_META]) != 0
-        || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], "servers", 7) != 0
+        || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], MX_META_SERVERS,
+                        sizeof(MX_META_SERVERS) - 1) != 0
         || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_META], list.data, list.len)
            != 0
         || mxj_pipe_end(p) != 0)
@@ -1216,19 +1173,16 @@ done:
 static int
 mxj_load_switch(mxj_load_t *ld)
 {
-    int           i, n;
-    char          nkeys[16], pos[16];
-    const char   *argv[3 + 3 * MXJ_LOAD_NKEYS + 2 + 4];
+    int           i, n, nkeys;
+    char          pos[16];
+    const char   *argv[3 * MXJ_LOAD_NKEYS + 2 + 4];
     redisReply   *reply;
 
-    n = 0;
-    snprintf(nkeys, sizeof(nkeys), "%d",
-             3 * MXJ_LOAD_NKEYS + 1 + (ld->opts->edge_to ? 1 : 0));
-    snprintf(pos, sizeof(pos), "%d", MXJ_K_EDGE_PDU + 1);
+    /* src/lua/load_switch.lua */
 
-    argv[n++] = "EVAL";
-    argv[n++] = mxj_load_switch_lua;
-    argv[n++] = nkeys;
+    n = 0;
+    nkeys = 3 * MXJ_LOAD_NKEYS + 1 + (ld->opts->edge_to ? 1 : 0);
+    snprintf(pos, sizeof(pos), "%d", MXJ_K_EDGE_PDU + 1);
 
     for (i = 0; i < MXJ_LOAD_NKEYS; i++) {
         argv[n++] = ld->cur[i];
@@ -1256,7 +1210,7 @@ mxj_load_switch(mxj_load_t *ld)
         argv[n++] = ld->opts->edge_suffix;
     }
 
-    reply = mxj_redis_cmd(ld->r, n, argv, NULL);
+    reply = mxj_redis_script(ld->r, MX_LUA_LOAD_SWITCH, nkeys, n, argv, NULL);
     if (reply == NULL) {
         return -1;
     }
@@ -1291,7 +1245,7 @@ mxj_load_finish(mxj_load_t *ld)
 
     freeReplyObject(reply);
 
-    key = mxj_global_key(ld->r, "rooms");
+    key = mxj_global_key(ld->r, MX_KEY_ROOMS, NULL);
     if (key == NULL) {
         return -1;
     }
@@ -1306,13 +1260,12 @@ mxj_load_finish(mxj_load_t *ld)
     freeReplyObject(reply);
 
     for (a = 0; a < ld->snap->naliases; a++) {
-        key = mxj_global_key(ld->r, "alias:");
+        key = mxj_global_key(ld->r, MX_KEY_ALIAS, ld->snap->aliases[a]);
         if (key == NULL) {
             return -1;
         }
 
-        reply = mxj_redis_cmdf(ld->r, "SET %s%s %s", key,
-                               ld->snap->aliases[a], ld->snap->room_id);
+        reply = mxj_redis_cmdf(ld->r, "SET %s %s", key, ld->snap->room_id);
         free(key);
 
         if (reply == NULL) {

@@ -78,7 +78,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":meta");
+    key = mxj_room_key(&r, room, MX_KEY_META);
     if (key == NULL) {
         goto done;
     }
@@ -96,7 +96,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":extrem");
+    key = mxj_room_key(&r, room, MX_KEY_EXTREM);
     if (key == NULL) {
         goto done;
     }
@@ -108,7 +108,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":edge");
+    key = mxj_room_key(&r, room, MX_KEY_EDGE);
     if (key == NULL) {
         goto done;
     }
@@ -238,7 +238,7 @@ mxj_cmd_rooms(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_global_key(&r, "rooms");
+    key = mxj_global_key(&r, MX_KEY_ROOMS, NULL);
     if (key == NULL) {
         goto done;
     }
@@ -256,7 +256,7 @@ mxj_cmd_rooms(int argc, char **argv)
     now = mxj_show_now_ms(&r);
 
     for (i = 0; i < rooms->elements; i++) {
-        key = mxj_room_key(&r, rooms->element[i]->str, ":meta");
+        key = mxj_room_key(&r, rooms->element[i]->str, MX_KEY_META);
         if (key == NULL) {
             goto done;
         }

@@ -33,50 +33,6 @@
 #define MXJ_SYNC_FED             "/_matrix/federation/v1/"
 
 
-/*
- * KEYS: meta, server_user, edge_pdu, unconfirmed, delivered, outbox;
- * ARGV: NAME. Copies every join accepted at the edge into unconfirmed
- * (a load resets edge_pdu, not unconfirmed), then returns, as one
- * generation: meta, NAME's joined user, unconfirmed, delivered and the
- * event IDs still in the outbox.
- */
-static const char  mxj_sync_read_lua[] =
-    "local edge = redis.call('HGETALL', KEYS[3])\n"
-    "for i = 1, #edge, 2 do\n"
-    "  redis.call('HSETNX', KEYS[4], edge[i],"
-    " '{\"passes\":0,\"pdu\":' .. edge[i + 1] .. '}')\n"
-    "end\n"
-    "local ids = {}\n"
-    "for _, e in ipairs(redis.call('XRANGE', KEYS[6], '-', '+')) do\n"
-    "  local f = e[2]\n"
-    "  for j = 1, #f - 1, 2 do\n"
-    "    if f[j] == 'event_id' then ids[#ids + 1] = f[j + 1] end\n"
-    "  end\n"
-    "end\n"
-    "return {redis.call('HGETALL', KEYS[1]),"
-    " redis.call('HGET', KEYS[2], ARGV[1]) or '',"
-    " redis.call('HGETALL', KEYS[4]), redis.call('HGETALL', KEYS[5]),"
-    " ids}\n";
-
-/* KEYS: meta; ARGV: our generation. A pass that found nothing new. */
-static const char  mxj_sync_fresh_lua[] =
-    "if redis.call('HGET', KEYS[1], 'generation') ~= ARGV[1] then\n"
-    "  return 0\n"
-    "end\n"
-    "local t = redis.call('TIME')\n"
-    "redis.call('HSET', KEYS[1], 'loaded_at', t[1] .. string.format('%03d',"
-    " math.floor(tonumber(t[2]) / 1000)))\n"
-    "return 1\n";
-
-/* KEYS: meta. Only an existing meta: its existence means "room known". */
-static const char  mxj_sync_stale_lua[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-    "  redis.call('HSET', KEYS[1], 'stale', '1')\n"
-    "  return 1\n"
-    "end\n"
-    "return 0\n";
-
-
 enum {
     MXJ_SYNC_BODY_STATE = 0,        /* /state: pdus and auth_chain */
     MXJ_SYNC_BODY_EVENT             /* /event/X: pdus[0], event X */
@@ -529,12 +485,12 @@ mxj_sync_keys(mxj_sync_pass_t *p)
 
     r = &p->s->r;
 
-    p->k_meta = mxj_room_key(r, p->id, ":meta");
-    p->k_server_user = mxj_room_key(r, p->id, ":server_user");
-    p->k_edge_pdu = mxj_room_key(r, p->id, ":edge_pdu");
-    p->k_unconfirmed = mxj_room_key(r, p->id, ":unconfirmed");
-    p->k_delivered = mxj_room_key(r, p->id, ":delivered");
-    p->k_outbox = mxj_room_key(r, p->id, ":outbox");
+    p->k_meta = mxj_room_key(r, p->id, MX_KEY_META);
+    p->k_server_user = mxj_room_key(r, p->id, MX_KEY_SERVER_USER);
+    p->k_edge_pdu = mxj_room_key(r, p->id, MX_KEY_EDGE_PDU);
+    p->k_unconfirmed = mxj_room_key(r, p->id, MX_KEY_UNCONFIRMED);
+    p->k_delivered = mxj_room_key(r, p->id, MX_KEY_DELIVERED);
+    p->k_outbox = mxj_room_key(r, p->id, MX_KEY_OUTBOX);
 
     if (p->k_meta == NULL || p->k_server_user == NULL
         || p->k_edge_pdu == NULL || p->k_unconfirmed == NULL
@@ -561,10 +517,15 @@ mxj_sync_read(mxj_sync_pass_t *p)
         }
     }
 
-    reply = mxj_redis_cmdf(&p->s->r, "EVAL %s 6 %s %s %s %s %s %s %s",
-                           mxj_sync_read_lua, p->k_meta, p->k_server_user,
-                           p->k_edge_pdu, p->k_unconfirmed, p->k_delivered,
-                           p->k_outbox, p->s->name);
+    /* src/lua/sync_read.lua: every record of the pass, as one generation */
+
+    reply = mxj_redis_script(&p->s->r, MX_LUA_SYNC_READ, 6, 7,
+                             (const char *[]) { p->k_meta, p->k_server_user,
+                                                p->k_edge_pdu,
+                                                p->k_unconfirmed,
+                                                p->k_delivered, p->k_outbox,
+                                                p->s->name },
+                             NULL);
     if (reply == NULL) {
         return mxj_sync_fail(p, "reading the room's records from Redis "
                              "failed");
@@ -1010,13 +971,13 @@ mxj_sync_unchanged(mxj_sync_pass_t *p)
     redisReply      *reply;
     mxj_sync_map_t   known;
 
-    gen = mxj_sync_meta(p, "generation");
-    from = mxj_sync_meta(p, "synced_from");
-    was = mxj_sync_meta(p, "synced_extremities");
+    gen = mxj_sync_meta(p, MX_META_GENERATION);
+    from = mxj_sync_meta(p, MX_META_SYNCED_FROM);
+    was = mxj_sync_meta(p, MX_META_SYNCED_EXTREMITIES);
 
     if (gen == NULL || from == NULL || was == NULL
         || strcmp(from, p->s->homeserver) != 0
-        || mxj_sync_meta(p, "stale") != NULL)
+        || mxj_sync_meta(p, MX_META_STALE) != NULL)
     {
         return 1;
     }
@@ -1049,8 +1010,8 @@ mxj_sync_unchanged(mxj_sync_pass_t *p)
         return 1;
     }
 
-    reply = mxj_redis_cmdf(&p->s->r, "EVAL %s 1 %s %s", mxj_sync_fresh_lua,
-                           p->k_meta, gen);
+    reply = mxj_redis_script(&p->s->r, MX_LUA_SYNC_FRESH, 1, 2,
+                             (const char *[]) { p->k_meta, gen }, NULL);
     if (reply == NULL) {
         return mxj_sync_fail(p, "renewing loaded_at failed");
     }
@@ -1092,7 +1053,7 @@ mxj_sync_pool(mxj_sync_pass_t *p)
     mxj_sync_room_t  *room;
 
     room = p->room;
-    gen = mxj_sync_meta(p, "generation");
+    gen = mxj_sync_meta(p, MX_META_GENERATION);
 
     if (gen != NULL && strcmp(room->generation, gen) == 0
         && room->pool.map.n > 0)
@@ -1137,13 +1098,13 @@ mxj_sync_pool_redis(mxj_sync_pass_t *p)
     mxj_sync_map_t    st, om;
 
     static const char  *names[] = {
-        ":pdu", ":state", ":mchunk", ":edge_orig", ":state_m", ":edge_pdu",
-        ":meta"
+        MX_KEY_PDU, MX_KEY_STATE, MX_KEY_MCHUNK, MX_KEY_EDGE_ORIG,
+        MX_KEY_STATE_M, MX_KEY_EDGE_PDU, MX_KEY_META
     };
 
     r = &p->s->r;
     ctx = r->c;
-    gen = mxj_sync_meta(p, "generation");
+    gen = mxj_sync_meta(p, MX_META_GENERATION);
     rc = -1;
     reply = NULL;
 
@@ -2136,9 +2097,9 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     snprintf(count, sizeof(count), "%lld",
              (old ? atoll(old) : 0) + (long long) p->dropped);
 
-    meta[0] = "synced_from";
+    meta[0] = MX_META_SYNCED_FROM;
     meta[1] = p->s->homeserver;
-    meta[2] = "synced_extremities";
+    meta[2] = MX_META_SYNCED_EXTREMITIES;
     meta[3] = ext.data;
     meta[4] = "unconfirmed";
     meta[5] = count;
@@ -2179,8 +2140,8 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     pthread_mutex_unlock(&p->s->run.mutex);
 
     if (pushes != p->pushes) {
-        reply = mxj_redis_cmdf(&p->s->r, "EVAL %s 1 %s", mxj_sync_stale_lua,
-                               p->k_meta);
+        reply = mxj_redis_script(&p->s->r, MX_LUA_META_STALE, 1, 1,
+                                 (const char *[]) { p->k_meta }, NULL);
         if (reply != NULL) {
             freeReplyObject(reply);
         }
