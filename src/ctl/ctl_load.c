@@ -22,6 +22,7 @@
 
 #include "ctl.h"
 #include "ctl_load.h"
+#include "ctl_opt.h"
 #include "ctl_redis.h"
 #include "mx_id.h"
 #include "mx_json.h"
@@ -97,7 +98,13 @@ typedef struct {
 } mxj_load_cmd_t;
 
 
+static const mxj_opt_t  mxj_load_opts[] = {
+    { NULL, 0, 0 }
+};
+
+
 static int mxj_load_usage(void);
+static int mxj_load_set(void *conf, int id, const char *value);
 static char *mxj_load_read(const char *path, size_t *len);
 static void mxj_load_progress(void *data, size_t done, size_t total);
 static int mxj_load_keys(mxj_load_t *ld);
@@ -125,7 +132,7 @@ static double mxj_now(void);
 int
 mxj_cmd_load(int argc, char **argv)
 {
-    int                i, rc, o;
+    int                rc;
     char              *doc;
     size_t             len;
     double             t0;
@@ -141,30 +148,11 @@ mxj_cmd_load(int argc, char **argv)
     memset(&opts, 0, sizeof(mxj_load_opts_t));
     mxj_redis_init(&r);
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(&r, argc, argv, &i);
-
-        if (o < 0) {
-            return mxj_load_usage();
-        }
-
-        if (o > 0) {
-            continue;
-        }
-
-        if (argv[i][0] == '-' && argv[i][1] != '\0') {
-            fprintf(stderr, "matrix-join-ctl: load: unknown option \"%s\"\n",
-                    argv[i]);
-            return mxj_load_usage();
-        }
-
-        if (cmd.path != NULL) {
-            fprintf(stderr, "matrix-join-ctl: load: one snapshot at a "
-                    "time\n");
-            return mxj_load_usage();
-        }
-
-        cmd.path = argv[i];
+    if (mxj_opt_parse("load", argc, argv, &r, mxj_load_opts, mxj_load_set,
+                      &cmd)
+        != 0)
+    {
+        return mxj_load_usage();
     }
 
     if (cmd.path == NULL || r.address == NULL) {
@@ -276,6 +264,24 @@ done:
     mxj_load_free_keys(&ld);
 
     return rc;
+}
+
+
+/* The one operand: the snapshot's file. */
+
+static int
+mxj_load_set(void *conf, int id, const char *value)
+{
+    mxj_load_cmd_t *cmd = conf;
+
+    if (cmd->path != NULL) {
+        fprintf(stderr, "matrix-join-ctl: load: one snapshot at a time\n");
+        return -1;
+    }
+
+    cmd->path = value;
+
+    return 0;
 }
 
 

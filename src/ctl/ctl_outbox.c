@@ -12,6 +12,7 @@
 
 #include "ctl.h"
 #include "ctl_forward.h"
+#include "ctl_opt.h"
 #include "ctl_redis.h"
 
 
@@ -24,6 +25,7 @@ typedef struct {
 
 
 static int mxj_outbox_args(int argc, char **argv, mxj_redis_t *r);
+static int mxj_outbox_set(void *conf, int id, const char *value);
 static int mxj_outbox_keys(mxj_redis_t *r, const char *room,
     const char **argv);
 static char **mxj_outbox_rooms(mxj_redis_t *r, size_t *n);
@@ -236,24 +238,25 @@ mxj_outbox_keys(mxj_redis_t *r, const char *room, const char **argv)
 
 
 static int
+mxj_outbox_set(void *conf, int id, const char *value)
+{
+    fprintf(stderr, "matrix-join-ctl: outbox: unexpected argument \"%s\"\n",
+            value);
+    return -1;
+}
+
+
+static int
 mxj_outbox_args(int argc, char **argv, mxj_redis_t *r)
 {
-    int  i, o;
+    static const mxj_opt_t  none[] = { { NULL, 0, 0 } };
 
     mxj_redis_init(r);
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(r, argc, argv, &i);
-
-        if (o < 0) {
-            goto usage;
-        }
-
-        if (o == 0) {
-            fprintf(stderr, "matrix-join-ctl: outbox: unexpected argument "
-                    "\"%s\"\n", argv[i]);
-            goto usage;
-        }
+    if (mxj_opt_parse("outbox", argc, argv, r, none, mxj_outbox_set, NULL)
+        != 0)
+    {
+        goto usage;
     }
 
     if (r->address != NULL) {

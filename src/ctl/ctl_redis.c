@@ -36,43 +36,11 @@ mxj_redis_init(mxj_redis_t *r)
 
 
 int
-mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i)
+mxj_redis_set(mxj_redis_t *r, const char *name, const char *value)
 {
-    char         *end;
-    size_t        n;
-    const char   *arg, *value, **dst;
-    static const char  *names[] = { "--redis", "--prefix", "--password",
-                                    "--db", NULL };
-    const char  **name;
+    char  *end;
 
-    arg = argv[*i];
-
-    for (name = names; *name; name++) {
-        n = strlen(*name);
-
-        if (strncmp(arg, *name, n) == 0 && (arg[n] == '\0' || arg[n] == '='))
-        {
-            break;
-        }
-    }
-
-    if (*name == NULL) {
-        return 0;
-    }
-
-    if (arg[n] == '=') {
-        value = arg + n + 1;
-
-    } else {
-        if (*i + 1 >= argc) {
-            fprintf(stderr, "matrix-join-ctl: %s needs a value\n", *name);
-            return -1;
-        }
-
-        value = argv[++*i];
-    }
-
-    if (strcmp(*name, "--db") == 0) {
+    if (strcmp(name, "db") == 0) {
         errno = 0;
         r->db = strtol(value, &end, 10);
 
@@ -81,25 +49,27 @@ mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i)
             return -1;
         }
 
-        return 1;
+    } else if (strcmp(name, "prefix") == 0) {
+
+        /* the module refuses it in the same words (matrix_redis_prefix) */
+
+        if (!mx_schema_prefix_valid(value, strlen(value))) {
+            fprintf(stderr, "matrix-join-ctl: invalid Redis key prefix "
+                    "\"%s\": braces, spaces and control characters are "
+                    "not allowed\n", value);
+            return -1;
+        }
+
+        r->prefix = value;
+
+    } else if (strcmp(name, "redis") == 0) {
+        r->address = value;
+
+    } else {
+        r->password = value;
     }
 
-    if (strcmp(*name, "--prefix") == 0
-        && !mx_schema_prefix_valid(value, strlen(value)))
-    {
-        fprintf(stderr, "matrix-join-ctl: invalid Redis key prefix \"%s\": "
-                "braces, spaces and control characters are not allowed\n",
-                value);
-        return -1;
-    }
-
-    dst = (strcmp(*name, "--redis") == 0) ? &r->address
-          : (strcmp(*name, "--prefix") == 0) ? &r->prefix
-          : &r->password;
-
-    *dst = value;
-
-    return 1;
+    return 0;
 }
 
 

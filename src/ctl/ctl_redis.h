@@ -28,12 +28,10 @@ typedef struct {
 void mxj_redis_init(mxj_redis_t *r);
 
 /*
- * Consumes the Redis option at argv[*i] (--redis, --prefix, --password,
- * --db, with the value as the next argument or after '='). Returns 1 when
- * consumed, 0 when argv[*i] is not one of them, -1 on a usage error
- * (printed).
+ * Sets the Redis option --name (redis, prefix, password or db) of the
+ * command line (ctl_opt.c). 0, or -1 when the value is invalid (printed).
  */
-int mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i);
+int mxj_redis_set(mxj_redis_t *r, const char *name, const char *value);
 
 /* Connects, authenticates, selects the db; prints why not. 0 or -1. */
 int mxj_redis_connect(mxj_redis_t *r);

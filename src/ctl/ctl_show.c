@@ -16,9 +16,22 @@
 #include <time.h>
 
 #include "ctl.h"
+#include "ctl_opt.h"
 #include "ctl_redis.h"
 
 
+typedef struct {
+    const char     *cmd;
+    const char    **room;           /* show's ROOM_ID; NULL for rooms */
+} mxj_show_args_t;
+
+
+static const mxj_opt_t  mxj_show_opts[] = {
+    { NULL, 0, 0 }
+};
+
+
+static int mxj_show_set(void *conf, int id, const char *value);
 static int mxj_show_args(const char *cmd, int argc, char **argv,
     mxj_redis_t *r, const char **room);
 static int mxj_show_aliases(mxj_redis_t *r, const char *room);
@@ -306,11 +319,30 @@ done:
 }
 
 
+/* show's one operand, the room ID; rooms has none */
+
+static int
+mxj_show_set(void *conf, int id, const char *value)
+{
+    mxj_show_args_t *a = conf;
+
+    if (a->room == NULL || *a->room != NULL) {
+        fprintf(stderr, "matrix-join-ctl: %s: unexpected argument \"%s\"\n",
+                a->cmd, value);
+        return -1;
+    }
+
+    *a->room = value;
+
+    return 0;
+}
+
+
 static int
 mxj_show_args(const char *cmd, int argc, char **argv, mxj_redis_t *r,
     const char **room)
 {
-    int  i, o;
+    mxj_show_args_t  a;
 
     mxj_redis_init(r);
 
@@ -318,24 +350,13 @@ mxj_show_args(const char *cmd, int argc, char **argv, mxj_redis_t *r,
         *room = NULL;
     }
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(r, argc, argv, &i);
+    a.cmd = cmd;
+    a.room = room;
 
-        if (o < 0) {
-            goto usage;
-        }
-
-        if (o > 0) {
-            continue;
-        }
-
-        if (argv[i][0] == '-' || room == NULL || *room != NULL) {
-            fprintf(stderr, "matrix-join-ctl: %s: unexpected argument "
-                    "\"%s\"\n", cmd, argv[i]);
-            goto usage;
-        }
-
-        *room = argv[i];
+    if (mxj_opt_parse(cmd, argc, argv, r, mxj_show_opts, mxj_show_set, &a)
+        != 0)
+    {
+        goto usage;
     }
 
     if (r->address == NULL || (room != NULL && *room == NULL)) {
