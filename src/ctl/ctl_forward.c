@@ -50,6 +50,7 @@ static const mxj_opt_t  mxj_fwd_opts[] = {
 };
 
 
+static int mxj_fwd_set(void *conf, int id, const char *value);
 static int mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd);
 static int mxj_fwd_usage(void);
 static int mxj_fwd_refresh(mxj_fwd_t *fwd);

@@ -2,9 +2,10 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl forward: a worker (docs/forwarder.md). It takes a room
  * with entries, holds the room's lease while it serves it, reads the
- * room's entries in outbox order (its own pending first, then claimed
- * idle ones, then new ones) and delivers each to the upstream, retrying
- * until a 2xx (acknowledged) or a dead letter; then the room yields.
+ * room's oldest undelivered entry each time (the oldest pending one of
+ * the group, else the next new one) and delivers it to the upstream,
+ * retrying until a 2xx (acknowledged) or a dead letter; after a batch the
+ * room yields.
  */
 
 #include <stdio.h>

@@ -15,6 +15,7 @@
 #include "mx_event.h"
 #include "mx_id.h"
 #include "mx_json.h"
+#include "mx_scan.h"
 #include "mx_snapshot.h"
 
 
@@ -94,7 +95,7 @@ mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,
     n = (b->kind == MXJ_SYNC_BODY_STATE) ? 2 : 1;
 
     for (k = 0; k < n; k++) {
-        if (mxj_sync_json_member(b->text.data, b->text.len, names[k], &list,
+        if (mx_scan_member(b->text.data, b->text.len, names[k], &list,
                                  &list_len) != 0)
         {
             return mxj_sync_fail(p, "%s%s: no %s list in the answer",
@@ -108,7 +109,7 @@ mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,
         pos = 0;
 
         for ( ;; ) {
-            rc = mxj_sync_json_next(list, list_len, &pos, &el, &el_len);
+            rc = mx_scan_next(list, list_len, &pos, &el, &el_len);
 
             if (rc == 0) {
                 break;

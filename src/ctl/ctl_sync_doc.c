@@ -12,125 +12,81 @@
 
 #include "ctl_sync.h"
 #include "mx_json.h"
+#include "mx_table.h"
 
 
-static size_t mxj_sync_hash(const char *s);
-static int mxj_sync_map_grow(mxj_sync_map_t *m);
+static const char *mxj_sync_map_key(const void *data, size_t i);
 static char *mxj_sync_strdup(const json_t *v);
 static int mxj_sync_refs(const mx_room_version_t *rv, const json_t *refs,
     char ***out, size_t *n, const char *what, mx_err_t *err);
 static int mxj_sync_ev_cmp(const void *a, const void *b);
-static int mxj_sync_skip(const char *text, size_t len, size_t *pos);
-static void mxj_sync_ws(const char *text, size_t len, size_t *pos);
 
 
-/* --- the string table -------------------------------------------------- */
+/* --- the string table (mx_table.h) ------------------------------------ */
 
-/* FNV-1a, 64 bits. */
-
-static size_t
-mxj_sync_hash(const char *s)
+static const char *
+mxj_sync_map_key(const void *data, size_t i)
 {
-    uint64_t  h;
+    const mxj_sync_map_t *m = data;
 
-    h = 1469598103934665603ULL;
-
-    while (*s) {
-        h ^= (unsigned char) *s++;
-        h *= 1099511628211ULL;
-    }
-
-    return (size_t) h;
+    return m->keys[i];
 }
 
 
 void *
 mxj_sync_map_get(const mxj_sync_map_t *m, const char *key)
 {
-    size_t  i;
+    long  i;
 
-    if (m->cap == 0) {
-        return NULL;
-    }
+    i = mx_table_find(&m->index, key, mxj_sync_map_key, m);
 
-    for (i = mxj_sync_hash(key) & (m->cap - 1); m->keys[i] != NULL;
-         i = (i + 1) & (m->cap - 1))
-    {
-        if (strcmp(m->keys[i], key) == 0) {
-            return m->vals[i];
-        }
-    }
-
-    return NULL;
+    return (i < 0) ? NULL : m->vals[i];
 }
 
 
 int
 mxj_sync_map_put(mxj_sync_map_t *m, const char *key, void *val)
 {
-    size_t  i;
-
-    if ((m->n + 1) * 2 > m->cap && mxj_sync_map_grow(m) != 0) {
-        return -1;
-    }
-
-    for (i = mxj_sync_hash(key) & (m->cap - 1); m->keys[i] != NULL;
-         i = (i + 1) & (m->cap - 1))
-    {
-        if (strcmp(m->keys[i], key) == 0) {
-            m->keys[i] = key;
-            m->vals[i] = val;
-            return 0;
-        }
-    }
-
-    m->keys[i] = key;
-    m->vals[i] = val;
-    m->n++;
-
-    return 0;
-}
-
-
-static int
-mxj_sync_map_grow(mxj_sync_map_t *m)
-{
-    size_t        i, k, ncap;
+    long          i;
+    size_t        ncap;
     void        **vals;
     const char  **keys;
 
-    ncap = m->cap ? m->cap * 2 : 64;
+    i = mx_table_find(&m->index, key, mxj_sync_map_key, m);
 
-    keys = calloc(ncap, sizeof(char *));
-    vals = calloc(ncap, sizeof(void *));
+    if (i >= 0) {
+        m->keys[i] = key;
+        m->vals[i] = val;
+        return 0;
+    }
 
-    if (keys == NULL || vals == NULL) {
-        free(keys);
-        free(vals);
+    if (m->n == m->cap) {
+        ncap = m->cap ? m->cap * 2 : 32;
+
+        keys = realloc(m->keys, ncap * sizeof(char *));
+        if (keys == NULL) {
+            return -1;
+        }
+
+        m->keys = keys;
+
+        vals = realloc(m->vals, ncap * sizeof(void *));
+        if (vals == NULL) {
+            return -1;
+        }
+
+        m->vals = vals;
+        m->cap = ncap;
+    }
+
+    m->keys[m->n] = key;
+    m->vals[m->n] = val;
+
+    if (mx_table_add(&m->index, m->n, mxj_sync_map_key, m) != 0) {
         return -1;
     }
 
-    for (i = 0; i < m->cap; i++) {
-        if (m->keys[i] == NULL) {
-            continue;
-        }
-
-        for (k = mxj_sync_hash(m->keys[i]) & (ncap - 1); keys[k] != NULL;
-             k = (k + 1) & (ncap - 1))
-        {
-            /* void */
-        }
-
-        keys[k] = m->keys[i];
-        vals[k] = m->vals[i];
-    }
-
-    free(m->keys);
-    free(m->vals);
-
-    m->keys = keys;
-    m->vals = vals;
-    m->cap = ncap;
+    m->n++;
 
     return 0;
 }
@@ -141,6 +97,7 @@ mxj_sync_map_free(mxj_sync_map_t *m)
 {
     free(m->keys);
     free(m->vals);
+    mx_table_free(&m->index);
     memset(m, 0, sizeof(mxj_sync_map_t));
 }
 
@@ -477,12 +434,8 @@ mxj_sync_pool_sweep(mxj_sync_pool_t *pool)
 
     memset(&kept, 0, sizeof(mxj_sync_map_t));
 
-    for (i = 0; i < pool->map.cap; i++) {
+    for (i = 0; i < pool->map.n; i++) {
         ev = pool->map.vals[i];
-
-        if (pool->map.keys[i] == NULL) {
-            continue;
-        }
 
         if (ev->mark && mxj_sync_map_put(&kept, ev->id, ev) == 0) {
             ev->mark = 0;
@@ -502,10 +455,8 @@ mxj_sync_pool_free(mxj_sync_pool_t *pool)
 {
     size_t  i;
 
-    for (i = 0; i < pool->map.cap; i++) {
-        if (pool->map.keys[i] != NULL) {
-            mxj_sync_ev_free(pool->map.vals[i]);
-        }
+    for (i = 0; i < pool->map.n; i++) {
+        mxj_sync_ev_free(pool->map.vals[i]);
     }
 
     mxj_sync_map_free(&pool->map);
@@ -1130,219 +1081,4 @@ nomem:
     mx_err_set(err, "out of memory");
 
     return -1;
-}
-
-
-/* --- scanning big JSON texts ------------------------------------------- */
-
-static void
-mxj_sync_ws(const char *text, size_t len, size_t *pos)
-{
-    while (*pos < len && (text[*pos] == ' ' || text[*pos] == '\t'
-                          || text[*pos] == '\n' || text[*pos] == '\r'))
-    {
-        (*pos)++;
-    }
-}
-
-
-/* Skips the value at *pos: a string, an array or object, or a scalar. */
-
-static int
-mxj_sync_skip(const char *text, size_t len, size_t *pos)
-{
-    size_t  depth, p;
-
-    p = *pos;
-
-    if (p >= len) {
-        return -1;
-    }
-
-    if (text[p] != '"' && text[p] != '[' && text[p] != '{') {
-        while (p < len && text[p] != ',' && text[p] != ']' && text[p] != '}'
-               && text[p] != ' ' && text[p] != '\t' && text[p] != '\n'
-               && text[p] != '\r' && text[p] != ':')
-        {
-            p++;
-        }
-
-        if (p == *pos) {
-            return -1;
-        }
-
-        *pos = p;
-        return 0;
-    }
-
-    depth = 0;
-
-    while (p < len) {
-        switch (text[p]) {
-
-        case '"':
-            for (p++; p < len && text[p] != '"'; p++) {
-                if (text[p] == '\\') {
-                    p++;
-                }
-            }
-
-            if (p >= len) {
-                return -1;
-            }
-
-            break;
-
-        case '[':
-        case '{':
-            depth++;
-            break;
-
-        case ']':
-        case '}':
-            if (depth == 0) {
-                return -1;
-            }
-
-            depth--;
-            break;
-
-        default:
-            break;
-        }
-
-        p++;
-
-        if (depth == 0) {
-            *pos = p;
-            return 0;
-        }
-    }
-
-    return -1;
-}
-
-
-int
-mxj_sync_json_member(const char *buf, size_t len, const char *name,
-    const char **val, size_t *val_len)
-{
-    size_t  pos, start, klen, nlen;
-
-    pos = 0;
-    nlen = strlen(name);
-
-    mxj_sync_ws(buf, len, &pos);
-
-    if (pos >= len || buf[pos] != '{') {
-        return -1;
-    }
-
-    pos++;
-
-    for ( ;; ) {
-        mxj_sync_ws(buf, len, &pos);
-
-        if (pos < len && buf[pos] == '}') {
-            return -1;
-        }
-
-        if (pos >= len || buf[pos] != '"') {
-            return -1;
-        }
-
-        start = pos + 1;
-
-        if (mxj_sync_skip(buf, len, &pos) != 0) {
-            return -1;
-        }
-
-        klen = pos - 1 - start;
-
-        mxj_sync_ws(buf, len, &pos);
-
-        if (pos >= len || buf[pos] != ':') {
-            return -1;
-        }
-
-        pos++;
-        mxj_sync_ws(buf, len, &pos);
-
-        *val = buf + pos;
-
-        if (mxj_sync_skip(buf, len, &pos) != 0) {
-            return -1;
-        }
-
-        if (klen == nlen && memcmp(buf + start, name, nlen) == 0) {
-            *val_len = (size_t) (buf + pos - *val);
-            return 0;
-        }
-
-        mxj_sync_ws(buf, len, &pos);
-
-        if (pos < len && buf[pos] == ',') {
-            pos++;
-            continue;
-        }
-
-        return -1;
-    }
-}
-
-
-int
-mxj_sync_json_next(const char *text, size_t len, size_t *pos,
-    const char **el, size_t *el_len)
-{
-    size_t  p, start;
-
-    p = *pos;
-
-    if (p == 0) {
-        mxj_sync_ws(text, len, &p);
-
-        if (p >= len || text[p] != '[') {
-            return -1;
-        }
-
-        p++;
-        mxj_sync_ws(text, len, &p);
-
-        if (p < len && text[p] == ']') {
-            *pos = len;
-            return 0;
-        }
-
-    } else {
-        if (p >= len) {
-            return 0;
-        }
-
-        mxj_sync_ws(text, len, &p);
-
-        if (p < len && text[p] == ']') {
-            *pos = len;
-            return 0;
-        }
-
-        if (p >= len || text[p] != ',') {
-            return -1;
-        }
-
-        p++;
-        mxj_sync_ws(text, len, &p);
-    }
-
-    start = p;
-
-    if (mxj_sync_skip(text, len, &p) != 0) {
-        return -1;
-    }
-
-    *el = text + start;
-    *el_len = p - start;
-    *pos = p;
-
-    return 1;
 }

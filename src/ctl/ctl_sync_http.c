@@ -592,11 +592,7 @@ mxj_sync_keyring_free(mxj_sync_keyring_t *ring)
     size_t              i;
     mxj_sync_server_t  *sv;
 
-    for (i = 0; i < ring->servers.cap; i++) {
-        if (ring->servers.keys[i] == NULL) {
-            continue;
-        }
-
+    for (i = 0; i < ring->servers.n; i++) {
         sv = ring->servers.vals[i];
         free(sv->keys);
         free(sv->why);

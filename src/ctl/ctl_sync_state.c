@@ -15,6 +15,7 @@
 #include "mx_event.h"
 #include "mx_id.h"
 #include "mx_json.h"
+#include "mx_scan.h"
 #include "mx_snapshot.h"
 
 
@@ -492,9 +493,9 @@ mxj_sync_choose(mxj_sync_pass_t *p)
             depth = -1;
             pos = 0;
 
-            if (mxj_sync_json_member(b->text.data, b->text.len, "pdus",
+            if (mx_scan_member(b->text.data, b->text.len, "pdus",
                                      &list, &list_len) == 0
-                && mxj_sync_json_next(list, list_len, &pos, &el, &el_len)
+                && mx_scan_next(list, list_len, &pos, &el, &el_len)
                    == 1)
             {
                 doc = json_loadb(el, el_len, 0, NULL);
