@@ -13,18 +13,11 @@
  * the process, the room's lease between processes.
  */
 
-#include <pthread.h>
-#include <signal.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
-
-#include <curl/curl.h>
-#include <sodium.h>
 
 #include "ctl.h"
 #include "ctl_forward_run.h"

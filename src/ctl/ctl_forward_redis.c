@@ -5,11 +5,8 @@
  * whose failures are logged and mark the connection for a reconnect.
  */
 
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "ctl.h"
 #include "ctl_forward_run.h"
 
 

@@ -5,11 +5,11 @@
  * which: one room is served by one worker at a time, round robin.
  */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctl.h"
 #include "ctl_forward_run.h"
 
 

@@ -118,11 +118,17 @@ mxj_fwd_room_t *mxj_fwd_find(mxj_fwd_t *fwd, const char *id);
 mxj_fwd_room_t *mxj_fwd_room_new(mxj_fwd_t *fwd, const char *id);
 void mxj_fwd_room_free(mxj_fwd_room_t *room);
 
-/* The group on the room's outbox: created (MKSTREAM) when missing. */
+/*
+ * XGROUP CREATE outbox forwarder 0 MKSTREAM: 0 when the group exists now,
+ * -1 otherwise (the connection's err set when it broke).
+ */
 int mxj_fwd_group(mxj_fwd_t *fwd, mxj_redis_t *r,
     mxj_fwd_room_t *room);
 
-/* A room with entries that no worker serves, now; NULL at a stop. */
+/*
+ * Waits for a room with entries that no worker serves and that may be
+ * tried now, and marks it busy; NULL at a stop.
+ */
 mxj_fwd_room_t *mxj_fwd_take(mxj_fwd_t *fwd);
 
 /* The room back, with how its serving ended (and the wait asked). */
@@ -132,8 +138,8 @@ void mxj_fwd_put(mxj_fwd_t *fwd, mxj_fwd_room_t *room,
 /* --- ctl_forward_redis.c: Redis, as forward's threads use it ---------- */
 
 /*
- * (Re)connects r unless connected, with a backoff (100 ms doubling to
- * 5 s) counted in *failures; -1 at a stop.
+ * Makes sure r is connected, reconnecting with a backoff (logged) for as
+ * long as it takes. 0, or -1 when a stop came first.
  */
 int mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures);
 

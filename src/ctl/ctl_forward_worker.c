@@ -8,13 +8,13 @@
  * room yields.
  */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
 
-#include "ctl.h"
 #include "ctl_forward_run.h"
 
 

@@ -386,7 +386,7 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
 
     plen = strlen(r->prefix);
 
-    pattern = malloc(2 * plen + sizeof("alias:*"));
+    pattern = malloc(2 * plen + sizeof(MX_KEY_ALIAS "*"));
     if (pattern == NULL) {
         fprintf(stderr, "matrix-join-ctl: out of memory\n");
         return -1;
@@ -402,7 +402,7 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
         *p++ = *s;
     }
 
-    memcpy(p, "alias:*", sizeof("alias:*"));
+    memcpy(p, MX_KEY_ALIAS "*", sizeof(MX_KEY_ALIAS "*"));
 
     strcpy(cursor, "0");
 
@@ -439,7 +439,8 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
             if (vals->type == REDIS_REPLY_STRING
                 && strcmp(vals->str, room) == 0)
             {
-                printf("alias: %s\n", keys->element[i]->str + plen + 6);
+                printf("alias: %s\n", keys->element[i]->str + plen
+                       + sizeof(MX_KEY_ALIAS) - 1);
             }
 
             freeReplyObject(vals);

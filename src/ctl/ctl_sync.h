@@ -2,7 +2,8 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync (docs/sync.md): what the files of the command
  * share, and the pieces that need neither Redis nor HTTP, kept apart so
- * that unit tests can call them (ctl_sync_util.c, ctl_sync_doc.c).
+ * that unit tests can call them (ctl_sync_util.c, ctl_sync_pool.c,
+ * ctl_sync_doc.c).
  */
 
 #ifndef MXJ_CTL_SYNC_H
@@ -135,7 +136,7 @@ mxj_sync_join_e mxj_sync_judge_join(int known, int delivered, int queued,
     long *passes, long confirm_passes, const char **why);
 
 
-/* --- ctl_sync_doc.c ---------------------------------------------------- */
+/* --- ctl_sync_pool.c --------------------------------------------------- */
 
 /*
  * A string -> pointer table; the keys belong to the values. The entries
@@ -209,6 +210,8 @@ mxj_sync_ev_t *mxj_sync_pool_get(const mxj_sync_pool_t *pool,
 void mxj_sync_pool_sweep(mxj_sync_pool_t *pool);
 void mxj_sync_pool_free(mxj_sync_pool_t *pool);
 
+
+/* --- ctl_sync_doc.c ---------------------------------------------------- */
 
 /* What a snapshot is made of (docs/sync.md, steps 3 and 5). */
 typedef struct {

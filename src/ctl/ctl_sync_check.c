@@ -5,18 +5,12 @@
  * from the homeserver's notary.
  */
 
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
 #include "mx_json.h"
 #include "mx_scan.h"
-#include "mx_snapshot.h"
 
 
 static int mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,

@@ -5,17 +5,12 @@
  * them; a pass that finds nothing new ends here.
  */
 
-#include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
 #include "mx_json.h"
-#include "mx_snapshot.h"
 
 
 static int mxj_sync_in_ids(const mxj_sync_ids_t *l, const char *s,

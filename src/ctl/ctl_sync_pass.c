@@ -10,17 +10,12 @@
  * received and checked: a failed pass leaves the old snapshot as it was.
  */
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
-#include "mx_json.h"
-#include "mx_snapshot.h"
 
 
 static void mxj_sync_pass_free(mxj_sync_pass_t *p);

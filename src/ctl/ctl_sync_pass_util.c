@@ -12,10 +12,7 @@
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
 #include "mx_json.h"
-#include "mx_snapshot.h"
 
 
 int

@@ -5,17 +5,11 @@
  * in Redis read as one generation (docs/sync.md "One pass, per room").
  */
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
-#include "mx_json.h"
-#include "mx_snapshot.h"
 
 
 

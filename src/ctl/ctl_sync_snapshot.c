@@ -5,17 +5,13 @@
  * joins kept, confirmed or dropped.
  */
 
-#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
-#include "mx_json.h"
-#include "mx_snapshot.h"
 
 
 static void mxj_sync_log_dropped(mxj_sync_pass_t *p, mxj_sync_join_t *j);

@@ -5,18 +5,15 @@
  * (/state_ids), and only the events missing fetched (/state or /event).
  */
 
-#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
-#include "mx_event.h"
-#include "mx_id.h"
 #include "mx_json.h"
 #include "mx_scan.h"
-#include "mx_snapshot.h"
 
 
 static int mxj_sync_pool_redis(mxj_sync_pass_t *p);
