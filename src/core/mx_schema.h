@@ -24,6 +24,7 @@
 #define MX_KEY_ROOMS               "rooms"
 #define MX_KEY_ALIAS               "alias:"     /* + room alias */
 #define MX_KEY_KEYS                "keys:"      /* + server name */
+#define MX_KEY_OUTBOX_ROOMS        "outbox:rooms"
 
 
 /*
@@ -55,6 +56,10 @@
 #define MX_KEY_UNCONFIRMED         "unconfirmed"
 #define MX_KEY_FWDLOCK             "fwdlock"
 #define MX_KEY_LOADLOCK            "loadlock"
+
+/* a load's generations: P{R}:load:X staged, P{R}:old:X replaced */
+#define MX_KEY_GEN_LOAD            "load:"
+#define MX_KEY_GEN_OLD             "old:"
 
 
 /* P{R}:meta fields (docs/redis-schema.md, "P{R}:meta fields") */

@@ -20,7 +20,9 @@
 
 #include "mx_base64.h"
 #include "mx_json.h"
+#include "mx_scan.h"
 #include "mx_snapshot.h"
+#include "mx_table.h"
 
 
 #define MX_SNAP_MAX_AUTH_EVENTS  10     /* reference §7 */
@@ -31,13 +33,17 @@
 #define MX_SNAP_IN_EXTREM 2
 
 
-/* Open addressing over event indices (+1; 0 is an empty slot). */
+/* The events by one of their keys (mx_table.h). */
 typedef struct {
-    size_t        *slot;
-    size_t         cap;         /* a power of two */
-    size_t         n;
+    mx_table_t     t;
     size_t         keyoff;      /* offsetof the key in the event */
 } mx_snap_table_t;
+
+/* what mx_snap_key() reads a key with */
+typedef struct {
+    const mx_snapshot_event_t  *events;
+    size_t                      keyoff;
+} mx_snap_keys_t;
 
 
 /* What the checks at the end need per event and the model does not. */
@@ -103,7 +109,6 @@ static int mx_snap_scan_fail(mx_snap_ctx_t *ctx, mx_snap_scan_t *s,
 static void mx_snap_ws(mx_snap_scan_t *s);
 static int mx_snap_value(mx_snap_ctx_t *ctx, mx_snap_scan_t *s,
     const char *where, const char **v, size_t *n);
-static int mx_snap_skip_string(mx_snap_scan_t *s);
 static int mx_snap_document(mx_snap_ctx_t *ctx, const char *vals[3],
     size_t lens[3]);
 static int mx_snap_room_version(mx_snap_ctx_t *ctx, const char *v,
@@ -134,9 +139,7 @@ static int mx_snap_hero_before(const mx_snapshot_event_t *a,
     const mx_snapshot_event_t *b);
 static int mx_snap_chunk_list(mx_snapshot_list_t *list,
     const mx_snapshot_event_t *events);
-static size_t mx_snap_hash(const char *s);
-static const char *mx_snap_key(const mx_snap_table_t *t,
-    const mx_snapshot_event_t *events, size_t i);
+static const char *mx_snap_key(const void *data, size_t i);
 static long mx_snap_table_find(const mx_snap_table_t *t,
     const mx_snapshot_event_t *events, const char *key);
 static int mx_snap_table_add(mx_snap_table_t *t,
@@ -204,13 +207,13 @@ mx_snapshot_parse(const char *buf, size_t len,
 done:
 
     free(ctx.aux);
-    free(ctx.keys.slot);
+    mx_table_free(&ctx.keys.t);
     mx_buf_free(&ctx.refs);
 
     /* the ID index stays with the model, for mx_snapshot_find() */
 
-    snap->index = ctx.ids.slot;
-    snap->index_cap = ctx.ids.cap;
+    snap->index = ctx.ids.t.slot;
+    snap->index_cap = ctx.ids.t.cap;
 
     if (rc != 0) {
         mx_snapshot_free(snap);
@@ -329,9 +332,9 @@ mx_snapshot_find(const mx_snapshot_t *snap, const char *id)
 {
     mx_snap_table_t  t;
 
-    t.slot = snap->index;
-    t.cap = snap->index_cap;
-    t.n = snap->nevents;
+    t.t.slot = snap->index;
+    t.t.cap = snap->index_cap;
+    t.t.n = snap->nevents;
     t.keyoff = offsetof(mx_snapshot_event_t, id);
 
     return mx_snap_table_find(&t, snap->events, id);
@@ -384,107 +387,32 @@ mx_snap_scan_fail(mx_snap_ctx_t *ctx, mx_snap_scan_t *s, const char *where,
 static void
 mx_snap_ws(mx_snap_scan_t *s)
 {
-    while (s->p < s->end
-           && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n'
-               || *s->p == '\r'))
-    {
-        s->p++;
-    }
-}
-
-
-/* s->p is on the opening quote; leaves it after the closing one. */
-
-static int
-mx_snap_skip_string(mx_snap_scan_t *s)
-{
-    for (s->p++; s->p < s->end; s->p++) {
-        if (*s->p == '\\') {
-            s->p++;
-            continue;
-        }
-
-        if (*s->p == '"') {
-            s->p++;
-            return 0;
-        }
-    }
-
-    return -1;
+    s->p = s->start + mx_scan_ws(s->start, (size_t) (s->end - s->start),
+                                 (size_t) (s->p - s->start));
 }
 
 
 /*
- * The extent of the value at s->p, which is left after it. Only the
- * brackets and strings are followed here; jansson checks the value itself.
+ * The extent of the value at s->p, which is left after it (mx_scan.h:
+ * jansson checks the value itself).
  */
 static int
 mx_snap_value(mx_snap_ctx_t *ctx, mx_snap_scan_t *s, const char *where,
     const char **v, size_t *n)
 {
-    size_t       depth;
-    const char  *b;
+    int          rc;
+    size_t       pos;
+    const char  *b, *why;
 
     b = s->p;
+    pos = (size_t) (s->p - s->start);
 
-    if (s->p >= s->end) {
-        return mx_snap_scan_fail(ctx, s, where, "unexpected end of input");
-    }
+    rc = mx_scan_value(s->start, (size_t) (s->end - s->start), &pos, &why);
 
-    switch (*s->p) {
+    s->p = s->start + pos;
 
-    case '"':
-        if (mx_snap_skip_string(s) != 0) {
-            return mx_snap_scan_fail(ctx, s, where, "unterminated string");
-        }
-
-        break;
-
-    case '{':
-    case '[':
-        depth = 0;
-
-        while (s->p < s->end) {
-            if (*s->p == '"') {
-                if (mx_snap_skip_string(s) != 0) {
-                    return mx_snap_scan_fail(ctx, s, where,
-                                             "unterminated string");
-                }
-
-                continue;
-            }
-
-            if (*s->p == '{' || *s->p == '[') {
-                depth++;
-
-            } else if (*s->p == '}' || *s->p == ']') {
-                if (--depth == 0) {
-                    s->p++;
-                    break;
-                }
-            }
-
-            s->p++;
-        }
-
-        if (depth != 0) {
-            return mx_snap_scan_fail(ctx, s, where, "unexpected end of input");
-        }
-
-        break;
-
-    default:
-        while (s->p < s->end
-               && strchr(" \t\r\n,:[]{}\"", *s->p) == NULL)
-        {
-            s->p++;
-        }
-
-        if (s->p == b) {
-            return mx_snap_scan_fail(ctx, s, where, "unexpected character");
-        }
-
-        break;
+    if (rc != 0) {
+        return mx_snap_scan_fail(ctx, s, where, why);
     }
 
     *v = b;
@@ -1842,29 +1770,12 @@ mx_snap_chunk_list(mx_snapshot_list_t *list,
 }
 
 
-/* FNV-1a, 64 bits. */
-
-static size_t
-mx_snap_hash(const char *s)
-{
-    uint64_t  h;
-
-    h = 0xcbf29ce484222325ULL;
-
-    while (*s) {
-        h ^= (unsigned char) *s++;
-        h *= 0x100000001b3ULL;
-    }
-
-    return (size_t) h;
-}
-
-
 static const char *
-mx_snap_key(const mx_snap_table_t *t, const mx_snapshot_event_t *events,
-    size_t i)
+mx_snap_key(const void *data, size_t i)
 {
-    return *(char *const *) ((const char *) &events[i] + t->keyoff);
+    const mx_snap_keys_t *k = data;
+
+    return *(char *const *) ((const char *) &k->events[i] + k->keyoff);
 }
 
 
@@ -1872,73 +1783,27 @@ static long
 mx_snap_table_find(const mx_snap_table_t *t,
     const mx_snapshot_event_t *events, const char *key)
 {
-    size_t  h, s;
+    mx_snap_keys_t  k;
 
-    if (t->cap == 0) {
-        return -1;
-    }
+    k.events = events;
+    k.keyoff = t->keyoff;
 
-    for (h = mx_snap_hash(key) & (t->cap - 1);
-         (s = t->slot[h]) != 0;
-         h = (h + 1) & (t->cap - 1))
-    {
-        if (strcmp(mx_snap_key(t, events, s - 1), key) == 0) {
-            return (long) (s - 1);
-        }
-    }
-
-    return -1;
+    return mx_table_find(&t->t, key, mx_snap_key, &k);
 }
 
 
-/* Adds event i (its key not yet in t), growing t at half load. */
+/* Adds event i (its key not yet in t). */
 
 static int
 mx_snap_table_add(mx_snap_table_t *t, const mx_snapshot_event_t *events,
     size_t i)
 {
-    size_t   h, j, ncap, *slot;
+    mx_snap_keys_t  k;
 
-    if ((t->n + 1) * 2 > t->cap) {
-        ncap = t->cap ? t->cap * 2 : 1024;
+    k.events = events;
+    k.keyoff = t->keyoff;
 
-        slot = calloc(ncap, sizeof(size_t));
-        if (slot == NULL) {
-            return -1;
-        }
-
-        for (j = 0; j < t->cap; j++) {
-            if (t->slot[j] == 0) {
-                continue;
-            }
-
-            for (h = mx_snap_hash(mx_snap_key(t, events, t->slot[j] - 1))
-                     & (ncap - 1);
-                 slot[h] != 0;
-                 h = (h + 1) & (ncap - 1))
-            {
-                /* void */
-            }
-
-            slot[h] = t->slot[j];
-        }
-
-        free(t->slot);
-        t->slot = slot;
-        t->cap = ncap;
-    }
-
-    for (h = mx_snap_hash(mx_snap_key(t, events, i)) & (t->cap - 1);
-         t->slot[h] != 0;
-         h = (h + 1) & (t->cap - 1))
-    {
-        /* void */
-    }
-
-    t->slot[h] = i + 1;
-    t->n++;
-
-    return 0;
+    return mx_table_add(&t->t, i, mx_snap_key, &k);
 }
 
 

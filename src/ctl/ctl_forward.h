@@ -14,7 +14,6 @@
 
 #define MXJ_FWD_BACKOFF_MIN    500        /* ms, the first wait */
 #define MXJ_FWD_BACKOFF_MAX    60000      /* ms, where doubling stops */
-#define MXJ_FWD_RETRY_AFTER_MAX  600000   /* ms, a 429's retry_after_ms cap */
 #define MXJ_FWD_RECENT_MS      30000      /* no dead letter this soon after a
                                              delivery of the room */
 #define MXJ_FWD_RESPONSE_MAX   4096       /* bytes of a response kept */
@@ -44,9 +43,6 @@ mxj_fwd_action_e mxj_fwd_judge(long status, long since_delivery_ms,
  */
 long mxj_fwd_backoff_ms(unsigned long attempt, double r);
 
-/* A 429 body's "retry_after_ms" (capped), or -1 when it has none. */
-long mxj_fwd_retry_after_ms(const char *body, size_t len);
-
 /*
  * One "Authorization: <line>" header per line of an outbox entry's
  * authorization field (lines joined by '\n'; empty lines skipped).
@@ -56,14 +52,6 @@ long mxj_fwd_retry_after_ms(const char *body, size_t len);
  */
 long mxj_fwd_auth_headers(const char *auth, size_t len, char ***headers);
 void mxj_fwd_auth_free(char **headers, long n);
-
-/*
- * Checks an upstream URL (http:// or https://, a host, an optional path,
- * no query or fragment) and finds its path without trailing slashes, which
- * goes before each entry's URI. 0, or -1 with *why set.
- */
-int mxj_fwd_upstream(const char *url, const char **path, size_t *path_len,
-    const char **why);
 
 /* The milliseconds part of a stream ID "<ms>-<seq>", or -1. */
 long long mxj_fwd_stream_id_ms(const char *id, size_t len);

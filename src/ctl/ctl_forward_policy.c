@@ -1,14 +1,11 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
- * matrix-join-ctl forward: retries, backoff, headers and the upstream URL,
+ * matrix-join-ctl forward: retries, backoff, headers and stream IDs,
  * as docs/forwarder.md says; no I/O here.
  */
 
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-
-#include <jansson.h>
 
 #include "ctl_forward.h"
 
@@ -69,36 +66,6 @@ mxj_fwd_backoff_ms(unsigned long attempt, double r)
     }
 
     return (long) (ms * (0.8 + 0.4 * r) + 0.5);
-}
-
-
-long
-mxj_fwd_retry_after_ms(const char *body, size_t len)
-{
-    long       ms;
-    json_t    *doc, *v;
-    double     d;
-
-    doc = json_loadb(body, len, 0, NULL);
-    if (doc == NULL) {
-        return -1;
-    }
-
-    ms = -1;
-    v = json_object_get(doc, "retry_after_ms");
-
-    if (json_is_number(v)) {
-        d = json_number_value(v);
-
-        if (d >= 0) {
-            ms = (d > MXJ_FWD_RETRY_AFTER_MAX) ? MXJ_FWD_RETRY_AFTER_MAX
-                                               : (long) d;
-        }
-    }
-
-    json_decref(doc);
-
-    return ms;
 }
 
 
@@ -194,51 +161,6 @@ mxj_fwd_auth_free(char **headers, long n)
     }
 
     free(headers);
-}
-
-
-int
-mxj_fwd_upstream(const char *url, const char **path, size_t *path_len,
-    const char **why)
-{
-    size_t       n;
-    const char  *host, *p;
-
-    if (strncasecmp(url, "http://", 7) == 0) {
-        host = url + 7;
-
-    } else if (strncasecmp(url, "https://", 8) == 0) {
-        host = url + 8;
-
-    } else {
-        *why = "want http:// or https://";
-        return -1;
-    }
-
-    n = strcspn(host, "/?#");
-
-    if (n == 0) {
-        *why = "no host";
-        return -1;
-    }
-
-    p = host + n;
-
-    if (strpbrk(p, "?#") != NULL) {
-        *why = "a query or fragment would come before the entry's URI";
-        return -1;
-    }
-
-    n = strlen(p);
-
-    while (n > 0 && p[n - 1] == '/') {
-        n--;
-    }
-
-    *path = p;
-    *path_len = n;
-
-    return 0;
 }
 
 

@@ -12,33 +12,8 @@
 
 #include "ctl.h"
 #include "ctl_forward.h"
+#include "ctl_opt.h"
 #include "ctl_redis.h"
-
-
-/*
- * KEYS: outbox, dead; ARGV: the group. One room read atomically:
- * {keys that exist, pending, in_flight, dead, oldest_age_ms}. The
- * oldest entry is the first of the stream: delivered ones are deleted.
- */
-static const char  mxj_outbox_lua[] =
-    "local function n(v) if type(v) == 'number' then return v end"
-    " return 0 end\n"
-    "local exists = redis.call('EXISTS', KEYS[1], KEYS[2])\n"
-    "local pending = n(redis.pcall('XLEN', KEYS[1]))\n"
-    "local dead = n(redis.pcall('XLEN', KEYS[2]))\n"
-    "local inflight, age = 0, 0\n"
-    "if pending > 0 then\n"
-    "  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1])\n"
-    "  if type(p) == 'table' then inflight = n(p[1]) end\n"
-    "  local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
-    "  if f[1] then\n"
-    "    local t = redis.call('TIME')\n"
-    "    local ms = tonumber(string.match(f[1][1], '^(%d+)')) or 0\n"
-    "    age = math.max(0, tonumber(t[1]) * 1000"
-    " + math.floor(tonumber(t[2]) / 1000) - ms)\n"
-    "  end\n"
-    "end\n"
-    "return {exists, pending, inflight, dead, age}\n";
 
 
 typedef struct {
@@ -50,6 +25,9 @@ typedef struct {
 
 
 static int mxj_outbox_args(int argc, char **argv, mxj_redis_t *r);
+static int mxj_outbox_set(void *conf, int id, const char *value);
+static int mxj_outbox_keys(mxj_redis_t *r, const char *room,
+    const char **argv);
 static char **mxj_outbox_rooms(mxj_redis_t *r, size_t *n);
 static void mxj_outbox_free(char **names, size_t n);
 
@@ -58,9 +36,10 @@ int
 mxj_cmd_outbox(int argc, char **argv)
 {
     int                  rc;
-    char                *outbox, *dead, **rooms;
+    char               **rooms;
     size_t               i, k, n;
-    redisReply          *reply;
+    const char          *cmd[6];
+    redisReply          *reply, **replies;
     mxj_redis_t          r;
     mxj_outbox_count_t   room, total;
 
@@ -74,6 +53,7 @@ mxj_cmd_outbox(int argc, char **argv)
 
     rc = MXJ_EXIT_FAIL;
     rooms = NULL;
+    replies = NULL;
     n = 0;
     memset(&total, 0, sizeof(mxj_outbox_count_t));
 
@@ -94,22 +74,26 @@ mxj_cmd_outbox(int argc, char **argv)
         goto done;
     }
 
-    /* one script per room, pipelined */
+    /*
+     * src/lua/outbox_count.lua per room, pipelined by its SHA-1; a room
+     * answered NOSCRIPT (an empty script cache) is asked again alone,
+     * once the pipeline is read, with the text (mxj_redis_script()).
+     */
+
+    replies = calloc(n ? n : 1, sizeof(redisReply *));
+    if (replies == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        goto done;
+    }
 
     for (i = 0; i < n; i++) {
-        outbox = mxj_room_key(&r, rooms[i], ":outbox");
-        dead = mxj_room_key(&r, rooms[i], ":dead");
-
-        if (outbox == NULL || dead == NULL) {
-            free(outbox);
-            free(dead);
+        if (mxj_outbox_keys(&r, rooms[i], cmd) != 0) {
             goto done;
         }
 
-        k = redisAppendCommand(r.c, "EVAL %s 2 %s %s %s", mxj_outbox_lua,
-                               outbox, dead, MXJ_FWD_GROUP);
-        free(outbox);
-        free(dead);
+        k = redisAppendCommandArgv(r.c, 6, cmd, NULL);
+        free((char *) cmd[3]);
+        free((char *) cmd[4]);
 
         if (k != REDIS_OK) {
             fprintf(stderr, "matrix-join-ctl: out of memory\n");
@@ -118,11 +102,37 @@ mxj_cmd_outbox(int argc, char **argv)
     }
 
     for (i = 0; i < n; i++) {
-        if (redisGetReply(r.c, (void **) &reply) != REDIS_OK) {
+        if (redisGetReply(r.c, (void **) &replies[i]) != REDIS_OK) {
             fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r.address,
                     r.c->errstr);
             goto done;
         }
+    }
+
+    for (i = 0; i < n; i++) {
+        reply = replies[i];
+
+        if (reply->type == REDIS_REPLY_ERROR
+            && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+        {
+            freeReplyObject(reply);
+            replies[i] = NULL;
+
+            if (mxj_outbox_keys(&r, rooms[i], cmd) != 0) {
+                goto done;
+            }
+
+            reply = mxj_redis_script(&r, MX_LUA_OUTBOX_COUNT, 2, 3, cmd + 3,
+                                     NULL);
+            free((char *) cmd[3]);
+            free((char *) cmd[4]);
+
+            if (reply == NULL) {
+                goto done;
+            }
+        }
+
+        replies[i] = NULL;
 
         if (reply->type == REDIS_REPLY_ERROR) {
             fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r.address,
@@ -180,6 +190,16 @@ done:
 
     /* replies left unread go with the connection */
 
+    if (replies != NULL) {
+        for (i = 0; i < n; i++) {
+            if (replies[i] != NULL) {
+                freeReplyObject(replies[i]);
+            }
+        }
+
+        free(replies);
+    }
+
     mxj_outbox_free(rooms, n);
 
     mxj_redis_close(&r);
@@ -188,25 +208,55 @@ done:
 }
 
 
+/*
+ * EVALSHA sha 2 outbox dead group: the two keys malloc'ed in argv[3] and
+ * argv[4]; -1 when out of memory (printed).
+ */
+
+static int
+mxj_outbox_keys(mxj_redis_t *r, const char *room, const char **argv)
+{
+    const mx_lua_script_t  *s;
+
+    s = &mx_lua_scripts[MX_LUA_OUTBOX_COUNT];
+
+    argv[0] = "EVALSHA";
+    argv[1] = s->sha1;
+    argv[2] = "2";
+    argv[3] = mxj_room_key(r, room, MX_KEY_OUTBOX);
+    argv[4] = mxj_room_key(r, room, MX_KEY_DEAD);
+    argv[5] = MXJ_FWD_GROUP;
+
+    if (argv[3] == NULL || argv[4] == NULL) {
+        free((char *) argv[3]);
+        free((char *) argv[4]);
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_outbox_set(void *conf, int id, const char *value)
+{
+    fprintf(stderr, "matrix-join-ctl: outbox: unexpected argument \"%s\"\n",
+            value);
+    return -1;
+}
+
+
 static int
 mxj_outbox_args(int argc, char **argv, mxj_redis_t *r)
 {
-    int  i, o;
+    static const mxj_opt_t  none[] = { { NULL, 0, 0 } };
 
     mxj_redis_init(r);
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(r, argc, argv, &i);
-
-        if (o < 0) {
-            goto usage;
-        }
-
-        if (o == 0) {
-            fprintf(stderr, "matrix-join-ctl: outbox: unexpected argument "
-                    "\"%s\"\n", argv[i]);
-            goto usage;
-        }
+    if (mxj_opt_parse("outbox", argc, argv, r, none, mxj_outbox_set, NULL)
+        != 0)
+    {
+        goto usage;
     }
 
     if (r->address != NULL) {
@@ -242,7 +292,7 @@ mxj_outbox_rooms(mxj_redis_t *r, size_t *n)
     size_t       i, k, cap;
     redisReply  *set, *v;
 
-    static const char  *sets[2] = { "outbox:rooms", "rooms" };
+    static const char  *sets[2] = { MX_KEY_OUTBOX_ROOMS, MX_KEY_ROOMS };
 
     names = NULL;
     cap = 0;
@@ -251,7 +301,7 @@ mxj_outbox_rooms(mxj_redis_t *r, size_t *n)
     /* two keys of different slots: two commands */
 
     for (j = 0; j < 2; j++) {
-        key = mxj_global_key(r, sets[j]);
+        key = mxj_global_key(r, sets[j], NULL);
         if (key == NULL) {
             goto failed;
         }

@@ -26,7 +26,7 @@ mxj_redis_init(mxj_redis_t *r)
 {
     memset(r, 0, sizeof(mxj_redis_t));
 
-    r->prefix = MXJ_PREFIX_DEFAULT;
+    r->prefix = MX_SCHEMA_PREFIX_DEFAULT;
     r->password = getenv("MXJ_REDIS_PASSWORD");
 
     if (r->password != NULL && r->password[0] == '\0') {
@@ -36,43 +36,11 @@ mxj_redis_init(mxj_redis_t *r)
 
 
 int
-mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i)
+mxj_redis_set(mxj_redis_t *r, const char *name, const char *value)
 {
-    char         *end;
-    size_t        n;
-    const char   *arg, *value, **dst;
-    static const char  *names[] = { "--redis", "--prefix", "--password",
-                                    "--db", NULL };
-    const char  **name;
+    char  *end;
 
-    arg = argv[*i];
-
-    for (name = names; *name; name++) {
-        n = strlen(*name);
-
-        if (strncmp(arg, *name, n) == 0 && (arg[n] == '\0' || arg[n] == '='))
-        {
-            break;
-        }
-    }
-
-    if (*name == NULL) {
-        return 0;
-    }
-
-    if (arg[n] == '=') {
-        value = arg + n + 1;
-
-    } else {
-        if (*i + 1 >= argc) {
-            fprintf(stderr, "matrix-join-ctl: %s needs a value\n", *name);
-            return -1;
-        }
-
-        value = argv[++*i];
-    }
-
-    if (strcmp(*name, "--db") == 0) {
+    if (strcmp(name, "db") == 0) {
         errno = 0;
         r->db = strtol(value, &end, 10);
 
@@ -81,16 +49,27 @@ mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i)
             return -1;
         }
 
-        return 1;
+    } else if (strcmp(name, "prefix") == 0) {
+
+        /* the module refuses it in the same words (matrix_redis_prefix) */
+
+        if (!mx_schema_prefix_valid(value, strlen(value))) {
+            fprintf(stderr, "matrix-join-ctl: invalid Redis key prefix "
+                    "\"%s\": braces, spaces and control characters are "
+                    "not allowed\n", value);
+            return -1;
+        }
+
+        r->prefix = value;
+
+    } else if (strcmp(name, "redis") == 0) {
+        r->address = value;
+
+    } else {
+        r->password = value;
     }
 
-    dst = (strcmp(*name, "--redis") == 0) ? &r->address
-          : (strcmp(*name, "--prefix") == 0) ? &r->prefix
-          : &r->password;
-
-    *dst = value;
-
-    return 1;
+    return 0;
 }
 
 
@@ -246,6 +225,80 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
 }
 
 
+redisReply *
+mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
+    const char **argv, const size_t *lens)
+{
+    int                     i, n;
+    char                    num[16];
+    size_t                 *l;
+    const char            **a;
+    redisReply             *reply;
+    const mx_lua_script_t  *s;
+
+    s = &mx_lua_scripts[which];
+    n = argc + 3;
+
+    a = malloc(n * sizeof(char *));
+    l = malloc(n * sizeof(size_t));
+
+    if (a == NULL || l == NULL) {
+        free(a);
+        free(l);
+        c->err = REDIS_ERR_OOM;
+        snprintf(c->errstr, sizeof(c->errstr), "out of memory");
+        return NULL;
+    }
+
+    snprintf(num, sizeof(num), "%d", nkeys);
+
+    a[0] = "EVALSHA";   l[0] = 7;
+    a[1] = s->sha1;     l[1] = 40;
+    a[2] = num;         l[2] = strlen(num);
+
+    for (i = 0; i < argc; i++) {
+        a[3 + i] = argv[i];
+        l[3 + i] = (lens != NULL) ? lens[i] : strlen(argv[i]);
+    }
+
+    reply = redisCommandArgv(c, n, a, l);
+
+    /* a fresh or flushed script cache: the text once, cached by Redis */
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR
+        && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+    {
+        freeReplyObject(reply);
+
+        a[0] = "EVAL";      l[0] = 4;
+        a[1] = s->source;   l[1] = s->len;
+
+        reply = redisCommandArgv(c, n, a, l);
+    }
+
+    free(a);
+    free(l);
+
+    return reply;
+}
+
+
+redisReply *
+mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
+    const char **argv, const size_t *lens)
+{
+    redisReply  *reply;
+
+    reply = mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
+
+    if (!mxj_redis_reply_ok(r, reply)) {
+        return NULL;
+    }
+
+    return reply;
+}
+
+
 /* Prints what went wrong and frees the reply; 1 when all is well. */
 
 static int
@@ -275,7 +328,7 @@ mxj_redis_schema(mxj_redis_t *r, int create)
     char        *key;
     redisReply  *reply;
 
-    key = mxj_global_key(r, "schema");
+    key = mxj_global_key(r, MX_KEY_SCHEMA, NULL);
     if (key == NULL) {
         return -1;
     }
@@ -292,7 +345,7 @@ mxj_redis_schema(mxj_redis_t *r, int create)
 
         /* NX: a concurrent first load may win; the GET below judges */
 
-        reply = mxj_redis_cmdf(r, "SET %s %s NX", key, MXJ_SCHEMA_VERSION);
+        reply = mxj_redis_cmdf(r, "SET %s %s NX", key, MX_SCHEMA_VERSION);
         if (reply == NULL) {
             goto done;
         }
@@ -309,7 +362,7 @@ mxj_redis_schema(mxj_redis_t *r, int create)
         rc = 1;
 
     } else if (reply->type == REDIS_REPLY_STRING
-               && strcmp(reply->str, MXJ_SCHEMA_VERSION) == 0)
+               && strcmp(reply->str, MX_SCHEMA_VERSION) == 0)
     {
         rc = 0;
 
@@ -317,7 +370,7 @@ mxj_redis_schema(mxj_redis_t *r, int create)
         fprintf(stderr, "matrix-join-ctl: unsupported Redis schema version "
                 "\"%.64s\" under prefix \"%s\" (this build knows %s)\n",
                 reply->type == REDIS_REPLY_STRING ? reply->str : "?",
-                r->prefix, MXJ_SCHEMA_VERSION);
+                r->prefix, MX_SCHEMA_VERSION);
     }
 
     freeReplyObject(reply);
@@ -334,9 +387,19 @@ char *
 mxj_room_key(const mxj_redis_t *r, const char *room, const char *suffix)
 {
     char    *key;
-    size_t   n;
+    size_t   n, plen, rlen;
 
-    n = strlen(r->prefix) + strlen(room) + strlen(suffix) + 3;
+    /* the old spelling (":meta") would make "P{R}::meta" */
+
+    if (suffix[0] == ':') {
+        fprintf(stderr, "matrix-join-ctl: key suffix \"%s\" starts with a "
+                "colon\n", suffix);
+        return NULL;
+    }
+
+    plen = strlen(r->prefix);
+    rlen = strlen(room);
+    n = mx_schema_room_key(NULL, 0, r->prefix, plen, room, rlen, suffix) + 1;
 
     key = malloc(n);
     if (key == NULL) {
@@ -344,19 +407,21 @@ mxj_room_key(const mxj_redis_t *r, const char *room, const char *suffix)
         return NULL;
     }
 
-    snprintf(key, n, "%s{%s}%s", r->prefix, room, suffix);
+    mx_schema_room_key(key, n, r->prefix, plen, room, rlen, suffix);
 
     return key;
 }
 
 
 char *
-mxj_global_key(const mxj_redis_t *r, const char *name)
+mxj_global_key(const mxj_redis_t *r, const char *name, const char *arg)
 {
     char    *key;
-    size_t   n;
+    size_t   n, plen, alen;
 
-    n = strlen(r->prefix) + strlen(name) + 1;
+    plen = strlen(r->prefix);
+    alen = (arg != NULL) ? strlen(arg) : 0;
+    n = mx_schema_global_key(NULL, 0, r->prefix, plen, name, arg, alen) + 1;
 
     key = malloc(n);
     if (key == NULL) {
@@ -364,7 +429,7 @@ mxj_global_key(const mxj_redis_t *r, const char *name)
         return NULL;
     }
 
-    snprintf(key, n, "%s%s", r->prefix, name);
+    mx_schema_global_key(key, n, r->prefix, plen, name, arg, alen);
 
     return key;
 }

@@ -2,7 +2,7 @@
  * Copyright (C) nginx-matrix-join authors.
  * What load, show and rooms share: the Redis options, a blocking hiredis
  * connection (the CLI may block, the nginx worker never does), the key
- * names of docs/redis-schema.md and the schema version check.
+ * names of src/core/mx_schema.h and the schema version check.
  */
 
 #ifndef MXJ_CTL_REDIS_H
@@ -12,9 +12,8 @@
 
 #include <hiredis/hiredis.h>
 
-
-#define MXJ_SCHEMA_VERSION  "1"
-#define MXJ_PREFIX_DEFAULT  "mxj:"
+#include "mx_lua.h"
+#include "mx_schema.h"
 
 
 typedef struct {
@@ -29,12 +28,10 @@ typedef struct {
 void mxj_redis_init(mxj_redis_t *r);
 
 /*
- * Consumes the Redis option at argv[*i] (--redis, --prefix, --password,
- * --db, with the value as the next argument or after '='). Returns 1 when
- * consumed, 0 when argv[*i] is not one of them, -1 on a usage error
- * (printed).
+ * Sets the Redis option --name (redis, prefix, password or db) of the
+ * command line (ctl_opt.c). 0, or -1 when the value is invalid (printed).
  */
-int mxj_redis_option(mxj_redis_t *r, int argc, char **argv, int *i);
+int mxj_redis_set(mxj_redis_t *r, const char *name, const char *value);
 
 /* Connects, authenticates, selects the db; prints why not. 0 or -1. */
 int mxj_redis_connect(mxj_redis_t *r);
@@ -52,18 +49,35 @@ redisReply *mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
 redisReply *mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...);
 
 /*
+ * Runs the script of src/lua `which` as the module does: EVALSHA with the
+ * embedded SHA-1, EVAL with its text after a NOSCRIPT reply. keys and
+ * args (lens may be NULL: strlen) follow in argv, nkeys of them keys.
+ * Returns the reply as hiredis gave it, an error reply included, or NULL
+ * when the connection failed (c->err says why). Prints nothing.
+ */
+redisReply *mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys,
+    int argc, const char **argv, const size_t *lens);
+
+/* mxj_redis_eval() with mxj_redis_cmd()'s error handling. */
+redisReply *mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys,
+    int argc, const char **argv, const size_t *lens);
+
+/*
  * Checks P schema. With create set, an absent key is set to the version
  * this build knows. Returns 0 when it matches, 1 when it is absent (and
  * not created), -1 on any other value (printed) or error.
  */
 int mxj_redis_schema(mxj_redis_t *r, int create);
 
-/* malloc'ed "P{R}" + suffix, the per-room key names; NULL when out of
- * memory (printed). */
+/*
+ * malloc'ed "P{R}:suffix" (mx_schema_room_key), suffix an MX_KEY_ name
+ * without a colon; NULL when out of memory (printed).
+ */
 char *mxj_room_key(const mxj_redis_t *r, const char *room,
     const char *suffix);
 
-/* malloc'ed "P" + name, for the global keys. */
-char *mxj_global_key(const mxj_redis_t *r, const char *name);
+/* malloc'ed "P" + name + arg (arg may be NULL): mx_schema_global_key. */
+char *mxj_global_key(const mxj_redis_t *r, const char *name,
+    const char *arg);
 
 #endif /* MXJ_CTL_REDIS_H */

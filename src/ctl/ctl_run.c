@@ -13,6 +13,9 @@
 #include "ctl_run.h"
 
 
+#define MXJ_RUN_FWD_LOG_MAX  2048
+
+
 static void *mxj_run_signals(void *data);
 
 
@@ -175,6 +178,28 @@ mxj_run_vlog(const char *prefix, size_t max, const char *fmt, va_list args)
     line[n++] = '\n';
 
     fwrite(line, 1, n, stderr);
+}
+
+
+void
+mxj_fwd_log(const char *fmt, ...)
+{
+    va_list  args;
+
+    va_start(args, fmt);
+    mxj_run_vlog("forward: ", MXJ_RUN_FWD_LOG_MAX, fmt, args);
+    va_end(args);
+}
+
+
+void
+mxj_sync_log(const char *fmt, ...)
+{
+    va_list  args;
+
+    va_start(args, fmt);
+    mxj_run_vlog("sync: ", MXJ_RUN_LOG_MAX, fmt, args);
+    va_end(args);
 }
 
 

@@ -66,6 +66,16 @@ void mxj_run_vlog(const char *prefix, size_t max, const char *fmt,
     va_list args);
 
 /*
+ * The log lines of forward ("forward: <message>") and sync ("sync: "):
+ * here, below every file of each command, so that none calls up into the
+ * command's own file.
+ */
+void mxj_fwd_log(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+void mxj_sync_log(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+/*
  * A numeric option of command cmd: value must be a whole decimal number
  * in [min, max]. 0 with *out set, or -1 (said on stderr).
  */

@@ -16,9 +16,22 @@
 #include <time.h>
 
 #include "ctl.h"
+#include "ctl_opt.h"
 #include "ctl_redis.h"
 
 
+typedef struct {
+    const char     *cmd;
+    const char    **room;           /* show's ROOM_ID; NULL for rooms */
+} mxj_show_args_t;
+
+
+static const mxj_opt_t  mxj_show_opts[] = {
+    { NULL, 0, 0 }
+};
+
+
+static int mxj_show_set(void *conf, int id, const char *value);
 static int mxj_show_args(const char *cmd, int argc, char **argv,
     mxj_redis_t *r, const char **room);
 static int mxj_show_aliases(mxj_redis_t *r, const char *room);
@@ -78,7 +91,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":meta");
+    key = mxj_room_key(&r, room, MX_KEY_META);
     if (key == NULL) {
         goto done;
     }
@@ -96,7 +109,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":extrem");
+    key = mxj_room_key(&r, room, MX_KEY_EXTREM);
     if (key == NULL) {
         goto done;
     }
@@ -108,7 +121,7 @@ mxj_cmd_show(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_room_key(&r, room, ":edge");
+    key = mxj_room_key(&r, room, MX_KEY_EDGE);
     if (key == NULL) {
         goto done;
     }
@@ -238,7 +251,7 @@ mxj_cmd_rooms(int argc, char **argv)
         goto done;
     }
 
-    key = mxj_global_key(&r, "rooms");
+    key = mxj_global_key(&r, MX_KEY_ROOMS, NULL);
     if (key == NULL) {
         goto done;
     }
@@ -256,7 +269,7 @@ mxj_cmd_rooms(int argc, char **argv)
     now = mxj_show_now_ms(&r);
 
     for (i = 0; i < rooms->elements; i++) {
-        key = mxj_room_key(&r, rooms->element[i]->str, ":meta");
+        key = mxj_room_key(&r, rooms->element[i]->str, MX_KEY_META);
         if (key == NULL) {
             goto done;
         }
@@ -306,11 +319,30 @@ done:
 }
 
 
+/* show's one operand, the room ID; rooms has none */
+
+static int
+mxj_show_set(void *conf, int id, const char *value)
+{
+    mxj_show_args_t *a = conf;
+
+    if (a->room == NULL || *a->room != NULL) {
+        fprintf(stderr, "matrix-join-ctl: %s: unexpected argument \"%s\"\n",
+                a->cmd, value);
+        return -1;
+    }
+
+    *a->room = value;
+
+    return 0;
+}
+
+
 static int
 mxj_show_args(const char *cmd, int argc, char **argv, mxj_redis_t *r,
     const char **room)
 {
-    int  i, o;
+    mxj_show_args_t  a;
 
     mxj_redis_init(r);
 
@@ -318,24 +350,13 @@ mxj_show_args(const char *cmd, int argc, char **argv, mxj_redis_t *r,
         *room = NULL;
     }
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(r, argc, argv, &i);
+    a.cmd = cmd;
+    a.room = room;
 
-        if (o < 0) {
-            goto usage;
-        }
-
-        if (o > 0) {
-            continue;
-        }
-
-        if (argv[i][0] == '-' || room == NULL || *room != NULL) {
-            fprintf(stderr, "matrix-join-ctl: %s: unexpected argument "
-                    "\"%s\"\n", cmd, argv[i]);
-            goto usage;
-        }
-
-        *room = argv[i];
+    if (mxj_opt_parse(cmd, argc, argv, r, mxj_show_opts, mxj_show_set, &a)
+        != 0)
+    {
+        goto usage;
     }
 
     if (r->address == NULL || (room != NULL && *room == NULL)) {
@@ -365,7 +386,7 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
 
     plen = strlen(r->prefix);
 
-    pattern = malloc(2 * plen + sizeof("alias:*"));
+    pattern = malloc(2 * plen + sizeof(MX_KEY_ALIAS "*"));
     if (pattern == NULL) {
         fprintf(stderr, "matrix-join-ctl: out of memory\n");
         return -1;
@@ -381,7 +402,7 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
         *p++ = *s;
     }
 
-    memcpy(p, "alias:*", sizeof("alias:*"));
+    memcpy(p, MX_KEY_ALIAS "*", sizeof(MX_KEY_ALIAS "*"));
 
     strcpy(cursor, "0");
 
@@ -418,7 +439,8 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
             if (vals->type == REDIS_REPLY_STRING
                 && strcmp(vals->str, room) == 0)
             {
-                printf("alias: %s\n", keys->element[i]->str + plen + 6);
+                printf("alias: %s\n", keys->element[i]->str + plen
+                       + sizeof(MX_KEY_ALIAS) - 1);
             }
 
             freeReplyObject(vals);

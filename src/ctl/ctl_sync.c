@@ -28,15 +28,37 @@
 #include <sodium.h>
 
 #include "ctl.h"
+#include "ctl_opt.h"
 #include "ctl_sync_run.h"
 #include "mx_id.h"
 
 
-#define MXJ_SYNC_LOG_MAX      4096
 #define MXJ_SYNC_KEYFILE_MAX  65536
 
 
+enum {
+    MXJ_SYNC_OPT_HOMESERVER = 0, MXJ_SYNC_OPT_SERVER_NAME,
+    MXJ_SYNC_OPT_SIGNING_KEY, MXJ_SYNC_OPT_EVERY, MXJ_SYNC_OPT_USER,
+    MXJ_SYNC_OPT_CONFIRM_PASSES, MXJ_SYNC_OPT_TIMEOUT,
+    MXJ_SYNC_OPT_AS_LISTEN, MXJ_SYNC_OPT_REGISTRATION
+};
+
+static const mxj_opt_t  mxj_sync_opts[] = {
+    { "homeserver", 1, MXJ_SYNC_OPT_HOMESERVER },
+    { "server-name", 1, MXJ_SYNC_OPT_SERVER_NAME },
+    { "signing-key", 1, MXJ_SYNC_OPT_SIGNING_KEY },
+    { "every", 1, MXJ_SYNC_OPT_EVERY },
+    { "user", 1, MXJ_SYNC_OPT_USER },
+    { "confirm-passes", 1, MXJ_SYNC_OPT_CONFIRM_PASSES },
+    { "timeout", 1, MXJ_SYNC_OPT_TIMEOUT },
+    { "appservice-listen", 1, MXJ_SYNC_OPT_AS_LISTEN },
+    { "registration", 1, MXJ_SYNC_OPT_REGISTRATION },
+    { NULL, 0, 0 }
+};
+
+
 static int mxj_sync_args(int argc, char **argv, mxj_sync_t *s);
+static int mxj_sync_set(void *conf, int id, const char *value);
 static int mxj_sync_usage(void);
 static int mxj_sync_room_arg(mxj_sync_t *s, const char *arg);
 static int mxj_sync_read_key(mxj_sync_t *s);
@@ -153,11 +175,70 @@ mxj_sync_usage(void)
 
 
 static int
+mxj_sync_set(void *conf, int id, const char *value)
+{
+    mxj_sync_t *s = conf;
+
+    switch (id) {
+
+    case MXJ_SYNC_OPT_HOMESERVER:
+        s->homeserver = value;
+        return 0;
+
+    case MXJ_SYNC_OPT_SERVER_NAME:
+        s->name = value;
+        return 0;
+
+    case MXJ_SYNC_OPT_SIGNING_KEY:
+        s->key_path = value;
+        return 0;
+
+    case MXJ_SYNC_OPT_EVERY:
+        s->every = mxj_sync_duration_ms(value);
+
+        if (s->every < 0) {
+            fprintf(stderr, "matrix-join-ctl: sync: invalid --every "
+                    "\"%s\" (for example 30s, 5m, 1h)\n", value);
+            return -1;
+        }
+
+        return 0;
+
+    case MXJ_SYNC_OPT_USER:
+        if (mxj_sync_ids_push(&s->users, value) != 0) {
+            fprintf(stderr, "matrix-join-ctl: out of memory\n");
+            return -1;
+        }
+
+        return 0;
+
+    case MXJ_SYNC_OPT_CONFIRM_PASSES:
+        return mxj_run_number("sync", "--confirm-passes", value, 0, 1000000,
+                              &s->confirm_passes);
+
+    case MXJ_SYNC_OPT_TIMEOUT:
+        return mxj_run_number("sync", "--timeout", value, 100, 86400000,
+                              &s->timeout);
+
+    case MXJ_SYNC_OPT_AS_LISTEN:
+        s->as_listen = value;
+        return 0;
+
+    case MXJ_SYNC_OPT_REGISTRATION:
+        s->registration = value;
+        return 0;
+
+    default: /* MXJ_OPT_OPERAND: a room */
+        return mxj_sync_room_arg(s, value);
+    }
+}
+
+
+static int
 mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
 {
-    int          i, o;
     size_t       n, slen;
-    const char  *arg, *value, *server;
+    const char  *server;
 
     memset(s, 0, sizeof(mxj_sync_t));
     mxj_redis_init(&s->r);
@@ -166,98 +247,11 @@ mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
     s->timeout = 30000;
     s->as_fd = -1;
 
-    for (i = 1; i < argc; i++) {
-        o = mxj_redis_option(&s->r, argc, argv, &i);
-
-        if (o < 0) {
-            return mxj_sync_usage();
-        }
-
-        if (o > 0) {
-            continue;
-        }
-
-        arg = argv[i];
-
-        if (strncmp(arg, "--", 2) != 0) {
-            if (mxj_sync_room_arg(s, arg) != 0) {
-                return mxj_sync_usage();
-            }
-
-            continue;
-        }
-
-        /* the options with a value: "--name value" or "--name=value" */
-
-        n = strcspn(arg, "=");
-
-        if (arg[n] == '=') {
-            value = arg + n + 1;
-
-        } else if (i + 1 < argc) {
-            value = argv[++i];
-
-        } else {
-            fprintf(stderr, "matrix-join-ctl: %s needs a value\n", arg);
-            return mxj_sync_usage();
-        }
-
-#define mxj_sync_is(name)                                                     \
-    (n == sizeof(name) - 1 && strncmp(arg, name, n) == 0)
-
-        if (mxj_sync_is("--homeserver")) {
-            s->homeserver = value;
-
-        } else if (mxj_sync_is("--server-name")) {
-            s->name = value;
-
-        } else if (mxj_sync_is("--signing-key")) {
-            s->key_path = value;
-
-        } else if (mxj_sync_is("--every")) {
-            s->every = mxj_sync_duration_ms(value);
-
-            if (s->every < 0) {
-                fprintf(stderr, "matrix-join-ctl: sync: invalid --every "
-                        "\"%s\" (for example 30s, 5m, 1h)\n", value);
-                return mxj_sync_usage();
-            }
-
-        } else if (mxj_sync_is("--user")) {
-            if (mxj_sync_ids_push(&s->users, value) != 0) {
-                fprintf(stderr, "matrix-join-ctl: out of memory\n");
-                return -1;
-            }
-
-        } else if (mxj_sync_is("--confirm-passes")) {
-            if (mxj_run_number("sync", "--confirm-passes", value, 0,
-                               1000000, &s->confirm_passes)
-                != 0)
-            {
-                return mxj_sync_usage();
-            }
-
-        } else if (mxj_sync_is("--timeout")) {
-            if (mxj_run_number("sync", "--timeout", value, 100, 86400000,
-                               &s->timeout)
-                != 0)
-            {
-                return mxj_sync_usage();
-            }
-
-        } else if (mxj_sync_is("--appservice-listen")) {
-            s->as_listen = value;
-
-        } else if (mxj_sync_is("--registration")) {
-            s->registration = value;
-
-        } else {
-            fprintf(stderr, "matrix-join-ctl: sync: unknown option "
-                    "\"%.*s\"\n", (int) n, arg);
-            return mxj_sync_usage();
-        }
-
-#undef mxj_sync_is
+    if (mxj_opt_parse("sync", argc, argv, &s->r, mxj_sync_opts, mxj_sync_set,
+                      s)
+        != 0)
+    {
+        return mxj_sync_usage();
     }
 
     if (s->r.address == NULL || s->homeserver == NULL || s->name == NULL
@@ -560,20 +554,3 @@ mxj_sync_round(mxj_sync_t *s, int all)
 
     return ok;
 }
-
-
-/* --- small things the sync files share --------------------------------- */
-
-/* One line on standard error, written at once (threads share it). */
-
-void
-mxj_sync_log(const char *fmt, ...)
-{
-    va_list  args;
-
-    va_start(args, fmt);
-    mxj_run_vlog("sync: ", MXJ_SYNC_LOG_MAX, fmt, args);
-    va_end(args);
-}
-
-

@@ -2,7 +2,8 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync (docs/sync.md): what the files of the command
  * share, and the pieces that need neither Redis nor HTTP, kept apart so
- * that unit tests can call them (ctl_sync_util.c, ctl_sync_doc.c).
+ * that unit tests can call them (ctl_sync_util.c, ctl_sync_pool.c,
+ * ctl_sync_doc.c).
  */
 
 #ifndef MXJ_CTL_SYNC_H
@@ -15,6 +16,7 @@
 
 #include "mx_util.h"
 #include "mx_room_version.h"
+#include "mx_table.h"
 
 
 #define MXJ_SYNC_AS_ID           "matrix-join-sync"
@@ -115,14 +117,18 @@ mxj_sync_join_e mxj_sync_judge_join(int known, int delivered, int queued,
     long *passes, long confirm_passes, const char **why);
 
 
-/* --- ctl_sync_doc.c ---------------------------------------------------- */
+/* --- ctl_sync_pool.c --------------------------------------------------- */
 
-/* A string -> pointer table; the keys belong to the values. */
+/*
+ * A string -> pointer table; the keys belong to the values. The entries
+ * in the order they came (keys[i], vals[i], i < n), found by mx_table.h.
+ */
 typedef struct {
     const char    **keys;
     void          **vals;
-    size_t          cap;        /* a power of two, or 0 */
     size_t          n;
+    size_t          cap;
+    mx_table_t      index;
 } mxj_sync_map_t;
 
 void *mxj_sync_map_get(const mxj_sync_map_t *m, const char *key);
@@ -186,6 +192,8 @@ void mxj_sync_pool_sweep(mxj_sync_pool_t *pool);
 void mxj_sync_pool_free(mxj_sync_pool_t *pool);
 
 
+/* --- ctl_sync_doc.c ---------------------------------------------------- */
+
 /* What a snapshot is made of (docs/sync.md, steps 3 and 5). */
 typedef struct {
     const mx_room_version_t  *rv;
@@ -216,22 +224,5 @@ typedef struct {
  */
 int mxj_sync_build_doc(const mxj_sync_doc_t *d, mx_buf_t *out,
     mxj_sync_ids_t *missing, mx_err_t *err);
-
-/*
- * A minimal scanner over a JSON text that is too big for one jansson
- * tree: the value of a top-level member of an object, and the elements
- * of an array, as extents of the text (each then parsed on its own).
- * Strings and brackets are followed, nothing else is checked.
- */
-int mxj_sync_json_member(const char *buf, size_t len, const char *name,
-    const char **val, size_t *val_len);
-
-/*
- * The next element of the array text[0..len) (the extent of an array
- * value, brackets included) from *pos (0 to start): 1 with the element's
- * extent, 0 at the end, -1 when malformed.
- */
-int mxj_sync_json_next(const char *text, size_t len, size_t *pos,
-    const char **el, size_t *el_len);
 
 #endif /* MXJ_CTL_SYNC_H */

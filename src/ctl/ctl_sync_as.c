@@ -899,7 +899,7 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
         }
     }
 
-    key = mxj_room_key(&as->r, room_id, ":meta");
+    key = mxj_room_key(&as->r, room_id, MX_KEY_META);
     if (key == NULL) {
         goto done;
     }

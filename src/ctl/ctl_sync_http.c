@@ -18,7 +18,6 @@
 #include <strings.h>
 
 #include "ctl.h"
-#include "ctl_forward.h"
 #include "ctl_sync_run.h"
 #include "mx_json.h"
 #include "mx_keydoc.h"
@@ -29,8 +28,6 @@
 #define MXJ_SYNC_KEY_DAYS_MS     (7LL * 86400 * 1000)
 
 
-static size_t mxj_sync_http_write(char *data, size_t size, size_t n,
-    void *ctx);
 static long mxj_sync_http_once(mxj_sync_http_t *h, const char *method,
     const char *uri, const char *body, size_t body_len,
     struct curl_slist *headers);
@@ -48,36 +45,22 @@ mxj_sync_http_init(mxj_sync_http_t *h, mxj_sync_t *s)
 
     memset(h, 0, sizeof(mxj_sync_http_t));
 
-    h->url = s->homeserver;
     h->name = s->name;
     h->key = &s->keys[0];
     h->timeout = s->timeout;
     h->sync = s;
     h->interval = MXJ_SYNC_INTERVAL_MS;
 
-    if (mxj_fwd_upstream(s->homeserver, &h->path, &h->path_len, &why) != 0)
+    if (mxj_http_init(&h->c, s->homeserver, h->timeout, MXJ_HTTP_COMPRESSED,
+                      &why)
+        != 0)
     {
         fprintf(stderr, "matrix-join-ctl: sync: invalid --homeserver "
                 "\"%s\": %s\n", s->homeserver, why);
         return -1;
     }
 
-    h->curl = curl_easy_init();
-    if (h->curl == NULL) {
-        fprintf(stderr, "matrix-join-ctl: curl_easy_init() failed\n");
-        return -1;
-    }
-
-    curl_easy_setopt(h->curl, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(h->curl, CURLOPT_PATH_AS_IS, 1L);
-    curl_easy_setopt(h->curl, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, h->timeout);
-    curl_easy_setopt(h->curl, CURLOPT_CONNECTTIMEOUT_MS, h->timeout);
-    curl_easy_setopt(h->curl, CURLOPT_USERAGENT,
-                     "matrix-join-ctl/" MXJ_VERSION);
-    curl_easy_setopt(h->curl, CURLOPT_ACCEPT_ENCODING, "");
-    curl_easy_setopt(h->curl, CURLOPT_WRITEFUNCTION, mxj_sync_http_write);
-    curl_easy_setopt(h->curl, CURLOPT_WRITEDATA, h);
+    h->c.max = MXJ_SYNC_BODY_MAX;
 
     return 0;
 }
@@ -86,12 +69,7 @@ mxj_sync_http_init(mxj_sync_http_t *h, mxj_sync_t *s)
 void
 mxj_sync_http_free(mxj_sync_http_t *h)
 {
-    if (h->curl != NULL) {
-        curl_easy_cleanup(h->curl);
-        h->curl = NULL;
-    }
-
-    mx_buf_free(&h->body);
+    mxj_http_free(&h->c);
 }
 
 
@@ -188,7 +166,7 @@ mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
          * fewer requests a second than ours.
          */
 
-        ms = mxj_fwd_retry_after_ms(h->body.data, h->body.len);
+        ms = mxj_http_retry_after_ms(h->c.body.data, h->c.body.len);
 
         if (ms < 0) {
             ms = 1000;
@@ -234,97 +212,14 @@ static long
 mxj_sync_http_once(mxj_sync_http_t *h, const char *method, const char *uri,
     const char *body, size_t body_len, struct curl_slist *headers)
 {
-    long       code;
-    char       err[CURL_ERROR_SIZE];
-    CURLcode   rc;
-    mx_buf_t   target = MX_BUF_INIT;
+    h->status = mxj_http_send(&h->c, method, uri, strlen(uri), body,
+                              body_len, headers);
 
-    if (mx_buf_append(&target, h->path, h->path_len) != 0
-        || mx_buf_append_str(&target, uri) != 0)
-    {
-        mx_buf_free(&target);
-        snprintf(h->err, sizeof(h->err), "out of memory");
-        return 0;
+    if (h->status == 0) {
+        snprintf(h->err, sizeof(h->err), "%s", h->c.err);
     }
 
-    err[0] = '\0';
-    mx_buf_reset(&h->body);
-    h->too_big = 0;
-    h->status = 0;
-
-    curl_easy_setopt(h->curl, CURLOPT_URL, h->url);
-    curl_easy_setopt(h->curl, CURLOPT_REQUEST_TARGET, target.data);
-    curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(h->curl, CURLOPT_ERRORBUFFER, err);
-
-    if (body != NULL) {
-        curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, NULL);
-        curl_easy_setopt(h->curl, CURLOPT_POST, 1L);
-        curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE,
-                         (curl_off_t) body_len);
-        curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST, method);
-
-    } else {
-        curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(h->curl, CURLOPT_CUSTOMREQUEST,
-                         strcmp(method, "GET") == 0 ? NULL : method);
-    }
-
-    h->requests++;
-
-    rc = curl_easy_perform(h->curl);
-
-    curl_easy_setopt(h->curl, CURLOPT_ERRORBUFFER, NULL);
-    mx_buf_free(&target);
-
-    if (rc != CURLE_OK) {
-        if (h->too_big) {
-            snprintf(h->err, sizeof(h->err), "the answer is larger than "
-                     "%lld bytes", MXJ_SYNC_BODY_MAX);
-
-        } else {
-            snprintf(h->err, sizeof(h->err), "%s",
-                     err[0] ? err : curl_easy_strerror(rc));
-        }
-
-        return 0;
-    }
-
-    code = 0;
-    curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, &code);
-
-    if (code == 0) {
-        snprintf(h->err, sizeof(h->err), "no HTTP status");
-    }
-
-    h->status = code;
-
-    return code;
-}
-
-
-static size_t
-mxj_sync_http_write(char *data, size_t size, size_t n, void *ctx)
-{
-    mxj_sync_http_t *h = ctx;
-
-    size_t  len;
-
-    len = size * n;
-
-    if ((long long) (h->body.len + len) > MXJ_SYNC_BODY_MAX) {
-        h->too_big = 1;
-        return 0;
-    }
-
-    if (mx_buf_append(&h->body, data, len) != 0) {
-        return 0;
-    }
-
-    h->bytes_in += len;
-
-    return len;
+    return h->status;
 }
 
 
@@ -357,7 +252,8 @@ mxj_sync_http_why(mxj_sync_http_t *h, const char *what, char *why,
         return;
     }
 
-    doc = json_loadb(h->body.data ? h->body.data : "", h->body.len, 0, NULL);
+    doc = json_loadb(h->c.body.data ? h->c.body.data : "", h->c.body.len, 0,
+                     NULL);
     code = json_string_value(json_object_get(doc, "errcode"));
     error = json_string_value(json_object_get(doc, "error"));
 
@@ -512,7 +408,7 @@ mxj_sync_keyring_fetch(mxj_sync_keyring_t *ring, mxj_sync_http_t *h,
         return -1;
     }
 
-    doc = mx_json_parse(h->body.data, h->body.len, 0, &err);
+    doc = mx_json_parse(h->c.body.data, h->c.body.len, 0, &err);
 
     if (doc == NULL) {
         snprintf(why, len, "POST /_matrix/key/v2/query: %s", err.text);
@@ -696,11 +592,7 @@ mxj_sync_keyring_free(mxj_sync_keyring_t *ring)
     size_t              i;
     mxj_sync_server_t  *sv;
 
-    for (i = 0; i < ring->servers.cap; i++) {
-        if (ring->servers.keys[i] == NULL) {
-            continue;
-        }
-
+    for (i = 0; i < ring->servers.n; i++) {
         sv = ring->servers.vals[i];
         free(sv->keys);
         free(sv->why);

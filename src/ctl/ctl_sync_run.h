@@ -14,6 +14,7 @@
 
 #include <curl/curl.h>
 
+#include "ctl_http.h"
 #include "ctl_redis.h"
 #include "ctl_run.h"
 #include "ctl_sync.h"
@@ -34,10 +35,8 @@
 typedef struct mxj_sync_s  mxj_sync_t;
 
 typedef struct {
-    CURL                     *curl;
-    const char               *url;          /* --homeserver */
-    const char               *path;         /* its path, before each URI */
-    size_t                    path_len;
+    mxj_http_t                c;            /* --homeserver; the answer in
+                                               c.body, counters */
     const char               *name;         /* origin and destination */
     const mx_signing_key_t   *key;
     long                      timeout;
@@ -46,13 +45,8 @@ typedef struct {
     int64_t                   next_ms;      /* monotonic: not before */
     long                      interval;     /* ms between requests */
 
-    mx_buf_t                  body;         /* the last answer */
-    long                      status;
+    long                      status;       /* of the last answer */
     char                      err[CURL_ERROR_SIZE + 128];
-    int                       too_big;
-
-    uint64_t                  requests;     /* counters for the log */
-    uint64_t                  bytes_in;
 } mxj_sync_http_t;
 
 int mxj_sync_http_init(mxj_sync_http_t *h, mxj_sync_t *s);
@@ -177,9 +171,6 @@ struct mxj_sync_s {
     mxj_sync_ids_t            registered;   /* the room IDs written */
 };
 
-
-void mxj_sync_log(const char *fmt, ...)
-    __attribute__((format(printf, 1, 2)));
 
 /* One room's pass (docs/sync.md "One pass, per room"): 0, or -1 with why. */
 int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,

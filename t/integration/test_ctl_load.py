@@ -858,6 +858,33 @@ def test_usage(tmp_path):
     assert "missing.json: cannot open: No such file" in p.stderr
 
 
+def test_every_command_parses_options_alike():
+    # one parser (ctl_opt.c): no abbreviation, a missing value said so
+    for cmd in ("load", "show", "rooms", "outbox", "forward", "sync"):
+        p = ctl(cmd, "--redi", "127.0.0.1:1")
+        assert p.returncode == 2, (cmd, p.stderr)
+        assert p.stderr.splitlines()[0] == \
+            f'matrix-join-ctl: {cmd}: unknown option "--redi"', cmd
+        p = ctl(cmd, "--redis")
+        assert p.returncode == 2, (cmd, p.stderr)
+        assert p.stderr.splitlines()[0] == \
+            "matrix-join-ctl: --redis needs a value", cmd
+        p = ctl(cmd, "--db=x", "--redis", "127.0.0.1:1")
+        assert p.returncode == 2, (cmd, p.stderr)
+        assert p.stderr.splitlines()[0] == \
+            'matrix-join-ctl: invalid --db "x"', cmd
+
+
+def test_prefix_with_a_brace_is_refused(tmp_path):
+    # the module refuses it with the same words (matrix_redis_prefix)
+    for cmd in ("load", "show", "rooms", "outbox", "forward", "sync"):
+        p = ctl(cmd, "--redis", "127.0.0.1:1", "--prefix", "a{b")
+        assert p.returncode == 2, (cmd, p.stderr)
+        assert p.stderr.splitlines()[0] == (
+            'matrix-join-ctl: invalid Redis key prefix "a{b": braces, '
+            'spaces and control characters are not allowed'), cmd
+
+
 # -- show and rooms -----------------------------------------------------------
 
 def test_show_and_rooms(redis_server, tmp_path):

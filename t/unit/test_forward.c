@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "ctl_forward.h"
+#include "ctl_http.h"
 
 
 static void
@@ -129,21 +130,21 @@ test_retry_after(void **state)
         "{\"errcode\":\"M_LIMIT_EXCEEDED\",\"error\":\"Too many requests\","
         "\"retry_after_ms\":2500}";
 
-    assert_int_equal(mxj_fwd_retry_after_ms(ok, sizeof(ok) - 1), 2500);
-    assert_int_equal(mxj_fwd_retry_after_ms("{\"retry_after_ms\":1.5e3}",
+    assert_int_equal(mxj_http_retry_after_ms(ok, sizeof(ok) - 1), 2500);
+    assert_int_equal(mxj_http_retry_after_ms("{\"retry_after_ms\":1.5e3}",
                                             24), 1500);
-    assert_int_equal(mxj_fwd_retry_after_ms("{\"retry_after_ms\":1e12}", 23),
-                     MXJ_FWD_RETRY_AFTER_MAX);
-    assert_int_equal(mxj_fwd_retry_after_ms("{\"retry_after_ms\":-1}", 21),
+    assert_int_equal(mxj_http_retry_after_ms("{\"retry_after_ms\":1e12}", 23),
+                     MXJ_HTTP_RETRY_AFTER_MAX);
+    assert_int_equal(mxj_http_retry_after_ms("{\"retry_after_ms\":-1}", 21),
                      -1);
-    assert_int_equal(mxj_fwd_retry_after_ms("{\"retry_after_ms\":\"9\"}", 22),
+    assert_int_equal(mxj_http_retry_after_ms("{\"retry_after_ms\":\"9\"}", 22),
                      -1);
-    assert_int_equal(mxj_fwd_retry_after_ms("{}", 2), -1);
-    assert_int_equal(mxj_fwd_retry_after_ms("<html>busy</html>", 17), -1);
-    assert_int_equal(mxj_fwd_retry_after_ms("", 0), -1);
+    assert_int_equal(mxj_http_retry_after_ms("{}", 2), -1);
+    assert_int_equal(mxj_http_retry_after_ms("<html>busy</html>", 17), -1);
+    assert_int_equal(mxj_http_retry_after_ms("", 0), -1);
 
     /* a body cut at 4 KiB is not JSON */
-    assert_int_equal(mxj_fwd_retry_after_ms("{\"retry_after_ms\":2", 19), -1);
+    assert_int_equal(mxj_http_retry_after_ms("{\"retry_after_ms\":2", 19), -1);
 }
 
 
@@ -212,26 +213,26 @@ test_upstream(void **state)
     size_t       n;
     const char  *path, *why;
 
-    assert_int_equal(mxj_fwd_upstream("http://127.0.0.1:8008", &path, &n,
+    assert_int_equal(mxj_http_url("http://127.0.0.1:8008", &path, &n,
                                       &why), 0);
     assert_int_equal(n, 0);
 
-    assert_int_equal(mxj_fwd_upstream("https://hs.example.org/", &path, &n,
+    assert_int_equal(mxj_http_url("https://hs.example.org/", &path, &n,
                                       &why), 0);
     assert_int_equal(n, 0);
 
-    assert_int_equal(mxj_fwd_upstream("HTTP://[::1]:8008/synapse//", &path,
+    assert_int_equal(mxj_http_url("HTTP://[::1]:8008/synapse//", &path,
                                       &n, &why), 0);
     assert_int_equal(n, 8);
     assert_memory_equal(path, "/synapse", 8);
 
-    assert_int_equal(mxj_fwd_upstream("ftp://x", &path, &n, &why), -1);
-    assert_int_equal(mxj_fwd_upstream("127.0.0.1:8008", &path, &n, &why),
+    assert_int_equal(mxj_http_url("ftp://x", &path, &n, &why), -1);
+    assert_int_equal(mxj_http_url("127.0.0.1:8008", &path, &n, &why),
                      -1);
-    assert_int_equal(mxj_fwd_upstream("http://", &path, &n, &why), -1);
-    assert_int_equal(mxj_fwd_upstream("http:///x", &path, &n, &why), -1);
-    assert_int_equal(mxj_fwd_upstream("http://h/?a=1", &path, &n, &why), -1);
-    assert_int_equal(mxj_fwd_upstream("http://h#f", &path, &n, &why), -1);
+    assert_int_equal(mxj_http_url("http://", &path, &n, &why), -1);
+    assert_int_equal(mxj_http_url("http:///x", &path, &n, &why), -1);
+    assert_int_equal(mxj_http_url("http://h/?a=1", &path, &n, &why), -1);
+    assert_int_equal(mxj_http_url("http://h#f", &path, &n, &why), -1);
 }
 
 

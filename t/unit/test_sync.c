@@ -338,59 +338,6 @@ test_judge_join(void **state)
 }
 
 
-/* --- scanning ---------------------------------------------------------- */
-
-static void
-test_json_scan(void **state)
-{
-    size_t       n, len, pos;
-    const char  *v, *el;
-
-    static const char  doc[] =
-        " { \"a\\\"]\" : [1, {\"x\": \"]}\"}], \"pdus\" :[ {\"k\":[1,2]} ,"
-        "\"s\\\"\" , 3,null ] , \"auth_chain\":[] }";
-
-    assert_int_equal(mxj_sync_json_member(doc, sizeof(doc) - 1, "pdus", &v,
-                                          &n), 0);
-    assert_memory_equal(v, "[ {\"k\":[1,2]} ,\"s\\\"\" , 3,null ]", n);
-
-    len = n;
-    pos = 0;
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 1);
-    assert_int_equal(n, 11);
-    assert_memory_equal(el, "{\"k\":[1,2]}", 11);
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 1);
-    assert_memory_equal(el, "\"s\\\"\"", n);
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 1);
-    assert_memory_equal(el, "3", n);
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 1);
-    assert_memory_equal(el, "null", n);
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 0);
-    assert_int_equal(mxj_sync_json_next(v, len, &pos, &el, &n), 0);
-
-    assert_int_equal(mxj_sync_json_member(doc, sizeof(doc) - 1, "auth_chain",
-                                          &v, &n), 0);
-    pos = 0;
-    assert_int_equal(mxj_sync_json_next(v, n, &pos, &el, &n), 0);
-
-    assert_int_equal(mxj_sync_json_member(doc, sizeof(doc) - 1, "nope", &v,
-                                          &n), -1);
-    assert_int_equal(mxj_sync_json_member("[1]", 3, "a", &v, &n), -1);
-    assert_int_equal(mxj_sync_json_member("{\"a\":[1", 7, "a", &v, &n), -1);
-    assert_int_equal(mxj_sync_json_member("{\"a", 3, "a", &v, &n), -1);
-    assert_int_equal(mxj_sync_json_member("{\"b\":1 \"a\":2}", 14, "a", &v,
-                                          &n), -1);
-
-    pos = 0;
-    assert_int_equal(mxj_sync_json_next("[1 2]", 5, &pos, &el, &n), 1);
-    assert_int_equal(mxj_sync_json_next("[1 2]", 5, &pos, &el, &n), -1);
-    pos = 0;
-    assert_int_equal(mxj_sync_json_next("{}", 2, &pos, &el, &n), -1);
-    pos = 0;
-    assert_int_equal(mxj_sync_json_next("[\"]", 3, &pos, &el, &n), -1);
-}
-
-
 /* --- the snapshot document --------------------------------------------- */
 
 static const mx_room_version_t  *rv10;
@@ -875,7 +822,6 @@ main(void)
         cmocka_unit_test(test_txns),
         cmocka_unit_test(test_uri_escape),
         cmocka_unit_test(test_judge_join),
-        cmocka_unit_test(test_json_scan),
         cmocka_unit_test(test_doc_plain),
         cmocka_unit_test(test_doc_state_extremity),
         cmocka_unit_test(test_doc_joins),
