@@ -904,9 +904,8 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
         goto done;
     }
 
-    reply = mxj_redis_cmdf(&as->r, "EVAL %s 1 %s %s",
-                           mx_lua_scripts[MX_LUA_SYNC_AS_STALE].source, key,
-                           MX_META_STALE);
+    reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 1,
+                             (const char *[]) { key }, NULL);
     free(key);
 
     if (reply != NULL) {
