@@ -1,0 +1,296 @@
+"""The interop world (docs/interop.md), made once per pytest session:
+
+    A      Synapse behind the edge: server name localhost:<edge port>, plain
+           HTTP on 127.0.0.1 (operations.md's homeserver.yaml block)
+    edge   Debian's nginx with the module, operations.md's section 3
+           configuration (TLS with a self-signed certificate, A's own
+           signing key file, the fallback proxying to A)
+    redis  a private redis-server (AOF)
+    sync   `matrix-join-ctl sync` against A, its Application Service
+           registration loaded into A (A restarted once to read it)
+    fwd    `matrix-join-ctl forward` replaying into A
+    B, C   Synapses with their own TLS federation listeners, joining A's
+           rooms through the edge
+
+Only the test's own values replace the document's (ports, paths, names);
+everything else is the document's text.
+"""
+
+import re
+import subprocess
+import sys
+import tempfile
+import shutil
+import threading
+import time
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(TOP / "t" / "lib"))
+sys.path.insert(0, str(TOP / "t" / "integration"))
+
+import requests  # noqa: E402
+
+from mxj_nginx import CTL, Nginx  # noqa: E402
+from mxj_redis import RedisServer  # noqa: E402
+from mxj_remote import RemoteServer  # noqa: E402
+from mxj_synapse import (Synapse, doc_exec_start, doc_nginx_single,  # noqa
+                         free_port, poll, q, self_signed)
+from unpaddedbase64 import decode_base64  # noqa: E402
+
+# the rooms A makes before sync starts: name -> createRoom arguments and
+# whether sync caches it
+VERSIONS = [str(v) for v in range(1, 11)]
+
+
+def rooms_plan():
+    plan = [(f"v{v}", dict(version=v), True) for v in VERSIONS]
+    plan += [
+        ("uncached", dict(), False),
+        ("allowed", dict(), True),
+        ("allowed-uncached", dict(), False),
+        ("knock", dict(join_rule="knock"), True),
+        ("ban", dict(), True),
+        ("extremities", dict(), True),
+        ("rejoin", dict(), True),
+        ("second", dict(), True),
+        ("down", dict(), True),
+    ]
+    return plan
+
+
+class Proc:
+    """A matrix-join-ctl process with its log file."""
+
+    def __init__(self, label, argv, d):
+        self.label = label
+        self.argv = argv
+        self.log_path = Path(d) / f"{label}.log"
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+
+    def log_text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+
+
+ACCESS = re.compile(r'origin=(\S+) upstream=(.+?) "(\S+) (\S+) [^"]*" '
+                    r'(\d+) ')
+
+
+class World:
+    def __init__(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="mxj-interop-"))
+        self.tmp.chmod(0o755)
+        self.timings = []
+        self.t0 = time.monotonic()
+        self.procs = []
+        self.synapses = []
+        self.edge = None
+        self.redis = None
+
+    def mark(self, what):
+        self.timings.append((what, time.monotonic() - self.t0))
+
+    # -- setup -----------------------------------------------------------
+    def start(self):
+        self.edge = Nginx(workers=2)
+        self.name = f"localhost:{self.edge.port}"
+        self.a = Synapse("A", self.tmp / "a", server_name=self.name,
+                         behind_edge=True)
+        self.b = Synapse("B", self.tmp / "b")
+        self.c = Synapse("C", self.tmp / "c")
+        self.synapses = [self.a, self.b, self.c]
+        gens = [s.generate_keys() for s in self.synapses]
+        self.redis = RedisServer(aof=True).start()
+        self.edge_cert, self.edge_key = self_signed(self.tmp, "localhost")
+        for s, g in zip(self.synapses, gens):
+            _, err = g.communicate(timeout=120)
+            assert g.returncode == 0, f"{s.label} --generate-keys: {err}"
+        self.mark("signing keys (Synapse --generate-keys, in parallel)")
+        for s in self.synapses:
+            s.start()
+        self.start_edge()
+        for s in self.synapses:
+            s.wait_up()
+        self.mark("Synapses A, B, C up (in parallel)")
+        self.alice = self.a.register("alice", admin=True)
+        self.bob = self.b.register("bob")
+        self.bert = self.b.register("bert")
+        self.carol = self.c.register("carol")
+        self.rooms = {}
+        cached = []
+        for name, kw, in_cache in rooms_plan():
+            self.rooms[name] = self.alice.create_room(alias=name, **kw)
+            if in_cache:
+                cached.append(self.rooms[name])
+        # restricted rooms, each allowing members of one public room
+        self.rooms["restricted"] = self.alice.create_room(
+            alias="restricted", join_rule="restricted",
+            allow=[self.rooms["allowed"]])
+        self.rooms["restricted-uncached"] = self.alice.create_room(
+            alias="restricted-uncached", join_rule="restricted",
+            allow=[self.rooms["allowed-uncached"]])
+        cached += [self.rooms["restricted"], self.rooms["restricted-uncached"]]
+        self.cached = cached
+        self.mark(f"users and {len(self.rooms)} rooms made on A")
+        self.start_sync()
+        self.mark("sync's first pass of every cached room")
+        self.a.stop()
+        self.a.app_service_files = [self.registration]
+        self.a.start().wait_up()
+        self.mark("A restarted with sync's registration")
+        self.fwd = self.ctl("forward", self.doc_args("forward"))
+        self.mark("forward started")
+
+    def start_edge(self):
+        conf = doc_nginx_single()
+        subs = [
+            ("server 127.0.0.1:8008;", f"server 127.0.0.1:{self.a.http_port};"),
+            ("matrix_server_name   example.org;",
+             f"matrix_server_name   {self.name};"),
+            ("/etc/matrix-synapse/homeserver.signing.key",
+             str(self.a.key_path)),
+            ("127.0.0.1:6379", self.redis.address),
+            ("server_name matrix.example.org;", "server_name localhost;"),
+            ("/etc/letsencrypt/live/matrix.example.org/fullchain.pem",
+             str(self.edge_cert)),
+            ("/etc/letsencrypt/live/matrix.example.org/privkey.pem",
+             str(self.edge_key)),
+            ("/var/log/nginx/matrix.log",
+             str(self.tmp / "edge-access.log")),
+        ]
+        for old, new in subs:
+            assert old in conf, f"operations.md section 3 lost {old!r}"
+            conf = conf.replace(old, new)
+        listens = re.findall(r"\n\s*listen [^;]*;", conf)
+        assert len(listens) == 2, listens
+        conf = conf.replace(listens[0],
+                            f"\n    listen 127.0.0.1:{self.edge.port} ssl;")
+        conf = conf.replace(listens[1], "")
+        assert "/etc/" not in conf and "example.org" not in conf, conf
+        self.edge.write_conf(conf)
+        self.edge.start()
+        self.access_log = self.tmp / "edge-access.log"
+
+    def doc_args(self, unit):
+        """operations.md section 9's command line of `unit`, with the
+        test's addresses, paths and rooms."""
+        words = doc_exec_start(unit)
+        out = []
+        for w in words:
+            if w.startswith(("#", "!")):
+                continue                  # the document's example rooms
+            w = w.replace("/usr/local/bin/matrix-join-ctl", str(CTL))
+            w = w.replace("127.0.0.1:6379", self.redis.address)
+            w = w.replace("127.0.0.1:8008", f"127.0.0.1:{self.a.http_port}")
+            w = w.replace("/etc/matrix-synapse/homeserver.signing.key",
+                          str(self.a.key_path))
+            w = w.replace("/var/lib/matrix-join/registration.yaml",
+                          str(self.tmp / "registration.yaml"))
+            w = w.replace("127.0.0.1:9010", f"127.0.0.1:{self.as_port}")
+            w = w.replace("%H", "interop")
+            if w == "example.org":
+                w = self.name
+            assert "example.org" not in w and "/etc/" not in w, w
+            out.append(w)
+        return out[1:]
+
+    def ctl(self, label, args):
+        p = Proc(label, [str(CTL)] + args, self.tmp)
+        self.procs.append(p)
+        return p
+
+    def start_sync(self):
+        self.as_port = free_port()
+        self.registration = self.tmp / "registration.yaml"
+        args = self.doc_args("sync") + ["--user", self.alice.user_id]
+        args += [f"#v10:{self.name}"] + [r for r in self.cached
+                                         if r != self.rooms["v10"]]
+        self.sync = self.ctl("sync", args)
+        for room in self.cached:
+            poll(f"sync's first pass of {room}",
+                 lambda: self.sync.proc.poll() is None and re.search(
+                     r"room=" + re.escape(room) + r" (synced|unchanged)",
+                     self.sync.log_text()) or self.sync_died(),
+                 timeout=120)
+        assert self.registration.exists()
+
+    def sync_died(self):
+        if self.sync.proc.poll() is not None:
+            raise AssertionError("sync exited:\n" + self.sync.log_text())
+        return False
+
+    # -- evidence --------------------------------------------------------
+    def access(self):
+        """[(method, path, status, answered_by_module)] of the edge."""
+        out = []
+        for line in self.access_log.read_text().splitlines():
+            m = ACCESS.search(line)
+            if m:
+                out.append((m.group(3), m.group(4), int(m.group(5)),
+                            m.group(2) == "-", m.group(1)))
+        return out
+
+    def access_for(self, kind, room_id=None, since=0):
+        """Requests of one kind (make_join, send_join, directory,
+        make_knock, ...) for room_id (quoted in the path)."""
+        rows = self.access()[since:]
+        out = []
+        for method, path, status, module, origin in rows:
+            if kind == "directory":
+                if "/query/directory" not in path:
+                    continue
+            elif f"/{kind}/" not in path:
+                continue
+            if room_id and q(room_id) not in path and room_id not in path:
+                continue
+            out.append((method, path, status, module, origin))
+        return out
+
+    def remote(self, synapse):
+        """A signer of X-Matrix requests as that Synapse (its own key
+        file's seed)."""
+        version, seed = synapse.key_line()
+        return RemoteServer(synapse.server_name, key_version=version,
+                            seed=decode_base64(seed))
+
+    def federation_get(self, as_synapse, base, path):
+        """A GET signed as as_synapse to base (the edge, or A directly)."""
+        r = self.remote(as_synapse)
+        hdr = r.auth_header("GET", path, self.name)
+        return requests.get(base + path, headers={"Authorization": hdr},
+                            verify=False, timeout=60)
+
+    @property
+    def edge_url(self):
+        return f"https://127.0.0.1:{self.edge.port}"
+
+    # -- teardown --------------------------------------------------------
+    def stop(self):
+        for p in reversed(self.procs):
+            p.stop()
+        for s in self.synapses:
+            s.stop()
+        if self.edge:
+            self.edge.stop()
+        if self.redis:
+            self.redis.cleanup()
+
+    def cleanup(self):
+        if self.edge:
+            self.edge.cleanup()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+__all__ = ["World", "poll", "q", "VERSIONS", "threading"]
