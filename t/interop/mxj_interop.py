@@ -23,6 +23,7 @@ import tempfile
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parents[2]
@@ -42,10 +43,16 @@ from unpaddedbase64 import decode_base64  # noqa: E402
 # whether sync caches it
 VERSIONS = [str(v) for v in range(1, 11)]
 
+# users of B and C, one or more per scenario (a server already in a room
+# joins further users itself, without the edge)
+B_USERS = ["bob", "bert", "uma", "rita", "rosa", "kim", "bart", "dora"]
+C_USERS = ["carol"]
+
 
 def rooms_plan():
     plan = [(f"v{v}", dict(version=v), True) for v in VERSIONS]
     plan += [
+        ("main", dict(), True),
         ("uncached", dict(), False),
         ("allowed", dict(), True),
         ("allowed-uncached", dict(), False),
@@ -125,15 +132,22 @@ class World:
             s.wait_up()
         self.mark("Synapses A, B, C up (in parallel)")
         self.alice = self.a.register("alice", admin=True)
-        self.bob = self.b.register("bob")
-        self.bert = self.b.register("bert")
-        self.carol = self.c.register("carol")
+        self.users = {}
+        for hs, names in ((self.b, B_USERS), (self.c, C_USERS)):
+            for n in names:
+                self.users[n] = hs.register(n)
+        self.bob, self.bert = self.users["bob"], self.users["bert"]
+        self.carol = self.users["carol"]
         self.rooms = {}
         cached = []
-        for name, kw, in_cache in rooms_plan():
-            self.rooms[name] = self.alice.create_room(alias=name, **kw)
+        plan = rooms_plan()
+        with ThreadPoolExecutor(4) as pool:
+            ids = list(pool.map(lambda p: self.alice.create_room(
+                alias=p[0], **p[1]), plan))
+        for (name, kw, in_cache), room_id in zip(plan, ids):
+            self.rooms[name] = room_id
             if in_cache:
-                cached.append(self.rooms[name])
+                cached.append(name)
         # restricted rooms, each allowing members of one public room
         self.rooms["restricted"] = self.alice.create_room(
             alias="restricted", join_rule="restricted",
@@ -141,8 +155,8 @@ class World:
         self.rooms["restricted-uncached"] = self.alice.create_room(
             alias="restricted-uncached", join_rule="restricted",
             allow=[self.rooms["allowed-uncached"]])
-        cached += [self.rooms["restricted"], self.rooms["restricted-uncached"]]
-        self.cached = cached
+        cached += ["restricted", "restricted-uncached"]
+        self.cached = cached            # names: sync is given their aliases
         self.mark(f"users and {len(self.rooms)} rooms made on A")
         self.start_sync()
         self.mark("sync's first pass of every cached room")
@@ -215,10 +229,9 @@ class World:
         self.as_port = free_port()
         self.registration = self.tmp / "registration.yaml"
         args = self.doc_args("sync") + ["--user", self.alice.user_id]
-        args += [f"#v10:{self.name}"] + [r for r in self.cached
-                                         if r != self.rooms["v10"]]
+        args += [f"#{name}:{self.name}" for name in self.cached]
         self.sync = self.ctl("sync", args)
-        for room in self.cached:
+        for room in [self.rooms[name] for name in self.cached]:
             poll(f"sync's first pass of {room}",
                  lambda: self.sync.proc.poll() is None and re.search(
                      r"room=" + re.escape(room) + r" (synced|unchanged)",
@@ -291,6 +304,62 @@ class World:
         if self.edge:
             self.edge.cleanup()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# -- what the scenarios check -----------------------------------------------
+
+HANDSHAKE = ("query/directory", "make_join", "send_join")
+
+
+def handshake_rows(world, since):
+    """{kind: [(status, answered by the module, path)]} of the join
+    handshake's requests at the edge since access row `since`."""
+    kinds = {}
+    for method, path, status, module, origin in world.access()[since:]:
+        for kind in HANDSHAKE + ("make_knock", "send_knock", "make_leave",
+                                 "send_leave"):
+            if f"/{kind}" in path:
+                kinds.setdefault(kind, []).append((status, module, path))
+    return kinds
+
+
+def join_through_edge(world, user, room_name, expect=200):
+    """user (of B or C) joins #room_name:A through the edge; returns
+    (room_id, handshake_rows)."""
+    since = len(world.access())
+    alias = f"#{room_name}:{world.name}"
+    status, body = user.join(alias)
+    rows = handshake_rows(world, since)
+    assert status == expect, \
+        f"{user.user_id} join {alias}: {status} {body}; at the edge: {rows}"
+    room_id = world.rooms[room_name]
+    if expect == 200:
+        assert body["room_id"] == room_id
+    return room_id, rows
+
+
+def assert_module_answered(rows, kinds=HANDSHAKE):
+    for kind in kinds:
+        assert rows.get(kind), f"no {kind} at the edge: {rows}"
+        for status, module, path in rows[kind]:
+            assert status == 200 and module, \
+                f"{kind} {path}: {status}, " \
+                f"{'answered by the module' if module else 'proxied'}"
+
+
+def assert_handed_over(rows, kinds=("make_join", "send_join")):
+    for kind in kinds:
+        assert rows.get(kind), f"no {kind} at the edge: {rows}"
+        for status, module, path in rows[kind]:
+            assert status == 200 and not module, \
+                f"{kind} {path}: {status}, " \
+                f"{'answered by the module' if module else 'proxied'}"
+
+
+def replay_lands(world, room_id, user_id, timeout=60):
+    """The user is joined on A (A's /members)."""
+    return poll(f"{user_id} joined on A", lambda: world.alice.members(
+        room_id).get(user_id) == "join", timeout=timeout)
 
 
 __all__ = ["World", "poll", "q", "VERSIONS", "threading"]

@@ -1,0 +1,68 @@
+"""The cache follows A: a ban on A is refused at the edge within a
+second (the Application Service push), and a make_join template after
+A's own messages names A's current forward extremities (an edge join on
+older ones would fork the room)."""
+
+import json
+import time
+
+import pytest
+
+from mxj_interop import q
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def make_join_path(world, room_id, user_id):
+    vers = "&".join(f"ver={v}" for v in range(1, 11))
+    return (f"/_matrix/federation/v1/make_join/{q(room_id)}/{q(user_id)}"
+            f"?{vers}")
+
+
+def edge_make_join(world, room_id, user_id):
+    """(status, body, answered by the module) of a make_join at the edge
+    signed as B."""
+    path = make_join_path(world, room_id, user_id)
+    since = len(world.access())
+    r = world.federation_get(world.b, world.edge_url, path)
+    rows = [row for row in world.access()[since:] if "/make_join/" in row[1]]
+    assert len(rows) == 1, rows
+    return r.status_code, r.json(), rows[0][3]
+
+
+def test_ban_refused_at_the_edge_within_a_second(world):
+    room_id = world.rooms["ban"]
+    bart = world.users["bart"].user_id
+    status, body, module = edge_make_join(world, room_id, bart)
+    assert (status, module) == (200, True), (status, body)
+    world.alice.ban(room_id, bart)
+    banned = time.monotonic()
+    while True:
+        status, body, module = edge_make_join(world, room_id, bart)
+        elapsed = time.monotonic() - banned
+        if status != 200:
+            break
+        assert elapsed < 10, "the edge still offers a join template to " \
+                             "a user banned 10 s ago"
+        time.sleep(0.05)
+    assert status == 403, (status, body)
+    assert elapsed < 1.0, f"refused {elapsed:.2f} s after the ban"
+
+
+def test_template_names_current_extremities(world):
+    room_id = world.rooms["extremities"]
+    user = f"@eve:{world.b.server_name}"
+    for i in range(3):
+        world.alice.send(room_id, f"A's own message {i}")
+    # A's forward extremities, from A itself
+    path = make_join_path(world, room_id, user)
+    r = world.federation_get(world.b, world.a.url, path)
+    assert r.status_code == 200, r.text
+    want = sorted(r.json()["event"]["prev_events"],
+                  key=lambda x: json.dumps(x))
+    status, body, module = edge_make_join(world, room_id, user)
+    assert status == 200, body
+    got = sorted(body["event"]["prev_events"], key=lambda x: json.dumps(x))
+    if module:
+        assert got == want, "the edge's template names prev_events " \
+                            f"{got}, A's extremities are {want}"
