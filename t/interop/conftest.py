@@ -34,3 +34,9 @@ def world():
         if not keep:
             w.cleanup()
         assert not bad, "nginx error log:\n" + "\n".join(bad)
+
+
+def pytest_configure(config):
+    # the test servers' certificates are self-signed
+    config.addinivalue_line(
+        "filterwarnings", "ignore::urllib3.exceptions.InsecureRequestWarning")
