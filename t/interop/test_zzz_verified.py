@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 
 from mxj_interop import VERSIONS, poll
+from mxj_synapse import SYNAPSE, SYNAPSE_VERIFY_FAILURES
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,6 +39,17 @@ def test_b_holds_as_state(world, room):
         if room in ("main", "second") else state_ids(
         world.bert if room.startswith("v") else world.users["rita"],
         room_id) == state_ids(world.alice, room_id))
+
+
+def test_log_scan_knows_synapses_messages():
+    """Each message the scan looks for is in Synapse's source: the scan
+    cannot miss a failure by a misspelt pattern."""
+    src = "".join(
+        (SYNAPSE / "src" / "synapse" / f).read_text() for f in (
+            "crypto/keyring.py", "federation/federation_base.py",
+            "federation/federation_client.py"))
+    for m in SYNAPSE_VERIFY_FAILURES:
+        assert m.strip() in src, m
 
 
 def test_no_verification_failure_in_any_synapse_log(world):
