@@ -17,11 +17,10 @@ everything else is the document's text.
 """
 
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
-import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -368,4 +367,4 @@ def replay_lands(world, room_id, user_id, timeout=60):
         room_id).get(user_id) == "join", timeout=timeout)
 
 
-__all__ = ["World", "poll", "q", "VERSIONS", "threading"]
+__all__ = ["World", "poll", "q", "VERSIONS", "UNSTABLE_VERSION"]

@@ -282,12 +282,10 @@ class Synapse:
         url = self.url + "/_synapse/admin/v1/register"
         nonce = requests.get(url, timeout=30).json()["nonce"]
         password = "pw-" + localpart
-        mac = hmac.new(self.secret.encode(), digestmod=hashlib.sha1)
-        for part in (nonce, localpart, password,
-                     "admin" if admin else "notadmin"):
-            mac.update(part.encode())
-            if part != ("admin" if admin else "notadmin"):
-                mac.update(b"\x00")
+        # HMAC-SHA1 of nonce NUL user NUL password NUL "admin"/"notadmin"
+        msg = "\x00".join([nonce, localpart, password,
+                           "admin" if admin else "notadmin"])
+        mac = hmac.new(self.secret.encode(), msg.encode(), hashlib.sha1)
         r = requests.post(url, json={
             "nonce": nonce, "username": localpart, "password": password,
             "admin": admin, "mac": mac.hexdigest()}, timeout=30)
