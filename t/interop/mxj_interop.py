@@ -46,7 +46,7 @@ UNSTABLE_VERSION = "org.matrix.msc2176"
 # users of B and C, one or more per scenario (a server already in a room
 # joins further users itself, without the edge)
 B_USERS = ["bob", "bert", "uma", "rita", "rosa", "kim", "bart", "dora",
-           "ursula"]
+           "ursula", "fay"]
 C_USERS = ["carol"]
 
 
@@ -60,6 +60,7 @@ def rooms_plan():
         ("knock", dict(join_rule="knock"), True),
         ("ban", dict(), True),
         ("extremities", dict(), True),
+        ("fork", dict(), True),
         ("rejoin", dict(), True),
         ("second", dict(), True),
         ("down", dict(), True),
@@ -289,6 +290,17 @@ class World:
         hdr = r.auth_header("GET", path, self.name)
         return requests.get(base + path, headers={"Authorization": hdr},
                             verify=False, timeout=60)
+
+    def a_extremities(self, room_id):
+        """A's forward extremities of room_id, as A's own make_join (asked
+        directly, signed as B, for a user not in the room) names them."""
+        vers = "&".join(f"ver={v}" for v in VERSIONS)
+        path = (f"/_matrix/federation/v1/make_join/{q(room_id)}/"
+                f"{q('@nobody:' + self.b.server_name)}?{vers}")
+        r = self.federation_get(self.b, self.a.url, path)
+        assert r.status_code == 200, r.text
+        refs = r.json()["event"]["prev_events"]
+        return [x[0] if isinstance(x, list) else x for x in refs]
 
     @property
     def edge_url(self):

@@ -82,3 +82,6 @@ def test_room_version(world, version):
     room_id, kinds = join_through_edge(world, world.bert, f"v{version}")
     assert_module_answered(kinds)
     replay_lands(world, room_id, world.bert.user_id)
+    # the edge's template named A's extremity: the join is A's only one
+    assert len(world.a_extremities(room_id)) == 1, \
+        world.a_extremities(room_id)

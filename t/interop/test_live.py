@@ -1,14 +1,14 @@
 """The cache follows A: a ban on A is refused at the edge within a
 second (the Application Service push), and a make_join template after
-A's own messages names A's current forward extremities (an edge join on
-older ones would fork the room)."""
+A's own messages names A's current forward extremities: an edge join on
+older ones forks the room (A then has two forward extremities)."""
 
 import json
 import time
 
 import pytest
 
-from mxj_interop import poll, q
+from mxj_interop import join_through_edge, poll, q, replay_lands
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,3 +70,20 @@ def test_template_names_current_extremities(world):
     if module:
         assert got == want, "the edge's template names prev_events " \
                             f"{got}, A's extremities are {want}"
+
+
+def test_edge_join_after_messages_does_not_fork(world):
+    """After A's messages, fay joins through the edge; once her join
+    lands, A's only forward extremity is her join (on a template naming
+    an older event, A keeps two: the room forked)."""
+    room_id = world.rooms["fork"]
+    for i in range(3):
+        world.alice.send(room_id, f"before fay {i}")
+    fay = world.users["fay"]
+    join_through_edge(world, fay, "fork")
+    replay_lands(world, room_id, fay.user_id)
+    state = world.alice.ok("GET", f"/rooms/{q(room_id)}/state/"
+                           f"m.room.member/{q(fay.user_id)}")
+    assert state["membership"] == "join"
+    ext = world.a_extremities(room_id)
+    assert len(ext) == 1, f"A's forward extremities after fay's join: {ext}"
