@@ -61,6 +61,7 @@ def rooms_plan():
         ("ban", dict(), True),
         ("extremities", dict(), True),
         ("fork", dict(), True),
+        ("marker", dict(), True),
         ("rejoin", dict(), True),
         ("second", dict(), True),
         ("down", dict(), True),
@@ -166,10 +167,44 @@ class World:
         self.mark("sync's first pass of every cached room")
         self.a.stop()
         self.a.app_service_files = [self.registration]
+        a_log_mark = len(self.a.log_text())
         self.a.start().wait_up()
         self.mark("A restarted with sync's registration")
         self.fwd = self.ctl("forward", self.doc_args("forward"))
         self.mark("forward started")
+        self.settle_pushes(a_log_mark)
+        self.mark("A's first pushes handled")
+
+    def settle_pushes(self, a_log_mark):
+        """A, reading the registration for the first time, pushes the
+        managed rooms' history (create, power levels, join rules: each
+        marks its room stale, and sync passes it again). The scenarios
+        start once that is over: a ban in the room "marker", made now,
+        is pushed after the history (A pushes in stream order); once sync
+        has it, or A's log shows that its pushes fail, and no cached room
+        is stale, the world is quiet."""
+        room = self.rooms["marker"]
+        self.alice.ban(room, f"@marker:{self.b.server_name}")
+        mark = re.compile(r"appservice: txn=\S+ room=" + re.escape(room)
+                          + r" m\.room\.member")
+
+        def pushed():
+            if mark.search(self.sync.log_text()):
+                return "delivered"
+            if re.search(r"push_bulk to \S+ received code=",
+                         self.a.log_text()[a_log_mark:]):
+                return "refused"
+            return None
+
+        self.push_state = poll("A's push of the marker ban", pushed,
+                               timeout=120)
+        if self.push_state != "delivered":
+            return
+        r = self.redis.client()
+        poll("every cached room fresh again after A's first pushes",
+             lambda: not any(r.hexists(f"mxj:{{{self.rooms[n]}}}:meta",
+                                       "stale") for n in self.cached),
+             timeout=120)
 
     def start_edge(self):
         conf = doc_nginx_single()
