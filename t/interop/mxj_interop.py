@@ -209,7 +209,8 @@ class World:
     def start_edge(self):
         conf = doc_nginx_single()
         subs = [
-            ("server 127.0.0.1:8008;", f"server 127.0.0.1:{self.a.http_port};"),
+            ("server 127.0.0.1:8008;",
+             f"server 127.0.0.1:{self.a.http_port};"),
             ("matrix_server_name   example.org;",
              f"matrix_server_name   {self.name};"),
             ("/etc/matrix-synapse/homeserver.signing.key",

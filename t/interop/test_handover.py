@@ -1,13 +1,14 @@
 """What the edge cannot answer goes to Synapse A unchanged (the access
 log names A's address), and the join works as if the edge were not
 there: a room the cache does not hold, restricted rooms whose allowed
-room is cached or not, a knock room."""
+room is cached or not, a knock room, a room of a version the edge does
+not know."""
 
 import pytest
 
-from mxj_interop import (UNSTABLE_VERSION, assert_handed_over, assert_module_answered,
-                         handshake_rows, join_through_edge, poll,
-                         replay_lands)
+from mxj_interop import (UNSTABLE_VERSION, assert_handed_over,
+                         assert_module_answered, handshake_rows,
+                         join_through_edge, poll, replay_lands)
 
 pytestmark = pytest.mark.timeout(300)
 

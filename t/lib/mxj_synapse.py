@@ -199,8 +199,8 @@ class Synapse:
         conf.update({
             "pid_file": str(self.dir / "homeserver.pid"),
             "media_store_path": str(self.dir / "media"),
-            "database": {"name": "sqlite3",
-                         "args": {"database": str(self.dir / "homeserver.db")}},
+            "database": {"name": "sqlite3", "args": {
+                "database": str(self.dir / "homeserver.db")}},
             "registration_shared_secret": self.secret,
             "macaroon_secret_key": "interop-macaroon-" + self.label,
             "form_secret": "interop-form-" + self.label,
