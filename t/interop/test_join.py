@@ -6,7 +6,7 @@ server, every room version Synapse 1.67 offers."""
 import pytest
 
 from mxj_interop import (VERSIONS, assert_module_answered, join_through_edge,
-                         poll, replay_lands)
+                         poll, q, replay_lands)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -18,8 +18,18 @@ def test_join_by_alias_answered_by_the_module(world):
 
 
 def test_replay_lands(world):
+    """bob is joined on A, by the very join the edge accepted: A's log
+    has the forwarder's send_join of that event, answered 200."""
     room_id = world.rooms["main"]
     replay_lands(world, room_id, world.bob.user_id)
+    state = world.alice.ok("GET", f"/rooms/{q(room_id)}/state")
+    join = [e for e in state if e["type"] == "m.room.member"
+            and e["state_key"] == world.bob.user_id][0]
+    sent = [line for line in world.a.log_text().splitlines()
+            if "/send_join/" + q(room_id) + "/" + q(join["event_id"])
+            in line]
+    assert sent and all(" 200 " in line and "matrix-join-ctl/" in line
+                        for line in sent), sent
     log = world.fwd.log_text()
     assert "dead letter" not in log, log
 
