@@ -41,7 +41,7 @@ from mxj_nginx import TOP
 
 sys.path.insert(0, str(TOP / "t" / "fault"))
 import mxj_fault  # noqa: E402
-from mxj_fault import EDGE, MJ, Req, send  # noqa: E402
+from mxj_fault import EDGE, send  # noqa: E402
 from mxj_remote import KeyServer, RemoteServer  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.no_valgrind]
