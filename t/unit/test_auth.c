@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -65,117 +67,124 @@ check_join(room_t *r, const char *user, const char *authoriser,
 }
 
 
-static void
-test_public(void **state)
-{
-    size_t  i;
-    room_t  r;
+/*
+ * The join rules without an authoriser's power: a room of each version
+ * from v_from to v_to with only ALICE joined, the join rules content
+ * (NULL: no join rules event) and BOB's membership (NULL: none); BOB
+ * joins, authorised via authoriser. One cmocka test per row.
+ */
 
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
-        room_join_rule(&r, "public");
-
-        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "join rule is public");
-
-        /* the authoriser field changes nothing in a public room */
-        check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "public");
-
-        room_member(&r, BOB, "leave");
-        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "public");
-
-        room_free(&r);
-    }
-}
+typedef struct {
+    const char  *name;
+    int          v_from;
+    int          v_to;
+    const char  *join_rules;    /* the content, JSON */
+    const char  *bob;
+    const char  *authoriser;
+    mx_auth_e    code;
+    const char  *rule;
+} join_case_t;
 
 
-static void
-test_invite(void **state)
-{
-    size_t  i;
-    room_t  r;
-
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
-        room_join_rule(&r, "invite");
-
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-                   "join rule is invite and the user is not invited");
-
-        room_member(&r, BOB, "leave");
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
-
-        room_member(&r, BOB, "invite");
-        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
-
-        /* already joined: a join after a join is fine */
-        room_member(&r, BOB, "join");
-        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
-
-        room_member(&r, BOB, "knock");
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
-
-        room_free(&r);
-    }
-}
+#define JR(rule)  "{\"join_rule\": \"" rule "\"}"
 
 
-/* No m.room.join_rules event: treated as invite. */
-static void
-test_no_join_rules(void **state)
-{
-    size_t  i;
-    room_t  r;
+static const join_case_t  join_cases[] = {
 
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
+    { "public", 1, 12, JR("public"), NULL, NULL, MX_AUTH_ALLOW,
+      "join rule is public" },
+    /* the authoriser field changes nothing in a public room */
+    { "public, an authoriser", 1, 12, JR("public"), NULL, CAROL,
+      MX_AUTH_ALLOW, "public" },
+    { "public, left", 1, 12, JR("public"), "leave", NULL, MX_AUTH_ALLOW,
+      "public" },
+    { "public, banned", 1, 12, JR("public"), "ban", NULL, MX_AUTH_FORBIDDEN,
+      "user is banned" },
 
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
+    { "invite, not invited", 1, 12, JR("invite"), NULL, NULL,
+      MX_AUTH_FORBIDDEN, "join rule is invite and the user is not invited" },
+    { "invite, left", 1, 12, JR("invite"), "leave", NULL, MX_AUTH_FORBIDDEN,
+      "not invited" },
+    { "invite, invited", 1, 12, JR("invite"), "invite", NULL, MX_AUTH_ALLOW,
+      "invited" },
+    /* a join after a join is fine */
+    { "invite, already joined", 1, 12, JR("invite"), "join", NULL,
+      MX_AUTH_ALLOW, "already joined" },
+    { "invite, knocked", 1, 12, JR("invite"), "knock", NULL,
+      MX_AUTH_FORBIDDEN, "not invited" },
 
-        room_member(&r, BOB, "invite");
-        check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
-
-        room_free(&r);
-    }
-
+    /* no m.room.join_rules event: treated as invite */
+    { "no join rules", 1, 12, NULL, NULL, NULL, MX_AUTH_FORBIDDEN,
+      "not invited" },
+    { "no join rules, invited", 1, 12, NULL, "invite", NULL, MX_AUTH_ALLOW,
+      "invited" },
     /* a join rules event without join_rule is invite too */
-    room_init(&r, "10");
-    room_put(&r, "m.room.join_rules", "", ALICE, json_object());
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
-    room_free(&r);
-}
-
-
-static void
-test_knock_rule(void **state)
-{
-    room_t  r;
+    { "join rules without join_rule", 10, 10, "{}", NULL, NULL,
+      MX_AUTH_FORBIDDEN, "not invited" },
 
     /* v6 has no knock: the rule admits no one, invited or not */
-    room_init(&r, "6");
-    room_join_rule(&r, "knock");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-               "join rule knock is not supported in room version 6");
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
-    room_free(&r);
-
+    { "v6 knock", 6, 6, JR("knock"), NULL, NULL, MX_AUTH_FORBIDDEN,
+      "join rule knock is not supported in room version 6" },
+    { "v6 knock, invited", 6, 6, JR("knock"), "invite", NULL,
+      MX_AUTH_FORBIDDEN, "not supported" },
     /* v7+: a join needs an invite, as under invite */
-    room_init(&r, "7");
-    room_join_rule(&r, "knock");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-               "join rule is knock and the user is not invited");
-    room_member(&r, BOB, "knock");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "invited");
-    room_member(&r, BOB, "join");
-    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
-    room_free(&r);
+    { "v7 knock", 7, 7, JR("knock"), NULL, NULL, MX_AUTH_FORBIDDEN,
+      "join rule is knock and the user is not invited" },
+    { "v7 knock, knocked", 7, 7, JR("knock"), "knock", NULL,
+      MX_AUTH_FORBIDDEN, "not invited" },
+    { "v7 knock, invited", 7, 7, JR("knock"), "invite", NULL, MX_AUTH_ALLOW,
+      "invited" },
+    { "v7 knock, already joined", 7, 7, JR("knock"), "join", NULL,
+      MX_AUTH_ALLOW, "already joined" },
+    { "v12 knock", 12, 12, JR("knock"), NULL, NULL, MX_AUTH_FORBIDDEN,
+      "not invited" },
 
-    room_init(&r, "12");
-    room_join_rule(&r, "knock");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not invited");
-    room_free(&r);
+    { "private", 1, 12, JR("private"), NULL, NULL, MX_AUTH_FORBIDDEN,
+      "join rule is private, which admits no join" },
+    /* rule 9 rejects whatever the membership */
+    { "private, invited", 1, 12, JR("private"), "invite", NULL,
+      MX_AUTH_FORBIDDEN, "private" },
+    { "private, joined", 1, 12, JR("private"), "join", NULL,
+      MX_AUTH_FORBIDDEN, "private" },
+    { "an unknown rule", 1, 12, JR("open_sesame"), "join", ALICE,
+      MX_AUTH_FORBIDDEN, "join rule is open_sesame" },
+    { "a rule that is not a string", 1, 12, "{\"join_rule\": 1}", "join",
+      NULL, MX_AUTH_FORBIDDEN, "not a string" },
+};
+
+
+static void
+test_join_case(void **state)
+{
+    const join_case_t *c = *state;
+
+    int            v;
+    char           id[4];
+    json_t        *content;
+    room_t         r;
+    json_error_t   e;
+
+    for (v = c->v_from; v <= c->v_to; v++) {
+        snprintf(id, sizeof(id), "%d", v);
+        room_init(&r, id);
+
+        if (c->join_rules != NULL) {
+            content = json_loads(c->join_rules, 0, &e);
+            if (content == NULL) {
+                fail_msg("bad test JSON %s: %s", c->join_rules, e.text);
+            }
+
+            room_put(&r, "m.room.join_rules", "", ALICE, content);
+        }
+
+        if (c->bob != NULL) {
+            room_member(&r, BOB, c->bob);
+        }
+
+        check_join(&r, BOB, c->authoriser, c->code, c->rule);
+
+        room_free(&r);
+    }
 }
 
 
@@ -286,24 +295,6 @@ test_knock_restricted(void **state)
 
 
 static void
-test_banned(void **state)
-{
-    size_t  i;
-    room_t  r;
-
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
-        room_join_rule(&r, "public");
-        room_member(&r, BOB, "ban");
-
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "user is banned");
-
-        room_free(&r);
-    }
-}
-
-
-static void
 test_sender_not_state_key(void **state)
 {
     room_t            r;
@@ -366,38 +357,6 @@ test_federate(void **state)
                         json_string("true"));
     check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "m.federate is not true");
     room_free(&r);
-}
-
-
-static void
-test_private_and_unknown(void **state)
-{
-    size_t  i;
-    room_t  r;
-
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
-
-        room_join_rule(&r, "private");
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-                   "join rule is private, which admits no join");
-
-        /* rule 9 rejects whatever the membership */
-        room_member(&r, BOB, "invite");
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "private");
-        room_member(&r, BOB, "join");
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "private");
-
-        room_join_rule(&r, "open_sesame");
-        check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
-                   "join rule is open_sesame");
-
-        room_put(&r, "m.room.join_rules", "", ALICE,
-                 json_pack("{si}", "join_rule", 1));
-        check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not a string");
-
-        room_free(&r);
-    }
 }
 
 
@@ -885,17 +844,15 @@ test_null_result(void **state)
 int
 main(void)
 {
-    const struct CMUnitTest  tests[] = {
-        cmocka_unit_test(test_public),
-        cmocka_unit_test(test_invite),
-        cmocka_unit_test(test_no_join_rules),
-        cmocka_unit_test(test_knock_rule),
+    int                 rc;
+    size_t              i, n, nfixed;
+    struct CMUnitTest  *all;
+
+    static const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_restricted),
         cmocka_unit_test(test_knock_restricted),
-        cmocka_unit_test(test_banned),
         cmocka_unit_test(test_sender_not_state_key),
         cmocka_unit_test(test_federate),
-        cmocka_unit_test(test_private_and_unknown),
         cmocka_unit_test(test_no_create),
         cmocka_unit_test(test_power_no_event),
         cmocka_unit_test(test_power_defaults),
@@ -908,5 +865,25 @@ main(void)
         cmocka_unit_test(test_null_result),
     };
 
-    return cmocka_run_group_tests_name("auth", tests, NULL, NULL);
+    nfixed = sizeof(tests) / sizeof(tests[0]);
+    n = sizeof(join_cases) / sizeof(join_cases[0]);
+
+    all = calloc(nfixed + n, sizeof(struct CMUnitTest));
+    if (all == NULL) {
+        return 1;
+    }
+
+    memcpy(all, tests, sizeof(tests));
+
+    for (i = 0; i < n; i++) {
+        all[nfixed + i].name = join_cases[i].name;
+        all[nfixed + i].test_func = test_join_case;
+        all[nfixed + i].initial_state = (void *) &join_cases[i];
+    }
+
+    rc = _cmocka_run_group_tests("auth", all, nfixed + n, NULL, NULL);
+
+    free(all);
+
+    return rc;
 }
