@@ -56,6 +56,9 @@ def run_once(env):
                           text=True, timeout=540)
 
 
+# t/run --once runs t/build, which rewrites the module and the CLI in the
+# build directory every other test runs from
+@pytest.mark.serial
 def test_main_job_once(tmp_path):
     run_dir = tmp_path / "run"
     port, redis_port = free_port(), free_port()

@@ -193,6 +193,7 @@ def test_documented_routing(which, tmp_path):
 
 
 @pytest.mark.no_valgrind    # under valgrind 40 requests outlast the rate
+@pytest.mark.serial         # and so they do on a loaded machine
 @pytest.mark.parametrize("which", [0, 1])
 def test_documented_rate_limit(which, tmp_path):
     """limit_req on the claimed origin: one origin sending make_join
