@@ -417,72 +417,123 @@ test_power_no_event(void **state)
 }
 
 
-static void
-test_power_defaults(void **state)
-{
-    room_t  r;
+/*
+ * Power levels by the content of m.room.power_levels: a user's level
+ * (user NULL: the invite level) in a room of version v where ALICE
+ * created the room and sent the event. One cmocka test per row.
+ */
 
-    room_init(&r, "10");
+typedef struct {
+    const char  *name;
+    const char  *v;
+    const char  *content;       /* JSON */
+    const char  *user;
+    long long    power;
+} power_case_t;
+
+
+#define V9_STRINGS                                                            \
+    "{\"users\": {\"@a:x\": \"50\", \"@b:x\": \" +7 \", \"@c:x\": \"-3\","  \
+    " \"@d:x\": \"1_000\", \"@e:x\": \"abc\", \"@f:x\": \"5.0\","            \
+    " \"@g:x\": \"\"}, \"users_default\": \"20\", \"invite\": \"25\"}"
+#define V9_BAD_STRINGS                                                        \
+    "{\"users\": {\"@a:x\": \"1__0\", \"@b:x\": \"_1\", \"@c:x\": \"1_\","   \
+    " \"@d:x\": \"+ 5\"}, \"users_default\": \"x\"}"
+#define LEVELS                                                                \
+    "{\"users\": {\"" ALICE "\": 100, \"" CAROL "\": -5},"                    \
+    " \"users_default\": 10, \"invite\": 50}"
+#define V10_STRINGS                                                           \
+    "{\"users\": {\"@a:x\": \"50\", \"@b:x\": 40}, \"users_default\": \"20\"," \
+    " \"invite\": \"25\"}"
+#define V10_OTHERS                                                            \
+    "{\"users\": {\"@a:x\": true, \"@b:x\": 50.0}, \"users_default\": 5}"
+#define V1_REALS                                                              \
+    "{\"users\": {\"@a:x\": 50.7, \"@b:x\": -2.5, \"@c:x\": true},"          \
+    " \"users_default\": 9}"
+
+
+static const power_case_t  power_cases[] = {
 
     /* an empty event: users_default 0, invite 0, creator not special */
-    room_power(&r, json_object());
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 0);
-    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 0);
-
-    room_power(&r, json_pack("{s{si si} si si}",
-                             "users", ALICE, 100, CAROL, -5,
-                             "users_default", 10, "invite", 50));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, ALICE) == 100);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, CAROL) == -5);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 10);
-    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 50);
-
+    { "empty: the creator", "10", "{}", ALICE, 0 },
+    { "empty: invite", "10", "{}", NULL, 0 },
+    { "levels: a user", "10", LEVELS, ALICE, 100 },
+    { "levels: a negative user", "10", LEVELS, CAROL, -5 },
+    { "levels: users_default", "10", LEVELS, BOB, 10 },
+    { "levels: invite", "10", LEVELS, NULL, 50 },
     /* null is absent (Synapse: .get() returns None) */
-    room_power(&r, json_pack("{s{sn} si}", "users", BOB,
-                             "users_default", 7));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 7);
+    { "a null user level is absent", "10",
+      "{\"users\": {\"" BOB "\": null}, \"users_default\": 7}", BOB, 7 },
+    { "users not an object", "10",
+      "{\"users\": [\"" BOB "\"], \"users_default\": 3}", BOB, 3 },
 
-    /* users not an object */
-    room_power(&r, json_pack("{s[s] si}", "users", BOB, "users_default", 3));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, BOB) == 3);
+    /* v9: strings count as Python's int() reads them */
+    { "v9 string: digits", "9", V9_STRINGS, "@a:x", 50 },
+    { "v9 string: spaces and plus", "9", V9_STRINGS, "@b:x", 7 },
+    { "v9 string: minus", "9", V9_STRINGS, "@c:x", -3 },
+    { "v9 string: underscore", "9", V9_STRINGS, "@d:x", 1000 },
+    { "v9 string: letters take the default", "9", V9_STRINGS, "@e:x", 20 },
+    { "v9 string: a real takes the default", "9", V9_STRINGS, "@f:x", 20 },
+    { "v9 string: empty takes the default", "9", V9_STRINGS, "@g:x", 20 },
+    { "v9 string: users_default", "9", V9_STRINGS, "@z:x", 20 },
+    { "v9 string: invite", "9", V9_STRINGS, NULL, 25 },
+    { "v9 string: two underscores", "9", V9_BAD_STRINGS, "@a:x", 0 },
+    { "v9 string: a leading underscore", "9", V9_BAD_STRINGS, "@b:x", 0 },
+    { "v9 string: a trailing underscore", "9", V9_BAD_STRINGS, "@c:x", 0 },
+    { "v9 string: a space after the sign", "9", V9_BAD_STRINGS, "@d:x", 0 },
+
+    /* v10: integers only, anything else takes the default */
+    { "v10 string: the default", "10", V10_STRINGS, "@a:x", 0 },
+    { "v10 integer", "10", V10_STRINGS, "@b:x", 40 },
+    { "v10 string invite: the default", "10", V10_STRINGS, NULL, 0 },
+    { "v10 boolean: the default", "10", V10_OTHERS, "@a:x", 5 },
+    { "v10 real: the default", "10", V10_OTHERS, "@b:x", 5 },
+
+    /* v1 events may carry reals and booleans: int() truncates, True is 1 */
+    { "v1 real truncated", "1", V1_REALS, "@a:x", 50 },
+    { "v1 negative real truncated", "1", V1_REALS, "@b:x", -2 },
+    { "v1 true is 1", "1", V1_REALS, "@c:x", 1 },
+};
+
+
+static void
+test_power_case(void **state)
+{
+    const power_case_t *c = *state;
+
+    long long      got;
+    json_t        *content;
+    room_t         r;
+    json_error_t   e;
+
+    room_init(&r, c->v);
+
+    content = json_loads(c->content, 0, &e);
+    if (content == NULL) {
+        fail_msg("bad test JSON %s: %s", c->content, e.text);
+    }
+
+    room_power(&r, content);
+
+    got = c->user ? mx_auth_user_power(r.rv, room_get, &r, c->user)
+                  : mx_auth_invite_level(r.rv, room_get, &r);
+
+    if (got != c->power) {
+        fail_msg("v%s %s: power %lld, want %lld", c->v,
+                 c->user ? c->user : "invite", got, c->power);
+    }
 
     room_free(&r);
 }
 
 
+/* v9: huge strings keep their order */
 static void
-test_power_strings(void **state)
+test_power_huge_strings(void **state)
 {
     room_t  r;
 
-    /* v9: strings count as Python's int() reads them */
     room_init(&r, "9");
-    room_power(&r, json_pack("{s{ss ss ss ss ss ss ss} ss ss}",
-                             "users",
-                             "@a:x", "50", "@b:x", " +7 ", "@c:x", "-3",
-                             "@d:x", "1_000", "@e:x", "abc", "@f:x", "5.0",
-                             "@g:x", "",
-                             "users_default", "20", "invite", "25"));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 50);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 7);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == -3);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@d:x") == 1000);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@e:x") == 20);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@f:x") == 20);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@g:x") == 20);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@z:x") == 20);
-    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 25);
-
-    room_power(&r, json_pack("{s{ss ss ss ss} ss}",
-                             "users",
-                             "@a:x", "1__0", "@b:x", "_1", "@c:x", "1_",
-                             "@d:x", "+ 5", "users_default", "x"));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 0);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 0);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == 0);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@d:x") == 0);
-
-    /* huge values keep their order */
     room_power(&r, json_pack("{s{ss ss}}", "users",
                              "@a:x", "99999999999999999999999",
                              "@b:x", "-99999999999999999999999"));
@@ -492,30 +543,6 @@ test_power_strings(void **state)
                 < MX_POWER_INFINITE);
     assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x")
                 < -9007199254740991LL);
-    room_free(&r);
-
-    /* v10: integers only, anything else takes the default */
-    room_init(&r, "10");
-    room_power(&r, json_pack("{s{ss si} ss ss}",
-                             "users", "@a:x", "50", "@b:x", 40,
-                             "users_default", "20", "invite", "25"));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 0);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 40);
-    assert_true(mx_auth_invite_level(r.rv, room_get, &r) == 0);
-
-    room_power(&r, json_pack("{s{sb sf} si}", "users", "@a:x", 1,
-                             "@b:x", 50.0, "users_default", 5));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 5);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == 5);
-    room_free(&r);
-
-    /* v1 events may carry reals and booleans: int() truncates, True is 1 */
-    room_init(&r, "1");
-    room_power(&r, json_pack("{s{sf sf sb} si}", "users", "@a:x", 50.7,
-                             "@b:x", -2.5, "@c:x", 1, "users_default", 9));
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@a:x") == 50);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@b:x") == -2);
-    assert_true(mx_auth_user_power(r.rv, room_get, &r, "@c:x") == 1);
     room_free(&r);
 }
 
@@ -845,7 +872,7 @@ int
 main(void)
 {
     int                 rc;
-    size_t              i, n, nfixed;
+    size_t              i, n, np, nfixed;
     struct CMUnitTest  *all;
 
     static const struct CMUnitTest  tests[] = {
@@ -855,8 +882,7 @@ main(void)
         cmocka_unit_test(test_federate),
         cmocka_unit_test(test_no_create),
         cmocka_unit_test(test_power_no_event),
-        cmocka_unit_test(test_power_defaults),
-        cmocka_unit_test(test_power_strings),
+        cmocka_unit_test(test_power_huge_strings),
         cmocka_unit_test(test_power_strings_join),
         cmocka_unit_test(test_power_v12_creators),
         cmocka_unit_test(test_knock),
@@ -867,8 +893,9 @@ main(void)
 
     nfixed = sizeof(tests) / sizeof(tests[0]);
     n = sizeof(join_cases) / sizeof(join_cases[0]);
+    np = sizeof(power_cases) / sizeof(power_cases[0]);
 
-    all = calloc(nfixed + n, sizeof(struct CMUnitTest));
+    all = calloc(nfixed + n + np, sizeof(struct CMUnitTest));
     if (all == NULL) {
         return 1;
     }
@@ -881,7 +908,13 @@ main(void)
         all[nfixed + i].initial_state = (void *) &join_cases[i];
     }
 
-    rc = _cmocka_run_group_tests("auth", all, nfixed + n, NULL, NULL);
+    for (i = 0; i < np; i++) {
+        all[nfixed + n + i].name = power_cases[i].name;
+        all[nfixed + n + i].test_func = test_power_case;
+        all[nfixed + n + i].initial_state = (void *) &power_cases[i];
+    }
+
+    rc = _cmocka_run_group_tests("auth", all, nfixed + n + np, NULL, NULL);
 
     free(all);
 
