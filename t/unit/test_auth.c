@@ -203,93 +203,109 @@ restricted_room(room_t *r, const char *id, const char *rule, int invite)
 }
 
 
-static void
-test_restricted(void **state)
-{
-    room_t  r;
+/*
+ * Restricted rooms: restricted_room() of version v, join rule rule and
+ * invite level invite, DAVE's and BOB's memberships (NULL: none); BOB
+ * joins, authorised via authoriser. One cmocka test per row.
+ */
 
-    restricted_room(&r, "8", "restricted", 0);
+typedef struct {
+    const char  *name;
+    const char  *v;
+    const char  *join_rule;
+    int          invite;
+    const char  *dave;
+    const char  *bob;
+    const char  *authoriser;
+    mx_auth_e    code;
+    const char  *rule;
+} restricted_case_t;
 
-    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, ALICE " authorised the join");
 
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-               "join rule is restricted and the join has no "
-               "join_authorised_via_users_server");
+static const restricted_case_t  restricted_cases[] = {
 
+    { "restricted: authorised", "8", "restricted", 0, NULL, NULL, ALICE,
+      MX_AUTH_ALLOW, ALICE " authorised the join" },
+    { "restricted: no authoriser", "8", "restricted", 0, NULL, NULL, NULL,
+      MX_AUTH_FORBIDDEN, "join rule is restricted and the join has no "
+      "join_authorised_via_users_server" },
     /* the authoriser must be currently joined */
-    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN,
-               "authorising user " DAVE " is not joined");
-    room_member(&r, DAVE, "invite");
-    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN, "is not joined");
-    room_member(&r, DAVE, "leave");
-    check_join(&r, BOB, DAVE, MX_AUTH_FORBIDDEN, "is not joined");
-
+    { "restricted: authoriser not a member", "8", "restricted", 0, NULL,
+      NULL, DAVE, MX_AUTH_FORBIDDEN,
+      "authorising user " DAVE " is not joined" },
+    { "restricted: authoriser invited", "8", "restricted", 0, "invite", NULL,
+      DAVE, MX_AUTH_FORBIDDEN, "is not joined" },
+    { "restricted: authoriser left", "8", "restricted", 0, "leave", NULL,
+      DAVE, MX_AUTH_FORBIDDEN, "is not joined" },
     /* at the invite level (0) */
-    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
-
+    { "restricted: authoriser at the invite level", "8", "restricted", 0,
+      "leave", NULL, CAROL, MX_AUTH_ALLOW, "authorised" },
     /* an invited or joined user needs no authoriser */
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_ALLOW,
-               "join rule is restricted and the user is already invited");
-    room_member(&r, BOB, "join");
-    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already joined");
-
-    room_member(&r, BOB, "ban");
-    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN, "user is banned");
-
-    room_free(&r);
-
+    { "restricted: invited", "8", "restricted", 0, "leave", "invite", NULL,
+      MX_AUTH_ALLOW,
+      "join rule is restricted and the user is already invited" },
+    { "restricted: already joined", "8", "restricted", 0, "leave", "join",
+      NULL, MX_AUTH_ALLOW, "already joined" },
+    { "restricted: banned", "8", "restricted", 0, "leave", "ban", ALICE,
+      MX_AUTH_FORBIDDEN, "user is banned" },
     /* below the invite level */
-    restricted_room(&r, "8", "restricted", 50);
-    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN,
-               "authorising user " CAROL " has power 0, below the invite "
-               "level 50");
-    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
-    room_free(&r);
-
-    restricted_room(&r, "9", "restricted", 50);
-    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
-    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN, "below the invite level");
-    room_free(&r);
-
+    { "v8 restricted: authoriser below the invite level", "8", "restricted",
+      50, NULL, NULL, CAROL, MX_AUTH_FORBIDDEN,
+      "authorising user " CAROL " has power 0, below the invite level 50" },
+    { "v8 restricted: authoriser above the invite level", "8", "restricted",
+      50, NULL, NULL, ALICE, MX_AUTH_ALLOW, "authorised" },
+    { "v9 restricted: authoriser above the invite level", "9", "restricted",
+      50, NULL, NULL, ALICE, MX_AUTH_ALLOW, "authorised" },
+    { "v9 restricted: authoriser below the invite level", "9", "restricted",
+      50, NULL, NULL, CAROL, MX_AUTH_FORBIDDEN, "below the invite level" },
     /* v7 has no restricted rooms: the rule admits no one */
-    restricted_room(&r, "7", "restricted", 0);
-    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
-               "join rule restricted is not supported in room version 7");
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
-    room_free(&r);
+    { "v7 restricted", "7", "restricted", 0, NULL, NULL, ALICE,
+      MX_AUTH_FORBIDDEN,
+      "join rule restricted is not supported in room version 7" },
+    { "v7 restricted, invited", "7", "restricted", 0, NULL, "invite", NULL,
+      MX_AUTH_FORBIDDEN, "not supported" },
+    { "v1 restricted", "1", "restricted", 0, NULL, NULL, ALICE,
+      MX_AUTH_FORBIDDEN, "not supported" },
 
-    restricted_room(&r, "1", "restricted", 0);
-    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN, "not supported");
-    room_free(&r);
-}
+    { "v9 knock_restricted", "9", "knock_restricted", 0, NULL, NULL, ALICE,
+      MX_AUTH_FORBIDDEN,
+      "join rule knock_restricted is not supported in room version 9" },
+    { "v9 knock_restricted, invited", "9", "knock_restricted", 0, NULL,
+      "invite", NULL, MX_AUTH_FORBIDDEN, "not supported" },
+    { "v10 knock_restricted: authorised", "10", "knock_restricted", 50, NULL,
+      NULL, ALICE, MX_AUTH_ALLOW, "authorised" },
+    { "v10 knock_restricted: no authoriser", "10", "knock_restricted", 50,
+      NULL, NULL, NULL, MX_AUTH_FORBIDDEN,
+      "no join_authorised_via_users_server" },
+    { "v10 knock_restricted: below the invite level", "10",
+      "knock_restricted", 50, NULL, NULL, CAROL, MX_AUTH_FORBIDDEN,
+      "below the invite level" },
+    { "v10 knock_restricted: invited", "10", "knock_restricted", 50, NULL,
+      "invite", NULL, MX_AUTH_ALLOW, "already invited" },
+    { "v11 knock_restricted: at the invite level", "11", "knock_restricted",
+      0, NULL, NULL, CAROL, MX_AUTH_ALLOW, "authorised" },
+};
 
 
 static void
-test_knock_restricted(void **state)
+test_restricted_case(void **state)
 {
+    const restricted_case_t *c = *state;
+
     room_t  r;
 
-    restricted_room(&r, "9", "knock_restricted", 0);
-    check_join(&r, BOB, ALICE, MX_AUTH_FORBIDDEN,
-               "join rule knock_restricted is not supported in room "
-               "version 9");
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN, "not supported");
-    room_free(&r);
+    restricted_room(&r, c->v, c->join_rule, c->invite);
 
-    restricted_room(&r, "10", "knock_restricted", 50);
-    check_join(&r, BOB, ALICE, MX_AUTH_ALLOW, "authorised");
-    check_join(&r, BOB, NULL, MX_AUTH_FORBIDDEN,
-               "no join_authorised_via_users_server");
-    check_join(&r, BOB, CAROL, MX_AUTH_FORBIDDEN, "below the invite level");
-    room_member(&r, BOB, "invite");
-    check_join(&r, BOB, NULL, MX_AUTH_ALLOW, "already invited");
-    room_free(&r);
+    if (c->dave != NULL) {
+        room_member(&r, DAVE, c->dave);
+    }
 
-    restricted_room(&r, "11", "knock_restricted", 0);
-    check_join(&r, BOB, CAROL, MX_AUTH_ALLOW, "authorised");
+    if (c->bob != NULL) {
+        room_member(&r, BOB, c->bob);
+    }
+
+    check_join(&r, BOB, c->authoriser, c->code, c->rule);
+
     room_free(&r);
 }
 
@@ -872,12 +888,10 @@ int
 main(void)
 {
     int                 rc;
-    size_t              i, n, np, nfixed;
+    size_t              i, n, np, nr, nfixed;
     struct CMUnitTest  *all;
 
     static const struct CMUnitTest  tests[] = {
-        cmocka_unit_test(test_restricted),
-        cmocka_unit_test(test_knock_restricted),
         cmocka_unit_test(test_sender_not_state_key),
         cmocka_unit_test(test_federate),
         cmocka_unit_test(test_no_create),
@@ -894,8 +908,9 @@ main(void)
     nfixed = sizeof(tests) / sizeof(tests[0]);
     n = sizeof(join_cases) / sizeof(join_cases[0]);
     np = sizeof(power_cases) / sizeof(power_cases[0]);
+    nr = sizeof(restricted_cases) / sizeof(restricted_cases[0]);
 
-    all = calloc(nfixed + n + np, sizeof(struct CMUnitTest));
+    all = calloc(nfixed + n + np + nr, sizeof(struct CMUnitTest));
     if (all == NULL) {
         return 1;
     }
@@ -914,7 +929,14 @@ main(void)
         all[nfixed + n + i].initial_state = (void *) &power_cases[i];
     }
 
-    rc = _cmocka_run_group_tests("auth", all, nfixed + n + np, NULL, NULL);
+    for (i = 0; i < nr; i++) {
+        all[nfixed + n + np + i].name = restricted_cases[i].name;
+        all[nfixed + n + np + i].test_func = test_restricted_case;
+        all[nfixed + n + np + i].initial_state = (void *) &restricted_cases[i];
+    }
+
+    rc = _cmocka_run_group_tests("auth", all, nfixed + n + np + nr, NULL,
+                                 NULL);
 
     free(all);
 
