@@ -654,59 +654,91 @@ check_knock(room_t *r, const char *sender, const char *skey, mx_auth_e code,
 }
 
 
+/*
+ * Knocks: a room of version v, the join rules content (NULL: no event),
+ * BOB's membership (NULL: none), m.federate false or not; sender knocks
+ * for BOB. One cmocka test per row.
+ */
+
+typedef struct {
+    const char  *name;
+    const char  *v;
+    const char  *join_rules;    /* the content, JSON */
+    const char  *bob;
+    const char  *sender;
+    int          no_federate;
+    mx_auth_e    code;
+    const char  *rule;
+} knock_case_t;
+
+
+static const knock_case_t  knock_cases[] = {
+
+    { "v6 knock", "6", JR("knock"), NULL, BOB, 0, MX_AUTH_FORBIDDEN,
+      "knocking is not supported in room version 6" },
+    { "v7 knock", "7", JR("knock"), NULL, BOB, 0, MX_AUTH_ALLOW,
+      "join rule is knock and the user may knock" },
+    { "v7 knock, left", "7", JR("knock"), "leave", BOB, 0, MX_AUTH_ALLOW,
+      "may knock" },
+    { "v7 knock, knocked", "7", JR("knock"), "knock", BOB, 0, MX_AUTH_ALLOW,
+      "may knock" },
+    { "v7 knock for another", "7", JR("knock"), "knock", ALICE, 0,
+      MX_AUTH_BAD_JSON, "a user can only knock for themselves" },
+    { "v7 knock, banned", "7", JR("knock"), "ban", BOB, 0, MX_AUTH_FORBIDDEN,
+      "user is banned" },
+    { "v7 knock, invited", "7", JR("knock"), "invite", BOB, 0,
+      MX_AUTH_FORBIDDEN, "already invited" },
+    { "v7 knock, joined", "7", JR("knock"), "join", BOB, 0,
+      MX_AUTH_FORBIDDEN, "already joined" },
+    { "v7 invite", "7", JR("invite"), "leave", BOB, 0, MX_AUTH_FORBIDDEN,
+      "join rule is invite, which admits no knock" },
+    { "v7 public", "7", JR("public"), "leave", BOB, 0, MX_AUTH_FORBIDDEN,
+      "admits no knock" },
+    { "v7 no join rules", "7", NULL, "leave", BOB, 0, MX_AUTH_FORBIDDEN,
+      "admits no knock" },
+    { "v7 knock, m.federate false", "7", JR("knock"), "leave", BOB, 1,
+      MX_AUTH_FORBIDDEN, "m.federate is false" },
+    { "v9 knock_restricted", "9", JR("knock_restricted"), NULL, BOB, 0,
+      MX_AUTH_FORBIDDEN,
+      "join rule is knock_restricted, which admits no knock" },
+    { "v10 knock_restricted", "10", JR("knock_restricted"), NULL, BOB, 0,
+      MX_AUTH_ALLOW, "may knock" },
+    { "v10 restricted", "10", JR("restricted"), NULL, BOB, 0,
+      MX_AUTH_FORBIDDEN, "admits no knock" },
+};
+
+
 static void
-test_knock(void **state)
+test_knock_case(void **state)
 {
-    room_t  r;
+    const knock_case_t *c = *state;
 
-    room_init(&r, "6");
-    room_join_rule(&r, "knock");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
-                "knocking is not supported in room version 6");
-    room_free(&r);
+    json_t        *content;
+    room_t         r;
+    json_error_t   e;
 
-    room_init(&r, "7");
-    room_join_rule(&r, "knock");
-    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW,
-                "join rule is knock and the user may knock");
-    room_member(&r, BOB, "leave");
-    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
-    room_member(&r, BOB, "knock");
-    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
-    check_knock(&r, ALICE, BOB, MX_AUTH_BAD_JSON,
-                "a user can only knock for themselves");
-    room_member(&r, BOB, "ban");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "user is banned");
-    room_member(&r, BOB, "invite");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "already invited");
-    room_member(&r, BOB, "join");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "already joined");
-    room_member(&r, BOB, "leave");
+    room_init(&r, c->v);
 
-    room_join_rule(&r, "invite");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
-                "join rule is invite, which admits no knock");
-    room_join_rule(&r, "public");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
-    room_del(&r, "m.room.join_rules", "");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
+    if (c->join_rules != NULL) {
+        content = json_loads(c->join_rules, 0, &e);
+        if (content == NULL) {
+            fail_msg("bad test JSON %s: %s", c->join_rules, e.text);
+        }
 
-    json_object_set_new(room_create_content(&r), "m.federate", json_false());
-    room_join_rule(&r, "knock");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "m.federate is false");
-    room_free(&r);
+        room_put(&r, "m.room.join_rules", "", ALICE, content);
+    }
 
-    room_init(&r, "9");
-    room_join_rule(&r, "knock_restricted");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
-                "join rule is knock_restricted, which admits no knock");
-    room_free(&r);
+    if (c->bob != NULL) {
+        room_member(&r, BOB, c->bob);
+    }
 
-    room_init(&r, "10");
-    room_join_rule(&r, "knock_restricted");
-    check_knock(&r, BOB, BOB, MX_AUTH_ALLOW, "may knock");
-    room_join_rule(&r, "restricted");
-    check_knock(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "admits no knock");
+    if (c->no_federate) {
+        json_object_set_new(room_create_content(&r), "m.federate",
+                            json_false());
+    }
+
+    check_knock(&r, c->sender, BOB, c->code, c->rule);
+
     room_free(&r);
 }
 
@@ -728,39 +760,73 @@ check_leave(room_t *r, const char *sender, const char *skey, mx_auth_e code,
 }
 
 
+/*
+ * Leaves in a public room of each version from v_from to v_to: BOB's
+ * membership (NULL: none), sender leaves for BOB. One test per row.
+ */
+
+typedef struct {
+    const char  *name;
+    int          v_from;
+    int          v_to;
+    const char  *bob;
+    const char  *sender;
+    mx_auth_e    code;
+    const char  *rule;
+} leave_case_t;
+
+
+static const leave_case_t  leave_cases[] = {
+
+    { "leave, not a member", 1, 12, NULL, BOB, MX_AUTH_FORBIDDEN,
+      "user's membership is none" },
+    { "leave, joined", 1, 12, "join", BOB, MX_AUTH_ALLOW,
+      "from membership join" },
+    { "leave, invited", 1, 12, "invite", BOB, MX_AUTH_ALLOW,
+      "from membership invite" },
+    { "leave, left", 1, 12, "leave", BOB, MX_AUTH_FORBIDDEN,
+      "membership is leave" },
+    { "leave, banned", 1, 12, "ban", BOB, MX_AUTH_FORBIDDEN,
+      "membership is ban" },
+    /* from knock only where knocking exists: v7 and later */
+    { "leave, knocked, no knocking", 1, 6, "knock", BOB, MX_AUTH_FORBIDDEN,
+      "knock" },
+    { "leave, knocked", 7, 12, "knock", BOB, MX_AUTH_ALLOW, "knock" },
+    /* a kick is not a leave by oneself */
+    { "leave for another", 1, 12, "knock", ALICE, MX_AUTH_BAD_JSON,
+      "only a leave by oneself" },
+};
+
+
 static void
-test_leave(void **state)
+test_leave_case(void **state)
 {
-    size_t  i;
+    const leave_case_t *c = *state;
+
+    int     v;
+    char    id[4];
     room_t  r;
 
-    for (i = 0; i < NVERSIONS; i++) {
-        room_init(&r, all_versions[i]);
+    for (v = c->v_from; v <= c->v_to; v++) {
+        snprintf(id, sizeof(id), "%d", v);
+        room_init(&r, id);
         room_join_rule(&r, "public");
 
-        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN,
-                    "user's membership is none");
-        room_member(&r, BOB, "join");
-        check_leave(&r, BOB, BOB, MX_AUTH_ALLOW, "from membership join");
-        room_member(&r, BOB, "invite");
-        check_leave(&r, BOB, BOB, MX_AUTH_ALLOW, "from membership invite");
-        room_member(&r, BOB, "leave");
-        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "membership is leave");
-        room_member(&r, BOB, "ban");
-        check_leave(&r, BOB, BOB, MX_AUTH_FORBIDDEN, "membership is ban");
+        if (c->bob != NULL) {
+            room_member(&r, BOB, c->bob);
+        }
 
-        /* from knock only where knocking exists */
-        room_member(&r, BOB, "knock");
-        check_leave(&r, BOB, BOB,
-                    r.rv->knock ? MX_AUTH_ALLOW : MX_AUTH_FORBIDDEN,
-                    "knock");
-
-        /* a kick is not a leave by oneself */
-        check_leave(&r, ALICE, BOB, MX_AUTH_BAD_JSON,
-                    "only a leave by oneself");
+        check_leave(&r, c->sender, BOB, c->code, c->rule);
 
         room_free(&r);
     }
+}
+
+
+static void
+test_leave_no_federate(void **state)
+{
+    room_t  r;
 
     room_init(&r, "10");
     room_member(&r, BOB, "join");
@@ -884,11 +950,31 @@ test_null_result(void **state)
 }
 
 
+/* Appends n rows of a table as tests named after them. */
+static void
+add_rows(struct CMUnitTest *all, size_t *n, const void *rows, size_t size,
+    size_t count, CMUnitTestFunction f)
+{
+    size_t  i;
+
+    for (i = 0; i < count; i++) {
+        all[*n].name = *(const char *const *) ((const char *) rows
+                                                + i * size);
+        all[*n].test_func = f;
+        all[*n].initial_state = (void *) ((const char *) rows + i * size);
+        (*n)++;
+    }
+}
+
+
+#define ROWS(t)  (t), sizeof((t)[0]), sizeof(t) / sizeof((t)[0])
+
+
 int
 main(void)
 {
     int                 rc;
-    size_t              i, n, np, nr, nfixed;
+    size_t              n;
     struct CMUnitTest  *all;
 
     static const struct CMUnitTest  tests[] = {
@@ -899,44 +985,32 @@ main(void)
         cmocka_unit_test(test_power_huge_strings),
         cmocka_unit_test(test_power_strings_join),
         cmocka_unit_test(test_power_v12_creators),
-        cmocka_unit_test(test_knock),
-        cmocka_unit_test(test_leave),
+        cmocka_unit_test(test_leave_no_federate),
         cmocka_unit_test(test_member_event),
         cmocka_unit_test(test_null_result),
     };
 
-    nfixed = sizeof(tests) / sizeof(tests[0]);
-    n = sizeof(join_cases) / sizeof(join_cases[0]);
-    np = sizeof(power_cases) / sizeof(power_cases[0]);
-    nr = sizeof(restricted_cases) / sizeof(restricted_cases[0]);
-
-    all = calloc(nfixed + n + np + nr, sizeof(struct CMUnitTest));
+    all = calloc(sizeof(tests) / sizeof(tests[0])
+                 + sizeof(join_cases) / sizeof(join_cases[0])
+                 + sizeof(restricted_cases) / sizeof(restricted_cases[0])
+                 + sizeof(power_cases) / sizeof(power_cases[0])
+                 + sizeof(knock_cases) / sizeof(knock_cases[0])
+                 + sizeof(leave_cases) / sizeof(leave_cases[0]),
+                 sizeof(struct CMUnitTest));
     if (all == NULL) {
         return 1;
     }
 
+    n = sizeof(tests) / sizeof(tests[0]);
     memcpy(all, tests, sizeof(tests));
 
-    for (i = 0; i < n; i++) {
-        all[nfixed + i].name = join_cases[i].name;
-        all[nfixed + i].test_func = test_join_case;
-        all[nfixed + i].initial_state = (void *) &join_cases[i];
-    }
+    add_rows(all, &n, ROWS(join_cases), test_join_case);
+    add_rows(all, &n, ROWS(restricted_cases), test_restricted_case);
+    add_rows(all, &n, ROWS(power_cases), test_power_case);
+    add_rows(all, &n, ROWS(knock_cases), test_knock_case);
+    add_rows(all, &n, ROWS(leave_cases), test_leave_case);
 
-    for (i = 0; i < np; i++) {
-        all[nfixed + n + i].name = power_cases[i].name;
-        all[nfixed + n + i].test_func = test_power_case;
-        all[nfixed + n + i].initial_state = (void *) &power_cases[i];
-    }
-
-    for (i = 0; i < nr; i++) {
-        all[nfixed + n + np + i].name = restricted_cases[i].name;
-        all[nfixed + n + np + i].test_func = test_restricted_case;
-        all[nfixed + n + np + i].initial_state = (void *) &restricted_cases[i];
-    }
-
-    rc = _cmocka_run_group_tests("auth", all, nfixed + n + np + nr, NULL,
-                                 NULL);
+    rc = _cmocka_run_group_tests("auth", all, n, NULL, NULL);
 
     free(all);
 
