@@ -910,7 +910,8 @@ def test_at_most_64_fetches_at_once(loaded):
     key server holds the first 64, the other 6 requests find no free
     fetch slot and are answered 401 at once ("too many key fetches in
     progress"); once the key server answers, the 64 are answered 200."""
-    f = loaded.conf()
+    # a fetch timeout far beyond the test: only the gate ends the fetches
+    f = loaded.conf(http_extra="matrix_key_fetch_timeout 120s;")
     remotes = [f.keys.add(RemoteServer(f"r{i}.test")) for i in range(70)]
     gate = threading.Event()
     f.keys.delay = 1                        # any: the gate decides
@@ -918,16 +919,21 @@ def test_at_most_64_fetches_at_once(loaded):
     with ThreadPoolExecutor(70) as ex:
         futs = {rs.name: ex.submit(f.signed_get, f.target, remote=rs,
                                    timeout=60) for rs in remotes}
-        # every request has had its slot or its refusal: 64 fetches held
-        # at the key server, 6 answers back (a guard, not a timing check)
-        deadline = time.monotonic() + 50
-        while not (f.keys.in_flight == 64
-                   and sum(fu.done() for fu in futs.values()) == 6):
-            assert time.monotonic() < deadline, (
-                f.keys.in_flight, [n for n, fu in futs.items() if fu.done()])
-            time.sleep(0.05)
-        refused = {n: fu.result() for n, fu in futs.items() if fu.done()}
-        gate.set()
+        try:
+            # every request has had its slot or its refusal: 64 fetches
+            # held at the key server, 6 answers back (the deadline guards
+            # against a hang, it is no timing check)
+            deadline = time.monotonic() + 50
+            while not (f.keys.in_flight == 64
+                       and sum(fu.done() for fu in futs.values()) == 6):
+                assert time.monotonic() < deadline, (
+                    f.keys.in_flight,
+                    [n for n, fu in futs.items() if fu.done()])
+                time.sleep(0.05)
+            refused = {n: fu.result() for n, fu in futs.items()
+                       if fu.done()}
+        finally:
+            gate.set()
         reps = {n: fu.result() for n, fu in futs.items()}
     for rep in refused.values():
         assert_error(rep, 401, "M_UNAUTHORIZED")
