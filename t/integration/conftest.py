@@ -31,3 +31,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "no_valgrind: cannot run with master_process off "
                    "(t/valgrind deselects it)")
+    config.addinivalue_line(
+        "markers", "serial: timing-sensitive or needs a resource the "
+                   "other tests share; t/test runs it after the parallel "
+                   "run, alone (-m serial)")

@@ -56,10 +56,51 @@ def sanitizer_env(prefix):
     return env
 
 
-def free_port():
+# Under pytest-xdist (t/test runs the suite in several workers) a port that
+# one worker picked and released, but has not bound yet, must not be handed
+# to another worker, nor to any socket bound to port 0 in the meantime: each
+# worker takes its ports from its own block of PORT_BLOCK ports below the
+# kernel's ephemeral range, which the kernel never hands out by itself.
+PORT_BLOCK = 400
+_port_next = 0
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port():
+    """A loopback port nothing is bound to: the kernel's pick, or under
+    pytest-xdist the next free one of this worker's block."""
+    global _port_next
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    base = _ephemeral_low() - (int(worker[2:]) + 1) * PORT_BLOCK
+    if base < 1024:
+        raise RuntimeError(f"no port block for xdist worker {worker}")
+    for _ in range(PORT_BLOCK):
+        port = base + _port_next % PORT_BLOCK
+        _port_next += 1
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"every port of {base}..{base + PORT_BLOCK - 1} "
+                       "is in use")
 
 
 def wait_port(port, proc=None, timeout=10.0):

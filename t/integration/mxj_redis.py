@@ -4,7 +4,6 @@ It runs in its own temporary folder with persistence off unless asked
 (aof=True gives appendonly yes + appendfsync always, the setting the
 schema assumes for the outbox)."""
 
-import os
 import shutil
 import signal
 import subprocess

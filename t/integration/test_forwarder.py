@@ -19,7 +19,6 @@ Every forwarder runs with a bound (--once with a timeout, or a signal)
 and is killed at teardown if still running."""
 
 import hashlib
-import http.client
 import itertools
 import json
 import signal
@@ -35,6 +34,7 @@ from mxj_nginx import CTL, TOP
 
 sys.path.insert(0, str(TOP / "t" / "lib"))
 import mxj_forwarder as fw  # noqa: E402
+import mxj_http  # noqa: E402
 import mxj_joiner  # noqa: E402
 import mxj_room  # noqa: E402
 from mxj_joiner import Joiner, send_join_target  # noqa: E402
@@ -68,21 +68,9 @@ def new_room(version="10"):
 def request(port, method, target, auth=(), body=None, timeout=20):
     """One request, the target byte for byte, each Authorization value
     its own header. Returns (status, body bytes)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.putrequest(method, target, skip_host=True,
-                        skip_accept_encoding=True)
-        conn.putheader("Host", EDGE)
-        for a in auth:
-            conn.putheader("Authorization", a)
-        if body is not None:
-            conn.putheader("Content-Type", "application/json")
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    rep = mxj_http.send(port, method, target, EDGE, auth=auth, body=body,
+                        content_type="application/json", timeout=timeout)
+    return rep.status, rep.body
 
 
 class Sent:

@@ -2,9 +2,7 @@
 python3-signedjson and by the assertions Complement
 (TestInboundFederationKeys) and sytest (01keys.pl) make."""
 
-import base64
 import io
-import json
 import subprocess
 import time
 

@@ -41,7 +41,7 @@ from mxj_nginx import TOP
 
 sys.path.insert(0, str(TOP / "t" / "fault"))
 import mxj_fault  # noqa: E402
-from mxj_fault import EDGE, MJ, Req, send  # noqa: E402
+from mxj_fault import EDGE, send  # noqa: E402
 from mxj_remote import KeyServer, RemoteServer  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.no_valgrind]
@@ -111,6 +111,13 @@ def closed_within(sock, seconds):
 
 
 def worker_pid(e):
+    """The worker's pid. nginx's master listens before it forks the
+    worker, so a connectable port does not mean the worker is there yet:
+    wait for it (a guard against a hang, not a timing check)."""
+    deadline = time.monotonic() + 30
+    while not e.workers():
+        assert time.monotonic() < deadline, "nginx started no worker"
+        time.sleep(0.05)
     return e.workers()[0]
 
 

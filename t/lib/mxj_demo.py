@@ -41,7 +41,6 @@ import http.client
 import json
 import os
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -53,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from signedjson.key import get_verify_key, read_signing_keys  # noqa: E402
 
 import mxj_authcheck as judge  # noqa: E402
+import mxj_http  # noqa: E402
 import mxj_joiner  # noqa: E402
 import mxj_room  # noqa: E402
 from mxj_homeserver import HomeRoom, Homeserver, home_key  # noqa: E402
@@ -161,55 +161,19 @@ def cmd_homeserver(a):
 
 # -- HTTP ---------------------------------------------------------------------
 
-class Reply:
-    def __init__(self, status, headers, body, ttfb, total):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.ttfb = ttfb            # seconds to the answer's headers
-        self.total = total          # seconds to its last byte
-
-    def json(self):
-        return json.loads(self.body)
-
-    def header(self, name):
-        for k, v in self.headers:
-            if k.lower() == name.lower():
-                return v
-        return None
-
-
 def call(base, method, target, auth=None, body=None, cafile=None,
          timeout=60):
     """One request to base (http:// or https://) with the raw target as
-    given; returns a Reply. https: the certificate is checked against
-    cafile (the demo's self-signed one), not against a host name."""
+    given; returns an mxj_http.Reply. https: the certificate is checked
+    against cafile (the demo's self-signed one), not against a host
+    name."""
     u = urllib.parse.urlsplit(base)
-    if u.scheme == "https":
-        ctx = ssl.create_default_context(cafile=cafile)
-        if cafile is None:
-            ctx.verify_mode = ssl.CERT_NONE
-        ctx.check_hostname = False
-        conn = http.client.HTTPSConnection(u.hostname, u.port or 443,
-                                           timeout=timeout, context=ctx)
-    else:
-        conn = http.client.HTTPConnection(u.hostname, u.port or 80,
-                                          timeout=timeout)
-    headers = {}
-    if auth:
-        headers["Authorization"] = auth
-    if body is not None:
-        headers["Content-Type"] = "application/json"
-    try:
-        t0 = time.monotonic()
-        conn.request(method, target, body=body, headers=headers)
-        resp = conn.getresponse()
-        t1 = time.monotonic()
-        data = resp.read()
-        t2 = time.monotonic()
-        return Reply(resp.status, resp.getheaders(), data, t1 - t0, t2 - t0)
-    finally:
-        conn.close()
+    tls = mxj_http.tls_context(cafile) if u.scheme == "https" else None
+    port = u.port or (443 if tls else 80)
+    return mxj_http.send(port, method, target, u.netloc,
+                         auth=[auth] if auth else [], body=body,
+                         content_type="application/json", timeout=timeout,
+                         address=u.hostname, tls=tls)
 
 
 def load_config(a):

@@ -762,134 +762,130 @@ test_id_too_long(void **state)
 }
 
 
-/* The PDU format */
+/*
+ * The PDU format: a signed join with one field (or one key of a field)
+ * removed or replaced, for each version from v_from to v_to, must fail
+ * to parse with code and a reason holding reason. One cmocka test per
+ * row of field_cases[] (main() adds them).
+ */
+
+typedef struct {
+    const char  *name;
+    int          v_from;
+    int          v_to;
+    const char  *field;
+    const char  *key;           /* in field, or NULL: field itself */
+    const char  *value;         /* JSON, or NULL: removed */
+    mx_pdu_e     code;
+    const char  *reason;
+} field_case_t;
+
+
+static const field_case_t  field_cases[] = {
+
+    /* missing fields, every version */
+    { "missing room_id", 1, 12, "room_id", NULL, NULL, MX_PDU_BAD_JSON,
+      "room_id is missing" },
+    { "missing sender", 1, 12, "sender", NULL, NULL, MX_PDU_BAD_JSON,
+      "sender is missing" },
+    { "missing type", 1, 12, "type", NULL, NULL, MX_PDU_BAD_JSON,
+      "type is missing" },
+    { "missing state_key", 1, 12, "state_key", NULL, NULL, MX_PDU_BAD_JSON,
+      "state_key is missing" },
+    { "missing content", 1, 12, "content", NULL, NULL, MX_PDU_BAD_JSON,
+      "content is missing" },
+    { "missing depth", 1, 12, "depth", NULL, NULL, MX_PDU_BAD_JSON,
+      "depth is missing" },
+    { "missing origin_server_ts", 1, 12, "origin_server_ts", NULL, NULL,
+      MX_PDU_BAD_JSON, "origin_server_ts is missing" },
+    { "missing prev_events", 1, 12, "prev_events", NULL, NULL,
+      MX_PDU_BAD_JSON, "prev_events is missing" },
+    { "missing auth_events", 1, 12, "auth_events", NULL, NULL,
+      MX_PDU_BAD_JSON, "auth_events is missing" },
+    { "missing hashes", 1, 12, "hashes", NULL, NULL, MX_PDU_BAD_JSON,
+      "hashes is missing" },
+    /* unsigned: the signature check's answer (sytest) */
+    { "missing signatures", 1, 12, "signatures", NULL, NULL,
+      MX_PDU_FORBIDDEN, "not signed" },
+    { "missing hashes.sha256", 1, 12, "hashes", "sha256", NULL,
+      MX_PDU_FORBIDDEN, "hashes.sha256 is missing" },
+    /* v1, v2 carry their event ID */
+    { "missing event_id", 1, 2, "event_id", NULL, NULL, MX_PDU_BAD_JSON,
+      "event_id is missing" },
+
+    /* wrong types and values */
+    { "content a string", 4, 4, "content", NULL, "\"join\"",
+      MX_PDU_BAD_JSON, "content is not an object" },
+    { "sender an integer", 4, 4, "sender", NULL, "1", MX_PDU_BAD_JSON,
+      "sender is not a string" },
+    { "sender not a user ID", 4, 4, "sender", NULL, "\"bob\"",
+      MX_PDU_BAD_JSON, "sender \"bob\" is not a user ID" },
+    { "room_id not a room ID", 4, 4, "room_id", NULL, "\"room\"",
+      MX_PDU_BAD_JSON, "room_id \"room\" is not a room ID" },
+    /* a hash room ID only from v12 */
+    { "v11 room_id a v12 hash", 11, 11, "room_id", NULL, "\"" ROOM12 "\"",
+      MX_PDU_BAD_JSON, "is not a room ID" },
+    { "type with a NUL", 4, 4, "type", NULL, "\"m.room.member\\u0000x\"",
+      MX_PDU_BAD_JSON, "type contains a NUL character" },
+    { "depth a string", 4, 4, "depth", NULL, "\"12\"", MX_PDU_BAD_JSON,
+      "depth is not an integer" },
+    { "depth a real", 5, 5, "depth", NULL, "12.5", MX_PDU_BAD_JSON,
+      "depth is not an integer" },
+    { "origin_server_ts a string", 4, 4, "origin_server_ts", NULL,
+      "\"now\"", MX_PDU_BAD_JSON, "origin_server_ts is not an integer" },
+    { "prev_events an object", 4, 4, "prev_events", NULL, "{}",
+      MX_PDU_BAD_JSON, "prev_events is not a list" },
+    { "hashes a string", 4, 4, "hashes", NULL, "\"x\"", MX_PDU_BAD_JSON,
+      "hashes is not an object" },
+    { "hashes.sha256 an integer", 4, 4, "hashes", "sha256", "1",
+      MX_PDU_BAD_JSON, "hashes.sha256 is not a string" },
+    { "signatures a list", 4, 4, "signatures", NULL, "[]", MX_PDU_BAD_JSON,
+      "signatures is not an object" },
+    { "v1 event_id without a server", 1, 1, "event_id", NULL,
+      "\"$nodomain\"", MX_PDU_BAD_JSON,
+      "event_id \"$nodomain\" is not \"$opaque:server\"" },
+    { "v2 event_id with a bad server", 2, 2, "event_id", NULL,
+      "\"$x:localhost:http\"", MX_PDU_BAD_JSON,
+      "is not \"$opaque:server\"" },
+};
+
 
 static void
-test_missing_fields(void **state)
+test_field_case(void **state)
 {
-    int                v;
-    size_t             i;
-    json_t            *ev;
-    char               want[64];
-    static const char *fields[] = {
-        "room_id", "sender", "type", "state_key", "content", "depth",
-        "origin_server_ts", "prev_events", "auth_events", "hashes",
-        "signatures", NULL
-    };
+    const field_case_t *c = *state;
 
-    for (v = 1; v <= 12; v++) {
-        for (i = 0; fields[i] != NULL; i++) {
-            ev = signed_join(v);
-            assert_int_equal(json_object_del(ev, fields[i]), 0);
-            snprintf(want, sizeof(want), "%s is missing", fields[i]);
+    int            v;
+    json_t        *ev, *obj, *val;
+    const char    *name;
+    json_error_t   e;
 
-            if (strcmp(fields[i], "signatures") == 0) {
-                /* unsigned: the signature check's answer (sytest) */
-                expect_parse(v, ev, MX_PDU_FORBIDDEN, 403, "M_FORBIDDEN",
-                             "not signed");
-                continue;
+    for (v = c->v_from; v <= c->v_to; v++) {
+        ev = signed_join(v);
+
+        obj = c->key ? json_object_get(ev, c->field) : ev;
+        name = c->key ? c->key : c->field;
+        assert_non_null(obj);
+
+        if (c->value == NULL) {
+            assert_int_equal(json_object_del(obj, name), 0);
+
+        } else {
+            val = json_loads(c->value, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+            if (val == NULL) {
+                fail_msg("bad test JSON %s: %s", c->value, e.text);
             }
 
-            expect_parse(v, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON", want);
+            assert_int_equal(json_object_set_new(obj, name, val), 0);
         }
 
-        ev = signed_join(v);
-        json_object_del(json_object_get(ev, "hashes"), "sha256");
-        expect_parse(v, ev, MX_PDU_FORBIDDEN, 403, "M_FORBIDDEN",
-                     "hashes.sha256 is missing");
+        if (c->code == MX_PDU_FORBIDDEN) {
+            expect_parse(v, ev, c->code, 403, "M_FORBIDDEN", c->reason);
+
+        } else {
+            expect_parse(v, ev, c->code, 400, "M_BAD_JSON", c->reason);
+        }
     }
-
-    /* v1, v2 carry their event ID */
-    for (v = 1; v <= 2; v++) {
-        ev = signed_join(v);
-        json_object_del(ev, "event_id");
-        expect_parse(v, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                     "event_id is missing");
-    }
-}
-
-
-static void
-test_wrong_types(void **state)
-{
-    json_t  *ev;
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "content", json_string("join"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "content is not an object");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "sender", json_integer(1));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "sender is not a string");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "sender", json_string("bob"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "sender \"bob\" is not a user ID");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "room_id", json_string("room"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "room_id \"room\" is not a room ID");
-
-    /* a hash room ID only from v12 */
-    ev = signed_join(11);
-    json_object_set_new(ev, "room_id", json_string(ROOM12));
-    expect_parse(11, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "is not a room ID");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "type", json_stringn("m.room.member\0x", 15));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "type contains a NUL character");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "depth", json_string("12"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "depth is not an integer");
-
-    ev = signed_join(5);
-    json_object_set_new(ev, "depth", json_real(12.5));
-    expect_parse(5, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "depth is not an integer");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "origin_server_ts", json_string("now"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "origin_server_ts is not an integer");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "prev_events", json_object());
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "prev_events is not a list");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "hashes", json_string("x"));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "hashes is not an object");
-
-    ev = signed_join(4);
-    json_object_set_new(json_object_get(ev, "hashes"), "sha256",
-                        json_integer(1));
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "hashes.sha256 is not a string");
-
-    ev = signed_join(4);
-    json_object_set_new(ev, "signatures", json_array());
-    expect_parse(4, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "signatures is not an object");
-
-    ev = signed_join(1);
-    json_object_set_new(ev, "event_id", json_string("$nodomain"));
-    expect_parse(1, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "event_id \"$nodomain\" is not \"$opaque:server\"");
-
-    ev = signed_join(2);
-    json_object_set_new(ev, "event_id", json_string("$x:localhost:http"));
-    expect_parse(2, ev, MX_PDU_BAD_JSON, 400, "M_BAD_JSON",
-                 "is not \"$opaque:server\"");
 }
 
 
@@ -1517,7 +1513,11 @@ test_signatures(void **state)
 int
 main(void)
 {
-    const struct CMUnitTest  tests[] = {
+    int                 rc;
+    size_t              i, n, nfixed;
+    struct CMUnitTest  *all;
+
+    static const struct CMUnitTest  tests[] = {
         cmocka_unit_test(test_good_join_every_version),
         cmocka_unit_test(test_origin_field_ignored),
         cmocka_unit_test(test_result_may_be_null),
@@ -1529,8 +1529,6 @@ main(void)
         cmocka_unit_test(test_body_too_large),
         cmocka_unit_test(test_canonical_too_large),
         cmocka_unit_test(test_id_too_long),
-        cmocka_unit_test(test_missing_fields),
-        cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_depth),
         cmocka_unit_test(test_prev_events_count),
         cmocka_unit_test(test_auth_events_count),
@@ -1551,5 +1549,25 @@ main(void)
         cmocka_unit_test(test_signatures),
     };
 
-    return cmocka_run_group_tests_name("pdu", tests, setup, NULL);
+    nfixed = sizeof(tests) / sizeof(tests[0]);
+    n = sizeof(field_cases) / sizeof(field_cases[0]);
+
+    all = calloc(nfixed + n, sizeof(struct CMUnitTest));
+    if (all == NULL) {
+        return 1;
+    }
+
+    memcpy(all, tests, sizeof(tests));
+
+    for (i = 0; i < n; i++) {
+        all[nfixed + i].name = field_cases[i].name;
+        all[nfixed + i].test_func = test_field_case;
+        all[nfixed + i].initial_state = (void *) &field_cases[i];
+    }
+
+    rc = _cmocka_run_group_tests("pdu", all, nfixed + n, setup, NULL);
+
+    free(all);
+
+    return rc;
 }

@@ -1,10 +1,14 @@
 /*
  * Copyright (C) nginx-matrix-join authors.
- * Room snapshots: small rooms built here with the core (create, two
- * members, power levels, join rules, a message as forward extremity),
- * accepted for v1, v10 and v12, then broken one way at a time, each
- * rejection naming the event and the reason; then where each PDU lies in
- * its chunk, and the partial state (heroes and their auth chain).
+ * Room snapshots: a small room (create, two members, power levels, join
+ * rules, a message as forward extremity) of every version, made by
+ * t/unit/snapshot_fixtures.py with python3-canonicaljson and hashlib
+ * (snapshot_fixtures.h), accepted with the IDs, hashes and byte counts
+ * the script computed; the same room built here with the core
+ * (room_build(), checked equal to the script's) broken one way at a time,
+ * each rejection naming the event and the reason; then where each PDU
+ * lies in its chunk, and the partial state (heroes and their auth
+ * chain).
  */
 
 #include <stdarg.h>
@@ -20,6 +24,7 @@
 #include "mx_event.h"
 #include "mx_json.h"
 #include "mx_snapshot.h"
+#include "snapshot_fixtures.h"
 
 
 enum { CREATE = 0, ALICE, PL, JR, BOB, MSG, NEVENTS };
@@ -268,28 +273,53 @@ expect_reject(room_t *r, const char *where, const char *reason)
 }
 
 
+/* The fixture of version: made by t/unit/snapshot_fixtures.py. */
+static const snapshot_fixture_t *
+fixture(const char *version)
+{
+    size_t  i;
+
+    for (i = 0; i < sizeof(snapshot_fixtures) / sizeof(snapshot_fixtures[0]);
+         i++)
+    {
+        if (strcmp(snapshot_fixtures[i].version, version) == 0) {
+            return &snapshot_fixtures[i];
+        }
+    }
+
+    fail_msg("no fixture for v%s", version);
+
+    return NULL;
+}
+
+
+/*
+ * The small room of room_build() as t/unit/snapshot_fixtures.py made it
+ * (python3-canonicaljson, hashlib): every ID, hash and byte count the
+ * loader reports is compared with the script's.
+ */
 static void
 check_ok(const char *version)
 {
-    char                buf[1][MX_EVENT_ID_MAX];
-    size_t              i, l;
-    json_t             *chunk;
-    mx_buf_t            b = MX_BUF_INIT;
-    room_t              r;
-    mx_err_t            e;
-    mx_snapshot_t      *snap;
-    mx_snapshot_err_t   err;
+    long                        pl;
+    size_t                      i, l;
+    json_t                     *chunk;
+    mx_buf_t                    b = MX_BUF_INIT;
+    mx_err_t                    e;
+    mx_snapshot_t              *snap;
+    mx_snapshot_err_t           err;
     const mx_snapshot_event_t  *x;
+    const snapshot_fixture_t   *f;
 
-    room_build(&r, version);
+    f = fixture(version);
 
-    if (parse(&r, &snap, &err) != 0) {
+    if (parse_text(f->doc, &snap, &err) != 0) {
         fail_msg("v%s: %s: %s", version, err.where, err.reason);
     }
 
-    assert_ptr_equal(snap->rv, r.rv);
-    assert_string_equal(snap->room_id, r.room_id);
-    assert_string_equal(snap->create_event_id, event_id(&r, r.ev[CREATE]));
+    assert_ptr_equal(snap->rv, mx_room_version(version, strlen(version)));
+    assert_string_equal(snap->room_id, f->room_id);
+    assert_string_equal(snap->create_event_id, f->create_id);
     assert_int_equal(snap->state_events, 5);
     assert_int_equal(snap->member_events, 2);
     assert_int_equal(snap->members, 2);
@@ -297,17 +327,12 @@ check_ok(const char *version)
     assert_int_equal(snap->nevents, 5);
     assert_int_equal(snap->nextrem, 1);
     assert_int_equal(snap->max_depth, 6);
-    assert_string_equal(snap->extrem[0].id, event_id(&r, r.ev[MSG]));
+    assert_string_equal(snap->extrem[0].id, f->msg_id);
     assert_int_equal(snap->naliases, 1);
     assert_string_equal(snap->aliases[0], "#room:example.org");
 
-    /* v3+: the extremity's ID is its reference hash */
-    if (r.rv->event_id_format == MX_EVENT_ID_HASH_STD) {
-        assert_string_equal(snap->extrem[0].sha256,
-                            event_id(&r, r.ev[MSG]) + 1);
-    }
-
-    assert_int_equal(strlen(snap->extrem[0].sha256), 43);
+    /* the extremity's reference hash, standard unpadded base64 */
+    assert_string_equal(snap->extrem[0].sha256, f->msg_sha256);
 
     /* the lists hold canonical PDUs and chunks parse when bracketed */
 
@@ -348,31 +373,58 @@ check_ok(const char *version)
     }
 
     x = mx_snapshot_list_event(snap, MX_SNAPSHOT_STATE_M, 1);
-    snprintf(buf[0], sizeof(buf[0]), "%s", event_id(&r, r.ev[BOB]));
-    assert_string_equal(x->id, buf[0]);
+    assert_string_equal(x->id, f->bob_id);
     assert_string_equal(x->state_key,
                         "[\"m.room.member\",\"@bob:b.example.org\"]");
     assert_string_equal(x->user, "@bob:b.example.org");
     assert_string_equal(x->membership, "join");
     assert_true(x->in_state && !x->in_auth && x->member);
 
-    x = &snap->events[mx_snapshot_find(snap, event_id(&r, r.ev[PL]))];
+    pl = mx_snapshot_find(snap, f->pl_id);
+    assert_true(pl >= 0);
+    x = &snap->events[pl];
     assert_true(x->in_state && x->in_auth && !x->member);
     assert_string_equal(x->state_key, "[\"m.room.power_levels\",\"\"]");
     assert_int_equal(mx_snapshot_find(snap, "$nope"), -1);
 
-    /* bytes: every PDU of state and auth chain, in both counted twice */
-
-    for (i = 0, l = 0; i < snap->nevents; i++) {
-        l += snap->events[i].pdu_len
-             * (snap->events[i].in_state + snap->events[i].in_auth);
-    }
-
-    assert_int_equal(snap->bytes, l);
+    /* bytes: every PDU of the state and of the auth chain, as the script
+     * counted them */
+    assert_int_equal(snap->bytes, f->bytes);
 
     mx_buf_free(&b);
     mx_snapshot_free(snap);
-    room_free(&r);
+}
+
+
+/* The fixtures are the rooms room_build() makes with the core. */
+static void
+test_fixtures_are_room_build(void **state)
+{
+    size_t                     i;
+    char                      *text;
+    json_t                    *want;
+    room_t                     r;
+    json_error_t               e;
+    const snapshot_fixture_t  *f;
+
+    for (i = 0; i < sizeof(snapshot_fixtures) / sizeof(snapshot_fixtures[0]);
+         i++)
+    {
+        f = &snapshot_fixtures[i];
+        room_build(&r, f->version);
+
+        want = json_loads(f->doc, 0, &e);
+        assert_non_null(want);
+
+        if (!json_equal(want, r.doc)) {
+            text = json_dumps(r.doc, JSON_COMPACT | JSON_SORT_KEYS);
+            fail_msg("v%s: room_build() made %s", f->version, text);
+        }
+
+        json_decref(want);
+        room_free(&r);
+    }
+
 }
 
 
@@ -1460,6 +1512,7 @@ int
 main(void)
 {
     const struct CMUnitTest  tests[] = {
+        cmocka_unit_test(test_fixtures_are_room_build),
         cmocka_unit_test(test_ok_v10),
         cmocka_unit_test(test_ok_v1),
         cmocka_unit_test(test_ok_v12),
