@@ -24,6 +24,7 @@
 typedef struct {
     const char  *name;
     int        (*run)(int argc, char **argv);
+    const char  *summary;
     const char  *usage;
 } mxj_command_t;
 
@@ -31,7 +32,8 @@ typedef struct {
 #define MXJ_REDIS_USAGE                                                       \
     "  --redis ADDRESS     Redis: HOST:PORT or unix:/PATH\n"                  \
     "  --prefix P          the key prefix, as matrix_redis_prefix (default\n" \
-    "                      \"mxj:\"; no braces, spaces or control characters)\n"\
+    "                      \"mxj:\"; no braces, spaces or control\n"          \
+    "                      characters)\n"                                    \
     "  --password PW       AUTH password (or MXJ_REDIS_PASSWORD)\n"          \
     "  --db N              SELECT N first (as matrix_redis_db, default 0)\n"
 
@@ -39,11 +41,13 @@ typedef struct {
 static const mxj_command_t  mxj_commands[] = {
 
     { "keygen", mxj_cmd_keygen,
+      "print a new Synapse-format signing key",
       "usage: matrix-join-ctl keygen SERVER_NAME\n"
       "Print a new Synapse-format signing key line (\"ed25519 <version>\n"
       "<seed>\") on stdout and its public key on stderr.\n" },
 
     { "load", mxj_cmd_load,
+      "check a room snapshot and load it into Redis",
       "usage: matrix-join-ctl load --redis ADDRESS [--prefix P]\n"
       "       [--password PW] [--db N] SNAPSHOT.json\n"
       "Check a room snapshot (every event's hash, signatures and auth\n"
@@ -51,24 +55,28 @@ static const mxj_command_t  mxj_commands[] = {
       MXJ_REDIS_USAGE },
 
     { "show", mxj_cmd_show,
+      "the loaded snapshot of a room",
       "usage: matrix-join-ctl show --redis ADDRESS [--prefix P]\n"
       "       [--password PW] [--db N] ROOM_ID\n"
       "Print the loaded snapshot of a room (\"!opaque:server\").\n"
       MXJ_REDIS_USAGE },
 
     { "rooms", mxj_cmd_rooms,
+      "one line per loaded room",
       "usage: matrix-join-ctl rooms --redis ADDRESS [--prefix P]\n"
       "       [--password PW] [--db N]\n"
       "Print one line per loaded room.\n"
       MXJ_REDIS_USAGE },
 
     { "outbox", mxj_cmd_outbox,
+      "what the outbox holds",
       "usage: matrix-join-ctl outbox --redis ADDRESS [--prefix P]\n"
       "       [--password PW] [--db N]\n"
       "Print what the outbox holds: one line per room, then the total.\n"
       MXJ_REDIS_USAGE },
 
     { "forward", mxj_cmd_forward,
+      "deliver the joins accepted at the edge to the homeserver",
       "usage: matrix-join-ctl forward --redis ADDRESS --upstream URL\n"
       "       [--prefix P] [--once] [--concurrency N] [--claim-idle MS]\n"
       "       [--max-attempts N] [--timeout MS] [--consumer NAME]\n"
@@ -89,6 +97,7 @@ static const mxj_command_t  mxj_commands[] = {
       MXJ_REDIS_USAGE },
 
     { "sync", mxj_cmd_sync,
+      "pull rooms' snapshots from the homeserver and load them",
       "usage: matrix-join-ctl sync --redis ADDRESS --homeserver URL\n"
       "       --server-name NAME --signing-key FILE [--prefix P]\n"
       "       [--every DURATION] [--user @u:NAME]... [--confirm-passes N]\n"
@@ -102,14 +111,16 @@ static const mxj_command_t  mxj_commands[] = {
       MXJ_REDIS_USAGE },
 
     { "version", NULL,
+      "the version and the library versions",
       "usage: matrix-join-ctl version\n"
       "Print the version and the versions of the libraries linked.\n" },
 
     { "help", NULL,
+      "this text, or a command's",
       "usage: matrix-join-ctl help [COMMAND]\n"
       "Print this text, or a command's.\n" },
 
-    { NULL, NULL, NULL }
+    { NULL, NULL, NULL, NULL }
 };
 
 
@@ -255,7 +266,11 @@ mxj_help_all(FILE *f)
         "Commands:\n");
 
     for (c = mxj_commands; c->name; c++) {
-        fprintf(f, "\n%s\n", c->name);
+        fprintf(f, "  %-9s %s\n", c->name, c->summary);
+    }
+
+    for (c = mxj_commands; c->name; c++) {
+        fprintf(f, "\nmatrix-join-ctl %s:\n", c->name);
         fputs(c->usage, f);
     }
 

@@ -966,8 +966,8 @@ ngx_http_matrix_key_fetch_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     if (mlcf->key_fetch_rate == 0) {
         value = cf->args->elts;
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"matrix_key_fetch_rate\" \"%V\": at least 1 fetch "
-                           "a minute (without \"matrix_key_fetch\" nothing "
+                           "\"matrix_key_fetch_rate\" \"%V\": at least 1 "
+                           "fetch a minute (without \"matrix_key_fetch\" nothing "
                            "is fetched)", &value[1]);
         return NGX_CONF_ERROR;
     }
@@ -1004,8 +1004,8 @@ ngx_http_matrix_join_max_age(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (mlcf->max_age == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"matrix_join_max_age\" \"%V\": no snapshot is that "
-                           "young; \"off\" uses snapshots of any age",
+                           "\"matrix_join_max_age\" \"%V\": no snapshot is "
+                           "that young; \"off\" uses snapshots of any age",
                            &value[1]);
         return NGX_CONF_ERROR;
     }
