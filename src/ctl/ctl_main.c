@@ -248,6 +248,7 @@ mxj_wants_help(int argc, char **argv)
 static void
 mxj_help_all(FILE *f)
 {
+    const char           *p, *q;
     const mxj_command_t  *c;
 
     fprintf(f,
@@ -269,9 +270,16 @@ mxj_help_all(FILE *f)
         fprintf(f, "  %-9s %s\n", c->name, c->summary);
     }
 
+    /* indented under "NAME:": help2man makes each a subsection */
+
     for (c = mxj_commands; c->name; c++) {
-        fprintf(f, "\nmatrix-join-ctl %s:\n", c->name);
-        fputs(c->usage, f);
+        fprintf(f, "\n%s:\n", c->name);
+
+        for (p = c->usage; *p; p = q) {
+            q = strchr(p, '\n');
+            q = q ? q + 1 : p + strlen(p);
+            fprintf(f, "  %.*s", (int) (q - p), p);
+        }
     }
 
     fprintf(f,
