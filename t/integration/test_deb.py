@@ -1,13 +1,15 @@
 """t/deb builds the two Debian packages (issue 20, item 1) with Debian's
-dh_nginx; lintian finds no error or warning. Installing them on the
-machine is not tested here (see docs/cli.md, Debian packages)."""
+dh_nginx; lintian finds no error or warning. With MXJ_DEB_INSTALL=1 they
+are also installed on the machine, the main job (t/run --once) runs with
+them, and they are purged leaving nothing behind."""
 
 import gzip
+import os
 import subprocess
 
 import pytest
 
-from mxj_nginx import TOP
+from mxj_nginx import TOP, free_port
 
 # t/deb packages the plain build (t/build), whatever MXJ_BUILD says
 BUILD = TOP / "build"
@@ -113,3 +115,64 @@ def test_lintian_finds_no_error_or_warning(debs):
     tags = [line for line in report.splitlines()
             if line[:2] in ("E:", "W:")]
     assert tags == [], report
+
+
+# --- installed on the machine ---------------------------------------------
+
+PACKAGES = ["libnginx-mod-http-matrix-join", "matrix-join-ctl"]
+ENABLED = "/etc/nginx/modules-enabled/50-mod-http-matrix-join.conf"
+
+
+def dpkg_installed(package):
+    p = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status}",
+                        package], capture_output=True, text=True)
+    return p.stdout == "installed"
+
+
+@pytest.mark.no_valgrind
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(os.environ.get("MXJ_DEB_INSTALL") != "1",
+                    reason="installs and purges the packages on this "
+                    "machine: run with MXJ_DEB_INSTALL=1 (as root)")
+def test_installed_packages_answer_the_join_and_purge_clean(debs, tmp_path):
+    assert os.geteuid() == 0, "apt-get install needs root"
+    assert not any(dpkg_installed(p) for p in PACKAGES), \
+        "already installed: this test would purge someone's packages"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    p = subprocess.run(["apt-get", "install", "-y", "-q",
+                        *[str(debs[n]) for n in PACKAGES]],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    try:
+        files = subprocess.run(["dpkg", "-L", *PACKAGES],
+                               capture_output=True, text=True,
+                               check=True).stdout.split()
+        assert os.readlink(ENABLED) == \
+            "/usr/share/nginx/modules-available/mod-http-matrix-join.conf"
+        assert subprocess.run(["getent", "passwd", "matrix-join"],
+                              capture_output=True).returncode == 0
+        # the main job, with the packaged module and CLI
+        run_dir = tmp_path / "run"
+        run = subprocess.run(
+            [str(TOP / "t" / "run"), "--once"], stdin=subprocess.DEVNULL,
+            env=dict(os.environ, MXJ_PACKAGED="1", MXJ_RUN_DIR=str(run_dir),
+                     MXJ_PORT=str(free_port()),
+                     MXJ_REDIS_PORT=str(free_port())),
+            capture_output=True, text=True, timeout=540)
+        out = run.stdout + run.stderr
+        assert run.returncode == 0, out[-6000:]
+        assert "t/run --once: the join was verified" in out, out[-6000:]
+        assert "/usr/sbin/matrix-join-ctl sync " in out, out[-6000:]
+        conf = (run_dir / "conf" / "nginx.conf").read_text()
+        assert "include /etc/nginx/modules-enabled/*.conf;" in conf
+        assert "load_module" not in conf
+    finally:
+        purge = subprocess.run(["apt-get", "purge", "-y", "-q", *PACKAGES],
+                               capture_output=True, text=True, env=env,
+                               timeout=600)
+    assert purge.returncode == 0, purge.stdout + purge.stderr
+    assert not any(dpkg_installed(p) for p in PACKAGES)
+    left = [f for f in files if os.path.isfile(f) or os.path.islink(f)]
+    assert left == [], left
+    assert not os.path.lexists(ENABLED)
+    assert not os.path.exists("/etc/matrix-join")
