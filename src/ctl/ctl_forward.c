@@ -96,7 +96,7 @@ mxj_cmd_forward(int argc, char **argv)
     for ( ;; ) {
         if (mxj_fwd_connect(&fwd, &fwd.r, &failures) != 0) {
             mxj_fwd_log("stopped");
-            return MXJ_EXIT_OK;
+            return fwd.gave_up ? MXJ_EXIT_FAIL : MXJ_EXIT_OK;
         }
 
         schema = mxj_redis_schema(&fwd.r, 0);
@@ -182,7 +182,7 @@ mxj_cmd_forward(int argc, char **argv)
 
     rc = MXJ_EXIT_OK;
 
-    if (fwd.once && fwd.dead_letters > 0) {
+    if (fwd.once && (fwd.dead_letters > 0 || fwd.gave_up)) {
         rc = MXJ_EXIT_FAIL;
     }
 
@@ -308,12 +308,7 @@ mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd)
 static int
 mxj_fwd_usage(void)
 {
-    fprintf(stderr, "usage: matrix-join-ctl forward --redis ADDRESS "
-            "--upstream URL [--prefix P]\n"
-            "           [--once] [--concurrency N] [--claim-idle MS] "
-            "[--max-attempts N]\n"
-            "           [--timeout MS] [--consumer NAME] [--password PW] "
-            "[--db N]\n");
+    mxj_usage(stderr, "forward");
 
     return -1;
 }

@@ -54,6 +54,16 @@ mxj_fwd_connect(mxj_fwd_t *fwd, mxj_redis_t *r, int *failures)
 
         (*failures)++;
 
+        /* --once delivers what is there: with Redis gone, nothing is */
+
+        if (fwd->once && *failures >= MXJ_FWD_ONCE_TRIES) {
+            mxj_fwd_log("redis at %s unreachable after %d tries, giving up "
+                        "(--once)", r->address, *failures);
+            __atomic_store_n(&fwd->gave_up, 1, __ATOMIC_SEQ_CST);
+            mxj_run_stop(&fwd->run);
+            break;
+        }
+
         mxj_fwd_log("redis at %s unavailable, connecting again in %.1f s",
                     r->address, ms / 1000.0);
 

@@ -27,6 +27,7 @@
 #define MXJ_FWD_REDIS_MIN_MS    100     /* reconnect backoff */
 #define MXJ_FWD_REDIS_MAX_MS    5000
 #define MXJ_FWD_REDIS_IO        10      /* s, one Redis reply */
+#define MXJ_FWD_ONCE_TRIES      5       /* --once: connects before giving up */
 
 
 typedef struct {
@@ -56,6 +57,7 @@ typedef struct {
     const char         *consumer;
     char               *consumer_buf;
     int                 once;
+    int                 gave_up;        /* --once: Redis unreachable */
     long                concurrency;
     long                claim_idle;
     long                max_attempts;

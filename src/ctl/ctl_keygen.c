@@ -31,8 +31,16 @@ mxj_cmd_keygen(int argc, char **argv)
     mx_err_t          err;
     mx_signing_key_t  key;
 
+    /* "-h" and "--help" never get here (ctl_main.c): no key for them */
+
+    if (argc == 2 && argv[1][0] == '-') {
+        fprintf(stderr, "matrix-join-ctl: keygen: unknown option \"%s\"\n",
+                argv[1]);
+        argc = 0;
+    }
+
     if (argc != 2) {
-        fprintf(stderr, "usage: matrix-join-ctl keygen SERVER_NAME\n");
+        mxj_usage(stderr, "keygen");
         return MXJ_EXIT_USAGE;
     }
 

@@ -265,8 +265,7 @@ mxj_outbox_args(int argc, char **argv, mxj_redis_t *r)
 
 usage:
 
-    fprintf(stderr, "usage: matrix-join-ctl outbox --redis ADDRESS "
-            "[--prefix P] [--password PW] [--db N]\n");
+    mxj_usage(stderr, "outbox");
 
     return -1;
 }

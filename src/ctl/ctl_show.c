@@ -18,6 +18,7 @@
 #include "ctl.h"
 #include "ctl_opt.h"
 #include "ctl_redis.h"
+#include "mx_id.h"
 
 
 typedef struct {
@@ -332,6 +333,12 @@ mxj_show_set(void *conf, int id, const char *value)
         return -1;
     }
 
+    if (!mx_room_id_valid(value, strlen(value), 0)) {
+        fprintf(stderr, "matrix-join-ctl: %s: invalid room ID \"%s\", "
+                "expected \"!opaque_id:server.name\"\n", a->cmd, value);
+        return -1;
+    }
+
     *a->room = value;
 
     return 0;
@@ -367,8 +374,7 @@ mxj_show_args(const char *cmd, int argc, char **argv, mxj_redis_t *r,
 
 usage:
 
-    fprintf(stderr, "usage: matrix-join-ctl %s --redis ADDRESS [--prefix P] "
-            "[--password PW] [--db N]%s\n", cmd, room ? " ROOM_ID" : "");
+    mxj_usage(stderr, cmd);
 
     return -1;
 }

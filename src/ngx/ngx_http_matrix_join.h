@@ -40,6 +40,8 @@ typedef struct {
     ngx_str_t                    key_id;
     u_char                       key[MX_ED25519_PK_LEN];
     int64_t                      expired_ts;
+    u_char                      *file;          /* where it was set */
+    ngx_uint_t                   line;
 } ngx_http_matrix_old_key_t;
 
 
@@ -82,6 +84,10 @@ typedef struct {
     ngx_uint_t                   join_rate;         /* per 1000 s; 0: off */
     ngx_uint_t                   join_burst;
     ngx_uint_t                   send_join;         /* matrix_send_join here */
+    u_char                      *key_fetch_file;    /* where they were set, */
+    ngx_uint_t                   key_fetch_line;    /* for postconfiguration */
+    u_char                      *fallback_file;
+    ngx_uint_t                   fallback_line;
 } ngx_http_matrix_join_loc_conf_t;
 
 
@@ -145,6 +151,8 @@ struct ngx_http_matrix_ctx_s {
 /* Where a handler directive was used, checked once the servers are merged. */
 typedef struct {
     ngx_http_matrix_join_srv_conf_t  *mscf;
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+    ngx_http_core_srv_conf_t         *cscf;     /* its server */
     u_char                           *file;
     ngx_uint_t                        line;
 } ngx_http_matrix_key_server_ref_t;

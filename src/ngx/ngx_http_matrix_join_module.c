@@ -21,6 +21,7 @@
 
 
 #define NGX_HTTP_MATRIX_KEY_VALIDITY_MIN  (3600 * 1000)
+#define NGX_HTTP_MATRIX_MAX_AGE_DEFAULT   (600 * 1000)    /* 10m */
 
 
 static ngx_int_t ngx_http_matrix_join_init_process(ngx_cycle_t *cycle);
@@ -51,6 +52,16 @@ static char *ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_matrix_key_fetch(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_matrix_key_fetch_rate(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_matrix_join_max_age(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_matrix_join_check_locations(ngx_conf_t *cf,
+    ngx_http_matrix_key_server_ref_t *ref);
+static ngx_http_core_loc_conf_t *ngx_http_matrix_join_find_location(
+    ngx_http_core_srv_conf_t *cscf, ngx_str_t *uri);
 
 
 static ngx_command_t  ngx_http_matrix_join_commands[] = {
@@ -127,7 +138,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
 
     { ngx_string("matrix_key_fetch"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_str_slot,
+      ngx_http_matrix_key_fetch,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch),
       NULL },
@@ -148,7 +159,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
 
     { ngx_string("matrix_key_fetch_rate"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_matrix_key_fetch_rate,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_matrix_join_loc_conf_t, key_fetch_rate),
       NULL },
@@ -162,7 +173,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
 
     { ngx_string("matrix_join_max_age"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_matrix_join_max_age,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_matrix_join_loc_conf_t, max_age),
       NULL },
@@ -333,6 +344,10 @@ ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
                           "and \"matrix_redis\"", ref[i].file, ref[i].line);
             return NGX_ERROR;
         }
+
+        if (ngx_http_matrix_join_check_locations(cf, &ref[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     ref = mmcf->redis_users.elts;
@@ -483,10 +498,11 @@ ngx_http_matrix_join_merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
                 if (ngx_strcmp(old[i].key_id.data, conf->keyset->key_ids[k])
                     == 0)
                 {
-                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                       "old verify key \"%V\" is also a "
-                                       "current key in \"%V\"",
-                                       &old[i].key_id, &conf->keyset->path);
+                    ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                                  "\"matrix_old_verify_key\" \"%V\" is "
+                                  "also a current key in \"%V\" in %s:%ui",
+                                  &old[i].key_id, &conf->keyset->path,
+                                  old[i].file, old[i].line);
                     return NGX_CONF_ERROR;
                 }
             }
@@ -549,6 +565,16 @@ ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_http_core_loc_conf_t  *clcf;
 
+    if (conf->key_fetch.data == NULL) {
+        conf->key_fetch_file = prev->key_fetch_file;
+        conf->key_fetch_line = prev->key_fetch_line;
+    }
+
+    if (conf->fallback.data == NULL) {
+        conf->fallback_file = prev->fallback_file;
+        conf->fallback_line = prev->fallback_line;
+    }
+
     ngx_conf_merge_str_value(conf->key_fetch, prev->key_fetch, "");
     ngx_conf_merge_msec_value(conf->key_fetch_negative_ttl,
                               prev->key_fetch_negative_ttl, 30000);
@@ -556,7 +582,8 @@ ngx_http_matrix_join_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               prev->key_fetch_timeout, 10000);
     ngx_conf_merge_uint_value(conf->key_fetch_rate, prev->key_fetch_rate, 10);
     ngx_conf_merge_str_value(conf->fallback, prev->fallback, "");
-    ngx_conf_merge_msec_value(conf->max_age, prev->max_age, 0);
+    ngx_conf_merge_msec_value(conf->max_age, prev->max_age,
+                              NGX_HTTP_MATRIX_MAX_AGE_DEFAULT);
     ngx_conf_merge_uint_value(conf->join_rate, prev->join_rate, 0);
     ngx_conf_merge_uint_value(conf->join_burst, prev->join_burst, 1);
 
@@ -598,6 +625,8 @@ ngx_http_matrix_join_fallback(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     mlcf->fallback = value[1];
+    mlcf->fallback_file = cf->conf_file->file.name.data;
+    mlcf->fallback_line = cf->conf_file->line;
 
     return NGX_CONF_OK;
 }
@@ -725,6 +754,8 @@ ngx_http_matrix_old_verify_key(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     ok->key_id = value[1];
+    ok->file = cf->conf_file->file.name.data;
+    ok->line = cf->conf_file->line;
 
     n = mx_b64_decode(ok->key, sizeof(ok->key), (char *) value[2].data,
                       value[2].len, MX_B64_STD);
@@ -884,4 +915,266 @@ ngx_http_matrix_join_rate(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     mlcf->join_burst = burst;
 
     return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_key_fetch(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_loc_conf_t *mlcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mlcf->key_fetch.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    /* a subrequest's URI: the location is checked in postconfiguration */
+
+    if (value[1].len == 0 || value[1].data[0] != '/') {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"matrix_key_fetch\" URI prefix \"%V\" must "
+                           "start with \"/\" (the URI of an internal "
+                           "location)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    mlcf->key_fetch = value[1];
+    mlcf->key_fetch_file = cf->conf_file->file.name.data;
+    mlcf->key_fetch_line = cf->conf_file->line;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_matrix_key_fetch_rate(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_matrix_join_loc_conf_t *mlcf = conf;
+
+    char       *rv;
+    ngx_str_t  *value;
+
+    rv = ngx_conf_set_num_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (mlcf->key_fetch_rate == 0) {
+        value = cf->args->elts;
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"matrix_key_fetch_rate\" \"%V\": at least 1 "
+                           "fetch a minute (without \"matrix_key_fetch\" nothing "
+                           "is fetched)", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* matrix_join_max_age time | off; off is kept as 0 */
+
+static char *
+ngx_http_matrix_join_max_age(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_loc_conf_t *mlcf = conf;
+
+    char       *rv;
+    ngx_str_t  *value;
+
+    if (mlcf->max_age != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        mlcf->max_age = 0;
+        return NGX_CONF_OK;
+    }
+
+    rv = ngx_conf_set_msec_slot(cf, cmd, conf);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (mlcf->max_age == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"matrix_join_max_age\" \"%V\": no snapshot is "
+                           "that young; \"off\" uses snapshots of any age",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The locations a federation handler goes to at run time exist in its
+ * server: the fallback's named location, and an internal location for the
+ * key fetch subrequest. Found now, they are not an HTML 500 later.
+ */
+
+static ngx_int_t
+ngx_http_matrix_join_check_locations(ngx_conf_t *cf,
+    ngx_http_matrix_key_server_ref_t *ref)
+{
+    u_char                           *p;
+    ngx_str_t                         uri;
+    ngx_http_core_loc_conf_t        **clcfp, *clcf;
+    ngx_http_matrix_join_loc_conf_t  *mlcf;
+
+    static u_char  probe[] = "example.org/ed25519:a";
+
+    mlcf = ref->mlcf;
+
+    if (mlcf->fallback.len) {
+
+        for (clcfp = ref->cscf->named_locations; clcfp && *clcfp; clcfp++) {
+            if ((*clcfp)->name.len == mlcf->fallback.len
+                && ngx_strncmp((*clcfp)->name.data, mlcf->fallback.data,
+                               mlcf->fallback.len)
+                   == 0)
+            {
+                break;
+            }
+        }
+
+        if (clcfp == NULL || *clcfp == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"matrix_join_fallback\" names \"%V\", which is "
+                          "not a named location of the server of the "
+                          "handler in %s:%ui, in %s:%ui", &mlcf->fallback,
+                          ref->file, ref->line, mlcf->fallback_file,
+                          mlcf->fallback_line);
+            return NGX_ERROR;
+        }
+    }
+
+    if (mlcf->key_fetch.len == 0) {
+        return NGX_OK;
+    }
+
+    /* a key fetch's URI: the prefix, a server name, a key ID */
+
+    uri.len = mlcf->key_fetch.len + sizeof(probe) - 1;
+    uri.data = ngx_pnalloc(cf->pool, uri.len);
+    if (uri.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(uri.data, mlcf->key_fetch.data, mlcf->key_fetch.len);
+    ngx_memcpy(p, probe, sizeof(probe) - 1);
+
+    clcf = ngx_http_matrix_join_find_location(ref->cscf, &uri);
+
+    if (clcf == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"matrix_key_fetch\" URI prefix \"%V\" matches no "
+                      "location in the server of the handler in %s:%ui, "
+                      "in %s:%ui", &mlcf->key_fetch, ref->file, ref->line,
+                      mlcf->key_fetch_file, mlcf->key_fetch_line);
+        return NGX_ERROR;
+    }
+
+    if (clcf->internal != 1) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"matrix_key_fetch\" URI prefix \"%V\" goes to "
+                      "location \"%V\", which is not \"internal\" (clients "
+                      "could use it as an open key proxy), in %s:%ui",
+                      &mlcf->key_fetch, &clcf->name, mlcf->key_fetch_file,
+                      mlcf->key_fetch_line);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The top-level location of server cscf that a request for uri would get:
+ * the longest prefix location in the static tree, then, unless it is "^~"
+ * or "=", the first regex location that matches. NULL: none.
+ */
+
+static ngx_http_core_loc_conf_t *
+ngx_http_matrix_join_find_location(ngx_http_core_srv_conf_t *cscf,
+    ngx_str_t *uri)
+{
+    u_char                         *u;
+    size_t                          len, n;
+    ngx_int_t                       rc;
+    ngx_http_core_loc_conf_t       *clcf, *found;
+    ngx_http_location_tree_node_t  *node;
+#if (NGX_PCRE)
+    ngx_http_core_loc_conf_t      **clcfp;
+#endif
+
+    clcf = cscf->ctx->loc_conf[ngx_http_core_module.ctx_index];
+
+    found = NULL;
+    node = clcf->static_locations;
+    u = uri->data;
+    len = uri->len;
+
+    while (node) {
+        n = ngx_min(len, (size_t) node->len);
+        rc = ngx_filename_cmp(u, node->name, n);
+
+        if (rc != 0) {
+            node = (rc < 0) ? node->left : node->right;
+            continue;
+        }
+
+        if (len > (size_t) node->len) {
+
+            if (node->inclusive == NULL) {
+                node = node->right;
+                continue;
+            }
+
+            /* a prefix location: longer ones are in its tree */
+
+            found = node->inclusive;
+            u += node->len;
+            len -= node->len;
+            node = node->tree;
+            continue;
+        }
+
+        if (len == (size_t) node->len) {
+            if (node->exact) {
+                return node->exact;
+            }
+
+            if (node->inclusive) {
+                found = node->inclusive;
+            }
+
+            break;
+        }
+
+        node = node->left;
+    }
+
+#if (NGX_PCRE)
+
+    if (found && found->noregex) {
+        return found;
+    }
+
+    for (clcfp = clcf->regex_locations; clcfp && *clcfp; clcfp++) {
+        if (ngx_regex_exec((*clcfp)->regex->regex, uri, NULL, 0) >= 0) {
+            return *clcfp;
+        }
+    }
+
+#endif
+
+    return found;
 }

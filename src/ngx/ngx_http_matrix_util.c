@@ -326,6 +326,9 @@ ngx_http_matrix_set_handler(ngx_conf_t *cf, ngx_http_handler_pt handler,
 
     ref->mscf = ngx_http_conf_get_module_srv_conf(cf,
                                                   ngx_http_matrix_join_module);
+    ref->mlcf = ngx_http_conf_get_module_loc_conf(cf,
+                                                  ngx_http_matrix_join_module);
+    ref->cscf = ngx_http_conf_get_module_srv_conf(cf, ngx_http_core_module);
     ref->file = cf->conf_file->file.name.data;
     ref->line = cf->conf_file->line;
 

@@ -1,5 +1,5 @@
-"""`make -f t/Makefile install DESTDIR=... prefix=/usr` puts the CLI and
-the module where Debian puts them, and the installed module is the one
+"""`make -f t/Makefile install DESTDIR=... prefix=/usr` puts the CLI, its
+man page and the module where Debian puts them, and the installed module is the one
 Debian's nginx loads."""
 
 import stat
@@ -36,7 +36,11 @@ def test_install_puts_exactly_the_cli_and_the_module(installed):
     files = sorted(str(p.relative_to(installed))
                    for p in installed.rglob("*") if not p.is_dir())
     assert files == ["usr/lib/nginx/modules/" + MODULE_NAME,
-                     "usr/sbin/matrix-join-ctl"]
+                     "usr/sbin/matrix-join-ctl",
+                     "usr/share/man/man8/matrix-join-ctl.8"]
+    man = installed / "usr/share/man/man8/matrix-join-ctl.8"
+    assert mode(man) == 0o644
+    assert man.read_bytes() == (BUILD / "matrix-join-ctl.8").read_bytes()
     ctl = installed / "usr/sbin/matrix-join-ctl"
     so = installed / "usr/lib/nginx/modules" / MODULE_NAME
     assert mode(ctl) == 0o755

@@ -329,7 +329,21 @@ def grep_lines(path, needle, limit=3):
         return []
 
 
+def user_id_form(user):
+    """Why user is not "@localpart:server", or None."""
+    if not user.startswith("@"):
+        return "a user ID starts with \"@\""
+    local, sep, server = user[1:].partition(":")
+    if not sep or not local or not server:
+        return "a user ID is \"@localpart:server\""
+    return None
+
+
 def cmd_join(a):
+    if a.user is not None and user_id_form(a.user):
+        sys.exit(f"--user: {a.user!r} is not a user ID: "
+                 f"{user_id_form(a.user)} (for example "
+                 "@me:remote.localhost)")
     cfg = load_config(a)
     demo = Demo(cfg)
     name = demo.name
