@@ -17,7 +17,8 @@
 
 
 typedef struct {
-    const char     *address;    /* host:port, [v6]:port or unix:/path */
+    const char     *address;    /* mx_redis_addr.h: an address, or */
+                                /* "sentinel:NAME host:port,..." */
     const char     *prefix;
     const char     *password;   /* --password or MXJ_REDIS_PASSWORD */
     long            db;
@@ -33,7 +34,11 @@ void mxj_redis_init(mxj_redis_t *r);
  */
 int mxj_redis_set(mxj_redis_t *r, const char *name, const char *value);
 
-/* Connects, authenticates, selects the db; prints why not. 0 or -1. */
+/*
+ * Connects (to the master a sentinel names now, with sentinel:NAME),
+ * authenticates, selects the db; prints why not. 0 or -1. Reconnecting
+ * after an error (forward, sync) asks the sentinels again.
+ */
 int mxj_redis_connect(mxj_redis_t *r);
 
 void mxj_redis_close(mxj_redis_t *r);

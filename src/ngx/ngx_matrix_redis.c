@@ -71,6 +71,7 @@ typedef struct {
     ngx_uint_t                   sentinel;      /* the next one to ask */
     ngx_uint_t                   lookup_tries;  /* in this round */
     ngx_uint_t                   lookups;
+    ngx_queue_t                  waiting;       /* ops sent once it ends */
     char                         master_host[NGX_SOCKADDR_STRLEN + 1];
     int                          master_port;
 
@@ -84,6 +85,7 @@ typedef struct {
     ngx_matrix_redis_handler_pt  handler;
     void                        *data;
     ngx_event_t                  timer;
+    ngx_queue_t                  queue;         /* in rd->waiting */
     mx_lua_e                     script;
     ngx_uint_t                   context;       /* rd->context when sent */
     ngx_uint_t                   reads;         /* rd->reads when sent */
@@ -118,6 +120,7 @@ static void ngx_matrix_redis_role_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_matrix_redis_drop(ngx_matrix_redis_t *rd,
     redisAsyncContext *ac, const char *why);
+static void ngx_matrix_redis_flush(ngx_matrix_redis_t *rd);
 static void ngx_matrix_redis_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_matrix_redis_disconnected(const redisAsyncContext *ac,
@@ -329,6 +332,7 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
     rd->lookup_timer.data = rd;
     rd->lookup_timer.log = cycle->log;
     rd->lookup_timer.cancelable = 1;
+    ngx_queue_init(&rd->waiting);
 
     ngx_matrix_redis = rd;
 
@@ -366,6 +370,8 @@ ngx_matrix_redis_exit_worker(void)
         rd->sac = NULL;
         redisAsyncFree(ac);
     }
+
+    ngx_matrix_redis_flush(rd);
 
     if (rd->ac) {
         /* calls every pending callback with a NULL reply, then cleanup */
@@ -543,6 +549,8 @@ ngx_matrix_redis_lookup_next(ngx_matrix_redis_t *rd)
 
     /* none answered: the next command asks again, after the backoff */
     rd->lookup_tries = 0;
+
+    ngx_matrix_redis_flush(rd);     /* the commands waiting fail now */
 }
 
 
@@ -705,6 +713,38 @@ ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     if (rd->ac == NULL) {
         (void) ngx_matrix_redis_open(rd, rd->master_host, rd->master_port);
+    }
+
+    ngx_matrix_redis_flush(rd);
+}
+
+
+/*
+ * The commands that came while a sentinel was asked: sent on the master's
+ * new connection, in their order, or answered "unavailable" without one.
+ */
+
+static void
+ngx_matrix_redis_flush(ngx_matrix_redis_t *rd)
+{
+    ngx_queue_t            *q;
+    ngx_matrix_redis_op_t  *op;
+
+    while (!ngx_queue_empty(&rd->waiting)) {
+        q = ngx_queue_head(&rd->waiting);
+        ngx_queue_remove(q);
+        op = ngx_queue_data(q, ngx_matrix_redis_op_t, queue);
+
+        if (rd->ac != NULL && !rd->exiting
+            && ngx_matrix_redis_send_op(op) == NGX_OK)
+        {
+            op->context = rd->context;
+            op->reads = rd->reads;
+            continue;
+        }
+
+        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+                                NULL);
     }
 }
 
@@ -1057,7 +1097,11 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     }
 
     if (rd->ac == NULL) {
-        if (ngx_matrix_redis_connect(rd) != NGX_OK) {
+        (void) ngx_matrix_redis_connect(rd);
+
+        /* with Sentinel, a command may wait for the lookup in flight */
+
+        if (rd->ac == NULL && rd->sac == NULL) {
             return NGX_MATRIX_REDIS_UNAVAILABLE;
         }
     }
@@ -1109,7 +1153,14 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         op->cleanup->data = op;
     }
 
-    rc = ngx_matrix_redis_send_op(op);
+    if (rd->ac == NULL) {
+        ngx_queue_insert_tail(&rd->waiting, &op->queue);
+        rc = NGX_OK;
+
+    } else {
+        rc = ngx_matrix_redis_send_op(op);
+    }
+
     if (rc != NGX_OK) {
         if (op->cleanup) {
             op->cleanup->handler = NULL;
