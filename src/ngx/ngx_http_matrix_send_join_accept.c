@@ -996,6 +996,10 @@ ngx_http_matrix_send_join_durable(ngx_http_request_t *r, void *data,
                       reply->type == REDIS_REPLY_INTEGER
                       ? (int64_t) reply->integer : (int64_t) -1,
                       mmcf->redis.wait_replicas, mmcf->redis.wait_timeout);
+
+        /* a master left behind by a failover has no replicas either */
+        ngx_matrix_redis_suspect();
+
         ngx_http_matrix_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE, "M_UNKNOWN",
                              "The join is not yet durable: too few Redis "
                              "replicas acknowledged it; retry");

@@ -40,6 +40,9 @@
 /* a failover names a new master within seconds: look soon, not in 5 s */
 #define NGX_MATRIX_REDIS_BACKOFF_SENTINEL_MAX   500
 
+/* while connected, a sentinel is asked this often whether it still is */
+#define NGX_MATRIX_REDIS_SENTINEL_RECHECK       1000
+
 
 typedef enum {
     NGX_MATRIX_REDIS_DISCONNECTED = 0,
@@ -72,8 +75,11 @@ typedef struct {
     ngx_uint_t                   lookup_tries;  /* in this round */
     ngx_uint_t                   lookups;
     ngx_queue_t                  waiting;       /* ops sent once it ends */
+    ngx_event_t                  recheck;
     char                         master_host[NGX_SOCKADDR_STRLEN + 1];
     int                          master_port;
+    char                         conn_host[NGX_SOCKADDR_STRLEN + 1];
+    int                          conn_port;     /* what rd->ac is to */
 
     unsigned                     exiting:1;
 } ngx_matrix_redis_t;
@@ -121,6 +127,7 @@ static void ngx_matrix_redis_role_reply(redisAsyncContext *ac, void *r,
 static void ngx_matrix_redis_drop(ngx_matrix_redis_t *rd,
     redisAsyncContext *ac, const char *why);
 static void ngx_matrix_redis_flush(ngx_matrix_redis_t *rd);
+static void ngx_matrix_redis_recheck(ngx_event_t *ev);
 static void ngx_matrix_redis_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_matrix_redis_disconnected(const redisAsyncContext *ac,
@@ -334,6 +341,11 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
     rd->lookup_timer.cancelable = 1;
     ngx_queue_init(&rd->waiting);
 
+    rd->recheck.handler = ngx_matrix_redis_recheck;
+    rd->recheck.data = rd;
+    rd->recheck.log = cycle->log;
+    rd->recheck.cancelable = 1;
+
     ngx_matrix_redis = rd;
 
     /* workers connect now, so that the first request does not pay for it */
@@ -363,6 +375,10 @@ ngx_matrix_redis_exit_worker(void)
 
     if (rd->lookup_timer.timer_set) {
         ngx_del_timer(&rd->lookup_timer);
+    }
+
+    if (rd->recheck.timer_set) {
+        ngx_del_timer(&rd->recheck);
     }
 
     if (rd->sac) {
@@ -434,6 +450,10 @@ ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
     } else {
         ac = redisAsyncConnectUnix(host);
     }
+
+    ngx_cpystrn((u_char *) rd->conn_host, (u_char *) host,
+                sizeof(rd->conn_host));
+    rd->conn_port = port;
 
     if (ac == NULL) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
@@ -650,15 +670,17 @@ ngx_matrix_redis_lookup_disconnected(const redisAsyncContext *ac, int status)
 
 
 static void
-ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r, void *privdata)
+ngx_matrix_redis_lookup_reply(redisAsyncContext *sac, void *r,
+    void *privdata)
 {
+    redisAsyncContext        *ac;
     redisReply               *reply = r;
-    ngx_matrix_redis_t       *rd = ac->data;
+    ngx_matrix_redis_t       *rd = sac->data;
     ngx_matrix_redis_host_t  *s = privdata;
     char                     *end;
     long                      port;
 
-    if (reply == NULL || rd->sac != ac || rd->exiting) {
+    if (reply == NULL || rd->sac != sac || rd->exiting) {
         return;         /* a lookup given up: timed out, or worker exit */
     }
 
@@ -668,7 +690,7 @@ ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r, void *privdata)
         ngx_del_timer(&rd->lookup_timer);
     }
 
-    redisAsyncFree(ac);     /* once this callback returns */
+    redisAsyncFree(sac);    /* once this callback returns */
 
     port = 0;
 
@@ -711,11 +733,67 @@ ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r, void *privdata)
     rd->sentinel--;         /* the next round starts with this one */
     rd->lookup_tries = 0;
 
+    if (rd->ac != NULL
+        && (rd->conn_port != rd->master_port
+            || ngx_strcmp(rd->conn_host, rd->master_host) != 0))
+    {
+        /* a failover since we connected: leave the old master now */
+
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "redis %s:%d is not the master any more: leaving it",
+                      rd->conn_host, rd->conn_port);
+
+        ac = rd->ac;
+        rd->broken = ac;
+        redisAsyncFree(ac);     /* its commands answered "unavailable" */
+
+        rd->ac = NULL;
+        rd->broken = NULL;
+        rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+    }
+
     if (rd->ac == NULL) {
         (void) ngx_matrix_redis_open(rd, rd->master_host, rd->master_port);
     }
 
     ngx_matrix_redis_flush(rd);
+}
+
+
+/*
+ * While connected, a sentinel is asked again now and then (and at once
+ * after a WAIT that fell short, ngx_matrix_redis_suspect()): a master
+ * stopped and let run again after a failover still answers as one.
+ */
+
+static void
+ngx_matrix_redis_recheck(ngx_event_t *ev)
+{
+    ngx_matrix_redis_t  *rd = ev->data;
+
+    if (rd->exiting || rd->ac == NULL) {
+        return;     /* re-armed by the next connection */
+    }
+
+    ngx_matrix_redis_suspect();
+
+    ngx_add_timer(&rd->recheck, NGX_MATRIX_REDIS_SENTINEL_RECHECK);
+}
+
+
+void
+ngx_matrix_redis_suspect(void)
+{
+    ngx_matrix_redis_t  *rd;
+
+    rd = ngx_matrix_redis;
+
+    if (rd != NULL && rd->conf->nsentinels && rd->sac == NULL
+        && !rd->exiting)
+    {
+        rd->lookup_tries = 0;
+        ngx_matrix_redis_lookup_next(rd);
+    }
 }
 
 
@@ -860,6 +938,10 @@ ngx_matrix_redis_connected(const redisAsyncContext *ac, int status)
     rd->state = NGX_MATRIX_REDIS_CONNECTED;
     rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
     rd->connects++;
+
+    if (rd->conf->nsentinels && !rd->recheck.timer_set) {
+        ngx_add_timer(&rd->recheck, NGX_MATRIX_REDIS_SENTINEL_RECHECK);
+    }
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0, "redis %V: connected",
                   &rd->conf->address);

@@ -94,6 +94,12 @@ ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r, mx_lua_e script,
 ngx_int_t ngx_matrix_redis_wait(ngx_http_request_t *r,
     ngx_matrix_redis_handler_pt handler, void *data);
 
+/*
+ * With Sentinel: asks a sentinel now which server is the master, and
+ * leaves the connection when it names another (a WAIT that fell short).
+ */
+void ngx_matrix_redis_suspect(void);
+
 /* For scripts run inside MULTI: their SHA-1 (hex) and source. */
 const char *ngx_matrix_redis_script_sha1(mx_lua_e script);
 const char *ngx_matrix_redis_script_source(mx_lua_e script);
