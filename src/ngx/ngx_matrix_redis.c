@@ -23,6 +23,11 @@
  *    command times out and nothing at all was read from the connection
  *    since it was sent, the connection is declared hung: freed (every
  *    command on it answered 504 at once) and made again.
+ *
+ * With Sentinel (matrix_redis sentinel:NAME ...), the master is whatever a
+ * sentinel names: asked on a second, short-lived context before each
+ * connect, every second while connected, and after a WAIT that fell
+ * short; commands that come during the lookup wait for it in rd->waiting.
  */
 
 #include <ngx_config.h>
@@ -73,7 +78,6 @@ typedef struct {
     ngx_event_t                  lookup_timer;
     ngx_uint_t                   sentinel;      /* the next one to ask */
     ngx_uint_t                   lookup_tries;  /* in this round */
-    ngx_uint_t                   lookups;
     ngx_queue_t                  waiting;       /* ops sent once it ends */
     ngx_event_t                  recheck;
     char                         master_host[NGX_SOCKADDR_STRLEN + 1];
@@ -650,6 +654,9 @@ ngx_matrix_redis_lookup_connected(const redisAsyncContext *ac, int status)
     ngx_matrix_redis_t  *rd = ac->data;
 
     if (status != REDIS_OK && rd->sac == ac) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel: connect failed: %s", ac->errstr);
+
         /* hiredis frees the context after this */
         rd->sac = NULL;
         ngx_matrix_redis_lookup_failed(rd, ac->errstr);
@@ -663,6 +670,8 @@ ngx_matrix_redis_lookup_disconnected(const redisAsyncContext *ac, int status)
     ngx_matrix_redis_t  *rd = ac->data;
 
     if (rd->sac == ac) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel: connection closed before the answer");
         rd->sac = NULL;
         ngx_matrix_redis_lookup_failed(rd, "connection closed");
     }
@@ -728,7 +737,6 @@ ngx_matrix_redis_lookup_reply(redisAsyncContext *sac, void *r,
     ngx_memcpy(rd->master_host, reply->element[0]->str,
                reply->element[0]->len + 1);
     rd->master_port = (int) port;
-    rd->lookups++;
 
     rd->sentinel--;         /* the next round starts with this one */
     rd->lookup_tries = 0;
@@ -1656,13 +1664,6 @@ ngx_uint_t
 ngx_matrix_redis_outstanding(void)
 {
     return ngx_matrix_redis ? ngx_matrix_redis->outstanding : 0;
-}
-
-
-ngx_uint_t
-ngx_matrix_redis_lookups(void)
-{
-    return ngx_matrix_redis ? ngx_matrix_redis->lookups : 0;
 }
 
 

@@ -114,7 +114,6 @@ ngx_uint_t ngx_matrix_redis_connects(void);
 ngx_uint_t ngx_matrix_redis_hangs(void);         /* connections closed as hung */
 ngx_uint_t ngx_matrix_redis_outstanding(void);   /* commands awaiting replies */
 const char *ngx_matrix_redis_last_error(void);
-ngx_uint_t ngx_matrix_redis_lookups(void);      /* masters Sentinel named */
 
 /*
  * The arguments of matrix_redis (mx_redis_addr.h): one address, or

@@ -137,3 +137,38 @@ def test_ctl_rejects_a_bad_address():
     assert p.returncode != 0
     assert "invalid Redis address \"sentinel:m\": no sentinel address" \
         in p.stderr, p.stderr
+
+
+STATUS_SERVER = """server { listen 127.0.0.1:$PORT;
+                   location /s { matrix_status; } }"""
+
+
+@pytest.mark.parametrize("conf,expect", [
+    ("matrix_redis sentinel:m;",
+     'invalid Redis address "sentinel:m": no sentinel address'),
+    ("matrix_redis 127.0.0.1:1 127.0.0.1:2;",
+     'one address, or "sentinel:NAME" and the sentinels\' addresses'),
+    ("matrix_redis sentinel:m unix:/tmp/s.sock;",
+     "sentinels are asked over TCP"),
+    ("matrix_redis sentinel:m 127.0.0.1:26379; matrix_redis_wait 0 100ms;",
+     'invalid number of replicas "0"'),
+    ("matrix_redis sentinel:m 127.0.0.1:26379; matrix_redis_wait 1 abc;",
+     'invalid timeout "abc"'),
+    ("matrix_redis sentinel:m 127.0.0.1:26379; matrix_redis_wait on;",
+     'takes "off" or the number of replicas and a timeout'),
+    ("matrix_redis sentinel:m 127.0.0.1:26379; matrix_redis_wait off; "
+     "matrix_redis_wait off;", "is duplicate"),
+])
+def test_configuration_errors(nginx, conf, expect):
+    nginx.write_conf(conf + STATUS_SERVER)
+    rc, out = nginx.test_config()
+    assert rc != 0 and expect in out, out
+
+
+def test_configuration_accepted(nginx):
+    """The control for the cases above: the same directives, valid."""
+    nginx.write_conf("matrix_redis sentinel:m 127.0.0.1:26379\n"
+                     "    [::1]:26380,127.0.0.1:26381;\n"
+                     "matrix_redis_wait 1 100ms;" + STATUS_SERVER)
+    rc, out = nginx.test_config()
+    assert rc == 0, out
