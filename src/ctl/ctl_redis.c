@@ -380,6 +380,8 @@ mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
     free(a);
     free(l);
 
+    (void) mxj_redis_demoted(c, reply);
+
     return reply;
 }
 
@@ -414,8 +416,31 @@ mxj_redis_reply_ok(mxj_redis_t *r, redisReply *reply)
     if (reply->type == REDIS_REPLY_ERROR) {
         fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r->address,
                 reply->str);
+        (void) mxj_redis_demoted(r->c, reply);
         freeReplyObject(reply);
         return 0;
+    }
+
+    return 1;
+}
+
+
+int
+mxj_redis_demoted(redisContext *c, const redisReply *reply)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR
+        || (strstr(reply->str, "READONLY") == NULL
+            && strncmp(reply->str, "MASTERDOWN", 10) != 0))
+    {
+        return 0;
+    }
+
+    /* refuses further commands: the reconnect asks the sentinels again */
+
+    if (c->err == 0) {
+        c->err = REDIS_ERR_OTHER;
+        snprintf(c->errstr, sizeof(c->errstr), "not a master any more: %s",
+                 reply->str);
     }
 
     return 1;

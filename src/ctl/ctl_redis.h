@@ -68,6 +68,14 @@ redisReply *mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys,
     int argc, const char **argv, const size_t *lens);
 
 /*
+ * A READONLY or MASTERDOWN error reply (a master demoted by a failover, or
+ * cut off from its replicas): marks c failed (c->err), so that the
+ * callers that reconnect after a failure (forward, sync) make a new
+ * connection, through a new Sentinel lookup. 1 when it did.
+ */
+int mxj_redis_demoted(redisContext *c, const redisReply *reply);
+
+/*
  * Checks P schema. With create set, an absent key is set to the version
  * this build knows. Returns 0 when it matches, 1 when it is absent (and
  * not created), -1 on any other value (printed) or error.

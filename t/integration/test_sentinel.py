@@ -10,6 +10,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,6 +92,61 @@ def test_wait_answers_503_until_a_replica_has_the_join():
                for _, f in fw.outbox_entries(r, room.room_id)]
         assert ids.count(first.event_id) == 1, ids
         assert ids.count(control.event_id) == 1, ids
+    finally:
+        edge.stop()
+        edge.cleanup()
+
+
+def _delivered(edge, event_id):
+    return lambda u: any(x.ok for x in u.requests(event_id))
+
+
+def test_running_forwarder_follows_a_failover():
+    """A manual failover (SENTINEL FAILOVER) demotes the master while it
+    runs (the sentinels then close its clients' connections): the running
+    forwarder reconnects through a new lookup and delivers a join
+    accepted on the new master. (A READONLY answer, which marks the
+    connection failed too, is not provoked here: Sentinel's CLIENT KILL
+    comes first.)"""
+    edge = mxj_fault.Edge(rooms=1, sentinel=True,
+                          http_extra="matrix_redis_wait 1 100ms;")
+    try:
+        edge.start()
+        _, sjs = edge.presign(2, make_joins_per_room=1)
+        room = edge.rooms[0]
+        before, after = sjs[room.room_id]
+        status, body = _send(edge, before)
+        assert status == 200, body
+        edge.upstream.wait_for(_delivered(edge, before.event_id), 30)
+
+        old = edge.redis.master_node()
+        edge.redis.sentinels[0].client().execute_command(
+            "SENTINEL", "FAILOVER", mxj_sentinel.NAME)
+        edge.redis.wait_failover(old)
+        deadline = time.monotonic() + 30
+        while old.client().execute_command("ROLE")[0] != b"slave":
+            assert time.monotonic() < deadline, "old master not demoted"
+            time.sleep(0.05)
+
+        # the edge follows too: its answers may be 5xx for a moment
+        deadline = time.monotonic() + 20
+        while True:
+            status, body = _send(edge, after)
+            if status == 200:
+                break
+            assert mxj_fault.matrix_5xx(status, body), (status, body)
+            assert time.monotonic() < deadline, body
+            time.sleep(0.2)
+        new = edge.redis.master_node()
+        assert new is not old
+        ids = [f[b"event_id"].decode()
+               for _, f in fw.outbox_entries(new.client(), room.room_id)]
+        assert after.event_id in ids or \
+            _delivered(edge, after.event_id)(edge.upstream), ids
+
+        edge.upstream.wait_for(_delivered(edge, after.event_id), 30,
+                               "the running forwarder's delivery")
+        assert edge.forwarder.running(), edge.forwarder.excerpt(1500)
     finally:
         edge.stop()
         edge.cleanup()
