@@ -689,7 +689,9 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         row["members"] = members
     try:
         edge.start()
-        per_room = int(rate * seconds / 2 / len(edge.rooms) * 1.3) + 20
+        # (the Sentinel rows may run 10 s longer: see below)
+        per_room = int(rate * (seconds + (10 if sentinel else 0)) / 2
+                       / len(edge.rooms) * 1.3) + 20
         mjs, sjs = edge.presign(per_room)
         load = Load(edge.nginx.port, mjs, sjs, rate=rate,
                     threads=threads).start()
@@ -700,7 +702,10 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         if hold:
             time.sleep(hold)
         end(edge)
-        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        # a failover takes as long as it takes: the Sentinel rows keep
+        # the load 3 s past it, to see joins answered again
+        time.sleep(max(3.0 if sentinel else 0.0,
+                       seconds - (time.monotonic() - t0)))
         load.stop()
         if load.remaining() == 0:
             problems.append("ran out of pre-signed joins (raise the count)")
