@@ -12,10 +12,12 @@
 
 #include "ctl.h"
 #include "ctl_redis.h"
+#include "mx_redis_addr.h"
 
 
 #define MXJ_REDIS_CONNECT_TIMEOUT  5      /* seconds */
 #define MXJ_REDIS_IO_TIMEOUT       120    /* a big pipeline reply */
+#define MXJ_REDIS_SENTINEL_TIMEOUT 2      /* seconds, per sentinel */
 
 
 static int mxj_redis_reply_ok(mxj_redis_t *r, redisReply *reply);
@@ -73,70 +75,139 @@ mxj_redis_set(mxj_redis_t *r, const char *name, const char *value)
 }
 
 
+/*
+ * Sentinel: the first sentinel that names the master wins; a sentinel
+ * down or not knowing the name sends us to the next one.
+ */
+
+static int
+mxj_redis_sentinel(mxj_redis_t *r, const mx_redis_addr_t *a,
+    mx_redis_host_t *master)
+{
+    char            *end;
+    long             port;
+    size_t           i;
+    redisReply      *reply;
+    redisContext    *c;
+    struct timeval   tv;
+
+    tv.tv_sec = MXJ_REDIS_SENTINEL_TIMEOUT;
+    tv.tv_usec = 0;
+
+    for (i = 0; i < a->nhosts; i++) {
+        c = redisConnectWithTimeout(a->hosts[i].host, a->hosts[i].port, tv);
+
+        if (c == NULL || c->err) {
+            fprintf(stderr, "matrix-join-ctl: sentinel %s:%d: %s\n",
+                    a->hosts[i].host, a->hosts[i].port,
+                    c ? c->errstr : "out of memory");
+            if (c) {
+                redisFree(c);
+            }
+            continue;
+        }
+
+        (void) redisSetTimeout(c, tv);
+
+        reply = redisCommand(c, "SENTINEL get-master-addr-by-name %s",
+                             a->master);
+        port = 0;
+
+        if (reply != NULL && reply->type == REDIS_REPLY_ARRAY
+            && reply->elements == 2
+            && reply->element[0]->type == REDIS_REPLY_STRING
+            && reply->element[1]->type == REDIS_REPLY_STRING
+            && reply->element[0]->len < sizeof(master->host))
+        {
+            port = strtol(reply->element[1]->str, &end, 10);
+
+            if (*end != '\0' || port < 1 || port > 65535) {
+                port = 0;
+            }
+        }
+
+        if (port == 0) {
+            fprintf(stderr, "matrix-join-ctl: sentinel %s:%d does not name "
+                    "master \"%s\"%s%s\n", a->hosts[i].host,
+                    a->hosts[i].port, a->master,
+                    reply == NULL ? ": " : "",
+                    reply == NULL ? c->errstr : "");
+        } else {
+            memset(master, 0, sizeof(mx_redis_host_t));
+            memcpy(master->host, reply->element[0]->str,
+                   reply->element[0]->len);
+            master->port = (int) port;
+        }
+
+        if (reply != NULL) {
+            freeReplyObject(reply);
+        }
+
+        redisFree(c);
+
+        if (port != 0) {
+            return 0;
+        }
+    }
+
+    fprintf(stderr, "matrix-join-ctl: no sentinel of \"%s\" named master "
+            "\"%s\"\n", r->address, a->master);
+
+    return -1;
+}
+
+
 int
 mxj_redis_connect(mxj_redis_t *r)
 {
-    char             host[256], *end;
-    long             port;
-    size_t           n;
-    const char      *a, *colon;
-    redisReply      *reply;
-    struct timeval   tv;
+    char              err[128];
+    redisReply       *reply;
+    struct timeval    tv;
+    mx_redis_host_t   h;
+    mx_redis_addr_t  *a;
 
-    a = r->address;
     tv.tv_sec = MXJ_REDIS_CONNECT_TIMEOUT;
     tv.tv_usec = 0;
 
-    if (strncmp(a, "unix:", 5) == 0) {
-        if (a[5] == '\0') {
-            fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\" "
-                    "(want unix:/path)\n", a);
+    a = malloc(sizeof(mx_redis_addr_t));
+    if (a == NULL) {
+        fprintf(stderr, "matrix-join-ctl: out of memory\n");
+        return -1;
+    }
+
+    if (mx_redis_addr_parse(r->address, strlen(r->address), a, err,
+                            sizeof(err))
+        != 0)
+    {
+        fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\": "
+                "%s\n", r->address, err);
+        free(a);
+        return -1;
+    }
+
+    /* with sentinels, a new lookup on every (re)connect: a failover */
+
+    if (a->master[0] != '\0') {
+        if (mxj_redis_sentinel(r, a, &h) != 0) {
+            free(a);
             return -1;
         }
-
-        r->c = redisConnectUnixWithTimeout(a + 5, tv);
 
     } else {
-        colon = strrchr(a, ':');
+        h = a->hosts[0];
+    }
 
-        if (colon == NULL || colon == a || colon[1] == '\0') {
-            fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\" "
-                    "(want host:port or unix:/path)\n", a);
-            return -1;
-        }
+    if (h.port == 0) {
+        r->c = redisConnectUnixWithTimeout(h.host, tv);
 
-        errno = 0;
-        port = strtol(colon + 1, &end, 10);
-
-        if (errno || *end != '\0' || port < 1 || port > 65535) {
-            fprintf(stderr, "matrix-join-ctl: invalid port in Redis address "
-                    "\"%s\"\n", a);
-            return -1;
-        }
-
-        n = (size_t) (colon - a);
-
-        /* "[::1]:6379" */
-        if (a[0] == '[' && n >= 2 && a[n - 1] == ']') {
-            a++;
-            n -= 2;
-        }
-
-        if (n >= sizeof(host)) {
-            fprintf(stderr, "matrix-join-ctl: Redis host name too long in "
-                    "\"%s\"\n", r->address);
-            return -1;
-        }
-
-        memcpy(host, a, n);
-        host[n] = '\0';
-
-        r->c = redisConnectWithTimeout(host, (int) port, tv);
+    } else {
+        r->c = redisConnectWithTimeout(h.host, h.port, tv);
     }
 
     if (r->c == NULL) {
         fprintf(stderr, "matrix-join-ctl: cannot connect to Redis at %s: "
                 "out of memory\n", r->address);
+        free(a);
         return -1;
     }
 
@@ -144,6 +215,7 @@ mxj_redis_connect(mxj_redis_t *r)
         fprintf(stderr, "matrix-join-ctl: cannot connect to Redis at %s: "
                 "%s\n", r->address, r->c->errstr);
         mxj_redis_close(r);
+        free(a);
         return -1;
     }
 
@@ -152,6 +224,7 @@ mxj_redis_connect(mxj_redis_t *r)
     if (redisSetTimeout(r->c, tv) != REDIS_OK) {
         fprintf(stderr, "matrix-join-ctl: cannot set the Redis timeout\n");
         mxj_redis_close(r);
+        free(a);
         return -1;
     }
 
@@ -160,6 +233,7 @@ mxj_redis_connect(mxj_redis_t *r)
 
         if (reply == NULL) {
             mxj_redis_close(r);
+            free(a);
             return -1;
         }
 
@@ -171,11 +245,38 @@ mxj_redis_connect(mxj_redis_t *r)
 
         if (reply == NULL) {
             mxj_redis_close(r);
+            free(a);
             return -1;
         }
 
         freeReplyObject(reply);
     }
+
+    /* a sentinel's answer may be stale: a demoted master is a replica */
+
+    if (a->master[0] != '\0') {
+        reply = mxj_redis_cmdf(r, "ROLE");
+
+        if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
+            || reply->elements == 0
+            || reply->element[0]->type != REDIS_REPLY_STRING
+            || strcmp(reply->element[0]->str, "master") != 0)
+        {
+            fprintf(stderr, "matrix-join-ctl: %s:%d, named by the sentinels "
+                    "of \"%s\", is not a master (a failover under way?)\n",
+                    h.host, h.port, a->master);
+            if (reply != NULL) {
+                freeReplyObject(reply);
+            }
+            mxj_redis_close(r);
+            free(a);
+            return -1;
+        }
+
+        freeReplyObject(reply);
+    }
+
+    free(a);
 
     return 0;
 }
@@ -279,6 +380,8 @@ mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
     free(a);
     free(l);
 
+    (void) mxj_redis_demoted(c, reply);
+
     return reply;
 }
 
@@ -313,8 +416,31 @@ mxj_redis_reply_ok(mxj_redis_t *r, redisReply *reply)
     if (reply->type == REDIS_REPLY_ERROR) {
         fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r->address,
                 reply->str);
+        (void) mxj_redis_demoted(r->c, reply);
         freeReplyObject(reply);
         return 0;
+    }
+
+    return 1;
+}
+
+
+int
+mxj_redis_demoted(redisContext *c, const redisReply *reply)
+{
+    if (reply == NULL || reply->type != REDIS_REPLY_ERROR
+        || (strstr(reply->str, "READONLY") == NULL
+            && strncmp(reply->str, "MASTERDOWN", 10) != 0))
+    {
+        return 0;
+    }
+
+    /* refuses further commands: the reconnect asks the sentinels again */
+
+    if (c->err == 0) {
+        c->err = REDIS_ERR_OTHER;
+        snprintf(c->errstr, sizeof(c->errstr), "not a master any more: %s",
+                 reply->str);
     }
 
     return 1;

@@ -17,7 +17,8 @@
 
 
 typedef struct {
-    const char     *address;    /* host:port, [v6]:port or unix:/path */
+    const char     *address;    /* mx_redis_addr.h: an address, or */
+                                /* "sentinel:NAME host:port,..." */
     const char     *prefix;
     const char     *password;   /* --password or MXJ_REDIS_PASSWORD */
     long            db;
@@ -33,7 +34,11 @@ void mxj_redis_init(mxj_redis_t *r);
  */
 int mxj_redis_set(mxj_redis_t *r, const char *name, const char *value);
 
-/* Connects, authenticates, selects the db; prints why not. 0 or -1. */
+/*
+ * Connects (to the master a sentinel names now, with sentinel:NAME),
+ * authenticates, selects the db; prints why not. 0 or -1. Reconnecting
+ * after an error (forward, sync) asks the sentinels again.
+ */
 int mxj_redis_connect(mxj_redis_t *r);
 
 void mxj_redis_close(mxj_redis_t *r);
@@ -61,6 +66,14 @@ redisReply *mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys,
 /* mxj_redis_eval() with mxj_redis_cmd()'s error handling. */
 redisReply *mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys,
     int argc, const char **argv, const size_t *lens);
+
+/*
+ * A READONLY or MASTERDOWN error reply (a master demoted by a failover, or
+ * cut off from its replicas): marks c failed (c->err), so that the
+ * callers that reconnect after a failure (forward, sync) make a new
+ * connection, through a new Sentinel lookup. 1 when it did.
+ */
+int mxj_redis_demoted(redisContext *c, const redisReply *reply);
 
 /*
  * Checks P schema. With create set, an absent key is set to the version

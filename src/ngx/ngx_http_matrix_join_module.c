@@ -50,6 +50,8 @@ static char *ngx_http_matrix_join_rate(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_matrix_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static char *ngx_http_matrix_redis_prefix(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_matrix_key_fetch(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -95,7 +97,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       NULL },
 
     { ngx_string("matrix_redis"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_matrix_redis,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -125,6 +127,13 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
     { ngx_string("matrix_redis_prefix"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_matrix_redis_prefix,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_redis_wait"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_matrix_redis_wait,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -817,7 +826,55 @@ ngx_http_matrix_redis(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    return ngx_matrix_redis_parse_address(cf, &mmcf->redis, &value[1]);
+    return ngx_matrix_redis_parse_address(cf, &mmcf->redis, &value[1],
+                                          cf->args->nelts - 1);
+}
+
+
+/* matrix_redis_wait off | N TIMEOUT: WAIT N TIMEOUT before a join's 200 */
+
+static char *
+ngx_http_matrix_redis_wait(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_matrix_join_main_conf_t *mmcf = conf;
+
+    ngx_int_t   n;
+    ngx_msec_t  t;
+    ngx_str_t  *value;
+
+    if (mmcf->redis.wait_set) {
+        return "is duplicate";
+    }
+
+    mmcf->redis.wait_set = 1;
+    value = cf->args->elts;
+
+    if (cf->args->nelts == 2) {
+        if (ngx_strcmp(value[1].data, "off") == 0) {
+            return NGX_CONF_OK;
+        }
+
+        return "takes \"off\" or the number of replicas and a timeout";
+    }
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    if (n == NGX_ERROR || n < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number of replicas \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    t = ngx_parse_time(&value[2], 0);
+    if (t == (ngx_msec_t) NGX_ERROR || t == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid timeout \"%V\"", &value[2]);
+        return NGX_CONF_ERROR;
+    }
+
+    mmcf->redis.wait_replicas = n;
+    mmcf->redis.wait_timeout = t;
+
+    return NGX_CONF_OK;
 }
 
 

@@ -6,7 +6,8 @@
  * restricted conditions, the join rules and the auth events selection
  * (src/core's mx_auth), our signature when we authorise, then MULTI {
  * accept (src/lua/send_join_accept.lua), LRANGE of the chunks } EXEC,
- * whose replies ngx_http_matrix_send_join_answer.c writes out.
+ * whose replies ngx_http_matrix_send_join_answer.c writes out; with
+ * matrix_redis_wait, only once WAIT says enough replicas have the join.
  */
 
 #include <ngx_config.h>
@@ -36,6 +37,18 @@ static void ngx_http_matrix_send_join_accepted(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
 static void ngx_http_matrix_send_join_wait(ngx_event_t *ev);
+static void ngx_http_matrix_send_join_durable(ngx_http_request_t *r,
+    void *data, redisReply *reply, ngx_matrix_redis_status_e status,
+    const char *err);
+static void ngx_http_matrix_send_join_kept_free(void *data);
+
+
+/* the accept script's reply, kept from hiredis while WAIT runs */
+
+typedef struct {
+    ngx_http_matrix_ctx_t       *ctx;
+    redisReply                  *res;
+} ngx_http_matrix_send_join_kept_t;
 
 
 /* mx_auth's view of the state at the join's prev_events */
@@ -766,6 +779,8 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
 
     ngx_int_t                          rc;
     redisReply                        *res, *s;
+    ngx_pool_cleanup_t                *cln;
+    ngx_http_matrix_send_join_kept_t  *kept;
     ngx_http_matrix_send_join_ctx_t   *sj;
     ngx_http_matrix_join_loc_conf_t   *mlcf;
     ngx_http_matrix_join_main_conf_t  *mmcf;
@@ -895,9 +910,112 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         }
     }
 
-    rc = ngx_http_matrix_send_join_answer(r, sj, res);
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    if (mmcf->redis.wait_replicas == 0) {
+        rc = ngx_http_matrix_send_join_answer(r, sj, res);
+        ngx_http_matrix_finalize(r, rc);
+        return;
+    }
+
+    /*
+     * matrix_redis_wait: the 200 only once the replicas acknowledged the
+     * accept (and a "dup"'s first accept: WAIT covers every write made
+     * before it on this connection). res is taken from hiredis: its
+     * struct copied, the original left as an empty nil that hiredis frees.
+     */
+
+    kept = ngx_palloc(r->pool, sizeof(ngx_http_matrix_send_join_kept_t));
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (kept == NULL || cln == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    kept->res = ngx_alloc(sizeof(redisReply), r->connection->log);
+    if (kept->res == NULL) {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_memcpy(kept->res, res, sizeof(redisReply));
+    ngx_memzero(res, sizeof(redisReply));
+    res->type = REDIS_REPLY_NIL;
+
+    kept->ctx = ctx;
+    cln->handler = ngx_http_matrix_send_join_kept_free;
+    cln->data = kept->res;
+
+    rc = ngx_matrix_redis_wait(r, ngx_http_matrix_send_join_durable, kept);
+    if (rc != NGX_OK) {
+        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(rc),
+                             "M_UNKNOWN", "The join was stored, but not yet "
+                             "on a replica: %s",
+                             ngx_matrix_redis_status_text(rc));
+    }
+}
+
+
+/*
+ * WAIT's reply. Fewer replicas than asked: the join is in the master's
+ * outbox but may not survive a failover, so the joiner is told 503 and
+ * retries; the retry finds it ("dup", then WAIT again) or, after a
+ * failover that lost it, accepts it anew (docs/reliability.md).
+ */
+
+static void
+ngx_http_matrix_send_join_durable(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_send_join_kept_t *kept = data;
+
+    ngx_int_t                          rc;
+    ngx_http_matrix_send_join_ctx_t   *sj;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    sj = kept->ctx->data;
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    if (status != NGX_MATRIX_REDIS_OK) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "matrix: WAIT for join \"%s\" failed: %s", sj->id,
+                      err ? err : ngx_matrix_redis_status_text(status));
+        ngx_http_matrix_fail(r, ngx_matrix_redis_http_status(status),
+                             "M_UNKNOWN", "The join was stored, but not yet "
+                             "on a replica: %s",
+                             ngx_matrix_redis_status_text(status));
+        return;
+    }
+
+    if (reply->type != REDIS_REPLY_INTEGER
+        || reply->integer < (long long) mmcf->redis.wait_replicas)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "matrix: join \"%s\" reached %L of %ui replicas "
+                      "within %M ms: answered 503", sj->id,
+                      reply->type == REDIS_REPLY_INTEGER
+                      ? (int64_t) reply->integer : (int64_t) -1,
+                      mmcf->redis.wait_replicas, mmcf->redis.wait_timeout);
+
+        /* a master left behind by a failover has no replicas either */
+        ngx_matrix_redis_suspect();
+
+        ngx_http_matrix_fail(r, NGX_HTTP_SERVICE_UNAVAILABLE, "M_UNKNOWN",
+                             "The join is not yet durable: too few Redis "
+                             "replicas acknowledged it; retry");
+        return;
+    }
+
+    rc = ngx_http_matrix_send_join_answer(r, sj, kept->res);
 
     ngx_http_matrix_finalize(r, rc);
+}
+
+
+static void
+ngx_http_matrix_send_join_kept_free(void *data)
+{
+    freeReplyObject(data);
 }
 
 

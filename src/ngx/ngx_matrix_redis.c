@@ -23,18 +23,30 @@
  *    command times out and nothing at all was read from the connection
  *    since it was sent, the connection is declared hung: freed (every
  *    command on it answered 504 at once) and made again.
+ *
+ * With Sentinel (matrix_redis sentinel:NAME ...), the master is whatever a
+ * sentinel names: asked on a second, short-lived context before each
+ * connect, every second while connected, and after a WAIT that fell
+ * short; commands that come during the lookup wait for it in rd->waiting.
  */
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "mx_redis_addr.h"
 #include "mx_schema.h"
 #include "ngx_matrix_redis.h"
 
 
 #define NGX_MATRIX_REDIS_BACKOFF_MIN   100
 #define NGX_MATRIX_REDIS_BACKOFF_MAX   5000
+
+/* a failover names a new master within seconds: look soon, not in 5 s */
+#define NGX_MATRIX_REDIS_BACKOFF_SENTINEL_MAX   500
+
+/* while connected, a sentinel is asked this often whether it still is */
+#define NGX_MATRIX_REDIS_SENTINEL_RECHECK       1000
 
 
 typedef enum {
@@ -60,6 +72,19 @@ typedef struct {
     redisAsyncContext           *broken;    /* AUTH or SELECT failed on it */
     redisAsyncContext           *hung;      /* being freed as hung */
     char                         last_error[128];
+
+    /* Sentinel: the lookup in flight, and the master it named */
+    redisAsyncContext           *sac;
+    ngx_event_t                  lookup_timer;
+    ngx_uint_t                   sentinel;      /* the next one to ask */
+    ngx_uint_t                   lookup_tries;  /* in this round */
+    ngx_queue_t                  waiting;       /* ops sent once it ends */
+    ngx_event_t                  recheck;
+    char                         master_host[NGX_SOCKADDR_STRLEN + 1];
+    int                          master_port;
+    char                         conn_host[NGX_SOCKADDR_STRLEN + 1];
+    int                          conn_port;     /* what rd->ac is to */
+
     unsigned                     exiting:1;
 } ngx_matrix_redis_t;
 
@@ -70,6 +95,7 @@ typedef struct {
     ngx_matrix_redis_handler_pt  handler;
     void                        *data;
     ngx_event_t                  timer;
+    ngx_queue_t                  queue;         /* in rd->waiting */
     mx_lua_e                     script;
     ngx_uint_t                   context;       /* rd->context when sent */
     ngx_uint_t                   reads;         /* rd->reads when sent */
@@ -84,6 +110,28 @@ typedef struct {
 
 
 static ngx_int_t ngx_matrix_redis_connect(ngx_matrix_redis_t *rd);
+static ngx_int_t ngx_matrix_redis_open(ngx_matrix_redis_t *rd,
+    const char *host, int port);
+static void ngx_matrix_redis_lookup_next(ngx_matrix_redis_t *rd);
+static ngx_int_t ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
+    ngx_matrix_redis_host_t *s);
+static void ngx_matrix_redis_lookup_connected(const redisAsyncContext *ac,
+    int status);
+static void ngx_matrix_redis_lookup_disconnected(const redisAsyncContext *ac,
+    int status);
+static void ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static void ngx_matrix_redis_lookup_failed(ngx_matrix_redis_t *rd,
+    const char *why);
+static void ngx_matrix_redis_lookup_timeout(ngx_event_t *ev);
+static void ngx_matrix_redis_lookup_read(ngx_event_t *ev);
+static void ngx_matrix_redis_lookup_write(ngx_event_t *ev);
+static void ngx_matrix_redis_role_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static void ngx_matrix_redis_drop(ngx_matrix_redis_t *rd,
+    redisAsyncContext *ac, const char *why);
+static void ngx_matrix_redis_flush(ngx_matrix_redis_t *rd);
+static void ngx_matrix_redis_recheck(ngx_event_t *ev);
 static void ngx_matrix_redis_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_matrix_redis_disconnected(const redisAsyncContext *ac,
@@ -103,7 +151,7 @@ static void ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r,
 static ngx_int_t ngx_matrix_redis_start(ngx_http_request_t *r,
     ngx_matrix_redis_handler_pt handler, void *data, int argc,
     const char **argv, const size_t *argvlen, ngx_uint_t is_script,
-    mx_lua_e script, int nkeys);
+    mx_lua_e script, int nkeys, ngx_msec_t extra);
 static ngx_int_t ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op);
 static void ngx_matrix_redis_reply(redisAsyncContext *ac, void *r,
     void *privdata);
@@ -133,26 +181,22 @@ ngx_matrix_redis_script_source(mx_lua_e script)
 }
 
 
-char *
-ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
-    ngx_str_t *value)
+static char *
+ngx_matrix_redis_resolve(ngx_conf_t *cf, ngx_str_t *address,
+    mx_redis_host_t *h, ngx_str_t *host, int *port)
 {
     u_char     *p;
     ngx_url_t   u;
 
-    rcf->address = *value;
-
-    if (value->len > 5 && ngx_strncmp(value->data, "unix:", 5) == 0) {
-        rcf->host.len = value->len - 5;
-        rcf->host.data = value->data + 5;    /* NUL-terminated argument */
-        rcf->port = 0;
-
-        if (rcf->host.len == 0 || rcf->host.data[0] != '/') {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid Redis address \"%V\": a unix socket "
-                               "needs an absolute path", value);
+    if (h->port == 0) {
+        host->len = ngx_strlen(h->host);
+        host->data = ngx_pnalloc(cf->pool, host->len + 1);
+        if (host->data == NULL) {
             return NGX_CONF_ERROR;
         }
+
+        ngx_memcpy(host->data, h->host, host->len + 1);
+        *port = 0;
 
         return NGX_CONF_OK;
     }
@@ -161,13 +205,24 @@ ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
-    u.url = *value;
+    u.url.len = ngx_strlen(h->host);
+    u.url.data = ngx_pnalloc(cf->pool, u.url.len + 2);
+    if (u.url.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.no_port || u.naddrs == 0)
-    {
+    if (ngx_strchr(h->host, ':')) {
+        u.url.len = ngx_sprintf(u.url.data, "[%s]", h->host) - u.url.data;
+    } else {
+        ngx_memcpy(u.url.data, h->host, u.url.len);
+    }
+
+    u.default_port = (in_port_t) h->port;
+
+    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid Redis address \"%V\"%s%s, expected "
-                           "\"host:port\" or \"unix:/path\"", value,
+                           "invalid Redis address \"%V\": cannot resolve "
+                           "\"%s\"%s%s", address, h->host,
                            u.err ? ": " : "", u.err ? u.err : "");
         return NGX_CONF_ERROR;
     }
@@ -177,20 +232,93 @@ ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
         return NGX_CONF_ERROR;
     }
 
-    rcf->host.len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen,
-                                  p, NGX_SOCKADDR_STRLEN, 0);
-    p[rcf->host.len] = '\0';
-    rcf->host.data = p;
+    host->len = ngx_sock_ntop(u.addrs[0].sockaddr, u.addrs[0].socklen,
+                              p, NGX_SOCKADDR_STRLEN, 0);
+    p[host->len] = '\0';
+    host->data = p;
 
     /* hiredis wants IPv6 addresses without brackets */
 
-    if (rcf->host.len > 2 && p[0] == '[') {
-        rcf->host.data = p + 1;
-        rcf->host.len -= 2;
-        p[rcf->host.len + 1] = '\0';
+    if (host->len > 2 && p[0] == '[') {
+        host->data = p + 1;
+        host->len -= 2;
+        p[host->len + 1] = '\0';
     }
 
-    rcf->port = u.port;
+    *port = h->port;
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
+    ngx_str_t *args, ngx_uint_t nargs)
+{
+    u_char           *p;
+    size_t            len;
+    ngx_uint_t        i;
+    mx_redis_addr_t  *a;
+    char              err[128];
+
+    /* the words joined by spaces: the syntax --redis has too */
+
+    len = 0;
+
+    for (i = 0; i < nargs; i++) {
+        len += args[i].len + 1;
+    }
+
+    p = ngx_pnalloc(cf->pool, len);
+    a = ngx_palloc(cf->pool, sizeof(mx_redis_addr_t));
+    if (p == NULL || a == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    rcf->address.data = p;
+
+    for (i = 0; i < nargs; i++) {
+        p = ngx_cpymem(p, args[i].data, args[i].len);
+        *p++ = ' ';
+    }
+
+    rcf->address.len = len - 1;
+
+    if (mx_redis_addr_parse((char *) rcf->address.data, rcf->address.len, a,
+                            err, sizeof(err))
+        != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid Redis address \"%V\": %s",
+                           &rcf->address, err);
+        return NGX_CONF_ERROR;
+    }
+
+    if (a->master[0] == '\0') {
+        return ngx_matrix_redis_resolve(cf, &rcf->address, &a->hosts[0],
+                                        &rcf->host, &rcf->port);
+    }
+
+    rcf->master.len = ngx_strlen(a->master);
+    rcf->master.data = ngx_pnalloc(cf->pool, rcf->master.len + 1);
+    rcf->sentinels = ngx_pcalloc(cf->pool,
+                                 a->nhosts * sizeof(ngx_matrix_redis_host_t));
+    if (rcf->master.data == NULL || rcf->sentinels == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(rcf->master.data, a->master, rcf->master.len + 1);
+    rcf->nsentinels = a->nhosts;
+
+    for (i = 0; i < a->nhosts; i++) {
+        if (ngx_matrix_redis_resolve(cf, &rcf->address, &a->hosts[i],
+                                     &rcf->sentinels[i].host,
+                                     &rcf->sentinels[i].port)
+            != NGX_CONF_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+    }
 
     return NGX_CONF_OK;
 }
@@ -211,6 +339,17 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
     rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
     rd->next_connect = ngx_current_msec;
 
+    rd->lookup_timer.handler = ngx_matrix_redis_lookup_timeout;
+    rd->lookup_timer.data = rd;
+    rd->lookup_timer.log = cycle->log;
+    rd->lookup_timer.cancelable = 1;
+    ngx_queue_init(&rd->waiting);
+
+    rd->recheck.handler = ngx_matrix_redis_recheck;
+    rd->recheck.data = rd;
+    rd->recheck.log = cycle->log;
+    rd->recheck.cancelable = 1;
+
     ngx_matrix_redis = rd;
 
     /* workers connect now, so that the first request does not pay for it */
@@ -228,6 +367,7 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
 void
 ngx_matrix_redis_exit_worker(void)
 {
+    redisAsyncContext   *ac;
     ngx_matrix_redis_t  *rd;
 
     rd = ngx_matrix_redis;
@@ -236,6 +376,22 @@ ngx_matrix_redis_exit_worker(void)
     }
 
     rd->exiting = 1;
+
+    if (rd->lookup_timer.timer_set) {
+        ngx_del_timer(&rd->lookup_timer);
+    }
+
+    if (rd->recheck.timer_set) {
+        ngx_del_timer(&rd->recheck);
+    }
+
+    if (rd->sac) {
+        ac = rd->sac;
+        rd->sac = NULL;
+        redisAsyncFree(ac);
+    }
+
+    ngx_matrix_redis_flush(rd);
 
     if (rd->ac) {
         /* calls every pending callback with a NULL reply, then cleanup */
@@ -250,6 +406,39 @@ ngx_matrix_redis_exit_worker(void)
 static ngx_int_t
 ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
 {
+    ngx_msec_t                max;
+    ngx_matrix_redis_conf_t  *rcf;
+
+    rcf = rd->conf;
+
+    if ((ngx_msec_int_t) (ngx_current_msec - rd->next_connect) < 0) {
+        return NGX_DECLINED;    /* backing off after a failure */
+    }
+
+    max = rcf->nsentinels ? NGX_MATRIX_REDIS_BACKOFF_SENTINEL_MAX
+                          : NGX_MATRIX_REDIS_BACKOFF_MAX;
+
+    rd->next_connect = ngx_current_msec + rd->backoff;
+    rd->backoff = ngx_min(rd->backoff * 2, max);
+
+    if (rcf->nsentinels == 0) {
+        return ngx_matrix_redis_open(rd, (char *) rcf->host.data, rcf->port);
+    }
+
+    /* the master is whatever a sentinel names now: ask, then connect */
+
+    if (rd->sac == NULL) {
+        rd->lookup_tries = 0;
+        ngx_matrix_redis_lookup_next(rd);
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
+{
     u_char                    *p;
     ngx_connection_t          *c;
     redisAsyncContext         *ac;
@@ -260,18 +449,15 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
 
     rcf = rd->conf;
 
-    if ((ngx_msec_int_t) (ngx_current_msec - rd->next_connect) < 0) {
-        return NGX_DECLINED;    /* backing off after a failure */
-    }
-
-    if (rcf->port) {
-        ac = redisAsyncConnect((char *) rcf->host.data, rcf->port);
+    if (port) {
+        ac = redisAsyncConnect(host, port);
     } else {
-        ac = redisAsyncConnectUnix((char *) rcf->host.data);
+        ac = redisAsyncConnectUnix(host);
     }
 
-    rd->next_connect = ngx_current_msec + rd->backoff;
-    rd->backoff = ngx_min(rd->backoff * 2, NGX_MATRIX_REDIS_BACKOFF_MAX);
+    ngx_cpystrn((u_char *) rd->conn_host, (u_char *) host,
+                sizeof(rd->conn_host));
+    rd->conn_port = port;
 
     if (ac == NULL) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
@@ -335,6 +521,12 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
                           "SELECT %d", (int) rcf->db);
     }
 
+    /* a sentinel's answer may be stale: a demoted master is a replica */
+
+    if (rcf->nsentinels) {
+        redisAsyncCommand(ac, ngx_matrix_redis_role_reply, NULL, "ROLE");
+    }
+
     redisAsyncCommand(ac, ngx_matrix_redis_schema_reply, NULL, "GET %bschema",
                       rcf->prefix.data, rcf->prefix.len);
 
@@ -353,6 +545,393 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
 }
 
 
+/*
+ * Sentinel: SENTINEL get-master-addr-by-name on a connection of its own,
+ * one sentinel after the other until one names the master; then the
+ * master's connection is made (and checked with ROLE). Every lost or
+ * refused master connection asks again, so a failover is followed on the
+ * first command after it (docs/reliability.md).
+ */
+
+static void
+ngx_matrix_redis_lookup_next(ngx_matrix_redis_t *rd)
+{
+    ngx_matrix_redis_conf_t  *rcf;
+
+    rcf = rd->conf;
+
+    while (!rd->exiting && rd->lookup_tries < rcf->nsentinels) {
+        rd->lookup_tries++;
+
+        if (ngx_matrix_redis_lookup_open(rd,
+                &rcf->sentinels[rd->sentinel++ % rcf->nsentinels])
+            == NGX_OK)
+        {
+            return;
+        }
+    }
+
+    /* none answered: the next command asks again, after the backoff */
+    rd->lookup_tries = 0;
+
+    ngx_matrix_redis_flush(rd);     /* the commands waiting fail now */
+}
+
+
+static ngx_int_t
+ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
+    ngx_matrix_redis_host_t *s)
+{
+    ngx_connection_t   *c;
+    redisAsyncContext  *ac;
+    const char         *argv[3];
+    size_t              argvlen[3];
+
+    ac = redisAsyncConnect((char *) s->host.data, s->port);
+
+    if (ac == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ac->err) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel %V:%d: connect failed: %s",
+                      &s->host, s->port, ac->errstr);
+        redisAsyncFree(ac);
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(ac->c.fd, rd->log);
+    if (c == NULL) {
+        redisAsyncFree(ac);
+        return NGX_ERROR;
+    }
+
+    c->data = ac;
+    c->read->handler = ngx_matrix_redis_lookup_read;
+    c->write->handler = ngx_matrix_redis_lookup_write;
+    c->read->log = rd->log;
+    c->write->log = rd->log;
+
+    ac->data = rd;
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_matrix_redis_add_read;
+    ac->ev.delRead = ngx_matrix_redis_del_read;
+    ac->ev.addWrite = ngx_matrix_redis_add_write;
+    ac->ev.delWrite = ngx_matrix_redis_del_write;
+    ac->ev.cleanup = ngx_matrix_redis_cleanup;
+
+    rd->sac = ac;
+
+    redisAsyncSetConnectCallback(ac, ngx_matrix_redis_lookup_connected);
+    redisAsyncSetDisconnectCallback(ac, ngx_matrix_redis_lookup_disconnected);
+
+    argv[0] = "SENTINEL";
+    argvlen[0] = 8;
+    argv[1] = "get-master-addr-by-name";
+    argvlen[1] = 23;
+    argv[2] = (char *) rd->conf->master.data;
+    argvlen[2] = rd->conf->master.len;
+
+    if (redisAsyncCommandArgv(ac, ngx_matrix_redis_lookup_reply, s, 3, argv,
+                              argvlen)
+        != REDIS_OK)
+    {
+        rd->sac = NULL;
+        redisAsyncFree(ac);
+        return NGX_ERROR;
+    }
+
+    ngx_add_timer(&rd->lookup_timer, rd->conf->timeout);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_matrix_redis_lookup_connected(const redisAsyncContext *ac, int status)
+{
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (status != REDIS_OK && rd->sac == ac) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel: connect failed: %s", ac->errstr);
+
+        /* hiredis frees the context after this */
+        rd->sac = NULL;
+        ngx_matrix_redis_lookup_failed(rd, ac->errstr);
+    }
+}
+
+
+static void
+ngx_matrix_redis_lookup_disconnected(const redisAsyncContext *ac, int status)
+{
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (rd->sac == ac) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel: connection closed before the answer");
+        rd->sac = NULL;
+        ngx_matrix_redis_lookup_failed(rd, "connection closed");
+    }
+}
+
+
+static void
+ngx_matrix_redis_lookup_reply(redisAsyncContext *sac, void *r,
+    void *privdata)
+{
+    redisAsyncContext        *ac;
+    redisReply               *reply = r;
+    ngx_matrix_redis_t       *rd = sac->data;
+    ngx_matrix_redis_host_t  *s = privdata;
+    char                     *end;
+    long                      port;
+
+    if (reply == NULL || rd->sac != sac || rd->exiting) {
+        return;         /* a lookup given up: timed out, or worker exit */
+    }
+
+    rd->sac = NULL;
+
+    if (rd->lookup_timer.timer_set) {
+        ngx_del_timer(&rd->lookup_timer);
+    }
+
+    redisAsyncFree(sac);    /* once this callback returns */
+
+    port = 0;
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && reply->element[1]->type == REDIS_REPLY_STRING
+        && reply->element[0]->len < sizeof(rd->master_host))
+    {
+        port = strtol(reply->element[1]->str, &end, 10);
+
+        if (*end != '\0' || port < 1 || port > 65535) {
+            port = 0;
+        }
+    }
+
+    if (port == 0) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel %V:%d does not name master \"%V\"%s%s",
+                      &s->host, s->port, &rd->conf->master,
+                      reply->type == REDIS_REPLY_ERROR ? ": " : "",
+                      reply->type == REDIS_REPLY_ERROR ? reply->str : "");
+        ngx_matrix_redis_lookup_failed(rd, "no master named");
+        return;
+    }
+
+    if (rd->master_port != (int) port
+        || ngx_strcmp(rd->master_host, reply->element[0]->str) != 0)
+    {
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "redis sentinel %V:%d: master \"%V\" is %s:%l",
+                      &s->host, s->port, &rd->conf->master,
+                      reply->element[0]->str, port);
+    }
+
+    ngx_memcpy(rd->master_host, reply->element[0]->str,
+               reply->element[0]->len + 1);
+    rd->master_port = (int) port;
+
+    rd->sentinel--;         /* the next round starts with this one */
+    rd->lookup_tries = 0;
+
+    if (rd->ac != NULL
+        && (rd->conn_port != rd->master_port
+            || ngx_strcmp(rd->conn_host, rd->master_host) != 0))
+    {
+        /* a failover since we connected: leave the old master now */
+
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "redis %s:%d is not the master any more: leaving it",
+                      rd->conn_host, rd->conn_port);
+
+        ac = rd->ac;
+        rd->broken = ac;
+        redisAsyncFree(ac);     /* its commands answered "unavailable" */
+
+        rd->ac = NULL;
+        rd->broken = NULL;
+        rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+    }
+
+    if (rd->ac == NULL) {
+        (void) ngx_matrix_redis_open(rd, rd->master_host, rd->master_port);
+    }
+
+    ngx_matrix_redis_flush(rd);
+}
+
+
+/*
+ * While connected, a sentinel is asked again now and then (and at once
+ * after a WAIT that fell short, ngx_matrix_redis_suspect()): a master
+ * stopped and let run again after a failover still answers as one.
+ */
+
+static void
+ngx_matrix_redis_recheck(ngx_event_t *ev)
+{
+    ngx_matrix_redis_t  *rd = ev->data;
+
+    if (rd->exiting || rd->ac == NULL) {
+        return;     /* re-armed by the next connection */
+    }
+
+    ngx_matrix_redis_suspect();
+
+    ngx_add_timer(&rd->recheck, NGX_MATRIX_REDIS_SENTINEL_RECHECK);
+}
+
+
+void
+ngx_matrix_redis_suspect(void)
+{
+    ngx_matrix_redis_t  *rd;
+
+    rd = ngx_matrix_redis;
+
+    if (rd != NULL && rd->conf->nsentinels && rd->sac == NULL
+        && !rd->exiting)
+    {
+        rd->lookup_tries = 0;
+        ngx_matrix_redis_lookup_next(rd);
+    }
+}
+
+
+/*
+ * The commands that came while a sentinel was asked: sent on the master's
+ * new connection, in their order, or answered "unavailable" without one.
+ */
+
+static void
+ngx_matrix_redis_flush(ngx_matrix_redis_t *rd)
+{
+    ngx_queue_t            *q;
+    ngx_matrix_redis_op_t  *op;
+
+    while (!ngx_queue_empty(&rd->waiting)) {
+        q = ngx_queue_head(&rd->waiting);
+        ngx_queue_remove(q);
+        op = ngx_queue_data(q, ngx_matrix_redis_op_t, queue);
+
+        if (rd->ac != NULL && !rd->exiting
+            && ngx_matrix_redis_send_op(op) == NGX_OK)
+        {
+            op->context = rd->context;
+            op->reads = rd->reads;
+            continue;
+        }
+
+        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+                                NULL);
+    }
+}
+
+
+static void
+ngx_matrix_redis_lookup_failed(ngx_matrix_redis_t *rd, const char *why)
+{
+    if (rd->lookup_timer.timer_set) {
+        ngx_del_timer(&rd->lookup_timer);
+    }
+
+    ngx_cpystrn((u_char *) rd->last_error, (u_char *) why,
+                sizeof(rd->last_error));
+
+    ngx_matrix_redis_lookup_next(rd);
+}
+
+
+static void
+ngx_matrix_redis_lookup_timeout(ngx_event_t *ev)
+{
+    redisAsyncContext   *ac;
+    ngx_matrix_redis_t  *rd = ev->data;
+
+    ac = rd->sac;
+
+    if (ac == NULL) {
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "redis sentinel: no answer within %M ms",
+                  rd->conf->timeout);
+
+    rd->sac = NULL;
+    redisAsyncFree(ac);
+
+    ngx_matrix_redis_lookup_failed(rd, "a sentinel did not answer");
+}
+
+
+static void
+ngx_matrix_redis_lookup_read(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    redisAsyncHandleRead(c->data);
+}
+
+
+static void
+ngx_matrix_redis_lookup_write(ngx_event_t *ev)
+{
+    ngx_connection_t  *c = ev->data;
+
+    redisAsyncHandleWrite(c->data);
+}
+
+
+static void
+ngx_matrix_redis_role_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply          *reply = r;
+    ngx_matrix_redis_t  *rd = ac->data;
+
+    if (reply == NULL || rd->broken == ac || reply->type == REDIS_REPLY_ERROR)
+    {
+        return;         /* an error: AUTH's or SELECT's said it already */
+    }
+
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0
+        && reply->element[0]->type == REDIS_REPLY_STRING
+        && ngx_strcmp(reply->element[0]->str, "master") == 0)
+    {
+        return;
+    }
+
+    ngx_matrix_redis_drop(rd, ac, "the server Sentinel named is not a master");
+}
+
+
+/* a master that is not one any more: close, the next command asks again */
+
+static void
+ngx_matrix_redis_drop(ngx_matrix_redis_t *rd, redisAsyncContext *ac,
+    const char *why)
+{
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "redis %s:%d: %s: asking the sentinels again",
+                  rd->master_host, rd->master_port, why);
+
+    ngx_cpystrn((u_char *) rd->last_error, (u_char *) why,
+                sizeof(rd->last_error));
+
+    /* the replies queued behind are answered as "unavailable" */
+    rd->broken = ac;
+    rd->master_port = 0;
+    redisAsyncFree(ac);
+}
+
+
 static void
 ngx_matrix_redis_connected(const redisAsyncContext *ac, int status)
 {
@@ -367,6 +946,10 @@ ngx_matrix_redis_connected(const redisAsyncContext *ac, int status)
     rd->state = NGX_MATRIX_REDIS_CONNECTED;
     rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
     rd->connects++;
+
+    if (rd->conf->nsentinels && !rd->recheck.timer_set) {
+        ngx_add_timer(&rd->recheck, NGX_MATRIX_REDIS_SENTINEL_RECHECK);
+    }
 
     ngx_log_error(NGX_LOG_INFO, rd->log, 0, "redis %V: connected",
                   &rd->conf->address);
@@ -589,7 +1172,7 @@ ngx_matrix_redis_write_handler(ngx_event_t *ev)
 static ngx_int_t
 ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     handler, void *data, int argc, const char **argv, const size_t *argvlen,
-    ngx_uint_t is_script, mx_lua_e script, int nkeys)
+    ngx_uint_t is_script, mx_lua_e script, int nkeys, ngx_msec_t extra)
 {
     u_char                 *p;
     size_t                  size;
@@ -604,7 +1187,11 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     }
 
     if (rd->ac == NULL) {
-        if (ngx_matrix_redis_connect(rd) != NGX_OK) {
+        (void) ngx_matrix_redis_connect(rd);
+
+        /* with Sentinel, a command may wait for the lookup in flight */
+
+        if (rd->ac == NULL && rd->sac == NULL) {
             return NGX_MATRIX_REDIS_UNAVAILABLE;
         }
     }
@@ -656,7 +1243,14 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         op->cleanup->data = op;
     }
 
-    rc = ngx_matrix_redis_send_op(op);
+    if (rd->ac == NULL) {
+        ngx_queue_insert_tail(&rd->waiting, &op->queue);
+        rc = NGX_OK;
+
+    } else {
+        rc = ngx_matrix_redis_send_op(op);
+    }
+
     if (rc != NGX_OK) {
         if (op->cleanup) {
             op->cleanup->handler = NULL;
@@ -675,7 +1269,7 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     op->timer.log = rd->log;
     op->timer.cancelable = 0;   /* a graceful quit waits for the reply */
 
-    ngx_add_timer(&op->timer, rd->conf->timeout);
+    ngx_add_timer(&op->timer, rd->conf->timeout + extra);
 
     return NGX_OK;
 }
@@ -742,7 +1336,38 @@ ngx_matrix_redis_command(ngx_http_request_t *r,
     const char **argv, const size_t *argvlen)
 {
     return ngx_matrix_redis_start(r, handler, data, argc, argv, argvlen, 0,
-                                  0, 0);
+                                  0, 0, 0);
+}
+
+
+ngx_int_t
+ngx_matrix_redis_wait(ngx_http_request_t *r,
+    ngx_matrix_redis_handler_pt handler, void *data)
+{
+    u_char                   *p;
+    const char               *argv[3];
+    size_t                    argvlen[3];
+    ngx_matrix_redis_conf_t  *rcf;
+    u_char                    buf[2 * NGX_INT_T_LEN];
+
+    if (ngx_matrix_redis == NULL) {
+        return NGX_MATRIX_REDIS_UNAVAILABLE;
+    }
+
+    rcf = ngx_matrix_redis->conf;
+
+    argv[0] = "WAIT";
+    argvlen[0] = 4;
+
+    p = ngx_sprintf(buf, "%ui", rcf->wait_replicas);
+    argv[1] = (char *) buf;
+    argvlen[1] = p - buf;
+
+    argv[2] = (char *) p;
+    argvlen[2] = ngx_sprintf(p, "%M", rcf->wait_timeout) - p;
+
+    return ngx_matrix_redis_start(r, handler, data, 3, argv, argvlen, 0, 0, 0,
+                                  rcf->wait_timeout);
 }
 
 
@@ -752,7 +1377,7 @@ ngx_matrix_redis_script(ngx_http_request_t *r, mx_lua_e script,
     const char **argv, const size_t *argvlen)
 {
     return ngx_matrix_redis_start(r, handler, data, nkeys + nargs, argv,
-                                  argvlen, 1, script, nkeys);
+                                  argvlen, 1, script, nkeys, 0);
 }
 
 
@@ -792,6 +1417,16 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
         ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_REPLY_ERROR,
                                 reply->str);
+
+        /* the master was demoted, or lost its own: follow Sentinel */
+
+        if (rd->conf->nsentinels && rd->ac == ac && !rd->exiting
+            && (ngx_strstr(reply->str, "READONLY") != NULL
+                || ngx_strncmp(reply->str, "MASTERDOWN", 10) == 0))
+        {
+            ngx_matrix_redis_drop(rd, ac, reply->str);
+        }
+
         return;
     }
 

@@ -27,9 +27,21 @@ typedef enum {
 
 
 typedef struct {
+    ngx_str_t                    host;          /* numeric, NUL'ed */
+    int                          port;
+} ngx_matrix_redis_host_t;
+
+
+typedef struct {
     ngx_str_t                    address;       /* as configured */
     ngx_str_t                    host;          /* numeric, or unix path */
     int                          port;          /* 0 for unix sockets */
+    ngx_str_t                    master;        /* Sentinel's name, or "" */
+    ngx_matrix_redis_host_t     *sentinels;
+    ngx_uint_t                   nsentinels;
+    ngx_uint_t                   wait_replicas; /* matrix_redis_wait; 0 off */
+    ngx_msec_t                   wait_timeout;
+    ngx_flag_t                   wait_set;
     ngx_str_t                    password;
     ngx_int_t                    db;
     ngx_msec_t                   timeout;
@@ -73,6 +85,21 @@ ngx_int_t ngx_matrix_redis_script(ngx_http_request_t *r, mx_lua_e script,
     ngx_matrix_redis_handler_pt handler, void *data, int nkeys, int nargs,
     const char **argv, const size_t *argvlen);
 
+/*
+ * WAIT wait_replicas wait_timeout (matrix_redis_wait) on the connection
+ * the writes before it went out on: its reply is the number of replicas
+ * that acknowledged them. Its timer is matrix_redis_timeout plus the WAIT
+ * timeout.
+ */
+ngx_int_t ngx_matrix_redis_wait(ngx_http_request_t *r,
+    ngx_matrix_redis_handler_pt handler, void *data);
+
+/*
+ * With Sentinel: asks a sentinel now which server is the master, and
+ * leaves the connection when it names another (a WAIT that fell short).
+ */
+void ngx_matrix_redis_suspect(void);
+
 /* For scripts run inside MULTI: their SHA-1 (hex) and source. */
 const char *ngx_matrix_redis_script_sha1(mx_lua_e script);
 const char *ngx_matrix_redis_script_source(mx_lua_e script);
@@ -88,7 +115,11 @@ ngx_uint_t ngx_matrix_redis_hangs(void);         /* connections closed as hung *
 ngx_uint_t ngx_matrix_redis_outstanding(void);   /* commands awaiting replies */
 const char *ngx_matrix_redis_last_error(void);
 
+/*
+ * The arguments of matrix_redis (mx_redis_addr.h): one address, or
+ * "sentinel:NAME" and the sentinels' addresses; names resolved here.
+ */
 char *ngx_matrix_redis_parse_address(ngx_conf_t *cf,
-    ngx_matrix_redis_conf_t *rcf, ngx_str_t *value);
+    ngx_matrix_redis_conf_t *rcf, ngx_str_t *args, ngx_uint_t nargs);
 
 #endif /* NGX_MATRIX_REDIS_H */

@@ -46,7 +46,8 @@ def main():
               f"{row['max_latency'] * 1000:.0f} ms, largest send_join "
               f"answer {row['max_answer_bytes']:,} bytes "
               f"({row['big_answers']} over 1 MB), forwarder "
-              f"reconnected {row['redis_reconnects']}x "
+              f"reconnected {row['redis_reconnects']}x, joins answered "
+              f"again {row['answered_again_s']:.1f} s after the fault "
               f"({row['elapsed']:.0f} s)", flush=True)
         for p in row["problems"]:
             print("   PROBLEM:", p, flush=True)

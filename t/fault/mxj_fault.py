@@ -65,6 +65,7 @@ import mxj_room  # noqa: E402
 from mxj_joiner import Joiner, send_join_target  # noqa: E402
 from mxj_nginx import CTL, Nginx  # noqa: E402
 from mxj_redis import RedisServer  # noqa: E402
+from mxj_sentinel import SentinelSet  # noqa: E402
 from mxj_remote import KeyServer, RemoteServer  # noqa: E402
 from mxj_upstream import Answer, Hang, Upstream  # noqa: E402
 
@@ -101,7 +102,7 @@ class Req:
 
 
 class Result:
-    __slots__ = ("req", "status", "body", "error", "latency", "size")
+    __slots__ = ("req", "status", "body", "error", "latency", "size", "end")
 
     def __init__(self, req, status, body, error, latency):
         self.req = req
@@ -111,6 +112,7 @@ class Result:
         self.body = b"" if status == 200 else body
         self.error = error
         self.latency = latency
+        self.end = time.monotonic()
 
 
 def send(port, req, timeout=HANG_S):
@@ -163,14 +165,17 @@ class Edge:
 
     def __init__(self, workers=2, rooms=3, seed=0, http_extra="",
                  server_extra="", main_extra="", key_server=KeyServer,
-                 forwarder=True, worker_connections=1024, members=None):
+                 forwarder=True, worker_connections=1024, members=None,
+                 sentinel=False):
         self.worker_connections = worker_connections
         self.http_extra = http_extra
         self.server_extra = server_extra
         self.main_extra = main_extra
         self.with_forwarder = forwarder
         self.tmp = Path(tempfile.mkdtemp(prefix="mxj-fault-"))
-        self.redis = RedisServer(aof=True).start()
+        # sentinel: a master, two replicas and three sentinels instead
+        self.redis = (SentinelSet() if sentinel
+                      else RedisServer(aof=True)).start()
         self.nginx = Nginx(workers=workers)
         self.remotes = [remote_server(n) for n in ORIGINS]
         self.keys = key_server(*self.remotes, avoid=[self.nginx.port])
@@ -531,6 +536,28 @@ def _redis_sigcont(edge):
     edge.redis.proc.send_signal(signal.SIGCONT)
 
 
+def _sentinel_failover(edge):
+    """Until the sentinels name another master (the outage ends)."""
+    old = edge.redis.down[-1] if edge.redis.down else edge.redis.master0
+    edge.notes_failover = edge.redis.wait_failover(old)
+    if edge.redis_down and edge.redis_down[-1][1] is None:
+        edge.redis_down[-1][1] = time.monotonic()
+
+
+def _sentinel_stop(edge):
+    m = edge.redis.master_node()
+    edge.redis.down.append(m)
+    m.proc.send_signal(signal.SIGSTOP)
+    edge.redis_down.append([time.monotonic(), None])
+
+
+def _sentinel_cont(edge):
+    """After the failover, the old master is let run again: the sentinels
+    make it a replica of the new one (what it alone held is dropped)."""
+    _sentinel_failover(edge)
+    edge.redis.down[-1].proc.send_signal(signal.SIGCONT)
+
+
 def _reload(edge):
     edge.reconfigure()
 
@@ -613,6 +640,14 @@ FAULTS = {
                  "kill -9 of redis-server, one nginx worker and the "
                  "forwarder at once; Redis and the forwarder restarted "
                  "2 s later"),
+    "sentinel-kill": (_redis_kill, _sentinel_failover, 0, False,
+                      "Sentinel (1 master, 2 replicas, 3 sentinels), "
+                      "matrix_redis_wait 1 100ms: kill -9 of the master, "
+                      "not restarted"),
+    "sentinel-stop": (_sentinel_stop, _sentinel_cont, 3, False,
+                      "Sentinel, matrix_redis_wait 1 100ms: SIGSTOP of the "
+                      "master until the failover, then SIGCONT (it comes "
+                      "back as a replica)"),
     "big-room": (_redis_kill, _redis_restart, 2, False,
                  "one room of {members} members (send_join answers of "
                  "{answer_mb:.0f} MB), kill -9 of redis-server restarted "
@@ -626,6 +661,9 @@ ROW_OPTIONS = {
     # 60/s is half the default, for a 2-CPU machine shared with other work
     # (120/s was carried too, max latency 43 ms, on 2026-11-27)
     "big-room": {"rate": 60, "members": 20000},
+    # Sentinel rows (t/fault/mxj_sentinel.py): WAIT 1 before each 200
+    "sentinel-kill": {"sentinel": True, "wait": "1 100ms"},
+    "sentinel-stop": {"sentinel": True, "wait": "1 100ms"},
 }
 
 # Rows in which a worker is killed on purpose (one must have been).
@@ -641,24 +679,33 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
     rate = min(rate, opts.get("rate", rate))
     members = members or opts.get("members")
     fault_at = seconds / 3 if fault_at is None else fault_at
-    edge = Edge(seed=seed, members=members)
+    sentinel = opts.get("sentinel", False)
+    edge = Edge(seed=seed, members=members, sentinel=sentinel,
+                http_extra=f"matrix_redis_wait {opts['wait']};"
+                if opts.get("wait") else "")
     problems = []
     row = {"fault": fault, "what": what, "rate": rate, "seconds": seconds}
     if members:
         row["members"] = members
     try:
         edge.start()
-        per_room = int(rate * seconds / 2 / len(edge.rooms) * 1.3) + 20
+        # (the Sentinel rows may run 10 s longer: see below)
+        per_room = int(rate * (seconds + (10 if sentinel else 0)) / 2
+                       / len(edge.rooms) * 1.3) + 20
         mjs, sjs = edge.presign(per_room)
         load = Load(edge.nginx.port, mjs, sjs, rate=rate,
                     threads=threads).start()
         t0 = time.monotonic()
         time.sleep(fault_at)
+        t_fault = time.monotonic()
         begin(edge)
         if hold:
             time.sleep(hold)
         end(edge)
-        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        # a failover takes as long as it takes: the Sentinel rows keep
+        # the load 3 s past it, to see joins answered again
+        time.sleep(max(3.0 if sentinel else 0.0,
+                       seconds - (time.monotonic() - t0)))
         load.stop()
         if load.remaining() == 0:
             problems.append("ran out of pre-signed joins (raise the count)")
@@ -688,6 +735,15 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         # judge the answers
         results = load.results
         ok = [x for x in results if x.status == 200]
+        # until joins are answered again: the last failed answer after
+        # the fault (0 when none failed), and 200s after it
+        failed = [x.end for x in results
+                  if x.status != 200 and x.end >= t_fault]
+        answered_again = max(failed, default=t_fault) - t_fault
+        if sentinel and failed and not any(x.end > max(failed) for x in ok
+                              if x.req.kind == "send_join"):
+            problems.append("no send_join answered 200 after the last "
+                            "failed answer: the edge did not recover")
         sj_ok = [x for x in ok if x.req.kind == "send_join"]
         bad, hangs, errors = [], 0, {}
         for x in results:
@@ -775,6 +831,8 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
             delivered=len(delivered),
             bad=len(bad), hangs=hangs, errors=errors,
             max_latency=max((x.latency for x in results), default=0.0),
+            answered_again_s=answered_again,
+            failover_s=getattr(edge, "notes_failover", None),
             problems=problems)
         return row
     except Exception:
