@@ -253,5 +253,6 @@ def test_t_test_help_builds_nothing():
     p = subprocess.run([str(TOP / "t/test"), "--help"], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0
-    assert "t/test [--asan] [PYTEST_ARGS...]" in p.stdout
+    assert "  t/test [--asan] [--jobs N] [--only parallel|serial] [PYTEST_ARGS...]" \
+        in p.stdout
     assert "t/build" not in p.stdout + p.stderr
