@@ -3,9 +3,10 @@
  * matrix-join-ctl sync: the Application Service side (docs/sync.md,
  * "Pushed changes"). The registration the operator gives the homeserver
  * (YAML, by libyaml), and the worker that acts on the transactions the
- * listener (ctl_sync_as_http.c) answered and queued: an auth-relevant
- * state event of a managed room marks the room stale (the module sends
- * its requests to the fallback) and wakes the passes for it.
+ * listener (ctl_sync_as_http.c) answered and queued: a state event of a
+ * managed room marks the room stale (the module sends its requests to
+ * the fallback) and wakes the passes for it; another event is queued for
+ * the per-event advance (ctl_sync_live.c).
  *
  * The worker is a thread of its own, so that a mark never waits for a
  * pass under way, and the answer to the homeserver never waits for
@@ -48,7 +49,10 @@ static int mxj_sync_as_tokens_read(const char *text, size_t len, char *as,
 static int mxj_sync_as_token_ok(const char *t, size_t n);
 static void *mxj_sync_as_thread(void *data);
 static void mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item);
-static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id);
+static int mxj_sync_as_live(mxj_sync_as_t *as, const char *room_id,
+    const char *id);
+static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
+    const char *why);
 static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
 
 
@@ -788,7 +792,9 @@ mxj_sync_as_thread(void *data)
             room_id = s->rooms[i].id ? strdup(s->rooms[i].id) : NULL;
             pthread_mutex_unlock(&s->run.mutex);
 
-            failed = (room_id != NULL && mxj_sync_as_mark(as, room_id) != 0);
+            failed = (room_id != NULL
+                      && mxj_sync_as_mark(as, room_id, "pushes not looked "
+                                          "at") != 0);
 
             if (room_id != NULL && !failed) {
                 mxj_sync_log("appservice: room=%s marked stale, a pass "
@@ -813,34 +819,59 @@ mxj_sync_as_thread(void *data)
 }
 
 
-/* The events of a transaction, in order. */
+/*
+ * The events of a transaction, in order. A state event (or a redaction,
+ * which may change a state event) marks its room stale and starts a
+ * pass; any other event is queued for the per-event advance
+ * (ctl_sync_live.c), the room stale ("pushed") until it is applied.
+ */
 
 static void
 mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 {
+    int           rc;
+    char          why[256];
     size_t        i;
     ssize_t       k;
     json_t       *ev;
-    const char   *room_id, *m;
+    const char   *room_id, *m, *type, *id;
 
     json_array_foreach(item->events, i, ev) {
         room_id = json_string_value(json_object_get(ev, "room_id"));
+        type = json_string_value(json_object_get(ev, "type"));
+        id = json_string_value(json_object_get(ev, "event_id"));
 
-        if (room_id == NULL || !mxj_sync_auth_relevant(ev)) {
+        if (room_id == NULL || type == NULL) {
             continue;
         }
 
         m = json_string_value(json_object_get(json_object_get(ev, "content"),
                                               "membership"));
 
-        if (mxj_sync_as_mark(as, room_id) != 0) {
+        if (!json_is_string(json_object_get(ev, "state_key"))
+            && strcmp(type, "m.room.redaction") != 0 && id != NULL)
+        {
+            rc = mxj_sync_as_live(as, room_id, id);
+
+            if (rc >= 0) {
+                continue;
+            }
+
+            snprintf(why, sizeof(why), "pushed %.200s %.40s", type, id);
+
+        } else {
+            snprintf(why, sizeof(why), "pushed %.200s%s%.20s", type,
+                     m ? " " : "", m ? m : "");
+
+            rc = mxj_sync_as_mark(as, room_id, why);
+        }
+
+        if (rc != 0) {
             k = mxj_sync_as_room(as->s, room_id);
 
-            mxj_sync_log("appservice: txn=%s room=%s %s%s%s: Redis failed, "
+            mxj_sync_log("appservice: txn=%s room=%s %s: Redis failed, "
                          "the room is marked again until it is", item->txn,
-                         room_id,
-                         json_string_value(json_object_get(ev, "type")),
-                         m ? " " : "", m ? m : "");
+                         room_id, why);
 
             if (k >= 0) {
                 pthread_mutex_lock(&as->mutex);
@@ -852,23 +883,105 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
             continue;
         }
 
-        mxj_sync_log("appservice: txn=%s room=%s %s%s%s %s: marked stale, a "
-                     "pass started", item->txn, room_id,
-                     json_string_value(json_object_get(ev, "type")),
-                     m ? " " : "", m ? m : "",
+        mxj_sync_log("appservice: txn=%s room=%s %s %s: marked stale, a "
+                     "pass started", item->txn, room_id, why,
                      json_string_value(json_object_get(ev, "state_key")));
     }
 }
 
 
 /*
- * A managed room: the push counted (so that a pass under way knows its
- * snapshot may predate it), the snapshot marked stale, the passes woken
- * for it. 0, or -1 when Redis failed (the passes are woken all the same).
+ * A non-state event of a managed room: counted in live_pending and the
+ * room stale ("pushed", src/lua/live_push.lua), its ID queued for the
+ * advance. 0 when queued or the room is not cached (nothing to follow);
+ * -1 when Redis failed or the room's queue is full: then the caller marks
+ * the room stale for a pass.
  */
 
 static int
-mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
+mxj_sync_as_live(mxj_sync_as_t *as, const char *room_id, const char *id)
+{
+    int               rc, full;
+    char             *key;
+    size_t            i;
+    redisReply       *reply;
+    mxj_sync_t       *s;
+
+    s = as->s;
+
+    if (as->r.c == NULL || as->r.c->err) {
+        mxj_redis_close(&as->r);
+
+        if (mxj_redis_connect(&as->r) != 0) {
+            return -1;
+        }
+    }
+
+    key = mxj_room_key(&as->r, room_id, MX_KEY_META);
+    if (key == NULL) {
+        return -1;
+    }
+
+    reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 1, 2,
+                             (const char *[]) { key, "1" }, NULL);
+    free(key);
+
+    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
+        if (reply != NULL) {
+            freeReplyObject(reply);
+        }
+
+        return -1;
+    }
+
+    rc = (int) reply->integer;
+    freeReplyObject(reply);
+
+    if (rc == 0) {
+        return 0;               /* not cached: its first pass loads it */
+    }
+
+    full = 0;
+
+    pthread_mutex_lock(&s->run.mutex);
+
+    for (i = 0; i < s->nrooms; i++) {
+        if (s->rooms[i].id == NULL || strcmp(s->rooms[i].id, room_id) != 0)
+        {
+            continue;
+        }
+
+        if (s->rooms[i].live.n >= MXJ_SYNC_LIVE_MAX
+            || mxj_sync_ids_push(&s->rooms[i].live, id) != 0)
+        {
+            full = 1;
+        }
+    }
+
+    pthread_cond_broadcast(&s->run.cond);
+    pthread_mutex_unlock(&s->run.mutex);
+
+    if (full) {
+        mxj_sync_log("appservice: room=%s: %d pushed events queued already: "
+                     "$%.60s not queued, a pass instead", room_id,
+                     MXJ_SYNC_LIVE_MAX, id[0] == '$' ? id + 1 : id);
+        return (mxj_sync_as_mark(as, room_id, "too many pushed events "
+                                 "queued") == 0) ? 1 : -1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A managed room: the push counted (so that a pass under way knows its
+ * snapshot may predate it), the snapshot marked stale (why), the passes
+ * woken for it. 0, or -1 when Redis failed (the passes are woken all the
+ * same).
+ */
+
+static int
+mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why)
 {
     int               rc;
     char             *key;
@@ -904,8 +1017,8 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
         goto done;
     }
 
-    reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 1,
-                             (const char *[]) { key }, NULL);
+    reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 2,
+                             (const char *[]) { key, why }, NULL);
     free(key);
 
     if (reply != NULL) {

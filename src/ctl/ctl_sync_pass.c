@@ -46,6 +46,10 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     pthread_mutex_lock(&s->run.mutex);
     room->dirty = 0;
     p.pushes = room->pushes;
+
+    /* pushed before the pass: its make_join sees them */
+
+    mxj_sync_ids_free(&room->live);
     pthread_mutex_unlock(&s->run.mutex);
 
     rc = -1;
