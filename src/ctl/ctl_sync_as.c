@@ -49,8 +49,10 @@ static int mxj_sync_as_tokens_read(const char *text, size_t len, char *as,
 static int mxj_sync_as_token_ok(const char *t, size_t n);
 static void *mxj_sync_as_thread(void *data);
 static void mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item);
-static int mxj_sync_as_live(mxj_sync_as_t *as, const char *room_id,
-    const char *id);
+static int mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
+    const char *room_id, const char *id);
+static void mxj_sync_as_live_queue(mxj_sync_as_t *as,
+    mxj_sync_ids_t *batch);
 static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
     const char *why);
 static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
@@ -829,12 +831,16 @@ mxj_sync_as_thread(void *data)
 static void
 mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 {
-    int           rc;
-    char          why[256];
-    size_t        i;
-    ssize_t       k;
-    json_t       *ev;
-    const char   *room_id, *m, *type, *id;
+    int              rc;
+    char             why[256];
+    size_t           i;
+    ssize_t          k;
+    json_t          *ev;
+    const char      *room_id, *m, *type, *id;
+    mxj_sync_ids_t  *batch;
+
+    batch = calloc(as->s->nrooms ? as->s->nrooms : 1,
+                   sizeof(mxj_sync_ids_t));
 
     json_array_foreach(item->events, i, ev) {
         room_id = json_string_value(json_object_get(ev, "room_id"));
@@ -851,7 +857,8 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
         if (!json_is_string(json_object_get(ev, "state_key"))
             && strcmp(type, "m.room.redaction") != 0 && id != NULL)
         {
-            rc = mxj_sync_as_live(as, room_id, id);
+            rc = (batch != NULL) ? mxj_sync_as_live(as, batch, room_id, id)
+                                 : -1;
 
             if (rc >= 0) {
                 continue;
@@ -887,27 +894,36 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
                      "pass started", item->txn, room_id, why,
                      json_string_value(json_object_get(ev, "state_key")));
     }
+
+    if (batch != NULL) {
+        mxj_sync_as_live_queue(as, batch);
+        free(batch);
+    }
 }
 
 
 /*
  * A non-state event of a managed room: counted in live_pending and the
- * room stale ("pushed", src/lua/live_push.lua), its ID queued for the
- * advance. 0 when queued or the room is not cached (nothing to follow);
- * -1 when Redis failed or the room's queue is full: then the caller marks
- * the room stale for a pass.
+ * room stale ("pushed", src/lua/live_push.lua), its ID put in the
+ * transaction's batch for its room (queued at once, so that the advance
+ * sees a transaction whole). 0 when batched or the room is not cached
+ * (nothing to follow); -1 when Redis failed: then the caller marks the
+ * room stale for a pass.
  */
 
 static int
-mxj_sync_as_live(mxj_sync_as_t *as, const char *room_id, const char *id)
+mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
+    const char *room_id, const char *id)
 {
-    int               rc, full;
+    int               rc;
     char             *key;
-    size_t            i;
+    ssize_t           k;
     redisReply       *reply;
-    mxj_sync_t       *s;
 
-    s = as->s;
+    k = mxj_sync_as_room(as->s, room_id);
+    if (k < 0) {
+        return 0;
+    }
 
     if (as->r.c == NULL || as->r.c->err) {
         mxj_redis_close(&as->r);
@@ -941,35 +957,69 @@ mxj_sync_as_live(mxj_sync_as_t *as, const char *room_id, const char *id)
         return 0;               /* not cached: its first pass loads it */
     }
 
-    full = 0;
+    return mxj_sync_ids_push(&batch[k], id) == 0 ? 0 : -1;
+}
+
+
+/*
+ * A transaction's batches onto the rooms' queues, the passes woken. A
+ * room whose queue would go over MXJ_SYNC_LIVE_MAX gets a pass instead
+ * (stale; nothing pushed is dropped without that).
+ */
+
+static void
+mxj_sync_as_live_queue(mxj_sync_as_t *as, mxj_sync_ids_t *batch)
+{
+    size_t            i, k;
+    unsigned char    *full;
+    mxj_sync_t       *s;
+    mxj_sync_room_t  *room;
+
+    s = as->s;
+    full = calloc(s->nrooms ? s->nrooms : 1, 1);
 
     pthread_mutex_lock(&s->run.mutex);
 
     for (i = 0; i < s->nrooms; i++) {
-        if (s->rooms[i].id == NULL || strcmp(s->rooms[i].id, room_id) != 0)
-        {
+        room = &s->rooms[i];
+
+        if (batch[i].n == 0) {
             continue;
         }
 
-        if (s->rooms[i].live.n >= MXJ_SYNC_LIVE_MAX
-            || mxj_sync_ids_push(&s->rooms[i].live, id) != 0)
-        {
-            full = 1;
+        if (room->live.n + batch[i].n > MXJ_SYNC_LIVE_MAX) {
+            if (full != NULL) {
+                full[i] = 1;
+            }
+
+            room->dirty = 1;
+            continue;
+        }
+
+        for (k = 0; k < batch[i].n; k++) {
+            if (mxj_sync_ids_push(&room->live, batch[i].v[k]) != 0) {
+                room->dirty = 1;
+                break;
+            }
         }
     }
 
     pthread_cond_broadcast(&s->run.cond);
     pthread_mutex_unlock(&s->run.mutex);
 
-    if (full) {
-        mxj_sync_log("appservice: room=%s: %d pushed events queued already: "
-                     "$%.60s not queued, a pass instead", room_id,
-                     MXJ_SYNC_LIVE_MAX, id[0] == '$' ? id + 1 : id);
-        return (mxj_sync_as_mark(as, room_id, "too many pushed events "
-                                 "queued") == 0) ? 1 : -1;
+    for (i = 0; i < s->nrooms; i++) {
+        if (full != NULL && full[i] && s->rooms[i].id != NULL) {
+            mxj_sync_log("appservice: room=%s: over %d pushed events "
+                         "queued: a pass instead", s->rooms[i].id,
+                         MXJ_SYNC_LIVE_MAX);
+            (void) mxj_sync_as_mark(as, s->rooms[i].id,
+                                    "too many pushed events queued");
+        }
+
+        mxj_sync_ids_free(&batch[i]);
     }
 
-    return 0;
+    free(full);
 }
 
 

@@ -25,7 +25,7 @@
 
 
 static int mxj_sync_live_take(mxj_sync_t *s, mxj_sync_room_t *room,
-    mxj_sync_ids_t *ids);
+    mxj_sync_ids_t *ids, size_t *queued);
 static int mxj_sync_live_apply(mxj_sync_pass_t *p, const char *k_extrem,
     const char *k_edge, const char *id, int *known);
 
@@ -35,7 +35,7 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
 {
     int               rc, progress, known;
     char             *k_extrem, *k_edge;
-    size_t            i, left, applied, dup;
+    size_t            i, left, applied, dup, queued;
     redisReply       *meta, *reply;
     unsigned char    *done;
     mxj_sync_ids_t    ids;
@@ -56,10 +56,27 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     k_edge = NULL;
     rc = -1;
 
-    if (mxj_sync_live_take(s, room, &ids) != 0 || ids.n == 0 || p.id == NULL)
+    queued = 0;
+
+    if (mxj_sync_live_take(s, room, &ids, &queued) != 0 || ids.n == 0
+        || p.id == NULL)
     {
         mxj_sync_ids_free(&ids);
         return 0;
+    }
+
+    if (queued > MXJ_SYNC_LIVE_PASS) {
+
+        /* a burst: one pass costs the homeserver less than an /event each */
+
+        if (mxj_sync_keys(&p) != 0) {
+            goto done;
+        }
+
+        mxj_sync_fail(&p, "%zu events pushed at once (a pass costs less "
+                      "than an /event each)", queued);
+        rc = 1;
+        goto stale;
     }
 
     if (s->r.c == NULL || s->r.c->err) {
@@ -154,7 +171,8 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
                 break;
 
             case 1:
-                break;          /* its prev_events not (yet) known */
+                break;          /* its prev_events not (yet) known: why
+                                   says which */
 
             case 2:
                 rc = 0;         /* the room is not cached any more */
@@ -170,12 +188,7 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     left = 0;
 
     for (i = 0; i < ids.n; i++) {
-        if (!done[i]) {
-            if (left++ == 0) {
-                mxj_sync_fail(&p, "pushed event %s: its prev_events are not "
-                              "all known to the snapshot (a gap)", ids.v[i]);
-            }
-        }
+        left += !done[i];
     }
 
     mxj_sync_log("room=%s live: %zu events applied, %zu known already%s; "
@@ -236,15 +249,20 @@ done:
 }
 
 
-/* The first MXJ_SYNC_LIVE_BATCH IDs queued, moved out of the queue. */
+/*
+ * The first MXJ_SYNC_LIVE_BATCH IDs queued, moved out of the queue;
+ * *queued: how many were queued.
+ */
 
 static int
 mxj_sync_live_take(mxj_sync_t *s, mxj_sync_room_t *room,
-    mxj_sync_ids_t *ids)
+    mxj_sync_ids_t *ids, size_t *queued)
 {
     size_t  n;
 
     pthread_mutex_lock(&s->run.mutex);
+
+    *queued = room->live.n;
 
     n = room->live.n < MXJ_SYNC_LIVE_BATCH ? room->live.n
                                            : MXJ_SYNC_LIVE_BATCH;
@@ -361,6 +379,14 @@ mxj_sync_live_apply(mxj_sync_pass_t *p, const char *k_extrem,
 
     } else if (strcmp(reply->element[0]->str, "unknown") == 0) {
         rc = 1;
+
+        if (reply->elements > 1
+            && reply->element[1]->type == REDIS_REPLY_STRING)
+        {
+            mxj_sync_fail(p, "pushed event %s: its prev_event %s is not "
+                          "known to the snapshot (a gap)", id,
+                          reply->element[1]->str);
+        }
 
     } else if (strcmp(reply->element[0]->str, "gone") == 0) {
         rc = 2;

@@ -29,7 +29,8 @@
 #define MXJ_SYNC_BODY_MAX        (1024LL * 1024 * 1024)   /* an answer */
 #define MXJ_SYNC_WHY_LEN         1024
 #define MXJ_SYNC_LIVE_MAX        4096    /* pushed events queued, a room */
-#define MXJ_SYNC_LIVE_BATCH      100     /* advanced at once */
+#define MXJ_SYNC_LIVE_BATCH      32      /* advanced at once */
+#define MXJ_SYNC_LIVE_PASS       32      /* more queued: a pass instead */
 
 
 /* --- the federation client (ctl_sync_http.c) --------------------------- */

@@ -332,6 +332,7 @@ class Homeserver(_Base):
         self._soft_rooms = {}           # event ID -> room ID
         self._soft_state = {}           # event ID -> state before it
         self.forged = {}                # event ID -> how
+        self.fail_events = set()        # event IDs /event answers 500
         self.soft_fail_joins = set()    # users, or True
         self.refuse_joins = set()       # users whose send_join gets 403
         self.join_answers = {}          # event ID -> what send_join did
@@ -344,6 +345,7 @@ class Homeserver(_Base):
         self.make_join_users = []
         self.appservice = None
         self.auto_push = False
+        self.push_style = "synapse-1.67"
         self.pushes = []
         self._txn = 0
         self.add_room(room)
@@ -759,12 +761,23 @@ class Homeserver(_Base):
                 return True
         return False
 
-    def push(self, items, txn_id=None, token=None, where="header",
-             timeout=10):
+    def push(self, items, txn_id=None, token=None, where=None,
+             timeout=10, path=None):
         """PUTs one transaction of events ([(room, event ID)] or
         [AS-format dicts]) to the registration's url, as a homeserver
-        does (events of rooms outside its namespaces are left out).
+        does (events of rooms outside its namespaces are left out; client
+        format: no prev_events, no signatures). By default as Synapse 1.67
+        sends it (push_style "synapse-1.67": the legacy path
+        {url}/transactions/{txnId}, the hs_token as the access_token
+        parameter); push_style "v1": /_matrix/app/v1/transactions and the
+        Bearer header. where ("header", "query") and path override.
         Returns (status, body, seconds)."""
+        legacy = self.push_style == "synapse-1.67"
+        if where is None:
+            where = "query" if legacy else "header"
+        if path is None:
+            path = "/transactions/" if legacy else \
+                "/_matrix/app/v1/transactions/"
         reg = self.appservice
         if reg is None:
             raise RuntimeError("no registration: use_registration() first")
@@ -785,7 +798,7 @@ class Homeserver(_Base):
         if not events and not any(isinstance(i, dict) for i in items):
             return None, None, 0.0
         token = reg.get("hs_token") if token is None else token
-        url = reg["url"].rstrip("/") + "/_matrix/app/v1/transactions/" + \
+        url = reg["url"].rstrip("/") + path + \
             urllib.parse.quote(str(txn_id), safe="")
         headers = {"Content-Type": "application/json"}
         if where == "header":
@@ -1046,6 +1059,8 @@ class Homeserver(_Base):
         room = self._room_of_event(eid)
         if room is None:
             raise _err(404, "M_NOT_FOUND", f"Could not find event {eid}")
+        if eid in self.fail_events:
+            raise _err(500, "M_UNKNOWN", "Internal server error")
         ev, raw = self._served(room, eid)
         return 200, b'{"origin":' + json.dumps(self.name).encode() + \
             b',"origin_server_ts":' + str(now_ms()).encode() + \
