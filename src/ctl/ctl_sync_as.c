@@ -878,7 +878,7 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 
             mxj_sync_log("appservice: txn=%s room=%s %s: Redis failed, "
                          "the room is marked again until it is", item->txn,
-                         room_id, why);
+                         room_id, why + sizeof("pushed"));
 
             if (k >= 0) {
                 pthread_mutex_lock(&as->mutex);
@@ -891,7 +891,8 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
         }
 
         mxj_sync_log("appservice: txn=%s room=%s %s %s: marked stale, a "
-                     "pass started", item->txn, room_id, why,
+                     "pass started", item->txn, room_id,
+                     why + sizeof("pushed"),
                      json_string_value(json_object_get(ev, "state_key")));
     }
 
