@@ -54,7 +54,9 @@ static int mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
 static void mxj_sync_as_live_queue(mxj_sync_as_t *as,
     mxj_sync_ids_t *batch);
 static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
-    const char *why);
+    const char *why, const char *id);
+static int mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id,
+    const char *id, const char *why);
 static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
 
 
@@ -796,7 +798,7 @@ mxj_sync_as_thread(void *data)
 
             failed = (room_id != NULL
                       && mxj_sync_as_mark(as, room_id, "pushes not looked "
-                                          "at") != 0);
+                                          "at", NULL) != 0);
 
             if (room_id != NULL && !failed) {
                 mxj_sync_log("appservice: room=%s marked stale, a pass "
@@ -870,7 +872,17 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
             snprintf(why, sizeof(why), "pushed %.200s%s%.20s", type,
                      m ? " " : "", m ? m : "");
 
-            rc = mxj_sync_as_mark(as, room_id, why);
+            rc = mxj_sync_as_mark(as, room_id, why, id);
+
+            if (rc == 1) {
+                mxj_sync_log("appservice: txn=%s room=%s %s %s: known "
+                             "already (%s)", item->txn, room_id,
+                             why + sizeof("pushed"),
+                             json_string_value(json_object_get(ev,
+                                                               "state_key")),
+                             id);
+                continue;
+            }
         }
 
         if (rc != 0) {
@@ -916,46 +928,23 @@ static int
 mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
     const char *room_id, const char *id)
 {
-    int               rc;
-    char             *key;
-    ssize_t           k;
-    redisReply       *reply;
+    int      rc;
+    ssize_t  k;
 
     k = mxj_sync_as_room(as->s, room_id);
     if (k < 0) {
         return 0;
     }
 
-    if (as->r.c == NULL || as->r.c->err) {
-        mxj_redis_close(&as->r);
+    rc = mxj_sync_as_script(as, room_id, id, "");
 
-        if (mxj_redis_connect(&as->r) != 0) {
-            return -1;
-        }
-    }
-
-    key = mxj_room_key(&as->r, room_id, MX_KEY_META);
-    if (key == NULL) {
+    if (rc < 0) {
         return -1;
     }
 
-    reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 1, 2,
-                             (const char *[]) { key, "1" }, NULL);
-    free(key);
-
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER) {
-        if (reply != NULL) {
-            freeReplyObject(reply);
-        }
-
-        return -1;
-    }
-
-    rc = (int) reply->integer;
-    freeReplyObject(reply);
-
-    if (rc == 0) {
-        return 0;               /* not cached: its first pass loads it */
+    if (rc != 1) {
+        return 0;               /* not cached (its first pass loads it), or
+                                   known already */
     }
 
     return mxj_sync_ids_push(&batch[k], id) == 0 ? 0 : -1;
@@ -1014,7 +1003,7 @@ mxj_sync_as_live_queue(mxj_sync_as_t *as, mxj_sync_ids_t *batch)
                          "queued: a pass instead", s->rooms[i].id,
                          MXJ_SYNC_LIVE_MAX);
             (void) mxj_sync_as_mark(as, s->rooms[i].id,
-                                    "too many pushed events queued");
+                                    "too many pushed events queued", NULL);
         }
 
         mxj_sync_ids_free(&batch[i]);
@@ -1027,17 +1016,18 @@ mxj_sync_as_live_queue(mxj_sync_as_t *as, mxj_sync_ids_t *batch)
 /*
  * A managed room: the push counted (so that a pass under way knows its
  * snapshot may predate it), the snapshot marked stale (why), the passes
- * woken for it. 0, or -1 when Redis failed (the passes are woken all the
- * same).
+ * woken for it. With id (a pushed state event), through
+ * src/lua/live_push.lua: an event the snapshot has already (an edge join
+ * pushed back) changes nothing. 0, 1 when id was known, or -1 when Redis
+ * failed (the passes are woken all the same).
  */
 
 static int
-mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why)
+mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why,
+    const char *id)
 {
     int               rc;
-    char             *key;
     size_t            i;
-    redisReply       *reply;
     mxj_sync_t       *s;
 
     s = as->s;
@@ -1053,33 +1043,71 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why)
 
     pthread_mutex_unlock(&s->run.mutex);
 
-    rc = -1;
+    rc = mxj_sync_as_script(as, room_id, id, why);
+
+    if (rc == 2) {
+        return 1;
+    }
+
+    mxj_sync_as_wake(as, room_id);
+
+    return rc < 0 ? -1 : 0;
+}
+
+
+/*
+ * src/lua/meta_stale.lua (id NULL) or src/lua/live_push.lua (why "" for
+ * a non-state event): its answer, or -1 when Redis failed.
+ */
+
+static int
+mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id, const char *id,
+    const char *why)
+{
+    int          rc;
+    char        *k[3];
+    size_t       i;
+    redisReply  *reply;
 
     if (as->r.c == NULL || as->r.c->err) {
         mxj_redis_close(&as->r);
 
         if (mxj_redis_connect(&as->r) != 0) {
-            goto done;
+            return -1;
         }
     }
 
-    key = mxj_room_key(&as->r, room_id, MX_KEY_META);
-    if (key == NULL) {
+    k[0] = mxj_room_key(&as->r, room_id, MX_KEY_META);
+    k[1] = mxj_room_key(&as->r, room_id, MX_KEY_EXTREM);
+    k[2] = mxj_room_key(&as->r, room_id, MX_KEY_EDGE);
+
+    rc = -1;
+
+    if (k[0] == NULL || k[1] == NULL || k[2] == NULL) {
         goto done;
     }
 
-    reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 2,
-                             (const char *[]) { key, why }, NULL);
-    free(key);
+    if (id == NULL) {
+        reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 2,
+                                 (const char *[]) { k[0], why }, NULL);
+    } else {
+        reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 3, 5,
+                                 (const char *[]) { k[0], k[1], k[2], id,
+                                                    why },
+                                 NULL);
+    }
 
     if (reply != NULL) {
-        rc = (reply->type == REDIS_REPLY_INTEGER) ? 0 : -1;
+        rc = (reply->type == REDIS_REPLY_INTEGER) ? (int) reply->integer
+                                                  : -1;
         freeReplyObject(reply);
     }
 
 done:
 
-    mxj_sync_as_wake(as, room_id);
+    for (i = 0; i < 3; i++) {
+        free(k[i]);
+    }
 
     return rc;
 }
