@@ -3,7 +3,8 @@
  * matrix-join-ctl sync: the per-event advance (docs/sync.md "Following
  * the homeserver"). The non-state events the homeserver pushed (client
  * format: no prev_events, no signatures) are fetched as PDUs with
- * /event, checked as a pass checks every event, and each one whose
+ * /event (several: the last, and the others with one
+ * /get_missing_events), checked as a pass checks every event, and each one whose
  * prev_events the snapshot knows becomes a forward extremity in one
  * script (src/lua/live_advance.lua); the state is unchanged. Anything
  * else (a state event behind a non-state push, a gap, a fetch or a check
@@ -35,14 +36,16 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
 {
     int               rc, progress, known;
     char             *k_extrem, *k_edge;
-    size_t            i, left, applied, dup, queued;
-    redisReply       *meta, *reply;
+    size_t            i, left, applied, dup, queued, nfetch;
+    const char       *last;
+    redisReply       *meta, *reply, *ext;
     unsigned char    *done;
-    mxj_sync_ids_t    ids;
+    mxj_sync_ids_t    ids, earliest;
     mxj_sync_pass_t   p;
 
     memset(&p, 0, sizeof(mxj_sync_pass_t));
     memset(&ids, 0, sizeof(mxj_sync_ids_t));
+    memset(&earliest, 0, sizeof(mxj_sync_ids_t));
     p.s = s;
     p.room = room;
     p.why = why;
@@ -122,7 +125,57 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
         goto done;
     }
 
-    /* the PDUs, checked as a pass checks them (the keys asked at once) */
+    /*
+     * The PDUs, checked as a pass checks them (the keys asked at once).
+     * Several: the last by /event, the others in one /get_missing_events
+     * from the forward extremities; what that does not bring, by /event.
+     */
+
+    last = NULL;
+    nfetch = 0;
+
+    for (i = 0; i < ids.n; i++) {
+        if (mxj_sync_pool_get(&room->pool, ids.v[i]) == NULL) {
+            last = ids.v[i];
+            nfetch++;
+        }
+    }
+
+    if (nfetch >= 2) {
+        if (mxj_sync_get_event(&p, last) != 0) {
+            rc = 1;
+            goto stale;
+        }
+
+        ext = mxj_redis_cmdf(&s->r, "HKEYS %s", k_extrem);
+
+        if (ext != NULL && ext->type == REDIS_REPLY_ARRAY) {
+            for (i = 0; i < ext->elements; i++) {
+                if (ext->element[i]->type == REDIS_REPLY_STRING
+                    && mxj_sync_ids_push(&earliest, ext->element[i]->str)
+                       != 0)
+                {
+                    break;
+                }
+            }
+        }
+
+        if (ext != NULL) {
+            freeReplyObject(ext);
+        }
+
+        if (earliest.n > 0
+            && mxj_sync_get_missing(&p, &earliest, last, 2 * ids.n) != 0)
+        {
+            mxj_sync_log("room=%s live: %s (an /event each instead)", p.id,
+                         why);
+        }
+
+        if (mxj_sync_check(&p) != 0) {
+            rc = 1;
+            goto stale;
+        }
+    }
 
     for (i = 0; i < ids.n; i++) {
         if (mxj_sync_pool_get(&room->pool, ids.v[i]) != NULL) {
@@ -244,6 +297,7 @@ done:
     free(k_edge);
     free(done);
     mxj_sync_ids_free(&ids);
+    mxj_sync_ids_free(&earliest);
 
     return rc;
 }

@@ -25,7 +25,8 @@
 
 enum {
     MXJ_SYNC_BODY_STATE = 0,        /* /state: pdus and auth_chain */
-    MXJ_SYNC_BODY_EVENT             /* /event/X: pdus[0], event X */
+    MXJ_SYNC_BODY_EVENT,            /* /event/X: pdus[0], event X */
+    MXJ_SYNC_BODY_MISSING           /* /get_missing_events: events */
 };
 
 typedef struct {
@@ -113,6 +114,8 @@ int mxj_sync_unchanged(mxj_sync_pass_t *p);
 int mxj_sync_pool(mxj_sync_pass_t *p);
 int mxj_sync_fetch(mxj_sync_pass_t *p);
 int mxj_sync_get_event(mxj_sync_pass_t *p, const char *id);
+int mxj_sync_get_missing(mxj_sync_pass_t *p, const mxj_sync_ids_t *earliest,
+    const char *latest, size_t limit);
 
 /* ctl_sync_check.c */
 int mxj_sync_check(mxj_sync_pass_t *p);

@@ -865,6 +865,8 @@ class Homeserver(_Base):
         ("GET", r"/_matrix/federation/v1/state/([^/]+)", "state"),
         ("GET", r"/_matrix/federation/v1/state_ids/([^/]+)", "state_ids"),
         ("GET", r"/_matrix/federation/v1/event/([^/]+)", "event"),
+        ("POST", r"/_matrix/federation/v1/get_missing_events/([^/]+)",
+         "get_missing_events"),
         ("GET", r"/_matrix/federation/v1/timestamp_to_event/([^/]+)",
          "timestamp_to_event"),
         ("PUT", r"/_matrix/federation/(v[12])/send_join/([^/]+)/([^/]+)",
@@ -967,6 +969,8 @@ class Homeserver(_Base):
                 return self._state(params[0], q, endpoint == "state_ids")
             if endpoint == "event":
                 return self._event(params[0])
+            if endpoint == "get_missing_events":
+                return self._missing(params[0], req)
             if endpoint == "timestamp_to_event":
                 return self._timestamp_to_event(params[0], q)
             if endpoint == "send_join":
@@ -1065,6 +1069,43 @@ class Homeserver(_Base):
         return 200, b'{"origin":' + json.dumps(self.name).encode() + \
             b',"origin_server_ts":' + str(now_ms()).encode() + \
             b',"pdus":[' + raw + b"]}"
+
+    def _missing(self, room_id, req):
+        """As Synapse: the ancestors of latest_events that are not
+        earliest_events or theirs (latest excluded), at most limit, the
+        deepest first found, answered oldest first."""
+        room = self._room(room_id)
+        try:
+            body = json.loads(req.body)
+            earliest = set(body.get("earliest_events") or [])
+            latest = list(body["latest_events"])
+            limit = int(body.get("limit", 10))
+        except (ValueError, KeyError, TypeError):
+            raise _err(400, "M_BAD_JSON", "bad body")
+        stop, todo = set(), list(earliest)
+        while todo:
+            e = todo.pop()
+            if e in stop or e not in room.events:
+                continue
+            stop.add(e)
+            todo.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        out, seen = [], set(latest)
+        front = []
+        for e in latest:
+            if e in room.events:
+                front.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        while front and len(out) < limit:
+            front.sort(key=lambda x: room.events[x]["depth"]
+                       if x in room.events else -1)
+            e = front.pop()
+            if e in seen or e in stop or e not in room.events:
+                continue
+            seen.add(e)
+            out.append(e)
+            front.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        out.sort(key=lambda x: room.events[x]["depth"])
+        raws = [self._served(room, e)[1] for e in out]
+        return 200, b'{"events":[' + b",".join(raws) + b"]}"
 
     def _timestamp_to_event(self, room_id, q):
         """Synapse's answer includes soft-failed events: the latest event
