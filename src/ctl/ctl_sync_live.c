@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl_load.h"
 #include "ctl_sync_pass.h"
@@ -37,8 +38,10 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     int               rc, progress, known;
     char             *k_extrem, *k_edge;
     size_t            i, left, applied, dup, queued, nfetch;
+    int64_t           wait;
     const char       *last;
     redisReply       *meta, *reply, *ext;
+    struct timespec   ts;
     unsigned char    *done;
     mxj_sync_ids_t    ids, earliest;
     mxj_sync_pass_t   p;
@@ -58,6 +61,21 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     k_extrem = NULL;
     k_edge = NULL;
     rc = -1;
+
+    /*
+     * Until the next request to the homeserver is due (its rate), the
+     * events pushed meanwhile join the batch: a burst costs two requests,
+     * not one each.
+     */
+
+    wait = s->http.next_ms - mxj_run_mono_ms();
+
+    if (wait > 0) {
+        wait = (wait > MXJ_SYNC_INTERVAL_MAX) ? MXJ_SYNC_INTERVAL_MAX : wait;
+        ts.tv_sec = wait / 1000;
+        ts.tv_nsec = (wait % 1000) * 1000000;
+        nanosleep(&ts, NULL);
+    }
 
     queued = 0;
 
