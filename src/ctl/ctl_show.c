@@ -61,7 +61,7 @@ mxj_cmd_show(int argc, char **argv)
     };
     static const char  *synced[] = {
         "synced_from", "unconfirmed", "stale", "stale_reason",
-        "live_events", "live_pending", "live_at", NULL
+        "live_events", "live_pending", "live_at", "passes", "drift", NULL
     };
     const char        **f;
 

@@ -478,3 +478,65 @@ nomem:
 
     return mxj_sync_fail(p, "out of memory");
 }
+
+
+int
+mxj_sync_live_drift(mxj_sync_pass_t *p)
+{
+    int          drift;
+    char        *k[2];
+    size_t       i;
+    redisReply  *reply;
+
+    k[0] = mxj_room_key(&p->s->r, p->id, MX_KEY_EXTREM);
+    k[1] = mxj_room_key(&p->s->r, p->id, MX_KEY_EDGE);
+    drift = 0;
+
+    for (i = 0; k[0] != NULL && k[1] != NULL && i < p->x.n && !drift; i++) {
+        reply = mxj_redis_cmdf(&p->s->r, "HEXISTS %s %s", k[0], p->x.v[i]);
+
+        if (reply != NULL && reply->type == REDIS_REPLY_INTEGER
+            && reply->integer == 0)
+        {
+            freeReplyObject(reply);
+            reply = mxj_redis_cmdf(&p->s->r, "HEXISTS %s %s", k[1],
+                                   p->x.v[i]);
+
+            if (reply != NULL && reply->type == REDIS_REPLY_INTEGER
+                && reply->integer == 0)
+            {
+                drift = 1;
+                mxj_sync_log("room=%s drift: the homeserver's extremity %s "
+                             "was never pushed (drift found %lu times)",
+                             p->id, p->x.v[i], p->room->drift + 1);
+            }
+        }
+
+        if (reply != NULL) {
+            freeReplyObject(reply);
+        }
+    }
+
+    free(k[0]);
+    free(k[1]);
+
+    return drift;
+}
+
+
+void
+mxj_sync_live_counts(mxj_sync_pass_t *p)
+{
+    char         passes[24], drift[24];
+    redisReply  *reply;
+
+    snprintf(passes, sizeof(passes), "%lu", p->room->passes);
+    snprintf(drift, sizeof(drift), "%lu", p->room->drift);
+
+    reply = mxj_redis_script(&p->s->r, MX_LUA_LIVE_COUNTS, 1, 3,
+                             (const char *[]) { p->k_meta, passes, drift },
+                             NULL);
+    if (reply != NULL) {
+        freeReplyObject(reply);
+    }
+}

@@ -126,6 +126,11 @@ int mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     mx_snapshot_t **snap);
 int mxj_sync_bookkeep(mxj_sync_pass_t *p);
 
+/* ctl_sync_live.c: 1 when an extremity of x is unknown to the edge */
+int mxj_sync_live_drift(mxj_sync_pass_t *p);
+/* meta.passes and meta.drift: the room's counts in this process */
+void mxj_sync_live_counts(mxj_sync_pass_t *p);
+
 /* ctl_sync_pass_util.c */
 int mxj_sync_fail(mxj_sync_pass_t *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

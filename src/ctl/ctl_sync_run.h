@@ -145,6 +145,13 @@ typedef struct {
     int                       unsupported;  /* a room version the edge
                                                does not have: not passed
                                                again */
+
+    /* the pass thread's alone */
+    unsigned long             passes;       /* make_join probes made */
+    unsigned long             pushes_passed; /* pushes at the last one */
+    unsigned long             drift;        /* probes that found an
+                                               extremity the edge lacked
+                                               with no push meanwhile */
 } mxj_sync_room_t;
 
 

@@ -17,13 +17,14 @@ every send_join answer judged by the independent joiner
 values come from the generated room, never from the code under test."""
 
 import json
+import subprocess
 import time
 
 import pytest
 
 from test_sync import (REMOTE, daemons, edges, hs_factory, key,  # noqa: F401
                        meta_of, wait_for)
-from mxj_nginx import free_port
+from mxj_nginx import CTL, free_port
 import mxj_joiner
 from mxj_joiner import Joiner, View
 
@@ -34,14 +35,15 @@ class Live:
     """sync --every 1h with the Application Service (its first pass done,
     the stand-in pushing every change), and the edge."""
 
-    def __init__(self, nginx, redis_server, hs, edges, daemons, tmp_path):
+    def __init__(self, nginx, redis_server, hs, edges, daemons, tmp_path,
+                 every="1h"):
         self.hs = hs
         self.room = hs.room
         self.rid = hs.room.room_id
         self.client = redis_server.client()
         self.port = free_port()
         reg = tmp_path / "registration.yaml"
-        self.d = daemons(redis_server, hs, tmp_path, "--every", "1h",
+        self.d = daemons(redis_server, hs, tmp_path, "--every", every,
                          "--appservice-listen", f"127.0.0.1:{self.port}",
                          "--registration", reg, self.rid).start()
         wait_for("the first pass", lambda: self.meta().get("generation")
@@ -335,3 +337,54 @@ def test_edge_joins_and_messages_interleaved(live):
     # the last: every edge join is an ancestor (through m2 and m3 too)
     join("inter4")
     assert live.d.running()
+
+
+# -- the safety net and what it reports --------------------------------------
+
+def test_drift_found_by_the_periodic_pass_and_reported(
+        nginx, redis_server, hs_factory, edges, daemons,  # noqa: F811
+        tmp_path):
+    """One message applied live, then one whose push is lost: the next
+    periodic pass (--every 2s) finds the homeserver's extremity the edge
+    never had, counts it and catches up. matrix_status and show report
+    the counts."""
+    hs = hs_factory(members=20, servers=3, extremities=1)
+    lv = Live(nginx, redis_server, hs, edges, daemons, tmp_path,
+              every="2s")
+    m1 = hs.message("pushed")[0]
+    lv.wait_named([m1])
+    hs.auto_push = False
+    m2 = hs.message("lost")[0]
+    wait_for("drift", lambda: lv.meta().get("drift") == "1", 30)
+    assert f"room={lv.rid} drift: the homeserver's extremity {m2} was " \
+        "never pushed" in lv.log()
+    lv.wait_named([m2])
+    st = lv.edge.status(lv.room)
+    assert st["drift"] == 1 and st["passes"] >= 2, st
+    assert "live_age_ms" in st or st.get("live_events") is None, st
+    out = subprocess.run([str(CTL), "show", "--redis",
+                          redis_server.address, lv.rid],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "drift: 1\n" in out.stdout, out.stdout
+    assert "passes: " in out.stdout
+
+
+def test_status_reports_live_events_and_stale_reason(live):
+    """matrix_status: live_events and live_age_ms after a message;
+    stale and stale_reason while a fetch fails."""
+    m = live.hs.message("counted")[0]
+    live.wait_named([m])
+    st = live.edge.status(live.room)
+    assert st["live_events"] == 1 and 0 <= st["live_age_ms"] < 60000, st
+    live.hs.auto_push = False
+    m2 = live.hs.message("unfetchable")[0]
+    live.hs.fail_events.add(m2)
+    time.sleep(1.1)                 # a quiet room: its push makes it stale
+    live.hs.push([(live.room, m2)])
+    wait_for("stale", lambda: live.edge.status(live.room).get("stale")
+             == 1, 30)
+    wait_for("the pass failed", lambda: f"room={live.rid} failed"
+             in live.log(), 60)
+    st = live.edge.status(live.room)
+    assert m2 in st["stale_reason"], st
