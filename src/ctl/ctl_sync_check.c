@@ -153,7 +153,8 @@ mxj_sync_signers(mxj_sync_pass_t *p, const char *text, size_t len,
 
     if (ev == NULL) {
         return mxj_sync_fail(p, "an event of %s%s: %s",
-                             mxj_sync_body_what(b), b->expect ? b->expect : "", err.text);
+                             mxj_sync_body_what(b),
+                             b->expect ? b->expect : "", err.text);
     }
 
     n = json_is_object(ev) ? mx_event_required_signers(p->rv, ev, names,
@@ -206,20 +207,23 @@ mxj_sync_check_pdu(mxj_sync_pass_t *p, const char *text, size_t len,
 
     if (ev == NULL) {
         return mxj_sync_fail(p, "an event of %s%s: %s",
-                             mxj_sync_body_what(b), b->expect ? b->expect : "", err.text);
+                             mxj_sync_body_what(b),
+                             b->expect ? b->expect : "", err.text);
     }
 
     rc = -1;
 
     if (!json_is_object(ev)) {
         mxj_sync_fail(p, "an event of %s%s is not an object",
-                      mxj_sync_body_what(b), b->expect ? b->expect : "");
+                      mxj_sync_body_what(b),
+                      b->expect ? b->expect : "");
         goto done;
     }
 
     if (mx_event_id(p->rv, ev, id, sizeof(id), &err) < 0) {
         mxj_sync_fail(p, "an event of %s%s: %s",
-                      mxj_sync_body_what(b), b->expect ? b->expect : "", err.text);
+                      mxj_sync_body_what(b),
+                      b->expect ? b->expect : "", err.text);
         goto done;
     }
 

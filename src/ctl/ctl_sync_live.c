@@ -4,8 +4,8 @@
  * the homeserver"). The non-state events the homeserver pushed (client
  * format: no prev_events, no signatures) are fetched as PDUs with
  * /event (several: the last, and the others with one
- * /get_missing_events), checked as a pass checks every event, and each one whose
- * prev_events the snapshot knows becomes a forward extremity in one
+ * /get_missing_events), checked as a pass checks every event, and each
+ * one whose prev_events the snapshot knows becomes a forward extremity in one
  * script (src/lua/live_advance.lua); the state is unchanged. Anything
  * else (a state event behind a non-state push, a gap, a fetch or a check
  * that fails) marks the room stale and asks for a pass: nothing is
