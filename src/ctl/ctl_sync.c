@@ -559,9 +559,15 @@ mxj_sync_round(mxj_sync_t *s, int all)
                              why);
 
             } else if (rc < 0) {
-                mxj_sync_log("room=%s live: %s (the events wait)", room->id,
+
+                /* the batch could not be applied: a pass covers it */
+
+                mxj_sync_log("room=%s live: %s (a pass instead)", room->id,
                              why[0] ? why : "Redis failed");
-                break;
+
+                pthread_mutex_lock(&s->run.mutex);
+                room->dirty = 1;
+                pthread_mutex_unlock(&s->run.mutex);
             }
         }
 
