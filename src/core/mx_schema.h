@@ -83,6 +83,10 @@
 #define MX_META_HEROES             "heroes"
 #define MX_META_SYNCED_FROM        "synced_from"
 #define MX_META_SYNCED_EXTREMITIES "synced_extremities"
+#define MX_META_STALE_REASON       "stale_reason"
+#define MX_META_LIVE_PENDING       "live_pending"
+#define MX_META_LIVE_EVENTS        "live_events"
+#define MX_META_LIVE_AT            "live_at"
 
 
 /*

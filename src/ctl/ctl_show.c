@@ -61,7 +61,8 @@ mxj_cmd_show(int argc, char **argv)
         "generation", NULL
     };
     static const char  *synced[] = {
-        "synced_from", "unconfirmed", "stale", NULL
+        "synced_from", "unconfirmed", "stale", "stale_reason",
+        "live_events", "live_pending", "live_at", "passes", "drift", NULL
     };
     const char        **f;
 

@@ -416,6 +416,7 @@ mxj_sync_free(mxj_sync_t *s)
         free(s->rooms[i].arg);
         free(s->rooms[i].id);
         mxj_sync_pool_free(&s->rooms[i].pool);
+        mxj_sync_ids_free(&s->rooms[i].live);
     }
 
     for (i = 0; i < s->nkeys; i++) {
@@ -484,7 +485,10 @@ mxj_sync_loop(mxj_sync_t *s)
             dirty = 0;
 
             for (i = 0; i < s->nrooms; i++) {
-                dirty |= s->rooms[i].dirty;
+                if (!s->rooms[i].unsupported) {
+                    dirty |= s->rooms[i].dirty
+                             | (s->rooms[i].live.n > 0);
+                }
             }
 
             if (all || dirty) {
@@ -522,9 +526,9 @@ mxj_sync_loop(mxj_sync_t *s)
 static int
 mxj_sync_round(mxj_sync_t *s, int all)
 {
-    int               ok, dirty;
+    int               ok, dirty, rc;
     char              why[MXJ_SYNC_WHY_LEN];
-    size_t            i;
+    size_t            i, live;
     mxj_sync_room_t  *room;
 
     ok = 1;
@@ -532,9 +536,40 @@ mxj_sync_round(mxj_sync_t *s, int all)
     for (i = 0; i < s->nrooms; i++) {
         room = &s->rooms[i];
 
-        pthread_mutex_lock(&s->run.mutex);
-        dirty = room->dirty;
-        pthread_mutex_unlock(&s->run.mutex);
+        if (room->unsupported) {
+            continue;           /* said once, at its first pass */
+        }
+
+        /* the pushed non-state events first: most need no pass */
+
+        for ( ;; ) {
+            pthread_mutex_lock(&s->run.mutex);
+            dirty = room->dirty;
+            live = room->live.n;
+            pthread_mutex_unlock(&s->run.mutex);
+
+            if (all || dirty || live == 0 || mxj_run_stopping(&s->run)) {
+                break;
+            }
+
+            rc = mxj_sync_live(s, room, why, sizeof(why));
+
+            if (rc == 1) {
+                mxj_sync_log("room=%s stale: %s (a pass follows)", room->id,
+                             why);
+
+            } else if (rc < 0) {
+
+                /* the batch could not be applied: a pass covers it */
+
+                mxj_sync_log("room=%s live: %s (a pass instead)", room->id,
+                             why[0] ? why : "Redis failed");
+
+                pthread_mutex_lock(&s->run.mutex);
+                room->dirty = 1;
+                pthread_mutex_unlock(&s->run.mutex);
+            }
+        }
 
         if (!all && !dirty) {
             continue;
@@ -549,6 +584,12 @@ mxj_sync_round(mxj_sync_t *s, int all)
             mxj_sync_log("room=%s failed: %s (its snapshot stays as it was)",
                          room->id ? room->id : room->arg, why);
             ok = 0;
+
+            if (room->unsupported) {
+                mxj_sync_log("room=%s: not synced again (the edge cannot "
+                             "serve its room version)",
+                             room->id ? room->id : room->arg);
+            }
         }
     }
 

@@ -3,9 +3,10 @@
  * matrix-join-ctl sync: the Application Service side (docs/sync.md,
  * "Pushed changes"). The registration the operator gives the homeserver
  * (YAML, by libyaml), and the worker that acts on the transactions the
- * listener (ctl_sync_as_http.c) answered and queued: an auth-relevant
- * state event of a managed room marks the room stale (the module sends
- * its requests to the fallback) and wakes the passes for it.
+ * listener (ctl_sync_as_http.c) answered and queued: a state event of a
+ * managed room marks the room stale (the module sends its requests to
+ * the fallback) and wakes the passes for it; another event is queued for
+ * the per-event advance (ctl_sync_live.c).
  *
  * The worker is a thread of its own, so that a mark never waits for a
  * pass under way, and the answer to the homeserver never waits for
@@ -48,7 +49,14 @@ static int mxj_sync_as_tokens_read(const char *text, size_t len, char *as,
 static int mxj_sync_as_token_ok(const char *t, size_t n);
 static void *mxj_sync_as_thread(void *data);
 static void mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item);
-static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id);
+static int mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
+    const char *room_id, const char *id);
+static void mxj_sync_as_live_queue(mxj_sync_as_t *as,
+    mxj_sync_ids_t *batch);
+static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
+    const char *why, const char *id);
+static int mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id,
+    const char *id, const char *why);
 static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
 
 
@@ -788,7 +796,9 @@ mxj_sync_as_thread(void *data)
             room_id = s->rooms[i].id ? strdup(s->rooms[i].id) : NULL;
             pthread_mutex_unlock(&s->run.mutex);
 
-            failed = (room_id != NULL && mxj_sync_as_mark(as, room_id) != 0);
+            failed = (room_id != NULL
+                      && mxj_sync_as_mark(as, room_id, "pushes not looked "
+                                          "at", NULL) != 0);
 
             if (room_id != NULL && !failed) {
                 mxj_sync_log("appservice: room=%s marked stale, a pass "
@@ -813,34 +823,74 @@ mxj_sync_as_thread(void *data)
 }
 
 
-/* The events of a transaction, in order. */
+/*
+ * The events of a transaction, in order. A state event (or a redaction,
+ * which may change a state event) marks its room stale and starts a
+ * pass; any other event is queued for the per-event advance
+ * (ctl_sync_live.c), the room stale ("pushed") until it is applied.
+ */
 
 static void
 mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 {
-    size_t        i;
-    ssize_t       k;
-    json_t       *ev;
-    const char   *room_id, *m;
+    int              rc;
+    char             why[256];
+    size_t           i;
+    ssize_t          k;
+    json_t          *ev;
+    const char      *room_id, *m, *type, *id;
+    mxj_sync_ids_t  *batch;
+
+    batch = calloc(as->s->nrooms ? as->s->nrooms : 1,
+                   sizeof(mxj_sync_ids_t));
 
     json_array_foreach(item->events, i, ev) {
         room_id = json_string_value(json_object_get(ev, "room_id"));
+        type = json_string_value(json_object_get(ev, "type"));
+        id = json_string_value(json_object_get(ev, "event_id"));
 
-        if (room_id == NULL || !mxj_sync_auth_relevant(ev)) {
+        if (room_id == NULL || type == NULL) {
             continue;
         }
 
         m = json_string_value(json_object_get(json_object_get(ev, "content"),
                                               "membership"));
 
-        if (mxj_sync_as_mark(as, room_id) != 0) {
+        if (!json_is_string(json_object_get(ev, "state_key"))
+            && strcmp(type, "m.room.redaction") != 0 && id != NULL)
+        {
+            rc = (batch != NULL) ? mxj_sync_as_live(as, batch, room_id, id)
+                                 : -1;
+
+            if (rc >= 0) {
+                continue;
+            }
+
+            snprintf(why, sizeof(why), "pushed %.200s %.40s", type, id);
+
+        } else {
+            snprintf(why, sizeof(why), "pushed %.200s%s%.20s", type,
+                     m ? " " : "", m ? m : "");
+
+            rc = mxj_sync_as_mark(as, room_id, why, id);
+
+            if (rc == 1) {
+                mxj_sync_log("appservice: txn=%s room=%s %s %s: known "
+                             "already (%s)", item->txn, room_id,
+                             why + sizeof("pushed"),
+                             json_string_value(json_object_get(ev,
+                                                               "state_key")),
+                             id);
+                continue;
+            }
+        }
+
+        if (rc != 0) {
             k = mxj_sync_as_room(as->s, room_id);
 
-            mxj_sync_log("appservice: txn=%s room=%s %s%s%s: Redis failed, "
+            mxj_sync_log("appservice: txn=%s room=%s %s: Redis failed, "
                          "the room is marked again until it is", item->txn,
-                         room_id,
-                         json_string_value(json_object_get(ev, "type")),
-                         m ? " " : "", m ? m : "");
+                         room_id, why + sizeof("pushed"));
 
             if (k >= 0) {
                 pthread_mutex_lock(&as->mutex);
@@ -852,28 +902,132 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
             continue;
         }
 
-        mxj_sync_log("appservice: txn=%s room=%s %s%s%s %s: marked stale, a "
+        mxj_sync_log("appservice: txn=%s room=%s %s %s: marked stale, a "
                      "pass started", item->txn, room_id,
-                     json_string_value(json_object_get(ev, "type")),
-                     m ? " " : "", m ? m : "",
+                     why + sizeof("pushed"),
                      json_string_value(json_object_get(ev, "state_key")));
+    }
+
+    if (batch != NULL) {
+        mxj_sync_as_live_queue(as, batch);
+        free(batch);
     }
 }
 
 
 /*
- * A managed room: the push counted (so that a pass under way knows its
- * snapshot may predate it), the snapshot marked stale, the passes woken
- * for it. 0, or -1 when Redis failed (the passes are woken all the same).
+ * A non-state event of a managed room: counted in live_pending and the
+ * room stale ("pushed", src/lua/live_push.lua), its ID put in the
+ * transaction's batch for its room (queued at once, so that the advance
+ * sees a transaction whole). 0 when batched or the room is not cached
+ * (nothing to follow); -1 when Redis failed: then the caller marks the
+ * room stale for a pass.
  */
 
 static int
-mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
+mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
+    const char *room_id, const char *id)
+{
+    int      rc;
+    ssize_t  k;
+
+    k = mxj_sync_as_room(as->s, room_id);
+    if (k < 0) {
+        return 0;
+    }
+
+    rc = mxj_sync_as_script(as, room_id, id, "");
+
+    if (rc < 0) {
+        return -1;
+    }
+
+    if (rc != 1) {
+        return 0;               /* not cached (its first pass loads it), or
+                                   known already */
+    }
+
+    return mxj_sync_ids_push(&batch[k], id) == 0 ? 0 : -1;
+}
+
+
+/*
+ * A transaction's batches onto the rooms' queues, the passes woken. A
+ * room whose queue would go over MXJ_SYNC_LIVE_MAX gets a pass instead
+ * (stale; nothing pushed is dropped without that).
+ */
+
+static void
+mxj_sync_as_live_queue(mxj_sync_as_t *as, mxj_sync_ids_t *batch)
+{
+    size_t            i, k;
+    unsigned char    *full;
+    mxj_sync_t       *s;
+    mxj_sync_room_t  *room;
+
+    s = as->s;
+    full = calloc(s->nrooms ? s->nrooms : 1, 1);
+
+    pthread_mutex_lock(&s->run.mutex);
+
+    for (i = 0; i < s->nrooms; i++) {
+        room = &s->rooms[i];
+
+        if (batch[i].n == 0) {
+            continue;
+        }
+
+        if (room->live.n + batch[i].n > MXJ_SYNC_LIVE_MAX) {
+            if (full != NULL) {
+                full[i] = 1;
+            }
+
+            room->dirty = 1;
+            continue;
+        }
+
+        for (k = 0; k < batch[i].n; k++) {
+            if (mxj_sync_ids_push(&room->live, batch[i].v[k]) != 0) {
+                room->dirty = 1;
+                break;
+            }
+        }
+    }
+
+    pthread_cond_broadcast(&s->run.cond);
+    pthread_mutex_unlock(&s->run.mutex);
+
+    for (i = 0; i < s->nrooms; i++) {
+        if (full != NULL && full[i] && s->rooms[i].id != NULL) {
+            mxj_sync_log("appservice: room=%s: over %d pushed events "
+                         "queued: a pass instead", s->rooms[i].id,
+                         MXJ_SYNC_LIVE_MAX);
+            (void) mxj_sync_as_mark(as, s->rooms[i].id,
+                                    "too many pushed events queued", NULL);
+        }
+
+        mxj_sync_ids_free(&batch[i]);
+    }
+
+    free(full);
+}
+
+
+/*
+ * A managed room: the push counted (so that a pass under way knows its
+ * snapshot may predate it), the snapshot marked stale (why), the passes
+ * woken for it. With id (a pushed state event), through
+ * src/lua/live_push.lua: an event the snapshot has already (an edge join
+ * pushed back) changes nothing. 0, 1 when id was known, or -1 when Redis
+ * failed (the passes are woken all the same).
+ */
+
+static int
+mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why,
+    const char *id)
 {
     int               rc;
-    char             *key;
     size_t            i;
-    redisReply       *reply;
     mxj_sync_t       *s;
 
     s = as->s;
@@ -889,33 +1043,71 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id)
 
     pthread_mutex_unlock(&s->run.mutex);
 
-    rc = -1;
+    rc = mxj_sync_as_script(as, room_id, id, why);
+
+    if (rc == 2) {
+        return 1;
+    }
+
+    mxj_sync_as_wake(as, room_id);
+
+    return rc < 0 ? -1 : 0;
+}
+
+
+/*
+ * src/lua/meta_stale.lua (id NULL) or src/lua/live_push.lua (why "" for
+ * a non-state event): its answer, or -1 when Redis failed.
+ */
+
+static int
+mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id, const char *id,
+    const char *why)
+{
+    int          rc;
+    char        *k[3];
+    size_t       i;
+    redisReply  *reply;
 
     if (as->r.c == NULL || as->r.c->err) {
         mxj_redis_close(&as->r);
 
         if (mxj_redis_connect(&as->r) != 0) {
-            goto done;
+            return -1;
         }
     }
 
-    key = mxj_room_key(&as->r, room_id, MX_KEY_META);
-    if (key == NULL) {
+    k[0] = mxj_room_key(&as->r, room_id, MX_KEY_META);
+    k[1] = mxj_room_key(&as->r, room_id, MX_KEY_EXTREM);
+    k[2] = mxj_room_key(&as->r, room_id, MX_KEY_EDGE);
+
+    rc = -1;
+
+    if (k[0] == NULL || k[1] == NULL || k[2] == NULL) {
         goto done;
     }
 
-    reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 1,
-                             (const char *[]) { key }, NULL);
-    free(key);
+    if (id == NULL) {
+        reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 2,
+                                 (const char *[]) { k[0], why }, NULL);
+    } else {
+        reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 3, 5,
+                                 (const char *[]) { k[0], k[1], k[2], id,
+                                                    why },
+                                 NULL);
+    }
 
     if (reply != NULL) {
-        rc = (reply->type == REDIS_REPLY_INTEGER) ? 0 : -1;
+        rc = (reply->type == REDIS_REPLY_INTEGER) ? (int) reply->integer
+                                                  : -1;
         freeReplyObject(reply);
     }
 
 done:
 
-    mxj_sync_as_wake(as, room_id);
+    for (i = 0; i < 3; i++) {
+        free(k[i]);
+    }
 
     return rc;
 }

@@ -21,6 +21,7 @@ static int mxj_sync_signers(mxj_sync_pass_t *p, const char *text,
 static int mxj_sync_check_pdu(mxj_sync_pass_t *p, const char *text,
     size_t len, mxj_sync_body_t *b, mxj_sync_ids_t *into);
 static int mxj_sync_keys_again(mxj_sync_pass_t *p, const json_t *ev);
+static const char *mxj_sync_body_what(const mxj_sync_body_t *b);
 
 
 /*
@@ -85,17 +86,19 @@ mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,
     mxj_sync_ids_t  *into;
 
     static const char  *names[] = { "pdus", "auth_chain" };
+    static const char  *events[] = { "events" };
+    const char        **lists;
 
     n = (b->kind == MXJ_SYNC_BODY_STATE) ? 2 : 1;
+    lists = (b->kind == MXJ_SYNC_BODY_MISSING) ? events : names;
 
     for (k = 0; k < n; k++) {
-        if (mx_scan_member(b->text.data, b->text.len, names[k], &list,
+        if (mx_scan_member(b->text.data, b->text.len, lists[k], &list,
                                  &list_len) != 0)
         {
             return mxj_sync_fail(p, "%s%s: no %s list in the answer",
-                                 b->kind == MXJ_SYNC_BODY_STATE
-                                 ? "/state" : "/event/",
-                                 b->expect ? b->expect : "", names[k]);
+                                 mxj_sync_body_what(b),
+                                 b->expect ? b->expect : "", lists[k]);
         }
 
         into = (b->kind != MXJ_SYNC_BODY_STATE) ? NULL
@@ -111,9 +114,8 @@ mxj_sync_each_pdu(mxj_sync_pass_t *p, mxj_sync_body_t *b,
 
             if (rc < 0) {
                 return mxj_sync_fail(p, "%s%s: the %s list is not JSON",
-                                     b->kind == MXJ_SYNC_BODY_STATE
-                                     ? "/state" : "/event/",
-                                     b->expect ? b->expect : "", names[k]);
+                                     mxj_sync_body_what(b),
+                                     b->expect ? b->expect : "", lists[k]);
             }
 
             if (fn(p, el, el_len, b, into) != 0) {
@@ -151,8 +153,7 @@ mxj_sync_signers(mxj_sync_pass_t *p, const char *text, size_t len,
 
     if (ev == NULL) {
         return mxj_sync_fail(p, "an event of %s%s: %s",
-                             b->kind == MXJ_SYNC_BODY_STATE
-                             ? "/state" : "/event/",
+                             mxj_sync_body_what(b),
                              b->expect ? b->expect : "", err.text);
     }
 
@@ -206,8 +207,7 @@ mxj_sync_check_pdu(mxj_sync_pass_t *p, const char *text, size_t len,
 
     if (ev == NULL) {
         return mxj_sync_fail(p, "an event of %s%s: %s",
-                             b->kind == MXJ_SYNC_BODY_STATE
-                             ? "/state" : "/event/",
+                             mxj_sync_body_what(b),
                              b->expect ? b->expect : "", err.text);
     }
 
@@ -215,14 +215,14 @@ mxj_sync_check_pdu(mxj_sync_pass_t *p, const char *text, size_t len,
 
     if (!json_is_object(ev)) {
         mxj_sync_fail(p, "an event of %s%s is not an object",
-                      b->kind == MXJ_SYNC_BODY_STATE ? "/state" : "/event/",
+                      mxj_sync_body_what(b),
                       b->expect ? b->expect : "");
         goto done;
     }
 
     if (mx_event_id(p->rv, ev, id, sizeof(id), &err) < 0) {
         mxj_sync_fail(p, "an event of %s%s: %s",
-                      b->kind == MXJ_SYNC_BODY_STATE ? "/state" : "/event/",
+                      mxj_sync_body_what(b),
                       b->expect ? b->expect : "", err.text);
         goto done;
     }
@@ -346,4 +346,21 @@ mxj_sync_keys_again(mxj_sync_pass_t *p, const json_t *ev)
     mxj_sync_ids_free(&want);
 
     return again;
+}
+
+
+static const char *
+mxj_sync_body_what(const mxj_sync_body_t *b)
+{
+    switch (b->kind) {
+
+    case MXJ_SYNC_BODY_STATE:
+        return "/state";
+
+    case MXJ_SYNC_BODY_MISSING:
+        return "/get_missing_events";
+
+    default:
+        return "/event/";
+    }
 }

@@ -141,6 +141,16 @@ mxj_sync_try_make_join(mxj_sync_pass_t *p, const char *user, int *next)
         snprintf(what, sizeof(what), "make_join for %.255s", user);
         mxj_sync_http_why(&p->s->http, what, p->why, p->len);
         *next = (status == 403 || status == 404);
+
+        /* the homeserver's room version is none the edge offers: the
+           room cannot be cached, and every pass would say so again */
+
+        if (status == 400
+            && strstr(p->why, "M_INCOMPATIBLE_ROOM_VERSION") != NULL)
+        {
+            p->room->unsupported = 1;
+        }
+
         return -1;
     }
 
@@ -163,6 +173,7 @@ mxj_sync_try_make_join(mxj_sync_pass_t *p, const char *user, int *next)
 
     if (p->rv == NULL) {
         json_decref(doc);
+        p->room->unsupported = 1;
         return mxj_sync_fail(p, "make_join for %s: unknown room version "
                              "\"%.32s\"", user, ver);
     }

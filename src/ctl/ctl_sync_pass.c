@@ -24,7 +24,7 @@ static void mxj_sync_pass_free(mxj_sync_pass_t *p);
 int
 mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
 {
-    int               rc;
+    int               rc, quiet;
     mx_buf_t          doc = MX_BUF_INIT;
     mx_snapshot_t    *snap;
     mxj_sync_map_t    known;
@@ -46,6 +46,12 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     pthread_mutex_lock(&s->run.mutex);
     room->dirty = 0;
     p.pushes = room->pushes;
+    quiet = (room->passes > 0 && room->pushes == room->pushes_passed
+             && room->live.n == 0);
+
+    /* pushed before the pass: its make_join sees them */
+
+    mxj_sync_ids_free(&room->live);
     pthread_mutex_unlock(&s->run.mutex);
 
     rc = -1;
@@ -63,6 +69,19 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     if (mxj_sync_make_join(&p) != 0 || mxj_sync_joins(&p) != 0) {
         goto done;
     }
+
+    /*
+     * Drift: with no push since the last pass, every extremity the probe
+     * names should be one the edge has (applied live, or an edge join);
+     * one it lacks is a push lost. Counted, then the pass catches up.
+     */
+
+    if (quiet && mxj_sync_live_drift(&p)) {
+        room->drift++;
+    }
+
+    room->passes++;
+    room->pushes_passed = p.pushes;
 
     /* nothing new upstream: the joins' passes counted, the age renewed */
 
@@ -143,6 +162,10 @@ nomem:
     mxj_sync_fail(&p, "out of memory");
 
 done:
+
+    if (p.k_meta != NULL && room->passes > 0) {
+        mxj_sync_live_counts(&p);
+    }
 
     mx_snapshot_free(snap);
     mx_buf_free(&doc);

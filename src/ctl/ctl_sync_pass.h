@@ -25,7 +25,8 @@
 
 enum {
     MXJ_SYNC_BODY_STATE = 0,        /* /state: pdus and auth_chain */
-    MXJ_SYNC_BODY_EVENT             /* /event/X: pdus[0], event X */
+    MXJ_SYNC_BODY_EVENT,            /* /event/X: pdus[0], event X */
+    MXJ_SYNC_BODY_MISSING           /* /get_missing_events: events */
 };
 
 typedef struct {
@@ -113,6 +114,8 @@ int mxj_sync_unchanged(mxj_sync_pass_t *p);
 int mxj_sync_pool(mxj_sync_pass_t *p);
 int mxj_sync_fetch(mxj_sync_pass_t *p);
 int mxj_sync_get_event(mxj_sync_pass_t *p, const char *id);
+int mxj_sync_get_missing(mxj_sync_pass_t *p, const mxj_sync_ids_t *earliest,
+    const char *latest, size_t limit);
 
 /* ctl_sync_check.c */
 int mxj_sync_check(mxj_sync_pass_t *p);
@@ -122,6 +125,11 @@ int mxj_sync_build(mxj_sync_pass_t *p, mx_buf_t *doc);
 int mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     mx_snapshot_t **snap);
 int mxj_sync_bookkeep(mxj_sync_pass_t *p);
+
+/* ctl_sync_live.c: 1 when an extremity of x is unknown to the edge */
+int mxj_sync_live_drift(mxj_sync_pass_t *p);
+/* meta.passes and meta.drift: the room's counts in this process */
+void mxj_sync_live_counts(mxj_sync_pass_t *p);
 
 /* ctl_sync_pass_util.c */
 int mxj_sync_fail(mxj_sync_pass_t *p, const char *fmt, ...)

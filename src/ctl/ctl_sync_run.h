@@ -28,6 +28,9 @@
 #define MXJ_SYNC_RETRY_WAIT_MAX  60000   /* ms, a retry_after_ms cap */
 #define MXJ_SYNC_BODY_MAX        (1024LL * 1024 * 1024)   /* an answer */
 #define MXJ_SYNC_WHY_LEN         1024
+#define MXJ_SYNC_LIVE_MAX        4096    /* pushed events queued, a room */
+#define MXJ_SYNC_LIVE_BATCH      32      /* advanced at once */
+#define MXJ_SYNC_LIVE_PASS       32      /* more queued: a pass instead */
 
 
 /* --- the federation client (ctl_sync_http.c) --------------------------- */
@@ -135,8 +138,20 @@ typedef struct {
     char                      generation[33];
 
     /* under sync->mutex */
-    int                       dirty;        /* an auth-relevant push */
-    unsigned long             pushes;       /* auth-relevant pushes */
+    int                       dirty;        /* a push that needs a pass */
+    unsigned long             pushes;       /* such pushes */
+    mxj_sync_ids_t            live;         /* non-state events pushed,
+                                               to advance (ctl_sync_live.c) */
+    int                       unsupported;  /* a room version the edge
+                                               does not have: not passed
+                                               again */
+
+    /* the pass thread's alone */
+    unsigned long             passes;       /* make_join probes made */
+    unsigned long             pushes_passed; /* pushes at the last one */
+    unsigned long             drift;        /* probes that found an
+                                               extremity the edge lacked
+                                               with no push meanwhile */
 } mxj_sync_room_t;
 
 
@@ -174,6 +189,15 @@ struct mxj_sync_s {
 
 /* One room's pass (docs/sync.md "One pass, per room"): 0, or -1 with why. */
 int mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
+    size_t len);
+
+/*
+ * The per-event advance of the non-state events pushed for a room
+ * (docs/sync.md "Following the homeserver"): 0 when each was applied (or
+ * already known); 1 when the room needs a pass (why says why, the room
+ * is marked stale); -1 when Redis failed.
+ */
+int mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
     size_t len);
 
 /* The room ID of an alias, by the directory query (step 1 alone). */

@@ -584,6 +584,60 @@ mxj_sync_get_event(mxj_sync_pass_t *p, const char *id)
 }
 
 
+/*
+ * POST /get_missing_events/{room}: the events between earliest (what the
+ * snapshot has) and latest, at most limit, in one request (the
+ * per-event advance's batch).
+ */
+
+int
+mxj_sync_get_missing(mxj_sync_pass_t *p, const mxj_sync_ids_t *earliest,
+    const char *latest, size_t limit)
+{
+    long      status;
+    size_t    i;
+    json_t   *body, *e;
+    mx_buf_t  uri = MX_BUF_INIT;
+
+    body = json_pack("{s:[], s:[s], s:I, s:I}", "earliest_events",
+                     "latest_events", latest, "limit", (json_int_t) limit,
+                     "min_depth", (json_int_t) 0);
+    e = json_object_get(body, "earliest_events");
+
+    for (i = 0; body != NULL && i < earliest->n; i++) {
+        if (json_array_append_new(e, json_string(earliest->v[i])) != 0) {
+            json_decref(body);
+            body = NULL;
+        }
+    }
+
+    if (body == NULL
+        || mxj_sync_uri(&uri, MXJ_SYNC_FED "get_missing_events/", p->id,
+                        NULL, NULL) != 0)
+    {
+        json_decref(body);
+        mx_buf_free(&uri);
+        return mxj_sync_fail(p, "out of memory");
+    }
+
+    status = mxj_sync_http_request(&p->s->http, "POST", uri.data, body, 1);
+    mx_buf_free(&uri);
+    json_decref(body);
+
+    if (status != 200) {
+        mxj_sync_http_why(&p->s->http, "/get_missing_events", p->why,
+                          p->len);
+        return -1;
+    }
+
+    if (mxj_sync_body(p, MXJ_SYNC_BODY_MISSING, NULL) == NULL) {
+        return mxj_sync_fail(p, "out of memory");
+    }
+
+    return 0;
+}
+
+
 static int
 mxj_sync_get_state(mxj_sync_pass_t *p)
 {

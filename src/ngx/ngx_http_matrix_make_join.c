@@ -27,7 +27,12 @@
 #include "mx_uri.h"
 
 
-#define NGX_HTTP_MATRIX_PREV_EVENTS_MAX   20
+/*
+ * prev_events: the deepest 10 forward extremities, as Synapse names them
+ * (get_prev_events_for_room: ORDER BY depth DESC LIMIT 10); the room
+ * versions allow 20.
+ */
+#define NGX_HTTP_MATRIX_PREV_EVENTS_MAX   10
 
 #define NGX_HTTP_MATRIX_MAKE_JOIN_PREFIX  "/_matrix/federation/v1/make_join/"
 
@@ -765,7 +770,7 @@ ngx_http_matrix_make_join_template(ngx_http_request_t *r,
 
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
 
-    /* prev_events: the deepest forward extremities, at most 20 */
+    /* prev_events: the deepest forward extremities, at most 10 */
 
     n = json_array_size(mj->extrem);
     all = ngx_palloc(r->pool, n * sizeof(json_t *));

@@ -309,7 +309,7 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
 
     size_t        i;
     json_t       *room, *ex, *e, *parsed, *depth, *outbox;
-    int64_t       loaded_at;
+    int64_t       loaded_at, live_at;
     const char   *room_id;
     redisReply   *meta, *extrem, *k, *v;
 
@@ -350,6 +350,7 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
 
     room_id = NULL;
     loaded_at = 0;
+    live_at = 0;
 
     for (i = 0; i + 1 < meta->elements; i += 2) {
         k = meta->element[i];
@@ -372,6 +373,10 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
 
         if (ngx_strcmp(k->str, MX_META_LOADED_AT) == 0) {
             loaded_at = strtoll(v->str, NULL, 10);
+        }
+
+        if (ngx_strcmp(k->str, MX_META_LIVE_AT) == 0) {
+            live_at = strtoll(v->str, NULL, 10);
         }
 
         if (ngx_strcmp(k->str, MX_META_ROOM_ID) == 0) {
@@ -411,6 +416,14 @@ ngx_http_matrix_status_room_reply(ngx_http_request_t *r, void *data,
         json_object_set_new(room, "snapshot_age_ms",
                             json_integer(ngx_http_matrix_now_ms()
                                          - loaded_at));
+    }
+
+    /* the last homeserver event sync applied live, how long ago */
+
+    if (live_at) {
+        json_object_set_new(room, "live_age_ms",
+                            json_integer(ngx_http_matrix_now_ms()
+                                         - live_at));
     }
 
     json_object_set_new(room, "outbox", outbox);

@@ -90,7 +90,12 @@ def test_meta_stale_marks_only_a_known_room(r):
     assert r.exists("m") == 0
     r.hset("m", "generation", "x")
     assert mxj_lua.run(r, "meta_stale", ["m"]) == 1
-    assert r.hgetall("m") == {b"generation": b"x", b"stale": b"1"}
+    assert r.hgetall("m") == {b"generation": b"x", b"stale": b"1",
+                              b"stale_reason": b"marked"}
+    # the reason given is kept (matrix_status and show print it)
+    assert mxj_lua.run(r, "meta_stale", ["m"], ["pushed m.room.member ban"]) \
+        == 1
+    assert r.hget("m", "stale_reason") == b"pushed m.room.member ban"
 
 
 def test_sync_fresh_touches_only_the_generation_read(r):

@@ -34,6 +34,7 @@ import mxj_room
 
 MAX_PDU_BYTES = 65536
 MAX_PREV = 20
+TEMPLATE_PREV = 10      # what Synapse names (get_prev_events_for_room)
 MAX_AUTH = 10
 MAX_ID = 255
 
@@ -148,8 +149,9 @@ def check_refs(room, refs, what):
 # -- prev_events and depth ------------------------------------------------------
 
 def check_prev_events(room, ev):
-    """prev_events: the room's forward extremities (the deepest 20 when
-    there are more); depth: the largest of their depths + 1."""
+    """prev_events: the room's forward extremities (the deepest 10, as
+    Synapse names them, when there are more; never over 20); depth: the
+    largest of their depths + 1."""
     ids = check_refs(room, ev.get("prev_events"), "prev_events")
     ext = list(room.extremity_ids)
     if len(ids) > MAX_PREV:
@@ -159,7 +161,7 @@ def check_prev_events(room, ev):
     unknown = [e for e in ids if e not in ext]
     if unknown:
         raise Rejected("prev_events", f"not forward extremities: {unknown}")
-    want_n = min(MAX_PREV, len(ext))
+    want_n = min(TEMPLATE_PREV, len(ext))
     if len(ids) != want_n:
         raise Rejected("prev_events", f"{len(ids)} of the {len(ext)} "
                                       f"forward extremities, want {want_n}")

@@ -332,6 +332,7 @@ class Homeserver(_Base):
         self._soft_rooms = {}           # event ID -> room ID
         self._soft_state = {}           # event ID -> state before it
         self.forged = {}                # event ID -> how
+        self.fail_events = set()        # event IDs /event answers 500
         self.soft_fail_joins = set()    # users, or True
         self.refuse_joins = set()       # users whose send_join gets 403
         self.join_answers = {}          # event ID -> what send_join did
@@ -344,6 +345,7 @@ class Homeserver(_Base):
         self.make_join_users = []
         self.appservice = None
         self.auto_push = False
+        self.push_style = "synapse-1.67"
         self.pushes = []
         self._txn = 0
         self.add_room(room)
@@ -759,12 +761,23 @@ class Homeserver(_Base):
                 return True
         return False
 
-    def push(self, items, txn_id=None, token=None, where="header",
-             timeout=10):
+    def push(self, items, txn_id=None, token=None, where=None,
+             timeout=10, path=None):
         """PUTs one transaction of events ([(room, event ID)] or
         [AS-format dicts]) to the registration's url, as a homeserver
-        does (events of rooms outside its namespaces are left out).
+        does (events of rooms outside its namespaces are left out; client
+        format: no prev_events, no signatures). By default as Synapse 1.67
+        sends it (push_style "synapse-1.67": the legacy path
+        {url}/transactions/{txnId}, the hs_token as the access_token
+        parameter); push_style "v1": /_matrix/app/v1/transactions and the
+        Bearer header. where ("header", "query") and path override.
         Returns (status, body, seconds)."""
+        legacy = self.push_style == "synapse-1.67"
+        if where is None:
+            where = "query" if legacy else "header"
+        if path is None:
+            path = "/transactions/" if legacy else \
+                "/_matrix/app/v1/transactions/"
         reg = self.appservice
         if reg is None:
             raise RuntimeError("no registration: use_registration() first")
@@ -785,7 +798,7 @@ class Homeserver(_Base):
         if not events and not any(isinstance(i, dict) for i in items):
             return None, None, 0.0
         token = reg.get("hs_token") if token is None else token
-        url = reg["url"].rstrip("/") + "/_matrix/app/v1/transactions/" + \
+        url = reg["url"].rstrip("/") + path + \
             urllib.parse.quote(str(txn_id), safe="")
         headers = {"Content-Type": "application/json"}
         if where == "header":
@@ -852,6 +865,8 @@ class Homeserver(_Base):
         ("GET", r"/_matrix/federation/v1/state/([^/]+)", "state"),
         ("GET", r"/_matrix/federation/v1/state_ids/([^/]+)", "state_ids"),
         ("GET", r"/_matrix/federation/v1/event/([^/]+)", "event"),
+        ("POST", r"/_matrix/federation/v1/get_missing_events/([^/]+)",
+         "get_missing_events"),
         ("GET", r"/_matrix/federation/v1/timestamp_to_event/([^/]+)",
          "timestamp_to_event"),
         ("PUT", r"/_matrix/federation/(v[12])/send_join/([^/]+)/([^/]+)",
@@ -954,6 +969,8 @@ class Homeserver(_Base):
                 return self._state(params[0], q, endpoint == "state_ids")
             if endpoint == "event":
                 return self._event(params[0])
+            if endpoint == "get_missing_events":
+                return self._missing(params[0], req)
             if endpoint == "timestamp_to_event":
                 return self._timestamp_to_event(params[0], q)
             if endpoint == "send_join":
@@ -1046,10 +1063,49 @@ class Homeserver(_Base):
         room = self._room_of_event(eid)
         if room is None:
             raise _err(404, "M_NOT_FOUND", f"Could not find event {eid}")
+        if eid in self.fail_events:
+            raise _err(500, "M_UNKNOWN", "Internal server error")
         ev, raw = self._served(room, eid)
         return 200, b'{"origin":' + json.dumps(self.name).encode() + \
             b',"origin_server_ts":' + str(now_ms()).encode() + \
             b',"pdus":[' + raw + b"]}"
+
+    def _missing(self, room_id, req):
+        """As Synapse: the ancestors of latest_events that are not
+        earliest_events or theirs (latest excluded), at most limit, the
+        deepest first found, answered oldest first."""
+        room = self._room(room_id)
+        try:
+            body = json.loads(req.body)
+            earliest = set(body.get("earliest_events") or [])
+            latest = list(body["latest_events"])
+            limit = int(body.get("limit", 10))
+        except (ValueError, KeyError, TypeError):
+            raise _err(400, "M_BAD_JSON", "bad body")
+        stop, todo = set(), list(earliest)
+        while todo:
+            e = todo.pop()
+            if e in stop or e not in room.events:
+                continue
+            stop.add(e)
+            todo.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        out, seen = [], set(latest)
+        front = []
+        for e in latest:
+            if e in room.events:
+                front.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        while front and len(out) < limit:
+            front.sort(key=lambda x: room.events[x]["depth"]
+                       if x in room.events else -1)
+            e = front.pop()
+            if e in seen or e in stop or e not in room.events:
+                continue
+            seen.add(e)
+            out.append(e)
+            front.extend(ref_id(r) for r in room.events[e]["prev_events"])
+        out.sort(key=lambda x: room.events[x]["depth"])
+        raws = [self._served(room, e)[1] for e in out]
+        return 200, b'{"events":[' + b",".join(raws) + b"]}"
 
     def _timestamp_to_event(self, room_id, q):
         """Synapse's answer includes soft-failed events: the latest event

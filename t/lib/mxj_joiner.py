@@ -215,6 +215,9 @@ class View:
         self.base_ext = list(room.extremity_ids)
         self.joins = {}                 # event ID -> PDU, accepted here
         self.accepted_order = []
+        self.followed = {}              # event ID -> prev IDs: the
+        #                                 homeserver's non-state events
+        #                                 the edge follows (no state change)
 
     def extremities(self):
         ext = list(self.base_ext)
@@ -240,14 +243,26 @@ class View:
         r.last = eid
         return eid
 
+    def follow(self, eid, prev_ids):
+        """A non-state event of the homeserver after the snapshot (its
+        prev_events prev_ids): the state is unchanged, but the joins
+        before it are ancestors of what names it."""
+        self.followed[eid] = list(prev_ids)
+
     def ancestors(self, prev_ids):
-        """The accepted joins that are prev_ids or their ancestors."""
+        """The accepted joins that are prev_ids or their ancestors
+        (through the followed events too)."""
         seen, todo = set(), list(prev_ids)
         while todo:
             e = todo.pop()
-            if e in self.joins and e not in seen:
+            if e in seen:
+                continue
+            if e in self.joins:
                 seen.add(e)
                 todo.extend(ref_ids(self.joins[e]["prev_events"]))
+            elif e in self.followed:
+                seen.add(e)
+                todo.extend(self.followed[e])
         return [e for e in self.accepted_order if e in seen]
 
     def state_at(self, prev_ids):

@@ -10,8 +10,9 @@
 -- their mchunk position when the answer is written), plus, per such user,
 -- the latest of those joins. history() finds the ancestors: every edge
 -- join when prev_events are the forward extremities (the fast path, true),
--- else a walk through the edge records ({id = record or false}); nil and
--- the first unknown ID when a prev_event is neither.
+-- else a walk through the edge records ({id = record or false}: edge
+-- joins, and the homeserver's non-state events sync put beside them);
+-- nil and the first unknown ID when a prev_event is neither.
 local K = KEYS
 local function uniq(list)
   local seen, out = {}, {}
@@ -50,8 +51,10 @@ local function history(prevs)
       local r = redis.call('HGET', K[6], id)
       if r then
         local rec = cjson.decode(r)
-        if rec.u then
-          anc[id] = rec
+        if rec.u then anc[id] = rec end
+        -- an edge join, or a homeserver event sync applied (rec.h: not a
+        -- state change, but the joins before it are its ancestors too)
+        if rec.p then
           for _, p in ipairs(rec.p) do stack[#stack + 1] = p end
         end
       end
