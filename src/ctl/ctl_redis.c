@@ -292,11 +292,33 @@ mxj_redis_close(mxj_redis_t *r)
 }
 
 
+/*
+ * A connection that failed is closed (r->c NULL) until the caller connects
+ * again: a command on it fails with a message instead of reaching hiredis.
+ */
+
+static int
+mxj_redis_connected(mxj_redis_t *r)
+{
+    if (r->c == NULL) {
+        fprintf(stderr, "matrix-join-ctl: Redis at %s: not connected\n",
+                r->address);
+        return 0;
+    }
+
+    return 1;
+}
+
+
 redisReply *
 mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
     const size_t *lens)
 {
     redisReply  *reply;
+
+    if (!mxj_redis_connected(r)) {
+        return NULL;
+    }
 
     reply = redisCommandArgv(r->c, argc, argv, lens);
 
@@ -313,6 +335,10 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
 {
     va_list      args;
     redisReply  *reply;
+
+    if (!mxj_redis_connected(r)) {
+        return NULL;
+    }
 
     va_start(args, fmt);
     reply = redisvCommand(r->c, fmt, args);
@@ -391,6 +417,10 @@ mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
     const char **argv, const size_t *lens)
 {
     redisReply  *reply;
+
+    if (!mxj_redis_connected(r)) {
+        return NULL;
+    }
 
     reply = mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
 
