@@ -144,6 +144,9 @@ static void ngx_matrix_redis_del_read(void *privdata);
 static void ngx_matrix_redis_add_write(void *privdata);
 static void ngx_matrix_redis_del_write(void *privdata);
 static void ngx_matrix_redis_cleanup(void *privdata);
+static ngx_int_t ngx_matrix_redis_attach(ngx_matrix_redis_t *rd,
+    redisAsyncContext *ac, void *data, ngx_event_handler_pt read,
+    ngx_event_handler_pt write);
 static void ngx_matrix_redis_setup_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r,
@@ -436,11 +439,46 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
 }
 
 
+/*
+ * Puts a new hiredis context on nginx's event loop: an nginx connection
+ * for its fd (which stays hiredis's: rule 2 of docs/architecture.md), the
+ * given handlers with data as the connection's data, and the adapter's
+ * event hooks. NGX_ERROR when no connection is free (the caller frees ac).
+ */
+
+static ngx_int_t
+ngx_matrix_redis_attach(ngx_matrix_redis_t *rd, redisAsyncContext *ac,
+    void *data, ngx_event_handler_pt read, ngx_event_handler_pt write)
+{
+    ngx_connection_t  *c;
+
+    c = ngx_get_connection(ac->c.fd, rd->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = data;
+    c->read->handler = read;
+    c->write->handler = write;
+    c->read->log = rd->log;
+    c->write->log = rd->log;
+
+    ac->data = rd;
+    ac->ev.data = c;
+    ac->ev.addRead = ngx_matrix_redis_add_read;
+    ac->ev.delRead = ngx_matrix_redis_del_read;
+    ac->ev.addWrite = ngx_matrix_redis_add_write;
+    ac->ev.delWrite = ngx_matrix_redis_del_write;
+    ac->ev.cleanup = ngx_matrix_redis_cleanup;
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
 {
     u_char                    *p;
-    ngx_connection_t          *c;
     redisAsyncContext         *ac;
     ngx_matrix_redis_conf_t   *rcf;
     ngx_uint_t                 i;
@@ -475,25 +513,13 @@ ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
         return NGX_ERROR;
     }
 
-    c = ngx_get_connection(ac->c.fd, rd->log);
-    if (c == NULL) {
+    if (ngx_matrix_redis_attach(rd, ac, rd, ngx_matrix_redis_read_handler,
+                                ngx_matrix_redis_write_handler)
+        != NGX_OK)
+    {
         redisAsyncFree(ac);
         return NGX_ERROR;
     }
-
-    c->data = rd;
-    c->read->handler = ngx_matrix_redis_read_handler;
-    c->write->handler = ngx_matrix_redis_write_handler;
-    c->read->log = rd->log;
-    c->write->log = rd->log;
-
-    ac->data = rd;
-    ac->ev.data = c;
-    ac->ev.addRead = ngx_matrix_redis_add_read;
-    ac->ev.delRead = ngx_matrix_redis_del_read;
-    ac->ev.addWrite = ngx_matrix_redis_add_write;
-    ac->ev.delWrite = ngx_matrix_redis_del_write;
-    ac->ev.cleanup = ngx_matrix_redis_cleanup;
 
     rd->ac = ac;
     rd->state = NGX_MATRIX_REDIS_CONNECTING;
@@ -582,7 +608,6 @@ static ngx_int_t
 ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
     ngx_matrix_redis_host_t *s)
 {
-    ngx_connection_t   *c;
     redisAsyncContext  *ac;
     const char         *argv[3];
     size_t              argvlen[3];
@@ -601,25 +626,13 @@ ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
         return NGX_ERROR;
     }
 
-    c = ngx_get_connection(ac->c.fd, rd->log);
-    if (c == NULL) {
+    if (ngx_matrix_redis_attach(rd, ac, ac, ngx_matrix_redis_lookup_read,
+                                ngx_matrix_redis_lookup_write)
+        != NGX_OK)
+    {
         redisAsyncFree(ac);
         return NGX_ERROR;
     }
-
-    c->data = ac;
-    c->read->handler = ngx_matrix_redis_lookup_read;
-    c->write->handler = ngx_matrix_redis_lookup_write;
-    c->read->log = rd->log;
-    c->write->log = rd->log;
-
-    ac->data = rd;
-    ac->ev.data = c;
-    ac->ev.addRead = ngx_matrix_redis_add_read;
-    ac->ev.delRead = ngx_matrix_redis_del_read;
-    ac->ev.addWrite = ngx_matrix_redis_add_write;
-    ac->ev.delWrite = ngx_matrix_redis_del_write;
-    ac->ev.cleanup = ngx_matrix_redis_cleanup;
 
     rd->sac = ac;
 
