@@ -2,7 +2,8 @@
  * Copyright (C) nginx-matrix-join authors.
  * matrix-join-ctl sync: requests to the homeserver, X-Matrix signed as
  * its own name with its own key (a homeserver answers its own name's
- * reads for the rooms it is in), at most 8 a second, 429s waited out;
+ * reads for the rooms it is in), at most 8 a second (two back to back),
+ * 429s waited out;
  * and the server keys its notary vouches for, each document's
  * self-signature checked.
  *
@@ -78,6 +79,7 @@ mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
     const char *uri, const json_t *content, int sign)
 {
     int                  tries;
+    int64_t              now;
     long                 status, ms;
     char                *body;
     size_t               body_len;
@@ -135,13 +137,25 @@ mxj_sync_http_request(mxj_sync_http_t *h, const char *method,
     headers = l;
 
     for (tries = 0; ; tries++) {
-        if (mxj_sync_wait(h, h->next_ms) != 0) {
+
+        /*
+         * The rate as a bucket of MXJ_SYNC_BURST requests filled one each
+         * interval (GCRA): next_ms is when the bucket is full again, so
+         * a request may go MXJ_SYNC_BURST - 1 intervals before it. The
+         * long-run rate stays one per interval; the live advance's batch
+         * (/event and /get_missing_events) goes back to back.
+         */
+
+        if (mxj_sync_wait(h, h->next_ms - (MXJ_SYNC_BURST - 1) * h->interval)
+            != 0)
+        {
             snprintf(h->err, sizeof(h->err), "stopped");
             status = 0;
             goto done;
         }
 
-        h->next_ms = mxj_run_mono_ms() + h->interval;
+        now = mxj_run_mono_ms();
+        h->next_ms = (h->next_ms > now ? h->next_ms : now) + h->interval;
 
         status = mxj_sync_http_once(h, method, uri, body, body_len, headers);
 

@@ -24,6 +24,7 @@
 
 #define MXJ_SYNC_INTERVAL_MS     125     /* 8 requests a second at most */
 #define MXJ_SYNC_INTERVAL_MAX    2000    /* after 429s */
+#define MXJ_SYNC_BURST           2       /* requests back to back at most */
 #define MXJ_SYNC_RETRY_MAX       10      /* 429s in a row for one request */
 #define MXJ_SYNC_RETRY_WAIT_MAX  60000   /* ms, a retry_after_ms cap */
 #define MXJ_SYNC_BODY_MAX        (1024LL * 1024 * 1024)   /* an answer */
@@ -45,7 +46,8 @@ typedef struct {
     long                      timeout;
     mxj_sync_t               *sync;         /* for a stop during waits */
 
-    int64_t                   next_ms;      /* monotonic: not before */
+    int64_t                   next_ms;      /* monotonic: the rate's
+                                               bucket full again */
     long                      interval;     /* ms between requests */
 
     long                      status;       /* of the last answer */
