@@ -219,10 +219,14 @@ class Edge:
             assert p.returncode == 0, p.stderr
         return self
 
-    def start(self, rate=None, fallback=True, listen="", http_extra=""):
-        key = subprocess.run([str(CTL), "keygen", self.our],
-                             capture_output=True, text=True, timeout=30,
-                             check=True).stdout
+    def start(self, rate=None, fallback=True, listen="", http_extra="",
+              key=None):
+        """key: the signing key file's text (another edge's, for two
+        edges of one homeserver); else a new one."""
+        if key is None:
+            key = subprocess.run([str(CTL), "keygen", self.our],
+                                 capture_output=True, text=True, timeout=30,
+                                 check=True).stdout
         self.key_file = self.nginx.write_file("signing.key", key,
                                               mode=0o600)
         limit = f"matrix_join_rate {rate};" if rate else ""
