@@ -672,6 +672,25 @@ def test_origin_left_as_the_template_had_it(edge):
 
 
 # -- concurrent joiners, rejoins ----------------------------------------------
+def at_once(n, fn, timeout=60):
+    """fn(k) for k in 0..n-1, each in its own thread, released together;
+    the results in order (None for one that did not finish in time)."""
+    out = [None] * n
+    go = threading.Event()
+
+    def run(k):
+        go.wait(10)
+        out[k] = fn(k)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(timeout)
+    return out
+
+
 
 @pytest.mark.parametrize("version", ["1", "10"])
 def test_two_joiners_same_template(edge, version):
@@ -723,20 +742,8 @@ def test_parallel_joiners_two_workers(edge):
     for j in joiners:
         t = edge.template(room, j)
         evs.append(j.fill("10", t))
-    results = [None] * len(joiners)
-    go = threading.Event()
-
-    def run(k):
-        go.wait(10)
-        results[k] = edge.send_join(room, joiners[k], evs[k])
-
-    threads = [threading.Thread(target=run, args=(k,))
-               for k in range(len(joiners))]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(60)
+    results = at_once(len(joiners),
+                      lambda k: edge.send_join(room, joiners[k], evs[k]))
     ids = []
     for k, s in enumerate(results):
         doc = answer_of(s.rep, 2)
@@ -765,19 +772,7 @@ def test_same_join_twice_at_once(edge):
     ev = j.fill("10", edge.template(room, j))
     for _ in range(4):          # the key, in both workers
         edge.template(room, edge.joiner2)
-    out = [None] * 6
-    go = threading.Event()
-
-    def run(k):
-        go.wait(10)
-        out[k] = edge.send_join(room, j, ev)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(60)
+    out = at_once(6, lambda k: edge.send_join(room, j, ev))
     states = set()
     for s in out:
         doc = answer_of(s.rep, 2)

@@ -12,12 +12,11 @@ mxj_joiner.check_answer against the generated room and the joins it
 accepted, never against values read back from the code under test."""
 
 import json
-import threading
 
 import pytest
 
 from mxj_nginx import Nginx
-from test_send_join import (EDGE, Edge, answer_of, judged_template,
+from test_send_join import (EDGE, Edge, answer_of, at_once, judged_template,
                             new_room, send_and_check)
 
 import mxj_joiner  # noqa: E402  (t/lib, on the path through test_send_join)
@@ -89,20 +88,8 @@ def test_joins_at_once_through_two_edges(edges):
         judged_template(a, room, j, tpl, ev)
         evs.append(ev)
     ids = [mxj_joiner.event_id("10", ev) for ev in evs]
-    results = [None] * len(joiners)
-    go = threading.Event()
-
-    def run(k):
-        go.wait(10)
-        results[k] = both[(k + 1) % 2].send_join(room, joiners[k], evs[k])
-
-    threads = [threading.Thread(target=run, args=(k,))
-               for k in range(len(joiners))]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(120)
+    results = at_once(len(joiners), lambda k: both[(k + 1) % 2].send_join(
+        room, joiners[k], evs[k]), timeout=120)
     for k, s in enumerate(results):
         assert s is not None, f"join {k} did not finish"
         doc = answer_of(s.rep, 2)
@@ -156,19 +143,7 @@ def test_same_join_to_both_edges_at_once(edges):
     view = View(room)
     j = a.joiner
     ev = j.fill("10", a.template(room, j))
-    out = [None] * 6
-    go = threading.Event()
-
-    def run(k):
-        go.wait(10)
-        out[k] = (a, b)[k % 2].send_join(room, j, ev)
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    go.set()
-    for t in threads:
-        t.join(60)
+    out = at_once(6, lambda k: (a, b)[k % 2].send_join(room, j, ev))
     states = set()
     for s in out:
         assert s is not None
