@@ -453,6 +453,20 @@ class Load:
     def remaining(self):
         return sum(len(q) for q in self.queues)
 
+    def wait_recovered(self, quiet, timeout):
+        """Until the last `quiet` seconds hold a send_join answered 200 and
+        no failed answer; at most `timeout` seconds. True when recovered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            with self._lock:
+                recent = [x for x in self.results if x.end >= now - quiet]
+            if (recent and all(x.status == 200 for x in recent)
+                    and any(x.req.kind == "send_join" for x in recent)):
+                return True
+            time.sleep(0.1)
+        return False
+
 
 # -- faults ------------------------------------------------------------------
 # Each fault is (begin, end): begin(edge) at the fault time, end(edge)
@@ -469,6 +483,11 @@ def _redis_kill(edge):
 def _redis_restart(edge):
     edge.restart_redis()
 
+
+# the Sentinel rows: joins count as answered again after this long without a
+# failed answer; the load gives up waiting for that after the limit
+RECOVERED_S = 1.5
+RECOVERY_LIMIT_S = 20.0
 
 ACK_DELAY = 0.3     # redis-kill-ack: the homeserver's 200 comes this late
 
@@ -690,7 +709,8 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
     try:
         edge.start()
         # (the Sentinel rows may run 10 s longer: see below)
-        per_room = int(rate * (seconds + (10 if sentinel else 0)) / 2
+        per_room = int(rate * (seconds + (RECOVERY_LIMIT_S + 2 if sentinel
+                                              else 0)) / 2
                        / len(edge.rooms) * 1.3) + 20
         mjs, sjs = edge.presign(per_room)
         load = Load(edge.nginx.port, mjs, sjs, rate=rate,
@@ -702,10 +722,14 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         if hold:
             time.sleep(hold)
         end(edge)
-        # a failover takes as long as it takes: the Sentinel rows keep
-        # the load 3 s past it, to see joins answered again
-        time.sleep(max(3.0 if sentinel else 0.0,
-                       seconds - (time.monotonic() - t0)))
+        # a failover takes as long as it takes, and so does the edge's
+        # return to the new master (the sentinels' reconfiguration of the
+        # remaining replica, which WAIT needs): the Sentinel rows keep the
+        # load until joins are answered again, then stop
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        if sentinel:
+            load.wait_recovered(quiet=RECOVERED_S,
+                                timeout=RECOVERY_LIMIT_S)
         load.stop()
         if load.remaining() == 0:
             problems.append("ran out of pre-signed joins (raise the count)")
