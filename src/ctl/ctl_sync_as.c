@@ -50,13 +50,13 @@ static int mxj_sync_as_token_ok(const char *t, size_t n);
 static void *mxj_sync_as_thread(void *data);
 static void mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item);
 static int mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
-    const char *room_id, const char *id);
+    const char *room_id, const char *id, int gate);
 static void mxj_sync_as_live_queue(mxj_sync_as_t *as,
     mxj_sync_ids_t *batch);
 static int mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id,
     const char *why, const char *id);
 static int mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id,
-    const char *id, const char *why);
+    const char *id, const char *why, int gate);
 static void mxj_sync_as_wake(mxj_sync_as_t *as, const char *room_id);
 
 
@@ -824,16 +824,19 @@ mxj_sync_as_thread(void *data)
 
 
 /*
- * The events of a transaction, in order. A state event (or a redaction,
- * which may change a state event) marks its room stale and starts a
- * pass; any other event is queued for the per-event advance
- * (ctl_sync_live.c), the room stale ("pushed") until it is applied.
+ * The events of a transaction, in order. A non-state event and a member
+ * event are queued for the per-event advance (ctl_sync_live.c), the room
+ * stale ("pushed") until applied when it was quiet, and always for a
+ * member event other than a join or an invite (a ban, kick or leave may
+ * refuse a user, an unban admit one: the edge hands joins over until it
+ * has applied it). Another state event (or a redaction, which may change
+ * a state event) marks its room stale and starts a pass.
  */
 
 static void
 mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 {
-    int              rc;
+    int              rc, member, gate;
     char             why[256];
     size_t           i;
     ssize_t          k;
@@ -856,11 +859,17 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
         m = json_string_value(json_object_get(json_object_get(ev, "content"),
                                               "membership"));
 
-        if (!json_is_string(json_object_get(ev, "state_key"))
-            && strcmp(type, "m.room.redaction") != 0 && id != NULL)
+        member = json_is_string(json_object_get(ev, "state_key"))
+                 && strcmp(type, "m.room.member") == 0 && m != NULL;
+
+        if (((!json_is_string(json_object_get(ev, "state_key"))
+              && strcmp(type, "m.room.redaction") != 0) || member)
+            && id != NULL)
         {
-            rc = (batch != NULL) ? mxj_sync_as_live(as, batch, room_id, id)
-                                 : -1;
+            gate = member && strcmp(m, "join") != 0
+                   && strcmp(m, "invite") != 0;
+            rc = (batch != NULL)
+                 ? mxj_sync_as_live(as, batch, room_id, id, gate) : -1;
 
             if (rc >= 0) {
                 continue;
@@ -916,17 +925,19 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
 
 
 /*
- * A non-state event of a managed room: counted in live_pending and the
- * room stale ("pushed", src/lua/live_push.lua), its ID put in the
- * transaction's batch for its room (queued at once, so that the advance
- * sees a transaction whole). 0 when batched or the room is not cached
- * (nothing to follow); -1 when Redis failed: then the caller marks the
- * room stale for a pass.
+ * An event of a managed room for the advance: counted in live_pending
+ * and the room stale ("pushed", src/lua/live_push.lua; with gate, until
+ * applied whatever came before, and counted as a push, so that a pass
+ * under way whose snapshot may predate it does not clear the mark), its
+ * ID put in the transaction's batch for its room (queued at once, so that
+ * the advance sees a transaction whole). 0 when batched or the room is
+ * not cached (nothing to follow); -1 when Redis failed: then the caller
+ * marks the room stale for a pass.
  */
 
 static int
 mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
-    const char *room_id, const char *id)
+    const char *room_id, const char *id, int gate)
 {
     int      rc;
     ssize_t  k;
@@ -936,7 +947,13 @@ mxj_sync_as_live(mxj_sync_as_t *as, mxj_sync_ids_t *batch,
         return 0;
     }
 
-    rc = mxj_sync_as_script(as, room_id, id, "");
+    if (gate) {
+        pthread_mutex_lock(&as->s->run.mutex);
+        as->s->rooms[k].pushes++;
+        pthread_mutex_unlock(&as->s->run.mutex);
+    }
+
+    rc = mxj_sync_as_script(as, room_id, id, "", gate);
 
     if (rc < 0) {
         return -1;
@@ -1043,7 +1060,7 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why,
 
     pthread_mutex_unlock(&s->run.mutex);
 
-    rc = mxj_sync_as_script(as, room_id, id, why);
+    rc = mxj_sync_as_script(as, room_id, id, why, 0);
 
     if (rc == 2) {
         return 1;
@@ -1057,12 +1074,13 @@ mxj_sync_as_mark(mxj_sync_as_t *as, const char *room_id, const char *why,
 
 /*
  * src/lua/meta_stale.lua (id NULL) or src/lua/live_push.lua (why "" for
- * a non-state event): its answer, or -1 when Redis failed.
+ * an event for the advance, gate: stale until applied): its answer, or
+ * -1 when Redis failed.
  */
 
 static int
 mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id, const char *id,
-    const char *why)
+    const char *why, int gate)
 {
     int          rc;
     char        *k[3];
@@ -1091,9 +1109,9 @@ mxj_sync_as_script(mxj_sync_as_t *as, const char *room_id, const char *id,
         reply = mxj_redis_script(&as->r, MX_LUA_META_STALE, 1, 2,
                                  (const char *[]) { k[0], why }, NULL);
     } else {
-        reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 3, 5,
+        reply = mxj_redis_script(&as->r, MX_LUA_LIVE_PUSH, 3, 6,
                                  (const char *[]) { k[0], k[1], k[2], id,
-                                                    why },
+                                                    why, gate ? "1" : "" },
                                  NULL);
     }
 

@@ -26,10 +26,16 @@
 #include "mx_schema.h"
 
 
+#define MXJ_SYNC_MEMBER_NKEYS  16      /* src/lua/lib/send_join.lua */
+
+
 static int mxj_sync_live_take(mxj_sync_t *s, mxj_sync_room_t *room,
     mxj_sync_ids_t *ids, size_t *queued);
 static int mxj_sync_live_apply(mxj_sync_pass_t *p, const char *k_extrem,
     const char *k_edge, const char *id, int *known);
+static redisReply *mxj_sync_live_member(mxj_sync_pass_t *p,
+    const mxj_sync_ev_t *x, const char *depth, const char *b64,
+    const char *prevs);
 
 
 int
@@ -388,7 +394,10 @@ mxj_sync_live_apply(mxj_sync_pass_t *p, const char *k_extrem,
         return mxj_sync_fail(p, "pushed event %s: not received", id);
     }
 
-    if (x->state_key != NULL) {
+    if (x->state_key != NULL
+        && (strcmp(x->type, "m.room.member") != 0 || x->membership == NULL
+            || strchr(x->state_key, ':') == NULL))
+    {
         return mxj_sync_fail(p, "pushed event %s is a state event (%s)", id,
                              x->type);
     }
@@ -421,11 +430,17 @@ mxj_sync_live_apply(mxj_sync_pass_t *p, const char *k_extrem,
         goto nomem;
     }
 
-    reply = mxj_redis_script(&p->s->r, MX_LUA_LIVE_ADVANCE, 3, 8,
-                             (const char *[]) { p->k_meta, k_extrem, k_edge,
-                                                id, depth, b64, prevs.data,
-                                                "1" },
-                             NULL);
+    if (x->state_key != NULL) {
+        reply = mxj_sync_live_member(p, x, depth, b64, prevs.data);
+
+    } else {
+        reply = mxj_redis_script(&p->s->r, MX_LUA_LIVE_ADVANCE, 3, 8,
+                                 (const char *[]) { p->k_meta, k_extrem,
+                                                    k_edge, id, depth, b64,
+                                                    prevs.data, "1" },
+                                 NULL);
+    }
+
     mx_buf_free(&prevs);
 
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY
@@ -477,6 +492,62 @@ nomem:
     mx_buf_free(&prevs);
 
     return mxj_sync_fail(p, "out of memory");
+}
+
+
+/*
+ * A checked member event through src/lua/live_member.lua: the room's
+ * state changes by it in place (the keys of src/lua/lib/send_join.lua).
+ */
+
+static redisReply *
+mxj_sync_live_member(mxj_sync_pass_t *p, const mxj_sync_ev_t *x,
+    const char *depth, const char *b64, const char *prevs)
+{
+    size_t        i;
+    const char   *argv[MXJ_SYNC_MEMBER_NKEYS + 9];
+    redisReply   *reply;
+    char         *keys[MXJ_SYNC_MEMBER_NKEYS];
+    static const char  *names[MXJ_SYNC_MEMBER_NKEYS] = {
+        MX_KEY_META, MX_KEY_STATE, MX_KEY_MEMBER, MX_KEY_PDU, MX_KEY_EXTREM,
+        MX_KEY_EDGE, MX_KEY_EDGE_PDU, MX_KEY_EDGE_M, MX_KEY_EDGE_OLD,
+        MX_KEY_EDGE_ORIG, MX_KEY_MCHUNK, MX_KEY_STATE_M, MX_KEY_SERVERS,
+        MX_KEY_SERVER_USER, MX_KEY_OUTBOX, MX_KEY_PARTIAL
+    };
+
+    reply = NULL;
+
+    for (i = 0; i < MXJ_SYNC_MEMBER_NKEYS; i++) {
+        keys[i] = mxj_room_key(&p->s->r, p->id, names[i]);
+        argv[i] = keys[i];
+    }
+
+    for (i = 0; i < MXJ_SYNC_MEMBER_NKEYS; i++) {
+        if (keys[i] == NULL) {
+            goto done;
+        }
+    }
+
+    argv[i++] = x->id;
+    argv[i++] = x->state_key;
+    argv[i++] = x->membership;
+    argv[i++] = strchr(x->state_key, ':') + 1;
+    argv[i++] = depth;
+    argv[i++] = b64;
+    argv[i++] = prevs;
+    argv[i++] = x->pdu;
+    argv[i++] = "1";
+
+    reply = mxj_redis_script(&p->s->r, MX_LUA_LIVE_MEMBER,
+                             MXJ_SYNC_MEMBER_NKEYS, (int) i, argv, NULL);
+
+done:
+
+    for (i = 0; i < MXJ_SYNC_MEMBER_NKEYS; i++) {
+        free(keys[i]);
+    }
+
+    return reply;
 }
 
 

@@ -8,7 +8,9 @@
 -- authorization, body, origin, destination, received_ts; 19 the
 -- authoriser or "".
 -- Returns {"gone"}, {"generation"}, {"conflict"} (the ID is a snapshot
--- event's), {"unknown", id}, or {"ok" | "dup", seq, state extra PDUs,
+-- event's), {"unknown", id}, {"banned"} (the sender is banned now: a ban
+-- sync applied after the join's prev_events; the homeserver would
+-- soft-fail the join), or {"ok" | "dup", seq, state extra PDUs,
 -- cuts ("c:o:l:a"), auth extra PDUs, servers_in_room JSON or nil, partial
 -- state PDUs, partial auth PDUs}.
 --! use json
@@ -29,6 +31,9 @@ elseif redis.call('HEXISTS', K[4], id) == 1
 end
 local hist, unknown = history(prevs)
 if hist == nil then return {'unknown', unknown} end
+if not rec and redis.call('HGET', K[3], u) == 'ban' then
+  return {'banned'}
+end
 local sx, cuts, ax, ps, pa, servers = {}, {}, {}, {}, {}, false
 local function cut(user)
   local pos = redis.call('HGET', K[11], user)
@@ -38,11 +43,11 @@ if ARGV[10] ~= '1' then
   if hist == true then
     local em = redis.call('HGETALL', K[8])
     for i = 1, #em, 2 do
-      sx[#sx + 1] = redis.call('HGET', K[7], em[i + 1])
+      sx[#sx + 1] = stored(em[i + 1])
       cut(em[i])
     end
     for _, old in ipairs(redis.call('SMEMBERS', K[9])) do
-      ax[#ax + 1] = redis.call('HGET', K[7], old)
+      ax[#ax + 1] = stored(old)
     end
   else
     local best = {}
@@ -55,10 +60,10 @@ if ARGV[10] ~= '1' then
     for eid, r in pairs(hist) do
       if r then
         if best[r.u] == eid then
-          sx[#sx + 1] = redis.call('HGET', K[7], eid)
+          sx[#sx + 1] = stored(eid)
           cut(r.u)
         else
-          ax[#ax + 1] = redis.call('HGET', K[7], eid)
+          ax[#ax + 1] = stored(eid)
         end
       end
     end
@@ -140,10 +145,16 @@ else
         end
       end
       table.sort(recs, function(x, y) return x.s < y.s end)
+      -- (a record is a join, or a homeserver member event of any
+      -- membership: the user's latest at prev_events decides)
       for _, r in ipairs(recs) do
         if not seen_h[r.u] then
           seen_h[r.u] = true
-          joined[#joined + 1] = r.u
+          local _, pdu = member_at(r.u, hist)
+          local ms = membership_of(pdu)
+          if ms == 'join' or ms == 'invite' then
+            joined[#joined + 1] = r.u
+          end
         end
       end
     end
@@ -162,7 +173,7 @@ else
       seen[a] = true
       local pv = redis.call('HGET', K[16], a)
       if pv ~= 's' and pv ~= 'a' then
-        local pdu = redis.call('HGET', K[4], a) or redis.call('HGET', K[7], a)
+        local pdu = stored(a)
         if not pdu and redis.call('HGET', K[10], user) == a then
           pdu = chunk_event(user)
         end

@@ -876,6 +876,20 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         return;
     }
 
+    if (s->len == 6 && ngx_strncmp(s->str, "banned", 6) == 0) {
+        /*
+         * Allowed at its prev_events, but sync has applied a ban since:
+         * the homeserver would soft-fail the join against its current
+         * state, so it is refused as a banned user's join is.
+         */
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "matrix: send_join of \"%s\" refused: \"%s\" is "
+                      "banned now", sj->id, sj->sender);
+        ngx_http_matrix_fail(r, NGX_HTTP_FORBIDDEN, "M_FORBIDDEN",
+                             "user is banned");
+        return;
+    }
+
     if (!((s->len == 2 && ngx_strncmp(s->str, "ok", 2) == 0)
           || (s->len == 3 && ngx_strncmp(s->str, "dup", 3) == 0)))
     {

@@ -237,16 +237,184 @@ def test_a_room_no_longer_cached(live):
 
 
 def test_a_state_event_takes_a_pass(live):
-    """An invite (not auth-relevant for the ban list, but the state
-    changes): the room stale until a pass has loaded it."""
-    user = f"@invited:{REMOTE}"
+    """A topic (a state event other than a membership): the room stale
+    until a pass has loaded it."""
     n0 = passes(live)
-    eid = live.hs.add_state("m.room.member", user,
-                            {"membership": "invite"})[0]
+    eid = live.hs.add_state("m.room.topic", "", {"topic": "passed"})[0]
     wait_for("a pass", lambda: passes(live) > n0, 60)
     live.wait_fresh()
-    assert live.client.hget(key(live.rid, "member"), user) == b"invite"
+    sid = live.client.hget(key(live.rid, "state"), '["m.room.topic",""]')
+    assert sid == eid.encode()
     live.wait_named([eid])
+
+
+# -- member events, applied in place -----------------------------------------
+
+def member_of(lv, user):
+    v = lv.client.hget(key(lv.rid, "member"), user)
+    return v.decode() if v is not None else None
+
+
+def state_id(lv, user):
+    v = lv.client.hget(key(lv.rid, "state"),
+                       json.dumps(["m.room.member", user],
+                                  separators=(",", ":")))
+    return v.decode() if v is not None else None
+
+
+class Story:
+    """Edge joins and the homeserver's events into one room, each send_join
+    answer judged by the independent joiner against the state at its
+    prev_events (mxj_joiner.View, told of each homeserver event). The
+    stand-in never sees the edge joins (they are not forwarded here): its
+    room is put back after each."""
+
+    def __init__(self, lv):
+        self.lv = lv
+        self.hs = lv.hs
+        self.room = lv.room
+        self.keys = lv.hs.verify_keys()
+        self.view = View(self.room)
+        self.save()
+
+    def save(self):
+        r = self.room
+        self.saved = (list(r.extremity_ids), dict(r.state), r.last)
+
+    def hs_event(self, ids, member=None):
+        """After a homeserver event (the IDs its method returned): the view
+        follows it (member: its state_key, for a member event)."""
+        eid = ids[0]
+        prev = mxj_joiner.ref_ids(self.room.events[eid]["prev_events"])
+        self.view.follow(eid, prev, member=member)
+        self.save()
+        return eid
+
+    def join(self, name, prev=None, status=200):
+        lv, room = self.lv, self.room
+        code, doc = lv.edge.make_join(room, f"@{name}:{REMOTE}")
+        assert code == 200, (code, doc)
+        tpl = doc["event"]
+        if prev is not None:
+            tpl["prev_events"] = prev
+            tpl["depth"] = max(room.events[p]["depth"] for p in prev) + 1
+        j = Joiner(lv.edge.remote, name)
+        sent, eid, code, body = lv.edge.send_join(room, j, tpl)
+        assert code == status, body[:300]
+        if code != 200:
+            return eid, tpl, body
+        mxj_joiner.check_answer(room, self.view, sent, json.loads(body),
+                                self.keys)
+        self.view.accept(sent)
+        room.extremity_ids, room.last = list(self.saved[0]), self.saved[2]
+        room.state = dict(self.saved[1])
+        return eid, tpl, body
+
+
+def test_a_new_member_is_applied_in_place(live):
+    """A join on the homeserver: one /event and one script, no pass and no
+    /state; the next template names it, the member index, the counts and
+    the directory's servers follow, and the next send_join answer holds
+    it (judged by the joiner)."""
+    story = Story(live)
+    hs, room = live.hs, live.room
+    n0 = passes(live)
+    m0 = int(live.meta()["members"])
+    user = f"@fresh:{REMOTE}"
+    assert REMOTE not in json.loads(live.meta()["servers"])
+    mark = hs.mark()
+    eid = story.hs_event(hs.add_members(users=[user]), member=user)
+    live.wait_named([eid])
+    live.wait_fresh()
+    ends = [h.endpoint for h in hs.hits_since(mark)]
+    assert ends.count("event") == 1, ends
+    assert not {"state", "state_ids", "make_join"} & set(ends), ends
+    assert passes(live) == n0
+    assert member_of(live, user) == "join"
+    assert state_id(live, user) == eid
+    meta = live.meta()
+    assert int(meta["members"]) == m0 + 1
+    assert REMOTE in json.loads(meta["servers"])
+    assert meta.get("live_events") == "1"
+    handed = len(live.edge.rec.requests)   # (stale while it was applied)
+    story.join("after1")
+    assert passes(live) == n0
+    assert len(live.edge.rec.requests) == handed
+
+
+def test_a_leave_and_a_ban_are_applied_in_place(live):
+    """A snapshot member leaves (their join is not in the snapshot's auth
+    chain: the answers' auth chain must now carry it), a user of the
+    joining server is banned: both applied without a pass; the banned
+    user's make_join and a send_join made from a template before the ban
+    are refused by the module (403, nothing handed over), as the
+    homeserver would refuse them; the leaver's server count drops."""
+    story = Story(live)
+    hs, room = live.hs, live.room
+    n0 = passes(live)
+    m0 = int(live.meta()["members"])
+    creator = room.creator
+    victim = next(u for u in room.users if u != creator
+                  and room.events[room.state[("m.room.member", u)]]
+                  ["content"].get("membership") == "join")
+    leave = story.hs_event(hs.leave(victim), member=victim)
+    live.wait_named([leave])
+    assert member_of(live, victim) == "leave"
+    assert int(live.meta()["members"]) == m0 - 1
+    story.join("afterleave")
+
+    # a template for the user, then the ban, then their send_join
+    banned = f"@banned:{REMOTE}"
+    code, doc = live.edge.make_join(room, banned)
+    assert code == 200, doc
+    early = doc["event"]
+    ban = story.hs_event(hs.ban(banned), member=banned)
+    wait_for("the ban applied", lambda: member_of(live, banned) == "ban", 10)
+    live.wait_fresh()
+    handed = len(live.edge.rec.requests)
+    code, doc = live.edge.make_join(room, banned)
+    assert code == 403, (code, doc)
+    assert doc["errcode"] == "M_FORBIDDEN", doc
+    j = Joiner(live.edge.remote, "banned")
+    _, _, code, body = live.edge.send_join(room, j, early)
+    assert code == 403, body[:300]
+    err = json.loads(body)
+    assert err["errcode"] == "M_FORBIDDEN" and "banned" in err["error"], err
+    assert len(live.edge.rec.requests) == handed
+    assert passes(live) == n0
+    assert ban in live.extrem()
+
+
+def test_members_and_edge_joins_interleaved(live):
+    """Edge joins, homeserver joins and leaves in one room, some joins
+    naming an older extremity: every answer is exactly the state at its
+    prev_events (the homeserver's member events before it in, those after
+    it out), its auth chain closed and exact; no pass."""
+    story = Story(live)
+    hs, room = live.hs, live.room
+    n0 = passes(live)
+    j1, _, _ = story.join("mix1")
+    a_user = f"@mixed:{REMOTE}"
+    a = story.hs_event(hs.add_members(users=[a_user]), member=a_user)
+    live.wait_named([j1, a])
+    j2, t2, _ = story.join("mix2")
+    assert sorted(t2["prev_events"]) == sorted([j1, a])
+    gone = next(u for u in reversed(room.users) if u != room.creator
+                and room.events[room.state[("m.room.member", u)]]
+                ["content"].get("membership") == "join")
+    b = story.hs_event(hs.leave(gone), member=gone)
+    live.wait_named([j2, b])
+    # before the leave (and before j2): the leaver still joined there
+    story.join("mix3", prev=[a])
+    # the same user again on the homeserver (a rejoin supersedes the leave)
+    c = story.hs_event(hs.add_members(users=[gone]), member=gone)
+    m = story.hs_event(hs.message("between"))
+    assert c and m
+    wait_for("applied", lambda: m in live.extrem(), 10)
+    story.join("mix4")
+    assert member_of(live, gone) == "join"
+    assert passes(live) == n0
+    assert live.d.running()
 
 
 def test_a_burst_takes_one_pass(live):

@@ -218,6 +218,11 @@ class View:
         self.followed = {}              # event ID -> prev IDs: the
         #                                 homeserver's non-state events
         #                                 the edge follows (no state change)
+        self.members = {}               # event ID -> (prev IDs, state
+        #                                 key): the homeserver's member
+        #                                 events the edge follows
+        self.order = []                 # joins and member events, in the
+        #                                 order the edge took them
 
     def extremities(self):
         ext = list(self.base_ext)
@@ -233,6 +238,7 @@ class View:
             return eid
         self.joins[eid] = ev
         self.accepted_order.append(eid)
+        self.order.append(eid)
         r = self.room
         r.events[eid] = ev
         r.order.append(eid)
@@ -243,15 +249,21 @@ class View:
         r.last = eid
         return eid
 
-    def follow(self, eid, prev_ids):
-        """A non-state event of the homeserver after the snapshot (its
-        prev_events prev_ids): the state is unchanged, but the joins
-        before it are ancestors of what names it."""
-        self.followed[eid] = list(prev_ids)
+    def follow(self, eid, prev_ids, member=None):
+        """An event of the homeserver after the snapshot (its prev_events
+        prev_ids): a non-state event leaves the state unchanged, but the
+        joins before it are ancestors of what names it; a member event
+        (member: its state_key) changes the state from there on."""
+        if member is None:
+            self.followed[eid] = list(prev_ids)
+        else:
+            self.members[eid] = (list(prev_ids), member)
+            self.order.append(eid)
 
     def ancestors(self, prev_ids):
-        """The accepted joins that are prev_ids or their ancestors
-        (through the followed events too)."""
+        """The accepted joins and followed member events that are
+        prev_ids or their ancestors (through the followed events too), in
+        the order the edge took them."""
         seen, todo = set(), list(prev_ids)
         while todo:
             e = todo.pop()
@@ -263,14 +275,19 @@ class View:
             elif e in self.followed:
                 seen.add(e)
                 todo.extend(self.followed[e])
-        return [e for e in self.accepted_order if e in seen]
+            elif e in self.members:
+                seen.add(e)
+                todo.extend(self.members[e][0])
+        return [e for e in self.order if e in seen]
 
     def state_at(self, prev_ids):
         """{(type, state_key): event ID}: the state before a join whose
         prev_events are prev_ids."""
         st = dict(self.base_state)
         for e in self.ancestors(prev_ids):
-            st[("m.room.member", self.joins[e]["state_key"])] = e
+            sk = self.joins[e]["state_key"] if e in self.joins \
+                else self.members[e][1]
+            st[("m.room.member", sk)] = e
         return st
 
     def servers_joined(self, state):

@@ -12,7 +12,11 @@
 -- join when prev_events are the forward extremities (the fast path, true),
 -- else a walk through the edge records ({id = record or false}: edge
 -- joins, and the homeserver's non-state events sync put beside them);
--- nil and the first unknown ID when a prev_event is neither.
+-- nil and the first unknown ID when a prev_event is neither. The member
+-- events of the homeserver that sync applied in place (src/lua/
+-- live_member.lua) are records too ({"s","u","p","h":1,"m"}): in the walk,
+-- in edge_m and edge_orig as the joins are; their bytes are in pdu, not in
+-- edge_pdu (they are the homeserver's, not joins to confirm).
 local K = KEYS
 local function uniq(list)
   local seen, out = {}, {}
@@ -33,6 +37,11 @@ local function chunk_event(u)
   if not ch then return false end
   return ch:sub(tonumber(o) + 1, tonumber(o) + tonumber(l))
 end
+-- An overlay event's canonical bytes: an edge join's, or a homeserver
+-- member event's.
+local function stored(id)
+  return redis.call('HGET', K[7], id) or redis.call('HGET', K[4], id)
+end
 local function history(prevs)
   local same = redis.call('HLEN', K[5]) == #prevs
   for _, p in ipairs(prevs) do
@@ -52,8 +61,9 @@ local function history(prevs)
       if r then
         local rec = cjson.decode(r)
         if rec.u then anc[id] = rec end
-        -- an edge join, or a homeserver event sync applied (rec.h: not a
-        -- state change, but the joins before it are its ancestors too)
+        -- an edge join, a homeserver member event, or a non-state event
+        -- sync applied (rec.h without rec.u: not a state change, but the
+        -- joins before it are its ancestors too)
         if rec.p then
           for _, p in ipairs(rec.p) do stack[#stack + 1] = p end
         end
@@ -74,7 +84,7 @@ local function member_at(u, hist)
         if rec and rec.u == u and rec.s > bs then best, bs = id, rec.s end
       end
     end
-    if best then return best, redis.call('HGET', K[7], best) end
+    if best then return best, stored(best) end
     local orig = redis.call('HGET', K[10], u)
     if not orig then return false, false end
     return orig, chunk_event(u) or redis.call('HGET', K[4], orig)
