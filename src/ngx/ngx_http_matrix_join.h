@@ -16,6 +16,7 @@
 #include "mx_crypto.h"
 #include "mx_schema.h"
 #include "ngx_matrix_redis.h"
+#include "ngx_http_matrix_metrics.h"
 
 
 #define NGX_HTTP_MATRIX_JOIN_VERSION  "0.1.0"
@@ -62,6 +63,7 @@ typedef struct {
     ngx_matrix_redis_conf_t      redis;
     ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
     size_t                       send_join_cache;   /* bytes per worker */
+    ngx_shm_zone_t              *metrics;       /* matrix_join_metrics */
 } ngx_http_matrix_join_main_conf_t;
 
 
@@ -84,6 +86,7 @@ typedef struct {
     ngx_uint_t                   join_rate;         /* per 1000 s; 0: off */
     ngx_uint_t                   join_burst;
     ngx_uint_t                   send_join;         /* matrix_send_join here */
+    ngx_uint_t                   endpoint;  /* its handler: _EP_, not merged */
     u_char                      *key_fetch_file;    /* where they were set, */
     ngx_uint_t                   key_fetch_line;    /* for postconfiguration */
     u_char                      *fallback_file;

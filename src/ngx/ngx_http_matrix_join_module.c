@@ -145,6 +145,13 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       0,
       NULL },
 
+    { ngx_string("matrix_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("matrix_key_fetch"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_matrix_key_fetch,
@@ -320,6 +327,10 @@ ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    if (ngx_http_matrix_metrics_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     /* the servers are merged by now: every key server needs a name and key */
 
@@ -553,6 +564,7 @@ ngx_http_matrix_join_create_loc_conf(ngx_conf_t *cf)
      *
      *     mlcf->key_fetch = { 0, NULL };
      *     mlcf->fallback = { 0, NULL };
+     *     mlcf->endpoint = NGX_HTTP_MATRIX_EP_NONE;
      */
 
     mlcf->key_fetch_negative_ttl = NGX_CONF_UNSET_MSEC;

@@ -612,6 +612,7 @@ ngx_http_matrix_send_join(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     /* the body must stay in memory: client_body_buffer_size is raised to
      * 64 KiB at merge time where it is smaller */
     mlcf->send_join = 1;
+    mlcf->endpoint = NGX_HTTP_MATRIX_EP_SEND_JOIN;    /* matrix_metrics */
 
     return ngx_http_matrix_set_handler(cf, ngx_http_matrix_send_join_handler,
                                        &mmcf->fed_users);

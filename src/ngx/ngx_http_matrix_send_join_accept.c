@@ -909,6 +909,11 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
                   sj->sender, &sj->room_id,
                   s->len == 2 ? "accepted" : "accepted before (a retry)");
 
+    if (s->len == 2) {
+        /* in the outbox now, whatever the answer becomes */
+        ngx_http_matrix_metrics_join_accepted();
+    }
+
     if (sj->chunks == NULL) {
         mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 

@@ -294,6 +294,9 @@ ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
                   "matrix: %s, passing the request to \"%V\"", reason,
                   &mlcf->fallback);
 
+    /* counted here: the request ends in the fallback's location */
+    ngx_http_matrix_metrics_handed_over(r);
+
     /* the request continues there unchanged: our count goes with it */
 
     (void) ngx_http_named_location(r, &mlcf->fallback);

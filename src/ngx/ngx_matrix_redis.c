@@ -37,6 +37,7 @@
 #include "mx_redis_addr.h"
 #include "mx_schema.h"
 #include "ngx_matrix_redis.h"
+#include "ngx_http_matrix_metrics.h"
 
 
 #define NGX_MATRIX_REDIS_BACKOFF_MIN   100
@@ -506,6 +507,7 @@ ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
     if (ac->err) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0, "redis %V: connect failed: %s",
                       &rcf->address, ac->errstr);
+        ngx_http_matrix_metrics_redis_error();
         p = ngx_cpystrn((u_char *) rd->last_error, (u_char *) ac->errstr,
                         sizeof(rd->last_error));
         (void) p;
@@ -990,6 +992,7 @@ ngx_matrix_redis_lost(ngx_matrix_redis_t *rd, const char *why)
                       &rd->conf->address,
                       rd->state == NGX_MATRIX_REDIS_CONNECTED
                       ? "lost" : "failed", why);
+        ngx_http_matrix_metrics_redis_error();
     }
 
     ngx_cpystrn((u_char *) rd->last_error, (u_char *) why,
@@ -1473,6 +1476,14 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
         reply = NULL;
     }
 
+    if (status != NGX_MATRIX_REDIS_OK && !op->timed_out && ngx_matrix_redis
+        && !ngx_matrix_redis->exiting)
+    {
+        /* matrix_join_redis_errors_total: each failed command once (a
+         * timed out one was counted by its timer) */
+        ngx_http_matrix_metrics_redis_error();
+    }
+
     if (r == NULL && op->cleanup == NULL && status != NGX_MATRIX_REDIS_OK
         && ngx_matrix_redis && !ngx_matrix_redis->exiting)
     {
@@ -1515,6 +1526,8 @@ ngx_matrix_redis_timeout(ngx_event_t *ev)
 
     op->timed_out = 1;
     rd = ngx_matrix_redis;
+
+    ngx_http_matrix_metrics_redis_error();
 
     r = op->request;
 

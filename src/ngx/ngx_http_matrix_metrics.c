@@ -1,0 +1,368 @@
+/*
+ * Copyright (C) nginx-matrix-join authors.
+ *
+ * matrix_metrics: the module's counters in the Prometheus text format
+ * (0.0.4). The counters are the machine's, not a worker's: one shared
+ * memory zone, "matrix_join_metrics", added whenever the module is in the
+ * configuration, which every worker adds to with ngx_atomic_fetch_add (no
+ * lock). A reload keeps the zone (same name, size and tag), so the
+ * counters go on; a restart or a binary upgrade starts them at 0.
+ *
+ * The requests are counted where they end, not where they are answered:
+ * a log phase handler classifies the status of every main request of a
+ * location with one of the module's federation handlers (the ways a
+ * handler answers: the module's helpers, a status returned to nginx, a
+ * client that went away); a request handed over to the fallback is
+ * counted by ngx_http_matrix_fallback() before it leaves, since it ends
+ * in the fallback's location.
+ */
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_matrix_join.h"
+#include "ngx_http_matrix_metrics.h"
+
+
+#define NGX_HTTP_MATRIX_METRICS_ZONE_SIZE  (64 * 1024)
+
+#define NGX_HTTP_MATRIX_METRICS_BUF        8192
+
+
+typedef struct {
+    ngx_atomic_t   requests[NGX_HTTP_MATRIX_EP_N][NGX_HTTP_MATRIX_OUT_N];
+    ngx_atomic_t   join_accepted;
+    ngx_atomic_t   redis_errors;
+} ngx_http_matrix_metrics_shm_t;
+
+
+static ngx_int_t ngx_http_matrix_metrics_init_zone(ngx_shm_zone_t *shm_zone,
+    void *data);
+static ngx_http_matrix_metrics_shm_t *ngx_http_matrix_metrics_get(
+    ngx_http_matrix_join_main_conf_t *mmcf);
+static ngx_int_t ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r);
+static void ngx_http_matrix_metrics_count(ngx_http_matrix_join_loc_conf_t *mlcf,
+    ngx_http_matrix_join_main_conf_t *mmcf, ngx_uint_t outcome);
+static ngx_int_t ngx_http_matrix_metrics_handler(ngx_http_request_t *r);
+
+
+static ngx_str_t  ngx_http_matrix_metrics_zone_name =
+    ngx_string("matrix_join_metrics");
+
+/* label values, in the order of the enums */
+static const char  *ngx_http_matrix_metrics_endpoints[] = {
+    "", "make_join", "send_join", "directory", "key_server"
+};
+
+static const char  *ngx_http_matrix_metrics_outcomes[] = {
+    "answered", "handed_over", "refused", "error"
+};
+
+
+ngx_int_t
+ngx_http_matrix_metrics_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt               *h;
+    ngx_http_core_main_conf_t         *cmcf;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    mmcf->metrics = ngx_shared_memory_add(cf,
+                                          &ngx_http_matrix_metrics_zone_name,
+                                          NGX_HTTP_MATRIX_METRICS_ZONE_SIZE,
+                                          &ngx_http_matrix_join_module);
+    if (mmcf->metrics == NULL) {
+        return NGX_ERROR;
+    }
+
+    mmcf->metrics->init = ngx_http_matrix_metrics_init_zone;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_matrix_metrics_log_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_matrix_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t                *shpool;
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    if (data) {
+        /* the previous cycle's zone, reused by a reload: counting goes on */
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    m = ngx_slab_calloc(shpool, sizeof(ngx_http_matrix_metrics_shm_t));
+    if (m == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = m;
+    shm_zone->data = m;
+
+    return NGX_OK;
+}
+
+
+static ngx_http_matrix_metrics_shm_t *
+ngx_http_matrix_metrics_get(ngx_http_matrix_join_main_conf_t *mmcf)
+{
+    if (mmcf == NULL || mmcf->metrics == NULL) {
+        return NULL;
+    }
+
+    return mmcf->metrics->data;
+}
+
+
+static void
+ngx_http_matrix_metrics_count(ngx_http_matrix_join_loc_conf_t *mlcf,
+    ngx_http_matrix_join_main_conf_t *mmcf, ngx_uint_t outcome)
+{
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    if (mlcf->endpoint == NGX_HTTP_MATRIX_EP_NONE
+        || mlcf->endpoint >= NGX_HTTP_MATRIX_EP_N)
+    {
+        return;
+    }
+
+    m = ngx_http_matrix_metrics_get(mmcf);
+    if (m == NULL) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&m->requests[mlcf->endpoint][outcome], 1);
+}
+
+
+static ngx_int_t
+ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r)
+{
+    ngx_uint_t                         status, outcome;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+
+    if (r != r->main) {
+        return NGX_OK;
+    }
+
+    /*
+     * A request handed over ends in the fallback's location, whose
+     * endpoint is none: it was counted when it left.
+     */
+
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+
+    if (mlcf == NULL || mlcf->endpoint == NGX_HTTP_MATRIX_EP_NONE) {
+        return NGX_OK;
+    }
+
+    /* the status as the access log reads it */
+    status = r->err_status ? r->err_status : r->headers_out.status;
+
+    if (status == 0 || status == NGX_HTTP_CLIENT_CLOSED_REQUEST) {
+        /* the client went away before an answer: no outcome */
+        return NGX_OK;
+    }
+
+    if (status >= NGX_HTTP_INTERNAL_SERVER_ERROR) {
+        outcome = NGX_HTTP_MATRIX_OUT_ERROR;
+
+    } else if (status >= NGX_HTTP_BAD_REQUEST) {
+        outcome = NGX_HTTP_MATRIX_OUT_REFUSED;
+
+    } else {
+        outcome = NGX_HTTP_MATRIX_OUT_ANSWERED;
+    }
+
+    ngx_http_matrix_metrics_count(mlcf,
+              ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
+              outcome);
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r)
+{
+    if (r != r->main) {
+        return;
+    }
+
+    ngx_http_matrix_metrics_count(
+              ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module),
+              ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
+              NGX_HTTP_MATRIX_OUT_HANDED_OVER);
+}
+
+
+/* outside a request: the running cycle's zone (a reload keeps it) */
+
+static ngx_http_matrix_metrics_shm_t *
+ngx_http_matrix_metrics_cycle(void)
+{
+    return ngx_http_matrix_metrics_get(
+               ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                                ngx_http_matrix_join_module));
+}
+
+
+void
+ngx_http_matrix_metrics_join_accepted(void)
+{
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    m = ngx_http_matrix_metrics_cycle();
+
+    if (m) {
+        (void) ngx_atomic_fetch_add(&m->join_accepted, 1);
+    }
+}
+
+
+void
+ngx_http_matrix_metrics_redis_error(void)
+{
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    m = ngx_http_matrix_metrics_cycle();
+
+    if (m) {
+        (void) ngx_atomic_fetch_add(&m->redis_errors, 1);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
+{
+    u_char                            *p, *last;
+    ngx_int_t                          rc;
+    ngx_uint_t                         e, o;
+    ngx_buf_t                         *b;
+    ngx_chain_t                        out;
+    ngx_http_matrix_metrics_shm_t     *m;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                          "M_UNRECOGNIZED",
+                                          "only GET is supported here");
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    m = ngx_http_matrix_metrics_get(
+              ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module));
+    if (m == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b = ngx_create_temp_buf(r->pool, NGX_HTTP_MATRIX_METRICS_BUF);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    p = b->pos;
+    last = b->end;
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_requests_total Federation requests of the "
+            "module's locations by how they ended: answered (1xx-3xx), "
+            "refused (4xx) or error (5xx) by the module, or handed_over to "
+            "matrix_join_fallback.\n"
+            "# TYPE matrix_join_requests_total counter\n");
+
+    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
+        for (o = 0; o < NGX_HTTP_MATRIX_OUT_N; o++) {
+            p = ngx_slprintf(p, last,
+                             "matrix_join_requests_total{endpoint=\"%s\","
+                             "outcome=\"%s\"} %uA\n",
+                             ngx_http_matrix_metrics_endpoints[e],
+                             ngx_http_matrix_metrics_outcomes[o],
+                             m->requests[e][o]);
+        }
+    }
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_send_join_accepted_total Joins newly "
+            "accepted into a room's outbox (a retry of an accepted join is "
+            "not counted again).\n"
+            "# TYPE matrix_join_send_join_accepted_total counter\n"
+            "matrix_join_send_join_accepted_total %uA\n"
+            "# HELP matrix_join_redis_errors_total Redis commands that "
+            "failed (an error reply, a timeout, the connection gone before "
+            "the reply) and Redis connections that failed or were lost.\n"
+            "# TYPE matrix_join_redis_errors_total counter\n"
+            "matrix_join_redis_errors_total %uA\n",
+            m->join_accepted, m->redis_errors);
+
+    if (p == last) {
+        /* cannot happen with the buffer's size: never a cut answer */
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "matrix_metrics: the answer does not fit in %d bytes",
+                      NGX_HTTP_MATRIX_METRICS_BUF);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = p;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type,
+                "text/plain; version=0.0.4; charset=utf-8");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+char *
+ngx_http_matrix_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler) {
+        return "is duplicate: this location already has a content handler";
+    }
+
+    clcf->handler = ngx_http_matrix_metrics_handler;
+
+    return NGX_CONF_OK;
+}
