@@ -872,6 +872,15 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
                  ? mxj_sync_as_live(as, batch, room_id, id, gate) : -1;
 
             if (rc >= 0) {
+                if (member) {
+                    mxj_sync_log("appservice: txn=%s room=%s m.room.member "
+                                 "%s %s: to be applied in place%s",
+                                 item->txn, room_id, m,
+                                 json_string_value(json_object_get(ev,
+                                     "state_key")),
+                                 gate ? " (stale until then)" : "");
+                }
+
                 continue;
             }
 
