@@ -827,10 +827,11 @@ mxj_sync_as_thread(void *data)
  * The events of a transaction, in order. A non-state event and a member
  * event are queued for the per-event advance (ctl_sync_live.c), the room
  * stale ("pushed") until applied when it was quiet, and always for a
- * member event other than a join or an invite (a ban, kick or leave may
- * refuse a user, an unban admit one: the edge hands joins over until it
- * has applied it). Another state event (or a redaction, which may change
- * a state event) marks its room stale and starts a pass.
+ * member event (a ban or kick may refuse a user; an invite, unban or a
+ * local user's join, who may authorise restricted joins, admit one: the
+ * edge hands joins over until it has applied it, a few milliseconds).
+ * Another state event (or a redaction, which may change a state event)
+ * marks its room stale and starts a pass.
  */
 
 static void
@@ -866,12 +867,20 @@ mxj_sync_as_apply(mxj_sync_as_t *as, mxj_sync_as_item_t *item)
               && strcmp(type, "m.room.redaction") != 0) || member)
             && id != NULL)
         {
-            gate = member && strcmp(m, "join") != 0
-                   && strcmp(m, "invite") != 0;
+            gate = member;
             rc = (batch != NULL)
                  ? mxj_sync_as_live(as, batch, room_id, id, gate) : -1;
 
             if (rc >= 0) {
+                if (member) {
+                    mxj_sync_log("appservice: txn=%s room=%s m.room.member "
+                                 "%s %s: to be applied in place%s",
+                                 item->txn, room_id, m,
+                                 json_string_value(json_object_get(ev,
+                                     "state_key")),
+                                 gate ? " (stale until then)" : "");
+                }
+
                 continue;
             }
 

@@ -101,6 +101,16 @@ class Listener:
                  step=0.005)
 
 
+def rules(room_id, sender, tag, eid):
+    """A join rules event (a state event that takes a pass: member events
+    go to the per-event advance, test_live.py); tag only tells them
+    apart."""
+    return {"event_id": eid, "type": "m.room.join_rules", "state_key": "",
+            "sender": sender,
+            "content": {"join_rule": "public", "tag": tag},
+            "room_id": room_id, "origin_server_ts": 1}
+
+
 def ban(room_id, sender, user, eid):
     return {"event_id": eid, "type": "m.room.member", "state_key": user,
             "sender": sender, "content": {"membership": "ban"},
@@ -174,7 +184,7 @@ def test_registration_tokens_kept_from_a_hand_written_file(
     assert ls.reg["hs_token"] == "hs-Token.1"
     room = hs.room
     gen = ls.meta()["generation"]
-    st, body = ls.push([ban(room.room_id, room.creator, "@a:" + REMOTE,
+    st, body = ls.push([rules(room.room_id, room.creator, "@a:" + REMOTE,
                             "$a")], "t1")
     assert (st, json.loads(body)) == (200, {})
     ls.wait_marked(room.room_id, gen)
@@ -188,10 +198,10 @@ def test_registration_tokens_kept_from_a_hand_written_file(
     (TXN_V1, "header"),             # Synapse 1.90+, Dendrite
     (TXN_V1, "both"),               # conduwuit, Dendrite legacy_auth
 ])
-def test_a_ban_marks_the_room_stale(listener, path, where):
+def test_a_state_event_marks_the_room_stale(listener, path, where):
     room = listener.hs.room
     gen = listener.meta()["generation"]
-    st, body = listener.push([ban(room.room_id, room.creator,
+    st, body = listener.push([rules(room.room_id, room.creator,
                                   "@b:" + REMOTE, "$b1")], "7", path=path,
                              where=where,
                              extra={"de.sorunome.msc2409.ephemeral": [],
@@ -215,6 +225,22 @@ def test_a_message_goes_to_the_advance(listener):
     assert listener.marked("m1") == []
 
 
+def test_a_ban_goes_to_the_advance(listener):
+    """A ban is not marked for a pass either: it is queued for the
+    advance, which applies member events in place (test_live.py) and asks
+    /event for it; this one the homeserver does not have, so the room is
+    stale and synced."""
+    room = listener.hs.room
+    st, body = listener.push([ban(room.room_id, room.creator,
+                                  "@banned:" + REMOTE, "$bx")],
+                             "b1", path=TXN_LEGACY, where="query")
+    assert (st, json.loads(body)) == (200, {})
+    wait_for("the advance gave up", lambda: re.search(
+        rf"room={re.escape(room.room_id)} stale: /event/\$bx: 404",
+        listener.log()), 10)
+    assert listener.marked("b1") == []
+
+
 @pytest.mark.parametrize("where,token,status,code", [
     ("header", "wrong", 403, "M_FORBIDDEN"),
     ("query", "wrong", 403, "M_FORBIDDEN"),
@@ -223,7 +249,7 @@ def test_a_message_goes_to_the_advance(listener):
 def test_wrong_or_no_token_refused(listener, where, token, status, code):
     room = listener.hs.room
     for path in (TXN_V1, TXN_LEGACY):
-        st, body = listener.push([ban(room.room_id, room.creator,
+        st, body = listener.push([rules(room.room_id, room.creator,
                                       "@c:" + REMOTE, "$c")], "w" + path[1],
                                  path=path, where=where, token=token)
         assert (st, errcode(body)) == (status, code), body
@@ -234,7 +260,7 @@ def test_wrong_or_no_token_refused(listener, where, token, status, code):
 
 def test_both_tokens_must_match(listener):
     room = listener.hs.room
-    ev = [ban(room.room_id, room.creator, "@d:" + REMOTE, "$d")]
+    ev = [rules(room.room_id, room.creator, "@d:" + REMOTE, "$d")]
     target = TXN_V1 + "both1?access_token=wrong"
     st, body = listener.request("PUT", target,
                                 json.dumps({"events": ev}).encode(),
@@ -257,7 +283,7 @@ def test_both_tokens_must_match(listener):
 def test_the_same_txn_twice_done_once(listener):
     room = listener.hs.room
     hs = listener.hs
-    ev = [ban(room.room_id, room.creator, "@e:" + REMOTE, "$e")]
+    ev = [rules(room.room_id, room.creator, "@e:" + REMOTE, "$e")]
     gen = listener.meta()["generation"]
     st, body = listener.push(ev, "dup", path=TXN_LEGACY, where="query")
     assert (st, json.loads(body)) == (200, {})
@@ -290,7 +316,7 @@ def test_not_json_refused_and_not_remembered(listener):
     assert (st, errcode(body)) == (400, "M_BAD_JSON")
     # the homeserver's next try, well-formed, is acted on
     gen = listener.meta()["generation"]
-    st, body = listener.push([ban(room.room_id, room.creator,
+    st, body = listener.push([rules(room.room_id, room.creator,
                                   "@f:" + REMOTE, "$f")], "nj")
     assert (st, json.loads(body)) == (200, {})
     listener.wait_marked(room.room_id, gen)
@@ -299,7 +325,7 @@ def test_not_json_refused_and_not_remembered(listener):
 def test_a_room_not_managed_is_ignored(listener):
     room = listener.hs.room
     other = "!notmanaged:" + listener.hs.name
-    st, body = listener.push([ban(other, room.creator, "@g:" + REMOTE,
+    st, body = listener.push([rules(other, room.creator, "@g:" + REMOTE,
                                   "$g")], "nm")
     assert (st, json.loads(body)) == (200, {})
     wait_for("the log line", lambda: "txn=nm: 1 event of rooms not managed "
@@ -435,7 +461,7 @@ def rss_kib(pid, field="VmRSS"):
 
 
 def test_a_burst_of_1000_while_redis_is_paused(listener):
-    """1,000 transactions, each with a ban, sent while Redis is paused (the
+    """1,000 transactions, each with a join rules event, sent while Redis is paused (the
     worker cannot mark anything, so the queue fills): every one answered
     {} at once, none silently dropped (each either acted on, or logged as
     not queued with its room marked stale instead), the memory bounded."""
@@ -448,7 +474,7 @@ def test_a_burst_of_1000_while_redis_is_paused(listener):
     c = http.client.HTTPConnection("127.0.0.1", listener.port, timeout=30)
     answers = []
     for i in range(1000):
-        ev = [ban(room.room_id, room.creator, f"@burst{i}:" + REMOTE,
+        ev = [rules(room.room_id, room.creator, f"@burst{i}:" + REMOTE,
                   f"$burst{i}")]
         c.request("PUT", TXN_V1 + f"burst-{i}",
                   json.dumps({"events": ev}).encode(),
@@ -467,8 +493,8 @@ def test_a_burst_of_1000_while_redis_is_paused(listener):
 
     def accounted():
         log = listener.log()
-        done = set(re.findall(r"txn=(burst-\d+) room=\S+ m\.room\.member "
-                              r"ban \S+: marked stale", log))
+        done = set(re.findall(r"txn=(burst-\d+) room=\S+ m\.room\.join_rules"
+                              r" : marked stale", log))
         skipped = set(re.findall(r"txn=(burst-\d+) not queued", log))
         return done, skipped
     wait_for("every transaction accounted for", lambda: len(
@@ -491,7 +517,7 @@ def test_a_burst_of_1000_while_redis_is_paused(listener):
 
 def test_redis_down_the_room_marked_once_it_is_back(hs_factory, daemons,
                                                    tmp_path):  # noqa: F811
-    """A ban pushed while Redis is down: answered {} all the same (the
+    """A state event pushed while Redis is down: answered {} all the same (the
     answer never waits for Redis), and the room kept to be marked until
     Redis is back (its data kept by the AOF), then marked stale."""
     rs = RedisServer(aof=True).start()
@@ -501,11 +527,11 @@ def test_redis_down_the_room_marked_once_it_is_back(hs_factory, daemons,
         room = hs.room
         gen = ls.meta()["generation"]
         rs.kill9()
-        st, body = ls.push([ban(room.room_id, room.creator,
+        st, body = ls.push([rules(room.room_id, room.creator,
                                 "@h:" + REMOTE, "$h")], "down1")
         assert (st, json.loads(body)) == (200, {})
         wait_for("the failed mark logged", lambda: f"txn=down1 room="
-                 f"{room.room_id} m.room.member ban: Redis failed"
+                 f"{room.room_id} m.room.join_rules: Redis failed"
                  in ls.log(), 30)
         assert ls.marked("down1") == []
         rs.restart()
