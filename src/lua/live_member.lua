@@ -34,46 +34,11 @@ else
   local p = live_unknown(K[5], K[6], prevs)
   if p then return {'unknown', p} end
   local seq = redis.call('HINCRBY', K[1], 'edge_seq', 1)
-  local latest = redis.call('HGET', K[8], u)
-  if latest then
-    redis.call('SADD', K[9], latest)
-  else
-    local orig = redis.call('HGET', K[2], skey)
-    if orig then redis.call('HSET', K[10], u, orig) end
-  end
+  overlay_member(id, u, server, ms)
   redis.call('HSET', K[6], id,
     cjson.encode({s = seq, u = u, p = prevs, h = 1, m = ms}))
   redis.call('HSET', K[4], id, ARGV[8])
-  redis.call('HSET', K[8], u, id)
-  redis.call('HSET', K[2], skey, id)
   live_extremity(K[1], K[5], K[6], id, ARGV[5], ARGV[6], prevs)
-  local was = redis.call('HGET', K[3], u)
-  redis.call('HSET', K[3], u, ms)
-  local moved = false
-  if was == 'join' and ms ~= 'join' then
-    redis.call('HINCRBY', K[1], 'members', -1)
-    if tonumber(redis.call('ZINCRBY', K[13], 1, server)) >= 0 then
-      redis.call('ZREM', K[13], server)
-    end
-    if redis.call('HGET', K[14], server) == u then
-      redis.call('HDEL', K[14], server)
-    end
-    moved = true
-  elseif was ~= 'join' and ms == 'join' then
-    redis.call('HINCRBY', K[1], 'members', 1)
-    redis.call('ZINCRBY', K[13], -1, server)
-    redis.call('HSETNX', K[14], server, u)
-    moved = true
-  end
-  if moved then
-    local top = redis.call('ZRANGE', K[13], 0, 99)
-    for i, s in ipairs(top) do top[i] = json_string(s) end
-    redis.call('HSET', K[1], 'servers', '[' .. table.concat(top, ',') .. ']')
-  end
-  if not was then
-    redis.call('HINCRBY', K[1], 'member_events', 1)
-    redis.call('HINCRBY', K[1], 'state_events', 1)
-  end
 end
 if ARGV[9] == '1' then live_taken(K[1]) end
 return {what, redis.call('HLEN', K[5])}

@@ -202,17 +202,9 @@ if rec then
   seq = rec.s
 else
   seq = redis.call('HINCRBY', K[1], 'edge_seq', 1)
-  local skey = '["m.room.member",' .. json_string(u) .. ']'
-  local latest = redis.call('HGET', K[8], u)
-  if latest then
-    redis.call('SADD', K[9], latest)
-  else
-    local orig = redis.call('HGET', K[2], skey)
-    if orig then redis.call('HSET', K[10], u, orig) end
-  end
+  overlay_member(id, u, server, 'join')
   redis.call('HSET', K[6], id, cjson.encode({s = seq, u = u, p = prevs}))
   redis.call('HSET', K[7], id, ARGV[8])
-  redis.call('HSET', K[8], u, id)
   for _, p in ipairs(prevs) do
     if redis.call('HDEL', K[5], p) == 1
         and redis.call('HEXISTS', K[6], p) == 0 then
@@ -221,22 +213,7 @@ else
   end
   redis.call('HSET', K[5], id,
     '{"depth":' .. ARGV[5] .. ',"sha256":"' .. ARGV[6] .. '"}')
-  redis.call('HSET', K[2], skey, id)
   if ARGV[7] == '1' then redis.call('HSET', K[4], id, ARGV[8]) end
-  local was = redis.call('HGET', K[3], u)
-  redis.call('HSET', K[3], u, 'join')
-  if was ~= 'join' then
-    redis.call('ZINCRBY', K[13], -1, server)
-    redis.call('HINCRBY', K[1], 'members', 1)
-    redis.call('HSETNX', K[14], server, u)
-    local top = redis.call('ZRANGE', K[13], 0, 99)
-    for i, s in ipairs(top) do top[i] = json_string(s) end
-    redis.call('HSET', K[1], 'servers', '[' .. table.concat(top, ',') .. ']')
-  end
-  if not was then
-    redis.call('HINCRBY', K[1], 'member_events', 1)
-    redis.call('HINCRBY', K[1], 'state_events', 1)
-  end
   redis.call('HSET', K[1], 'extremities', redis.call('HLEN', K[5]))
   if tonumber(ARGV[5]) > (tonumber(m[4]) or 0) then
     redis.call('HSET', K[1], 'max_depth', ARGV[5])

@@ -101,3 +101,48 @@ local function membership_of(pdu)
   end
   return nil
 end
+-- u's member event becomes id (an edge join, or a homeserver member event
+-- sync applied in place), of membership ms: the event it replaces is kept
+-- for the answers' auth chain (edge_old, or edge_orig for the snapshot's),
+-- the state and membership indexes point at id, and the counts and the
+-- directory's servers follow the membership. The edge record, the bytes
+-- and the extremities are the caller's.
+local function overlay_member(id, u, server, ms)
+  local skey = '["m.room.member",' .. json_string(u) .. ']'
+  local latest = redis.call('HGET', K[8], u)
+  if latest then
+    redis.call('SADD', K[9], latest)
+  else
+    local orig = redis.call('HGET', K[2], skey)
+    if orig then redis.call('HSET', K[10], u, orig) end
+  end
+  redis.call('HSET', K[8], u, id)
+  redis.call('HSET', K[2], skey, id)
+  local was = redis.call('HGET', K[3], u)
+  redis.call('HSET', K[3], u, ms)
+  local moved = false
+  if was == 'join' and ms ~= 'join' then
+    redis.call('HINCRBY', K[1], 'members', -1)
+    if tonumber(redis.call('ZINCRBY', K[13], 1, server)) >= 0 then
+      redis.call('ZREM', K[13], server)
+    end
+    if redis.call('HGET', K[14], server) == u then
+      redis.call('HDEL', K[14], server)
+    end
+    moved = true
+  elseif was ~= 'join' and ms == 'join' then
+    redis.call('HINCRBY', K[1], 'members', 1)
+    redis.call('ZINCRBY', K[13], -1, server)
+    redis.call('HSETNX', K[14], server, u)
+    moved = true
+  end
+  if moved then
+    local top = redis.call('ZRANGE', K[13], 0, 99)
+    for i, sv in ipairs(top) do top[i] = json_string(sv) end
+    redis.call('HSET', K[1], 'servers', '[' .. table.concat(top, ',') .. ']')
+  end
+  if not was then
+    redis.call('HINCRBY', K[1], 'member_events', 1)
+    redis.call('HINCRBY', K[1], 'state_events', 1)
+  end
+end
