@@ -62,7 +62,8 @@ typedef struct {
     ngx_array_t                  fed_users;     /* of ..._key_server_ref_t */
     ngx_matrix_redis_conf_t      redis;
     ngx_array_t                  redis_users;  /* of ..._key_server_ref_t */
-    size_t                       send_join_cache;   /* bytes per worker */
+    size_t                       send_join_cache;   /* the zone's bytes */
+    ngx_shm_zone_t              *send_join_zone;    /* NULL: off */
     ngx_shm_zone_t              *metrics;       /* matrix_join_metrics */
 } ngx_http_matrix_join_main_conf_t;
 

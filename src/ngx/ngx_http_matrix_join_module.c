@@ -64,6 +64,13 @@ static ngx_int_t ngx_http_matrix_join_check_locations(ngx_conf_t *cf,
     ngx_http_matrix_key_server_ref_t *ref);
 static ngx_http_core_loc_conf_t *ngx_http_matrix_join_find_location(
     ngx_http_core_srv_conf_t *cscf, ngx_str_t *uri);
+static char *ngx_http_matrix_send_join_cache_check(ngx_conf_t *cf,
+    void *post, void *data);
+
+
+static ngx_conf_post_t  ngx_http_matrix_send_join_cache_post = {
+    ngx_http_matrix_send_join_cache_check
+};
 
 
 static ngx_command_t  ngx_http_matrix_join_commands[] = {
@@ -206,7 +213,7 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       ngx_conf_set_size_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_matrix_join_main_conf_t, send_join_cache),
-      NULL },
+      &ngx_http_matrix_send_join_cache_post },
 
     { ngx_string("matrix_send_join"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
@@ -307,7 +314,7 @@ ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
 
     ngx_matrix_redis_exit_worker();
     ngx_matrix_pdu_cache_free();
-    ngx_matrix_chunks_free_all();
+    ngx_matrix_chunks_exit_process(mmcf->send_join_zone);
     ngx_http_matrix_keys_exit_worker(mmcf);
 }
 
@@ -453,8 +460,35 @@ ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(mmcf->redis.timeout, 1000);
     ngx_conf_init_size_value(mmcf->send_join_cache, 256 * 1024 * 1024);
 
+    if (mmcf->send_join_cache) {
+        mmcf->send_join_zone = ngx_matrix_chunks_zone_add(cf,
+                                                      mmcf->send_join_cache);
+        if (mmcf->send_join_zone == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
     if (mmcf->redis.prefix.data == NULL) {
         ngx_str_set(&mmcf->redis.prefix, MX_SCHEMA_PREFIX_DEFAULT);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* a slab pool needs room for its page index: as ssl_session_cache's */
+
+static char *
+ngx_http_matrix_send_join_cache_check(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t  *sp = data;
+
+    if (*sp != 0 && *sp < 8 * ngx_pagesize) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "matrix_send_join_cache of %uz bytes is too "
+                           "small: 0 (off) or at least %uz", *sp,
+                           8 * ngx_pagesize);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;

@@ -23,6 +23,7 @@
 
 #include "ngx_http_matrix_join.h"
 #include "ngx_http_matrix_metrics.h"
+#include "ngx_matrix_chunk_cache.h"
 
 
 #define NGX_HTTP_MATRIX_METRICS_ZONE_SIZE  (64 * 1024)
@@ -261,7 +262,9 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
     ngx_uint_t                         e, o;
     ngx_buf_t                         *b;
     ngx_chain_t                        out;
+    ngx_matrix_chunks_stats_t          st;
     ngx_http_matrix_metrics_shm_t     *m;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return ngx_http_matrix_send_error(r, NGX_HTTP_NOT_ALLOWED,
@@ -318,6 +321,32 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
             "# TYPE matrix_join_redis_errors_total counter\n"
             "matrix_join_redis_errors_total %uA\n",
             m->join_accepted, m->redis_errors);
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+    ngx_matrix_chunks_stats(mmcf->send_join_zone, &st);
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_send_join_cache_size_bytes The size of the "
+            "matrix_send_join_cache zone (0: off).\n"
+            "# TYPE matrix_join_send_join_cache_size_bytes gauge\n"
+            "matrix_join_send_join_cache_size_bytes %uz\n"
+            "# HELP matrix_join_send_join_cache_bytes Chunk bytes in the "
+            "zone: linked (found by the next answers) or unlinked (replaced "
+            "or evicted, still being sent).\n"
+            "# TYPE matrix_join_send_join_cache_bytes gauge\n"
+            "matrix_join_send_join_cache_bytes{state=\"linked\"} %uz\n"
+            "matrix_join_send_join_cache_bytes{state=\"unlinked\"} %uz\n"
+            "# HELP matrix_join_send_join_cache_entries Room generations in "
+            "the zone (linked or unlinked, as above).\n"
+            "# TYPE matrix_join_send_join_cache_entries gauge\n"
+            "matrix_join_send_join_cache_entries{state=\"linked\"} %ui\n"
+            "matrix_join_send_join_cache_entries{state=\"unlinked\"} %ui\n"
+            "# HELP matrix_join_send_join_cache_free_bytes The zone's free "
+            "pages.\n"
+            "# TYPE matrix_join_send_join_cache_free_bytes gauge\n"
+            "matrix_join_send_join_cache_free_bytes %uz\n",
+            st.size, st.bytes, st.unlinked_bytes, st.entries, st.unlinked,
+            (size_t) (st.free_pages * ngx_pagesize));
 
     if (p == last) {
         /* cannot happen with the buffer's size: never a cut answer */

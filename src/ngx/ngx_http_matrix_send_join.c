@@ -571,15 +571,19 @@ ngx_http_matrix_send_join_cleanup(void *data)
 {
     ngx_http_matrix_send_join_ctx_t *sj = data;
 
-    ngx_uint_t   i;
-    char       **s;
+    ngx_uint_t                         i;
+    char                             **s;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
 
     if (sj->wait.timer_set) {
         ngx_del_timer(&sj->wait);
     }
 
     if (sj->filling) {
-        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, sj->omit);
+        mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
+                                               ngx_http_matrix_join_module);
+        ngx_matrix_chunks_fill_end(mmcf->send_join_zone, &sj->room_id,
+                                   sj->generation, sj->omit);
     }
 
     ngx_matrix_chunks_release(sj->chunks);

@@ -595,11 +595,13 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
      */
 
     ngx_matrix_chunks_release(sj->chunks);
-    sj->chunks = ngx_matrix_chunks_get(&sj->room_id, sj->generation,
-                                       sj->omit);
+    sj->chunks = ngx_matrix_chunks_get(mmcf->send_join_zone, &sj->room_id,
+                                       sj->generation, sj->omit,
+                                       r->connection->log);
 
     if (sj->chunks == NULL && !sj->filling) {
-        if (!ngx_matrix_chunks_fill_start(&sj->room_id, sj->generation,
+        if (!ngx_matrix_chunks_fill_start(mmcf->send_join_zone,
+                                          &sj->room_id, sj->generation,
                                           sj->omit,
                                           mmcf->redis.timeout + 500))
         {
@@ -787,13 +789,6 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
 
     sj = ctx->data;
 
-    if (sj->filling && sj->chunks == NULL) {
-        /* whatever came, the waiting requests look again (the copy is
-         * made below, before any of them runs) */
-        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, sj->omit);
-        sj->filling = 0;
-    }
-
     if (status != NGX_MATRIX_REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "matrix: accepting \"%s\" into \"%V\" failed: %s",
@@ -914,14 +909,14 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         ngx_http_matrix_metrics_join_accepted();
     }
 
-    if (sj->chunks == NULL) {
-        mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 
-        sj->chunks = ngx_matrix_chunks_from_replies(&sj->room_id,
+    if (sj->chunks == NULL) {
+        sj->chunks = ngx_matrix_chunks_from_replies(mmcf->send_join_zone,
+                                                    &sj->room_id,
                                                     sj->generation, sj->omit,
                                                     &reply->element[1],
                                                     reply->elements - 1,
-                                                    mmcf->send_join_cache,
                                                     r->connection->log);
         if (sj->chunks == NULL) {
             ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
@@ -929,7 +924,16 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         }
     }
 
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+    if (sj->filling) {
+        /*
+         * The copy is published: the waiting requests, of every worker,
+         * find it. (A request that ends before this point ends its fill
+         * in its cleanup; they then read for themselves.)
+         */
+        ngx_matrix_chunks_fill_end(mmcf->send_join_zone, &sj->room_id,
+                                   sj->generation, sj->omit);
+        sj->filling = 0;
+    }
 
     if (mmcf->redis.wait_replicas == 0) {
         rc = ngx_http_matrix_send_join_answer(r, sj, res);

@@ -467,6 +467,7 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_int_t                          rc;
     json_int_t                         n[4];
     const char                        *id;
+    ngx_matrix_chunks_stats_t          st;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     if (ctx->pending || ctx->done) {
@@ -521,11 +522,18 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
     total = json_pack("{s:I, s:I, s:I, s:I}", "pending", n[0],
                       "in_flight", n[1], "dead", n[2], "oldest_age_ms", n[3]);
 
-    /* this worker's copy of rooms' chunks (matrix_send_join_cache) */
+    /* the machine's copy of rooms' chunks (matrix_send_join_cache) */
 
-    cache = json_pack("{s:I, s:I}",
-                      "bytes", (json_int_t) ngx_matrix_chunks_bytes(),
-                      "entries", (json_int_t) ngx_matrix_chunks_entries());
+    ngx_matrix_chunks_stats(mmcf->send_join_zone, &st);
+
+    cache = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I}",
+                      "size", (json_int_t) st.size,
+                      "bytes", (json_int_t) st.bytes,
+                      "entries", (json_int_t) st.entries,
+                      "unlinked_bytes", (json_int_t) st.unlinked_bytes,
+                      "unlinked", (json_int_t) st.unlinked,
+                      "free_bytes",
+                      (json_int_t) (st.free_pages * ngx_pagesize));
 
     doc = json_pack("{s:o?, s:O, s:o?, s:o?}", "redis", redis, "rooms",
                     ctx->rooms, "outbox", total, "send_join_cache", cache);
