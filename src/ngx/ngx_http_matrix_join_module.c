@@ -293,6 +293,8 @@ ngx_http_matrix_join_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
+    ngx_matrix_chunks_init_process(cycle, mmcf->send_join_zone);
+
     if (mmcf->redis.address.len) {
         return ngx_matrix_redis_init_worker(cycle, &mmcf->redis);
     }

@@ -579,6 +579,12 @@ ngx_http_matrix_send_join_cleanup(void *data)
         ngx_del_timer(&sj->wait);
     }
 
+    if (sj->wait.posted) {
+        ngx_delete_posted_event(&sj->wait);
+    }
+
+    ngx_matrix_chunks_wait_done(&sj->waiter);
+
     if (sj->filling) {
         mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
                                                ngx_http_matrix_join_module);

@@ -94,6 +94,7 @@ typedef struct {
     ngx_matrix_chunks_t         *chunks;
     ngx_uint_t                   filling;   /* this request reads them */
     ngx_event_t                  wait;      /* for another one's reading */
+    ngx_matrix_chunks_waiter_t   waiter;    /* in the worker's wait queue */
 } ngx_http_matrix_send_join_ctx_t;
 
 

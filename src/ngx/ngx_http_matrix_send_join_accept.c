@@ -562,6 +562,19 @@ ngx_http_matrix_send_join_authorization(ngx_http_request_t *r, ngx_str_t *out)
 }
 
 
+/* how long a request waits for another's read of the chunks */
+
+static ngx_msec_t
+ngx_http_matrix_join_max_wait(ngx_http_request_t *r)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    return mmcf->redis.timeout + 500;
+}
+
+
 /* 5. MULTI { accept; LRANGE the chunks } EXEC */
 
 static void
@@ -600,15 +613,22 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
                                        r->connection->log);
 
     if (sj->chunks == NULL && !sj->filling) {
+        sj->wait.handler = ngx_http_matrix_send_join_wait;
+        sj->wait.data = r;
+        sj->wait.log = r->connection->log;
+
         if (!ngx_matrix_chunks_fill_start(mmcf->send_join_zone,
                                           &sj->room_id, sj->generation,
                                           sj->omit,
-                                          mmcf->redis.timeout + 500))
+                                          ngx_http_matrix_join_max_wait(r),
+                                          &sj->waiter, &sj->wait))
         {
-            sj->wait.handler = ngx_http_matrix_send_join_wait;
-            sj->wait.data = r;
-            sj->wait.log = r->connection->log;
-            ngx_add_timer(&sj->wait, 5);
+            /* posted when the read ends; the timer if it never does */
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "matrix: send_join into \"%V\" waits for "
+                          "another request's read of generation %s",
+                          &sj->room_id, sj->generation);
+            ngx_add_timer(&sj->wait, ngx_http_matrix_join_max_wait(r));
             return;
         }
 
@@ -1045,13 +1065,31 @@ ngx_http_matrix_send_join_kept_free(void *data)
 static void
 ngx_http_matrix_send_join_wait(ngx_event_t *ev)
 {
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
-    ngx_http_matrix_ctx_t  *ctx;
+    ngx_connection_t                 *c;
+    ngx_http_request_t               *r;
+    ngx_http_matrix_ctx_t            *ctx;
+    ngx_http_matrix_send_join_ctx_t  *sj;
 
     r = ev->data;
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+    sj = ctx->data;
+
+    /* woken by the read's end, or its timer: either way, look again */
+
+    if (ev->timedout) {
+        ev->timedout = 0;
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "matrix: send_join into \"%V\" waited %M ms for "
+                      "another request's read of generation %s, in vain: "
+                      "it reads for itself", &sj->room_id,
+                      ngx_http_matrix_join_max_wait(r), sj->generation);
+
+    } else if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+
+    ngx_matrix_chunks_wait_done(&sj->waiter);
 
     ngx_http_matrix_send_join_accept(r, ctx);
     ngx_http_run_posted_requests(c);

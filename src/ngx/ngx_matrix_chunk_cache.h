@@ -94,23 +94,45 @@ ngx_matrix_chunks_t *ngx_matrix_chunks_from_replies(ngx_shm_zone_t *zone,
 
 void ngx_matrix_chunks_release(ngx_matrix_chunks_t *ch);
 
+/* a request waiting for another one's read */
+
+typedef struct {
+    ngx_queue_t                  queue;
+    ngx_event_t                 *ev;
+    unsigned                     queued:1;
+} ngx_matrix_chunks_waiter_t;
+
+
 /*
  * One reader of a generation's chunks at a time, across the workers: the
  * first answer after a load reads them from Redis while the others wait
  * for its copy instead of asking Redis for the same megabytes.
  * fill_start() returns 1 when the caller is now the reader, 0 when
- * another reader, alive, started less than max_wait ms ago; fill_end() is
- * called by the reader when its reply came (or its request ended).
+ * another reader, alive, started less than max_wait ms ago: ev is then
+ * posted when that reader ends (its worker tells this one through the
+ * worker's wake socket), and the caller sets a timer of max_wait on ev in
+ * case it never does (the reader died). fill_end() is called by the
+ * reader once its copy is published (or its request ended without one).
  */
 ngx_uint_t ngx_matrix_chunks_fill_start(ngx_shm_zone_t *zone,
     ngx_str_t *room, const char *generation, ngx_uint_t partial,
-    ngx_msec_t max_wait);
+    ngx_msec_t max_wait, ngx_matrix_chunks_waiter_t *w, ngx_event_t *ev);
+
+/* w no longer waits (its request ends, or ev ran) */
+void ngx_matrix_chunks_wait_done(ngx_matrix_chunks_waiter_t *w);
 void ngx_matrix_chunks_fill_end(ngx_shm_zone_t *zone, ngx_str_t *room,
     const char *generation, ngx_uint_t partial);
 
 /* The zone's use, for matrix_status and matrix_metrics. */
 void ngx_matrix_chunks_stats(ngx_shm_zone_t *zone,
     ngx_matrix_chunks_stats_t *st);
+
+/*
+ * At worker start: the wake socket, an abstract unix datagram socket named
+ * after the worker's pid, on the event loop. Without it (logged) waiting
+ * requests wait for their timer.
+ */
+void ngx_matrix_chunks_init_process(ngx_cycle_t *cycle, ngx_shm_zone_t *zone);
 
 /* At worker exit: the references this process still holds go. */
 void ngx_matrix_chunks_exit_process(ngx_shm_zone_t *zone);

@@ -135,6 +135,35 @@ def test_one_copy_one_read_for_four_workers(edge):
     assert z["size"] == 256 * 1024 * 1024
 
 
+WAITS = re.compile(r"\[info\] (\d+)#\d+: .*waits for another request's "
+                   r"read of generation")
+
+
+@pytest.mark.timeout(240)
+def test_waiting_workers_are_woken_by_the_read(edge):
+    """Joins of a fresh generation from four workers at once: requests
+    that find another's read of the chunks under way, in their own worker
+    and in others, wait for it and are woken by its end (through the
+    readers' wake sockets), never by their timer; Redis is read once."""
+    room = new_room("10", members=2000, servers=20)
+    start(edge, room, 4)
+    view = View(room)
+    pids = set()
+    for rounds in range(6):
+        if rounds:
+            new_generation(edge, room)
+        edge.r.config_resetstat()
+        joins(edge, room, view, 12, f"wake{rounds}-")
+        assert lranges(edge) == len(FULL)
+        log = edge.nginx.log_text()
+        pids = set(WAITS.findall(log))
+        if len(pids) >= 2:
+            break
+    assert len(pids) >= 2, \
+        "no two workers waited for a read in six rounds:\n" + log
+    assert "in vain" not in log, log
+
+
 def slow_send_join(edge, room, joiner):
     """A send_join whose client reads 4 KiB of the answer and stops: the
     worker keeps sending from the zone. Returns the socket."""
