@@ -224,23 +224,23 @@ class Edge:
                        stdout=subprocess.DEVNULL, timeout=300)
         return time.monotonic() - t0
 
-    def start(self, locations, http=""):
+    def start(self, locations, http="", listen=""):
         self.nginx.write_conf(f"""
             matrix_server_name {self.server};
             matrix_signing_key signing.key;
             matrix_redis {self.rs.address};
             {http}
             server {{
-                listen 127.0.0.1:$PORT;
+                listen 127.0.0.1:$PORT {listen};
                 access_log off;
                 {locations}
             }}
             """)
         self.nginx.start()
 
-    def restart(self, locations, http=""):
+    def restart(self, locations, http="", listen=""):
         self.nginx.stop()
-        self.start(locations, http)
+        self.start(locations, http, listen)
 
     def workers(self):
         """PIDs of the nginx worker processes (waits until all run)."""
@@ -267,6 +267,27 @@ class Edge:
         if self.bad and exc[0] is None:
             raise SystemExit("nginx error log has alerts:\n"
                              + "\n".join(self.bad))
+
+
+def smaps(pid):
+    """/proc/<pid>/smaps in kB, summed: Rss, Pss, Anonymous (pages of the
+    process's private mappings: heap, stacks, ...) and zone (Rss of its
+    shared mappings: nginx's shared memory zones)."""
+    out = {"Rss": 0, "Pss": 0, "Anonymous": 0, "zone": 0}
+    shared = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        parts = line.split()
+        if "-" in parts[0] and len(parts) >= 5 and len(parts[1]) == 4:
+            shared = parts[1][3] == "s"     # a mapping's header: rw-s
+            continue
+        if len(parts) != 3 or parts[2] != "kB":
+            continue
+        name, kb = parts[0].rstrip(":"), int(parts[1])
+        if name in ("Rss", "Pss", "Anonymous"):
+            out[name] += kb
+        if name == "Rss" and shared:
+            out["zone"] += kb
+    return out
 
 
 def proc_status(pid, field):
