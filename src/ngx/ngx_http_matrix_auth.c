@@ -3,10 +3,14 @@
  *
  * The front door of every federation handler: X-Matrix authentication.
  *
- * The origin's key is looked up in the worker's memory, then in Redis, then
- * fetched with an nginx subrequest to the matrix_key_fetch location. Misses
- * for one key in one worker share one fetch; failed fetches are remembered
- * for a while; fetches per origin are rate-limited. Nothing blocks.
+ * The origin's key is looked up in the machine's memory (a shared memory
+ * zone, matrix_join_keys), then in Redis, then fetched with an nginx
+ * subrequest to the matrix_key_fetch location. Misses for one key share
+ * one fetch per machine: requests of the fetching worker wait on its slot,
+ * those of other workers on a local slot that the fetching worker's wake
+ * (ngx_matrix_wake.h) ends. Failed fetches are remembered for a while;
+ * fetches per origin are rate-limited, per machine; signatures that
+ * verified are remembered, per machine. Nothing blocks.
  */
 
 #include <ngx_config.h>
@@ -16,6 +20,7 @@
 #include <sodium.h>
 
 #include "ngx_http_matrix_join.h"
+#include "ngx_matrix_wake.h"
 #include "mx_base64.h"
 #include "mx_crypto.h"
 #include "mx_json.h"
@@ -50,14 +55,45 @@ typedef struct {
 } ngx_http_matrix_rate_entry_t;
 
 
-/* one fetch in flight: its owner runs the subrequest, others wait */
+/*
+ * One fetch in flight, in this worker: its owner runs the subrequest, the
+ * others wait; or (remote) another worker fetches, and its wake ends the
+ * slot.
+ */
 typedef struct {
     char                         server[MX_XMATRIX_NAME_MAX];
     char                         key_id[MX_KEY_ID_MAX];
     ngx_http_request_t          *owner;
     ngx_queue_t                  waiters;
     unsigned                     used:1;
+    unsigned                     remote:1;
 } ngx_http_matrix_fetch_t;
+
+
+/* one fetch in flight on the machine */
+typedef struct {
+    char                         server[MX_XMATRIX_NAME_MAX];
+    char                         key_id[MX_KEY_ID_MAX];
+    ngx_pid_t                    pid;       /* 0: free */
+    int64_t                      started;
+    ngx_matrix_wake_list_t       waiters;
+} ngx_http_matrix_fetch_sh_t;
+
+
+/*
+ * The zone. Signatures that verified: SHA-256 over (signed bytes,
+ * signature, public key). Verifying is a pure function of those, and
+ * X-Matrix has no nonce: the same request from the same server (a
+ * directory query for the same alias by every user of a remote server)
+ * needs one ed25519 check.
+ */
+typedef struct {
+    ngx_http_matrix_key_entry_t  keys[NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
+    ngx_http_matrix_rate_entry_t rates[NGX_HTTP_MATRIX_RATE_SIZE];
+    ngx_http_matrix_fetch_sh_t   fetches[NGX_HTTP_MATRIX_MAX_FETCHES];
+    u_char                       verified[NGX_HTTP_MATRIX_VERIFIED_SIZE]
+                                         [MX_SHA256_LEN];
+} ngx_http_matrix_keys_sh_t;
 
 
 typedef enum {
@@ -94,21 +130,20 @@ static ngx_int_t ngx_http_matrix_variable_fetch(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 
-static ngx_http_matrix_key_entry_t
-    ngx_http_matrix_keys[NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
-static ngx_http_matrix_rate_entry_t
-    ngx_http_matrix_rates[NGX_HTTP_MATRIX_RATE_SIZE];
 static ngx_http_matrix_fetch_t
     ngx_http_matrix_fetches[NGX_HTTP_MATRIX_MAX_FETCHES];
 
-/*
- * Signatures that verified: SHA-256 over (signed bytes, signature, public
- * key). Verifying is a pure function of those, and X-Matrix has no nonce:
- * the same request from the same server (a directory query for the same
- * alias by every user of a remote server) needs one ed25519 check.
- */
-static u_char
-    ngx_http_matrix_verified[NGX_HTTP_MATRIX_VERIFIED_SIZE][MX_SHA256_LEN];
+/* the zone, as this worker's cycle has it (set at worker start) */
+static ngx_http_matrix_keys_sh_t  *ngx_http_matrix_keys_sh;
+static ngx_slab_pool_t            *ngx_http_matrix_keys_pool;
+
+static ngx_str_t  ngx_http_matrix_keys_zone_name =
+    ngx_string("matrix_join_keys");
+
+#define ngx_http_matrix_keys_lock()                                          \
+    ngx_shmtx_lock(&ngx_http_matrix_keys_pool->mutex)
+#define ngx_http_matrix_keys_unlock()                                        \
+    ngx_shmtx_unlock(&ngx_http_matrix_keys_pool->mutex)
 
 
 static ngx_http_variable_t  ngx_http_matrix_vars[] = {
@@ -253,13 +288,16 @@ ngx_http_matrix_key_slot(const char *server, const char *key_id,
 {
     *hash = ngx_http_matrix_key_hash(server, key_id);
 
-    return &ngx_http_matrix_keys[*hash % NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
+    return &ngx_http_matrix_keys_sh->keys[*hash
+                                          % NGX_HTTP_MATRIX_KEY_CACHE_SIZE];
 }
 
 
+/* under the zone's lock */
+
 static ngx_http_matrix_key_lookup_e
-ngx_http_matrix_key_lookup(const char *server, const char *key_id,
-    u_char *pk)
+ngx_http_matrix_key_lookup_locked(const char *server, const char *key_id,
+    u_char *pk, int64_t *valid_until)
 {
     int64_t                       now;
     uint32_t                      hash;
@@ -281,10 +319,26 @@ ngx_http_matrix_key_lookup(const char *server, const char *key_id,
 
     if (e->valid_until > now) {
         ngx_memcpy(pk, e->pk, MX_ED25519_PK_LEN);
+        *valid_until = e->valid_until;
         return NGX_HTTP_MATRIX_KEY_FOUND;
     }
 
     return NGX_HTTP_MATRIX_KEY_MISS;
+}
+
+
+static ngx_http_matrix_key_lookup_e
+ngx_http_matrix_key_lookup(const char *server, const char *key_id,
+    u_char *pk)
+{
+    int64_t                       valid_until;
+    ngx_http_matrix_key_lookup_e  rc;
+
+    ngx_http_matrix_keys_lock();
+    rc = ngx_http_matrix_key_lookup_locked(server, key_id, pk, &valid_until);
+    ngx_http_matrix_keys_unlock();
+
+    return rc;
 }
 
 
@@ -294,6 +348,8 @@ ngx_http_matrix_key_remember(const char *server, const char *key_id,
 {
     uint32_t                      hash;
     ngx_http_matrix_key_entry_t  *e;
+
+    ngx_http_matrix_keys_lock();
 
     e = ngx_http_matrix_key_slot(server, key_id, &hash);
 
@@ -307,6 +363,8 @@ ngx_http_matrix_key_remember(const char *server, const char *key_id,
 
     e->valid_until = valid_until;
     e->negative_until = negative_until;
+
+    ngx_http_matrix_keys_unlock();
 }
 
 
@@ -350,19 +408,13 @@ ngx_int_t
 ngx_http_matrix_key_get(const char *server, const char *key_id, u_char *pk,
     int64_t *valid_until)
 {
-    uint32_t                      hash;
-    ngx_http_matrix_key_entry_t  *e;
+    ngx_http_matrix_key_lookup_e  rc;
 
-    if (ngx_http_matrix_key_lookup(server, key_id, pk)
-        != NGX_HTTP_MATRIX_KEY_FOUND)
-    {
-        return NGX_DECLINED;
-    }
+    ngx_http_matrix_keys_lock();
+    rc = ngx_http_matrix_key_lookup_locked(server, key_id, pk, valid_until);
+    ngx_http_matrix_keys_unlock();
 
-    e = ngx_http_matrix_key_slot(server, key_id, &hash);
-    *valid_until = e->valid_until;
-
-    return NGX_OK;
+    return rc == NGX_HTTP_MATRIX_KEY_FOUND ? NGX_OK : NGX_DECLINED;
 }
 
 
@@ -518,6 +570,7 @@ ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
 {
     u_char                           *slot;
     u_char                            digest[MX_SHA256_LEN];
+    ngx_uint_t                        known;
     mx_err_t                          err;
     mx_buf_t                          bytes = MX_BUF_INIT;
     ngx_int_t                         rc;
@@ -557,18 +610,24 @@ ngx_http_matrix_auth_verify(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx,
     crypto_hash_sha256_update(&st, pk, MX_ED25519_PK_LEN);
     crypto_hash_sha256_final(&st, digest);
 
-    slot = ngx_http_matrix_verified[(digest[0] | digest[1] << 8)
-                                    % NGX_HTTP_MATRIX_VERIFIED_SIZE];
+    slot = ngx_http_matrix_keys_sh->verified[(digest[0] | digest[1] << 8)
+                                             % NGX_HTTP_MATRIX_VERIFIED_SIZE];
 
     rc = NGX_OK;
 
-    if (ngx_memcmp(slot, digest, MX_SHA256_LEN) != 0) {
+    ngx_http_matrix_keys_lock();
+    known = (ngx_memcmp(slot, digest, MX_SHA256_LEN) == 0);
+    ngx_http_matrix_keys_unlock();
+
+    if (!known) {
 
         if (mx_ed25519_verify(h->sig, bytes.data, bytes.len, pk) != 0) {
             rc = NGX_DECLINED;
 
         } else {
+            ngx_http_matrix_keys_lock();
             ngx_memcpy(slot, digest, MX_SHA256_LEN);
+            ngx_http_matrix_keys_unlock();
         }
     }
 
@@ -606,21 +665,19 @@ ngx_http_matrix_auth_next_header(ngx_http_request_t *r,
 }
 
 
-static ngx_uint_t
-ngx_http_matrix_rate_allows(ngx_http_request_t *r, const char *server)
-{
-    double                             rate;
-    int64_t                            now;
-    uint32_t                           hash;
-    ngx_http_matrix_rate_entry_t      *e;
-    ngx_http_matrix_join_loc_conf_t   *mlcf;
+/* a bucket of key_fetch_rate tokens per origin, refilled over a minute */
 
-    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+static ngx_uint_t
+ngx_http_matrix_rate_allows_locked(const char *server, double rate)
+{
+    int64_t                        now;
+    uint32_t                       hash;
+    ngx_http_matrix_rate_entry_t  *e;
 
     hash = ngx_crc32_short((u_char *) server, ngx_strlen(server));
-    e = &ngx_http_matrix_rates[hash % NGX_HTTP_MATRIX_RATE_SIZE];
     now = ngx_http_matrix_now_ms();
-    rate = (double) mlcf->key_fetch_rate;
+
+    e = &ngx_http_matrix_keys_sh->rates[hash % NGX_HTTP_MATRIX_RATE_SIZE];
 
     if (e->hash != hash || ngx_strcmp(e->server, server) != 0) {
         e->hash = hash;
@@ -629,8 +686,6 @@ ngx_http_matrix_rate_allows(ngx_http_request_t *r, const char *server)
         e->tokens = rate;
         e->last = now;
     }
-
-    /* a bucket of "rate" tokens, refilled evenly over a minute */
 
     e->tokens += (double) (now - e->last) * rate / 60000.0;
     e->last = now;
@@ -649,6 +704,115 @@ ngx_http_matrix_rate_allows(ngx_http_request_t *r, const char *server)
 }
 
 
+typedef enum {
+    NGX_HTTP_MATRIX_FETCH_OURS = 0,     /* this worker fetches */
+    NGX_HTTP_MATRIX_FETCH_REMOTE,       /* another does: wait for its wake */
+    NGX_HTTP_MATRIX_FETCH_LIMITED,      /* key_fetch_rate reached */
+    NGX_HTTP_MATRIX_FETCH_FULL          /* too many fetches on the machine */
+} ngx_http_matrix_fetch_claim_e;
+
+
+/*
+ * The machine's fetch of server's key_id: another worker's, alive and not
+ * older than timeout (this worker then listed for its wake), or a new one
+ * of this worker's, within the rate.
+ */
+static ngx_http_matrix_fetch_claim_e
+ngx_http_matrix_fetch_claim(const char *server, const char *key_id,
+    double rate, ngx_msec_t timeout)
+{
+    int64_t                      now;
+    ngx_uint_t                   i;
+    ngx_http_matrix_fetch_sh_t  *f, *free;
+
+    now = ngx_http_matrix_now_ms();
+    free = NULL;
+
+    ngx_http_matrix_keys_lock();
+
+    for (i = 0; i < NGX_HTTP_MATRIX_MAX_FETCHES; i++) {
+        f = &ngx_http_matrix_keys_sh->fetches[i];
+
+        if (f->pid != 0
+            && (now - f->started > (int64_t) timeout + 1000
+                || (f->pid != ngx_pid && kill(f->pid, 0) == -1
+                    && ngx_errno == NGX_ESRCH)))
+        {
+            f->pid = 0;     /* a fetch that hung, or a worker that died */
+        }
+
+        if (f->pid == 0) {
+            if (free == NULL) {
+                free = f;
+            }
+
+            continue;
+        }
+
+        if (f->pid != ngx_pid && ngx_strcmp(f->server, server) == 0
+            && ngx_strcmp(f->key_id, key_id) == 0)
+        {
+            ngx_matrix_wake_enlist(&f->waiters);
+            ngx_http_matrix_keys_unlock();
+            return NGX_HTTP_MATRIX_FETCH_REMOTE;
+        }
+    }
+
+    if (free == NULL) {
+        ngx_http_matrix_keys_unlock();
+        return NGX_HTTP_MATRIX_FETCH_FULL;
+    }
+
+    if (!ngx_http_matrix_rate_allows_locked(server, rate)) {
+        ngx_http_matrix_keys_unlock();
+        return NGX_HTTP_MATRIX_FETCH_LIMITED;
+    }
+
+    ngx_cpystrn((u_char *) free->server, (u_char *) server,
+                sizeof(free->server));
+    ngx_cpystrn((u_char *) free->key_id, (u_char *) key_id,
+                sizeof(free->key_id));
+    free->pid = ngx_pid;
+    free->started = now;
+    free->waiters.n = 0;
+
+    ngx_http_matrix_keys_unlock();
+
+    return NGX_HTTP_MATRIX_FETCH_OURS;
+}
+
+
+/* This worker's fetch is over: the workers waiting for it look again. */
+
+static void
+ngx_http_matrix_fetch_release(const char *server, const char *key_id)
+{
+    ngx_uint_t                   i;
+    ngx_matrix_wake_list_t       waiters;
+    ngx_http_matrix_fetch_sh_t  *f;
+
+    waiters.n = 0;
+
+    ngx_http_matrix_keys_lock();
+
+    for (i = 0; i < NGX_HTTP_MATRIX_MAX_FETCHES; i++) {
+        f = &ngx_http_matrix_keys_sh->fetches[i];
+
+        if (f->pid == ngx_pid && ngx_strcmp(f->server, server) == 0
+            && ngx_strcmp(f->key_id, key_id) == 0)
+        {
+            waiters = f->waiters;
+            f->pid = 0;
+            break;
+        }
+    }
+
+    ngx_http_matrix_keys_unlock();
+
+    ngx_matrix_wake(&waiters);
+}
+
+
 /* The key is not cached: wait for a fetch of it, or start one. */
 
 static void
@@ -662,6 +826,7 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     ngx_http_matrix_ctx_t             *sctx;
     ngx_http_matrix_fetch_t           *f, *free_slot;
     ngx_http_cleanup_t                *fcln;
+    ngx_http_matrix_fetch_claim_e      claim;
     ngx_http_post_subrequest_t        *ps;
     ngx_http_matrix_join_loc_conf_t   *mlcf;
 
@@ -707,7 +872,17 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
         return;
     }
 
-    if (!ngx_http_matrix_rate_allows(r, h->origin)) {
+    claim = ngx_http_matrix_fetch_claim(h->origin, h->key_id,
+                                        (double) mlcf->key_fetch_rate,
+                                        mlcf->key_fetch_timeout);
+
+    if (claim == NGX_HTTP_MATRIX_FETCH_FULL) {
+        ngx_str_set(&ctx->why, "too many key fetches in progress");
+        ngx_http_matrix_auth_next_header(r, ctx);
+        return;
+    }
+
+    if (claim == NGX_HTTP_MATRIX_FETCH_LIMITED) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "matrix: key fetch rate limit reached for \"%s\"",
                       h->origin);
@@ -717,15 +892,22 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
         return;
     }
 
-    /* start a fetch: this request owns it */
-
     f = free_slot;
     ngx_memzero(f, sizeof(ngx_http_matrix_fetch_t));
     f->used = 1;
-    f->owner = r;
     ngx_cpystrn((u_char *) f->server, (u_char *) h->origin, sizeof(f->server));
     ngx_cpystrn((u_char *) f->key_id, (u_char *) h->key_id, sizeof(f->key_id));
     ngx_queue_init(&f->waiters);
+
+    if (claim == NGX_HTTP_MATRIX_FETCH_REMOTE) {
+        /* another worker fetches it: its wake ends this slot */
+        f->remote = 1;
+        goto wait;
+    }
+
+    /* start a fetch: this request owns it */
+
+    f->owner = r;
 
     uri.len = mlcf->key_fetch.len + ngx_strlen(h->origin) + 1
               + ngx_strlen(h->key_id);
@@ -738,7 +920,7 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     sctx = ngx_pcalloc(r->pool, sizeof(ngx_http_matrix_ctx_t));
 
     if (uri.data == NULL || args.data == NULL || ps == NULL || sctx == NULL) {
-        f->used = 0;
+        ngx_http_matrix_auth_fetch_end(f);
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -770,7 +952,7 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
                             |NGX_HTTP_SUBREQUEST_BACKGROUND)
         != NGX_OK)
     {
-        f->used = 0;
+        ngx_http_matrix_auth_fetch_end(f);
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
@@ -994,8 +1176,57 @@ ngx_http_matrix_auth_fetch_end(ngx_http_matrix_fetch_t *f)
         ngx_post_event(&ctx->resume, &ngx_posted_events);
     }
 
+    if (!f->remote) {
+        ngx_http_matrix_fetch_release(f->server, f->key_id);
+    }
+
     f->used = 0;
+    f->remote = 0;
     f->owner = NULL;
+}
+
+
+/*
+ * This worker was woken: another worker's fetch (or read) ended. Every
+ * slot waiting for another worker ends: its requests look their key up
+ * again, in the zone, and wait again if that fetch is still under way.
+ */
+static void
+ngx_http_matrix_auth_wake(void)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_MATRIX_MAX_FETCHES; i++) {
+        if (ngx_http_matrix_fetches[i].used
+            && ngx_http_matrix_fetches[i].remote)
+        {
+            ngx_http_matrix_auth_fetch_end(&ngx_http_matrix_fetches[i]);
+        }
+    }
+}
+
+
+/* A waiter leaves: a slot waiting for another worker, with none, goes. */
+
+static void
+ngx_http_matrix_auth_unwait(ngx_http_matrix_ctx_t *ctx)
+{
+    ngx_http_matrix_fetch_t  *f;
+
+    if (!ctx->waiting) {
+        return;
+    }
+
+    ngx_queue_remove(&ctx->wait_link);
+    ctx->waiting = 0;
+
+    f = ctx->fetch;
+    ctx->fetch = NULL;
+
+    if (f && f->used && f->remote && ngx_queue_empty(&f->waiters)) {
+        f->used = 0;
+        f->remote = 0;
+    }
 }
 
 
@@ -1020,10 +1251,7 @@ ngx_http_matrix_auth_waiter_gone(void *data)
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    if (ctx->waiting) {
-        ngx_queue_remove(&ctx->wait_link);
-        ctx->waiting = 0;
-    }
+    ngx_http_matrix_auth_unwait(ctx);
 
     if (ctx->wait_timer.timer_set) {
         ngx_del_timer(&ctx->wait_timer);
@@ -1044,10 +1272,7 @@ ngx_http_matrix_auth_wait_timeout(ngx_event_t *ev)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
 
-    if (ctx->waiting) {
-        ngx_queue_remove(&ctx->wait_link);
-        ctx->waiting = 0;
-    }
+    ngx_http_matrix_auth_unwait(ctx);
 
     ctx->cleanup->handler = NULL;
     h = &((mx_xmatrix_t *) ctx->xm)[ctx->cur];
@@ -1082,11 +1307,89 @@ ngx_http_matrix_auth_resume(ngx_event_t *ev)
 }
 
 
+static ngx_int_t
+ngx_http_matrix_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_slab_pool_t  *shpool;
+
+    if (data) {
+        /* a reload: the keys, rates and fetches go on */
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    shm_zone->data = ngx_slab_calloc(shpool,
+                                     sizeof(ngx_http_matrix_keys_sh_t));
+    if (shm_zone->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    shpool->data = shm_zone->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_matrix_auth_init(ngx_conf_t *cf)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    mmcf->keys = ngx_shared_memory_add(cf, &ngx_http_matrix_keys_zone_name,
+                                       ngx_align(sizeof(
+                                           ngx_http_matrix_keys_sh_t),
+                                           ngx_pagesize)
+                                       + 16 * ngx_pagesize,
+                                       &ngx_http_matrix_join_module);
+    if (mmcf->keys == NULL) {
+        return NGX_ERROR;
+    }
+
+    mmcf->keys->init = ngx_http_matrix_keys_init_zone;
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_matrix_auth_init_worker(ngx_cycle_t *cycle)
+{
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
+    mmcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_matrix_join_module);
+
+    ngx_http_matrix_keys_sh = mmcf->keys->data;
+    ngx_http_matrix_keys_pool = (ngx_slab_pool_t *) mmcf->keys->shm.addr;
+
+    ngx_matrix_wake_on(ngx_http_matrix_auth_wake);
+}
+
+
 void
 ngx_http_matrix_auth_exit_worker(void)
 {
-    /* nothing is allocated: the tables are static, fetches end with
-     * their requests */
+    ngx_uint_t  i;
+
+    /* the machine's fetches this worker had, for the others to take */
+
+    for (i = 0; i < NGX_HTTP_MATRIX_MAX_FETCHES; i++) {
+        if (ngx_http_matrix_fetches[i].used
+            && !ngx_http_matrix_fetches[i].remote)
+        {
+            ngx_http_matrix_fetch_release(ngx_http_matrix_fetches[i].server,
+                                          ngx_http_matrix_fetches[i].key_id);
+        }
+    }
 }
 
 

@@ -65,6 +65,7 @@ typedef struct {
     size_t                       send_join_cache;   /* the zone's bytes */
     ngx_shm_zone_t              *send_join_zone;    /* NULL: off */
     ngx_shm_zone_t              *metrics;       /* matrix_join_metrics */
+    ngx_shm_zone_t              *keys;          /* matrix_join_keys */
 } ngx_http_matrix_join_main_conf_t;
 
 
@@ -290,6 +291,8 @@ void ngx_http_matrix_key_ensure(ngx_http_request_t *r,
 ngx_int_t ngx_http_matrix_key_get(const char *server, const char *key_id,
     u_char *pk, int64_t *valid_until);
 void ngx_http_matrix_auth_exit_worker(void);
+ngx_int_t ngx_http_matrix_auth_init(ngx_conf_t *cf);
+void ngx_http_matrix_auth_init_worker(ngx_cycle_t *cycle);
 
 /* ngx_http_matrix_directory.c */
 char *ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd,

@@ -15,6 +15,7 @@
 #include "ngx_http_matrix_join.h"
 #include "ngx_matrix_chunk_cache.h"
 #include "ngx_matrix_pdu_cache.h"
+#include "ngx_matrix_wake.h"
 #include "mx_base64.h"
 #include "mx_id.h"
 #include "mx_pdu.h"
@@ -293,7 +294,9 @@ ngx_http_matrix_join_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    ngx_matrix_chunks_init_process(cycle, mmcf->send_join_zone);
+    ngx_matrix_chunks_init_process(cycle);
+    ngx_http_matrix_auth_init_worker(cycle);
+    ngx_matrix_wake_init_process(cycle);
 
     if (mmcf->redis.address.len) {
         return ngx_matrix_redis_init_worker(cycle, &mmcf->redis);
@@ -318,6 +321,8 @@ ngx_http_matrix_join_exit_process(ngx_cycle_t *cycle)
     ngx_matrix_pdu_cache_free();
     ngx_matrix_chunks_exit_process(mmcf->send_join_zone);
     ngx_http_matrix_keys_exit_worker(mmcf);
+    ngx_http_matrix_auth_exit_worker();
+    ngx_matrix_wake_exit_process();     /* after those that wake others */
 }
 
 
@@ -336,6 +341,10 @@ ngx_http_matrix_join_postconfiguration(ngx_conf_t *cf)
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    if (ngx_http_matrix_auth_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     if (ngx_http_matrix_metrics_init(cf) != NGX_OK) {
         return NGX_ERROR;

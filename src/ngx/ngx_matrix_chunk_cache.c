@@ -20,15 +20,13 @@
 #include <ngx_core.h>
 #include <ngx_event.h>
 
-#include <sys/un.h>
-
 #include "ngx_matrix_chunk_cache.h"
+#include "ngx_matrix_wake.h"
 
 
 #define NGX_MATRIX_CHUNKS_FILLS    32
 #define NGX_MATRIX_CHUNKS_HOLDERS  64
 #define NGX_MATRIX_CHUNKS_KEY_MAX  512
-#define NGX_MATRIX_CHUNKS_WAITERS  64
 
 #define NGX_MATRIX_CHUNKS_NIL      ((size_t) -1)
 
@@ -64,8 +62,7 @@ typedef struct {
     size_t                       key_len;
     ngx_pid_t                    pid;       /* 0: a free slot */
     ngx_msec_t                   started;
-    ngx_pid_t                    waiters[NGX_MATRIX_CHUNKS_WAITERS];
-    ngx_uint_t                   nwaiters;  /* workers to wake at the end */
+    ngx_matrix_wake_list_t       waiters;   /* workers to wake at the end */
 } ngx_matrix_chunks_fill_t;
 
 
@@ -91,8 +88,7 @@ typedef struct {
 static ngx_str_t  ngx_matrix_chunks_zone_name =
     ngx_string("matrix_send_join_cache");
 
-/* this worker's: its wake socket and the requests waiting on it */
-static ngx_connection_t  *ngx_matrix_chunks_wake_conn;
+/* this worker's requests waiting for a read */
 static ngx_queue_t        ngx_matrix_chunks_waiting;
 static ngx_uint_t         ngx_matrix_chunks_waiting_init;
 
@@ -859,15 +855,7 @@ ngx_matrix_chunks_fill_start(ngx_shm_zone_t *zone, ngx_str_t *room,
         {
             /* woken by its end: this worker once in the reader's list */
 
-            for (i = 0; i < f->nwaiters; i++) {
-                if (f->waiters[i] == ngx_pid) {
-                    break;
-                }
-            }
-
-            if (i == f->nwaiters && i < NGX_MATRIX_CHUNKS_WAITERS) {
-                f->waiters[f->nwaiters++] = ngx_pid;
-            }
+            ngx_matrix_wake_enlist(&f->waiters);
 
             ngx_shmtx_unlock(&ctx->shpool->mutex);
 
@@ -890,7 +878,7 @@ ngx_matrix_chunks_fill_start(ngx_shm_zone_t *zone, ngx_str_t *room,
                 f = &ctx->sh->fills[i];
                 ngx_memcpy(f->key, key, len);
                 f->key_len = len;
-                f->nwaiters = 0;
+                f->waiters.n = 0;
                 break;
             }
         }
@@ -941,122 +929,12 @@ ngx_matrix_chunks_wake_local(void)
 }
 
 
-static void
-ngx_matrix_chunks_wake_name(struct sockaddr_un *sa, socklen_t *len,
-    ngx_pid_t pid)
-{
-    u_char  *p;
-
-    ngx_memzero(sa, sizeof(struct sockaddr_un));
-    sa->sun_family = AF_UNIX;
-
-    /* the abstract namespace: sun_path[0] is NUL, nothing on disk */
-    p = ngx_snprintf((u_char *) sa->sun_path + 1,
-                     sizeof(sa->sun_path) - 1, "nginx-matrix-join/wake/%P",
-                     pid);
-
-    *len = (socklen_t) (p - (u_char *) sa);
-}
-
-
-static void
-ngx_matrix_chunks_wake(ngx_pid_t *pids, ngx_uint_t n)
-{
-    ngx_uint_t          i;
-    socklen_t           len;
-    struct sockaddr_un  sa;
-
-    for (i = 0; i < n; i++) {
-        if (pids[i] == ngx_pid) {
-            ngx_matrix_chunks_wake_local();
-            continue;
-        }
-
-        if (ngx_matrix_chunks_wake_conn == NULL) {
-            continue;
-        }
-
-        ngx_matrix_chunks_wake_name(&sa, &len, pids[i]);
-
-        /* a worker gone, or without a socket: its requests' timers */
-        (void) sendto(ngx_matrix_chunks_wake_conn->fd, "w", 1, MSG_DONTWAIT,
-                      (struct sockaddr *) &sa, len);
-    }
-}
-
-
-static void
-ngx_matrix_chunks_wake_handler(ngx_event_t *rev)
-{
-    u_char             buf[64];
-    ngx_connection_t  *c;
-
-    c = rev->data;
-
-    while (recv(c->fd, buf, sizeof(buf), MSG_DONTWAIT) > 0) {
-        /* void */
-    }
-
-    ngx_matrix_chunks_wake_local();
-
-    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-        ngx_log_error(NGX_LOG_ALERT, rev->log, 0,
-                      "matrix: the send_join cache's wake socket failed");
-    }
-}
-
-
 void
-ngx_matrix_chunks_init_process(ngx_cycle_t *cycle, ngx_shm_zone_t *zone)
+ngx_matrix_chunks_init_process(ngx_cycle_t *cycle)
 {
-    socklen_t           len;
-    ngx_socket_t        s;
-    ngx_connection_t   *c;
-    struct sockaddr_un  sa;
-
     ngx_queue_init(&ngx_matrix_chunks_waiting);
     ngx_matrix_chunks_waiting_init = 1;
-
-    if (zone == NULL) {
-        return;
-    }
-
-    s = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (s == (ngx_socket_t) -1) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_socket_errno,
-                      "matrix: no wake socket for the send_join cache: "
-                      "requests waiting for another's read wait for "
-                      "their timer");
-        return;
-    }
-
-    ngx_matrix_chunks_wake_name(&sa, &len, ngx_pid);
-
-    if (bind(s, (struct sockaddr *) &sa, len) == -1) {
-        ngx_log_error(NGX_LOG_WARN, cycle->log, ngx_socket_errno,
-                      "matrix: binding the send_join cache's wake socket "
-                      "failed: requests waiting for another's read wait "
-                      "for their timer");
-        ngx_close_socket(s);
-        return;
-    }
-
-    c = ngx_get_connection(s, cycle->log);
-    if (c == NULL) {
-        ngx_close_socket(s);
-        return;
-    }
-
-    c->read->handler = ngx_matrix_chunks_wake_handler;
-    c->read->log = cycle->log;
-    c->write->log = cycle->log;
-
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_close_connection(c);
-        return;
-    }
-
-    ngx_matrix_chunks_wake_conn = c;
+    ngx_matrix_wake_on(ngx_matrix_chunks_wake_local);
 }
 
 
@@ -1066,8 +944,7 @@ ngx_matrix_chunks_fill_end(ngx_shm_zone_t *zone, ngx_str_t *room,
 {
     u_char                     key[NGX_MATRIX_CHUNKS_KEY_MAX];
     size_t                     len;
-    ngx_uint_t                 n;
-    ngx_pid_t                  waiters[NGX_MATRIX_CHUNKS_WAITERS];
+    ngx_matrix_wake_list_t     waiters;
     ngx_matrix_chunks_fill_t  *f;
     ngx_matrix_chunks_zone_t  *ctx;
 
@@ -1086,19 +963,18 @@ ngx_matrix_chunks_fill_end(ngx_shm_zone_t *zone, ngx_str_t *room,
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    n = 0;
+    waiters.n = 0;
     f = ngx_matrix_chunks_fill_find(ctx, key, len);
 
     if (f && f->pid == ngx_pid) {
         f->pid = 0;
-        n = f->nwaiters;
-        ngx_memcpy(waiters, f->waiters, n * sizeof(ngx_pid_t));
-        f->nwaiters = 0;
+        waiters = f->waiters;
+        f->waiters.n = 0;
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
-    ngx_matrix_chunks_wake(waiters, n);
+    ngx_matrix_wake(&waiters);
 }
 
 
@@ -1148,11 +1024,6 @@ ngx_matrix_chunks_exit_process(ngx_shm_zone_t *zone)
     ngx_uint_t                 i;
     ngx_queue_t               *q;
     ngx_matrix_chunks_zone_t  *ctx;
-
-    if (ngx_matrix_chunks_wake_conn) {
-        ngx_close_connection(ngx_matrix_chunks_wake_conn);
-        ngx_matrix_chunks_wake_conn = NULL;
-    }
 
     if (zone == NULL || zone->data == NULL) {
         return;

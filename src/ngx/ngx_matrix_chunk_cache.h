@@ -109,8 +109,8 @@ typedef struct {
  * for its copy instead of asking Redis for the same megabytes.
  * fill_start() returns 1 when the caller is now the reader, 0 when
  * another reader, alive, started less than max_wait ms ago: ev is then
- * posted when that reader ends (its worker tells this one through the
- * worker's wake socket), and the caller sets a timer of max_wait on ev in
+ * posted when that reader ends (its worker wakes this one,
+ * ngx_matrix_wake.h), and the caller sets a timer of max_wait on ev in
  * case it never does (the reader died). fill_end() is called by the
  * reader once its copy is published (or its request ended without one).
  */
@@ -127,12 +127,8 @@ void ngx_matrix_chunks_fill_end(ngx_shm_zone_t *zone, ngx_str_t *room,
 void ngx_matrix_chunks_stats(ngx_shm_zone_t *zone,
     ngx_matrix_chunks_stats_t *st);
 
-/*
- * At worker start: the wake socket, an abstract unix datagram socket named
- * after the worker's pid, on the event loop. Without it (logged) waiting
- * requests wait for their timer.
- */
-void ngx_matrix_chunks_init_process(ngx_cycle_t *cycle, ngx_shm_zone_t *zone);
+/* At worker start: this worker's queue of waiting requests. */
+void ngx_matrix_chunks_init_process(ngx_cycle_t *cycle);
 
 /* At worker exit: the references this process still holds go. */
 void ngx_matrix_chunks_exit_process(ngx_shm_zone_t *zone);

@@ -186,7 +186,7 @@ class Fed:
         return f"{PREFIX}{{{r.room_id}}}:meta"
 
     def conf(self, fetch="notary", fallback=True, http_extra="",
-             dir_extra="", fetch_location=None):
+             dir_extra="", fetch_location=None, listen=""):
         kloc = fetch_location or (
             FETCH_LOCATIONS[fetch] % {"k": self.keys.port} if fetch else "")
         self.nginx.write_conf(f"""
@@ -198,8 +198,10 @@ class Fed:
             matrix_key_fetch_negative_ttl {NEG_TTL}s;
             {http_extra}
             log_format mxj 'O=[$matrix_origin] S=$status U=$request_uri';
+            log_format mxj_pid '$pid $status';
             server {{
-                listen 127.0.0.1:$PORT;
+                listen 127.0.0.1:$PORT {listen};
+                access_log $PREFIX/logs/pid.log mxj_pid;
                 access_log $PREFIX/logs/mxj.log mxj;
                 location = {DIR} {{
                     matrix_directory;
@@ -905,7 +907,7 @@ def test_fetch_server_name_with_port(loaded):
 
 
 def test_at_most_64_fetches_at_once(loaded):
-    """70 origins miss a key at the same time: one worker runs at most 64
+    """70 origins miss a key at the same time: the machine runs at most 64
     fetches at once (directives.md, matrix_key_fetch_rate), so while the
     key server holds the first 64, the other 6 requests find no free
     fetch slot and are answered 401 at once ("too many key fetches in
