@@ -10,6 +10,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import threading
 import time
 
 import pytest
@@ -290,6 +292,70 @@ def test_a_room_larger_than_the_zone_is_read_each_time(edge):
     assert lranges(edge) == 3 * len(FULL)
     z = zone(edge)
     assert (z["entries"], z["bytes"], z["size"]) == (0, 0, 64 * 1024), z
+
+
+def stopped_in_gdb(pid, where):
+    """gdb attached to pid with a breakpoint at where and the process
+    running again; at the breakpoint gdb kills it (SIGKILL)."""
+    gdb = subprocess.Popen(
+        ["gdb", "-q", "-nx", "-batch", "-p", str(pid),
+         "-ex", f"break {where}", "-ex", "continue",
+         "-ex", "signal SIGKILL"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # attached and running: a tracer, and the process not stopped by it
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        status = open(f"/proc/{pid}/status").read()
+        tracer = re.search(r"TracerPid:\s+(\d+)", status).group(1)
+        state = re.search(r"State:\s+(\S)", status).group(1)
+        if tracer != "0" and state in "SR":
+            return gdb
+        time.sleep(0.05)
+    gdb.kill()
+    raise AssertionError("gdb did not attach: " + gdb.communicate()[0])
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_holding_the_zones_lock(edge):
+    """The only worker is killed (-9) while it holds the zone's lock:
+    stopped by gdb in the red-black tree lookup that the zone's lookup
+    makes under its lock, then killed there. nginx's master releases the
+    lock (its alert names the zone) and the worker it starts answers the
+    next join (with the lock held for ever it would hang)."""
+    room = new_room("10", members=50, servers=5)
+    start(edge, room, 1)
+    edge.nginx.allowed_log += [
+        "exited on signal 9",
+        'shared memory zone "matrix_send_join_cache" was locked by']
+    view = View(room)
+    (pid,) = workers(edge)
+    gdb = stopped_in_gdb(pid, "ngx_str_rbtree_lookup")
+    joiner = Joiner(edge.remotes[0], "locked")
+    ev = joiner.fill(room.version, edge.template(room, joiner))
+    lost = []
+
+    def doomed():
+        try:
+            edge.send_join(room, joiner, ev)
+        except (ConnectionError, OSError) as e:    # the worker died
+            lost.append(e)
+
+    t = threading.Thread(target=doomed)
+    t.start()
+    out = gdb.communicate(timeout=60)[0]
+    assert "Breakpoint 1, " in out and "ngx_str_rbtree_lookup" in out, out
+    t.join(60)
+    assert lost, "the join on the killed worker was answered"
+    end = time.monotonic() + 10
+    while not [w for w in workers(edge) if w != pid] \
+            and time.monotonic() < end:
+        time.sleep(0.05)
+    log = edge.nginx.log_text()
+    assert f'shared memory zone "matrix_send_join_cache" was locked by ' \
+           f'{pid}' in log, log
+    joins(edge, room, view, 1, "after-lock")
+    z = zone(edge)
+    assert z["entries"] == 1, z
 
 
 def test_size_too_small_names_the_line(nginx):
