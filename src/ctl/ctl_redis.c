@@ -34,6 +34,14 @@ mxj_redis_init(mxj_redis_t *r)
     if (r->password != NULL && r->password[0] == '\0') {
         r->password = NULL;
     }
+
+    /* the sentinels' own (requirepass in sentinel.conf): no option, so
+     * that it is never in the process list */
+    r->sentinel_password = getenv("MXJ_REDIS_SENTINEL_PASSWORD");
+
+    if (r->sentinel_password != NULL && r->sentinel_password[0] == '\0') {
+        r->sentinel_password = NULL;
+    }
 }
 
 
@@ -108,6 +116,18 @@ mxj_redis_sentinel(mxj_redis_t *r, const mx_redis_addr_t *a,
         }
 
         (void) redisSetTimeout(c, tv);
+
+        if (r->sentinel_password != NULL) {
+            reply = redisCommand(c, "AUTH %s", r->sentinel_password);
+
+            if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+                fprintf(stderr, "matrix-join-ctl: sentinel %s:%d: AUTH "
+                        "failed: %s (MXJ_REDIS_SENTINEL_PASSWORD)\n",
+                        a->hosts[i].host, a->hosts[i].port, reply->str);
+            }
+
+            freeReplyObject(reply);
+        }
 
         reply = redisCommand(c, "SENTINEL get-master-addr-by-name %s",
                              a->master);

@@ -21,6 +21,7 @@ typedef struct {
                                 /* "sentinel:NAME host:port,..." */
     const char     *prefix;
     const char     *password;   /* --password or MXJ_REDIS_PASSWORD */
+    const char     *sentinel_password;  /* MXJ_REDIS_SENTINEL_PASSWORD */
     long            db;
     redisContext   *c;
 } mxj_redis_t;

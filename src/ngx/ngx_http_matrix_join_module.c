@@ -118,6 +118,13 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       offsetof(ngx_http_matrix_join_main_conf_t, redis.password),
       NULL },
 
+    { ngx_string("matrix_redis_sentinel_password"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_matrix_join_main_conf_t, redis.sentinel_password),
+      NULL },
+
     { ngx_string("matrix_redis_db"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_num_slot,

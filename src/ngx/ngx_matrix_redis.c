@@ -120,6 +120,8 @@ static void ngx_matrix_redis_lookup_connected(const redisAsyncContext *ac,
     int status);
 static void ngx_matrix_redis_lookup_disconnected(const redisAsyncContext *ac,
     int status);
+static void ngx_matrix_redis_lookup_auth(redisAsyncContext *ac, void *r,
+    void *privdata);
 static void ngx_matrix_redis_lookup_reply(redisAsyncContext *ac, void *r,
     void *privdata);
 static void ngx_matrix_redis_lookup_failed(ngx_matrix_redis_t *rd,
@@ -641,6 +643,27 @@ ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
     redisAsyncSetConnectCallback(ac, ngx_matrix_redis_lookup_connected);
     redisAsyncSetDisconnectCallback(ac, ngx_matrix_redis_lookup_disconnected);
 
+    /*
+     * The sentinel's own password first (requirepass in sentinel.conf);
+     * when it is refused, the SENTINEL command's NOAUTH says so too.
+     */
+
+    if (rd->conf->sentinel_password.len) {
+        argv[0] = "AUTH";
+        argvlen[0] = 4;
+        argv[1] = (char *) rd->conf->sentinel_password.data;
+        argvlen[1] = rd->conf->sentinel_password.len;
+
+        if (redisAsyncCommandArgv(ac, ngx_matrix_redis_lookup_auth, s, 2,
+                                  argv, argvlen)
+            != REDIS_OK)
+        {
+            rd->sac = NULL;
+            redisAsyncFree(ac);
+            return NGX_ERROR;
+        }
+    }
+
     argv[0] = "SENTINEL";
     argvlen[0] = 8;
     argv[1] = "get-master-addr-by-name";
@@ -660,6 +683,22 @@ ngx_matrix_redis_lookup_open(ngx_matrix_redis_t *rd,
     ngx_add_timer(&rd->lookup_timer, rd->conf->timeout);
 
     return NGX_OK;
+}
+
+
+static void
+ngx_matrix_redis_lookup_auth(redisAsyncContext *sac, void *r, void *privdata)
+{
+    redisReply               *reply = r;
+    ngx_matrix_redis_t       *rd = sac->data;
+    ngx_matrix_redis_host_t  *s = privdata;
+
+    if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "redis sentinel %V:%d: AUTH failed: %s "
+                      "(matrix_redis_sentinel_password)", &s->host, s->port,
+                      reply->str);
+    }
 }
 
 

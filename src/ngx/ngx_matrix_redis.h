@@ -43,6 +43,7 @@ typedef struct {
     ngx_msec_t                   wait_timeout;
     ngx_flag_t                   wait_set;
     ngx_str_t                    password;
+    ngx_str_t                    sentinel_password;  /* the sentinels' */
     ngx_int_t                    db;
     ngx_msec_t                   timeout;
     ngx_str_t                    prefix;

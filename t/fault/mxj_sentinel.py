@@ -7,7 +7,9 @@ ports picked here, each in its own temporary folder.
 It stands in for mxj_redis.RedisServer in t/fault's Edge: `address` is
 the `sentinel:NAME host:port ...` form that matrix_redis and --redis take,
 `client()` a client of the master the sentinels name now, `proc` the
-master's process, `kill9()` kills the master."""
+master's process, `kill9()` kills the master. With password, the data
+nodes require it (and the replicas and sentinels use it); with
+sentinel_password, the sentinels require theirs."""
 
 import shutil
 import signal
@@ -29,13 +31,16 @@ FAILOVER_MS = 4000      # sentinel failover-timeout
 class Server:
     """One redis-server process (a data node or a sentinel)."""
 
-    def __init__(self, root, name, sentinel=False, replicaof=None):
+    def __init__(self, root, name, sentinel=False, replicaof=None,
+                 password=None, sentinel_password=None):
         self.dir = root / name
         self.dir.mkdir()
         self.name = name
         self.port = free_port()
         self.sentinel = sentinel
         self.replicaof = replicaof
+        self.password = password
+        self.sentinel_password = sentinel_password
         self.proc = None
 
     def args(self):
@@ -51,7 +56,12 @@ class Server:
                     f"{self.replicaof} 2\n"
                     f"sentinel down-after-milliseconds {NAME} {DOWN_MS}\n"
                     f"sentinel failover-timeout {NAME} {FAILOVER_MS}\n"
-                    f"sentinel parallel-syncs {NAME} 2\n")
+                    f"sentinel parallel-syncs {NAME} 2\n"
+                    + (f"sentinel auth-pass {NAME} {self.password}\n"
+                       if self.password else "")
+                    + (f"requirepass {self.sentinel_password}\n"
+                       f"sentinel sentinel-pass {self.sentinel_password}\n"
+                       if self.sentinel_password else ""))
             return [REDIS_SERVER, str(conf), "--sentinel"]
         a = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
              "--dir", str(self.dir), "--save", "",
@@ -59,6 +69,10 @@ class Server:
              "--appendonly", "yes", "--appendfsync", "always"]
         if self.replicaof:
             a += ["--replicaof", "127.0.0.1", str(self.replicaof)]
+        if self.password:
+            # every node may become the master, and replicate from one
+            a += ["--requirepass", self.password,
+                  "--masterauth", self.password]
         return a
 
     def start(self):
@@ -68,6 +82,8 @@ class Server:
         return self
 
     def client(self, **kw):
+        kw.setdefault("password", self.sentinel_password if self.sentinel
+                      else self.password)
         return redis_py.Redis(host="127.0.0.1", port=self.port,
                               socket_timeout=kw.pop("socket_timeout", 5),
                               **kw)
@@ -88,14 +104,17 @@ class Server:
 
 
 class SentinelSet:
-    def __init__(self, replicas=2, sentinels=3):
+    def __init__(self, replicas=2, sentinels=3, password=None,
+                 sentinel_password=None):
         self.root = Path(tempfile.mkdtemp(prefix="mxj-sentinel-"))
-        self.master0 = Server(self.root, "master")
+        pw = {"password": password, "sentinel_password": sentinel_password}
+        self.master0 = Server(self.root, "master", **pw)
         self.nodes = [self.master0] + [
-            Server(self.root, f"replica{i}", replicaof=self.master0.port)
+            Server(self.root, f"replica{i}", replicaof=self.master0.port,
+                   **pw)
             for i in range(replicas)]
         self.sentinels = [Server(self.root, f"sentinel{i}", sentinel=True,
-                                 replicaof=self.master0.port)
+                                 replicaof=self.master0.port, **pw)
                           for i in range(sentinels)]
         self.down = []      # what was killed or stopped, for the notes
 

@@ -7,12 +7,15 @@ runs them long and records the time until joins are answered again. Time
 is recorded, never asserted."""
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import pytest
+import requests
 
 from mxj_nginx import CTL, TOP
 
@@ -184,6 +187,71 @@ def test_ctl_follows_the_failover(tmp_path):
         p = _ctl("rooms", "--redis", bad)
         assert p.returncode != 0
         assert "does not name master" in p.stderr, p.stderr
+    finally:
+        s.cleanup()
+
+
+def _ctl_env(env, *args):
+    return subprocess.run([str(CTL)] + list(args), capture_output=True,
+                          text=True, timeout=60,
+                          env=dict(os.environ, **env))
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_sentinels_and_nodes_with_passwords(tmp_path, nginx, right):
+    """Data nodes that require a password and sentinels that require
+    their own (requirepass in sentinel.conf, as production sentinels
+    run): matrix-join-ctl (MXJ_REDIS_PASSWORD, MXJ_REDIS_SENTINEL_PASSWORD)
+    loads a room into the master, and the module (matrix_redis_password,
+    matrix_redis_sentinel_password) finds it there. With the sentinels'
+    password wrong, both fail and say AUTH failed."""
+    s = mxj_sentinel.SentinelSet(password="data-pw",
+                                 sentinel_password="sentinel-pw").start()
+    try:
+        spw = "sentinel-pw" if right else "wrong"
+        env = {"MXJ_REDIS_PASSWORD": "data-pw",
+               "MXJ_REDIS_SENTINEL_PASSWORD": spw}
+        room = mxj_room.Room("10", members=4, seed=9200)
+        path = tmp_path / "snap.json"
+        room.write(path)
+        p = _ctl_env(env, "load", "--redis", s.address, str(path))
+        if not right:
+            assert p.returncode == 1, p.stderr
+            assert "AUTH failed: WRONGPASS" in p.stderr, p.stderr
+            p = _ctl_env({"MXJ_REDIS_PASSWORD": "data-pw",
+                          "MXJ_REDIS_SENTINEL_PASSWORD": "sentinel-pw"},
+                         "load", "--redis", s.address, str(path))
+        assert p.returncode == 0, p.stderr
+        assert s.client().exists(fw.key(room.room_id, "meta")) == 1
+
+        nginx.write_conf(f"""
+            matrix_redis {s.address};
+            matrix_redis_password data-pw;
+            matrix_redis_sentinel_password {spw};
+            {STATUS_SERVER}
+            """)
+        if not right:
+            nginx.allowed_log.append("AUTH failed")
+        nginx.start()
+        url = nginx.url("/s") + "?room_id=" + room.room_id
+        end = time.monotonic() + 20     # only ends a hang
+        while True:
+            r = requests.get(url, timeout=10)
+            done = r.status_code == 200 if right else \
+                "AUTH failed: WRONGPASS" in nginx.log_text()
+            if done or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        if right:
+            assert r.status_code == 200, r.text
+            assert room.room_id in r.json()["rooms"]
+        else:
+            log = nginx.log_text()
+            assert re.search(r"redis sentinel 127\.0\.0\.1:\d+: AUTH "
+                             r"failed: WRONGPASS", log), log
+            r = requests.get(url, timeout=10)
+            assert r.status_code == 502, r.text
+            assert r.json()["errcode"] == "M_UNKNOWN", r.text
     finally:
         s.cleanup()
 
