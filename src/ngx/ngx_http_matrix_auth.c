@@ -1307,36 +1307,6 @@ ngx_http_matrix_auth_resume(ngx_event_t *ev)
 }
 
 
-static ngx_int_t
-ngx_http_matrix_keys_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_slab_pool_t  *shpool;
-
-    if (data) {
-        /* a reload: the keys, rates and fetches go on */
-        shm_zone->data = data;
-        return NGX_OK;
-    }
-
-    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        shm_zone->data = shpool->data;
-        return NGX_OK;
-    }
-
-    shm_zone->data = ngx_slab_calloc(shpool,
-                                     sizeof(ngx_http_matrix_keys_sh_t));
-    if (shm_zone->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    shpool->data = shm_zone->data;
-
-    return NGX_OK;
-}
-
-
 ngx_int_t
 ngx_http_matrix_auth_init(ngx_conf_t *cf)
 {
@@ -1344,17 +1314,17 @@ ngx_http_matrix_auth_init(ngx_conf_t *cf)
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
 
-    mmcf->keys = ngx_shared_memory_add(cf, &ngx_http_matrix_keys_zone_name,
-                                       ngx_align(sizeof(
-                                           ngx_http_matrix_keys_sh_t),
-                                           ngx_pagesize)
-                                       + 16 * ngx_pagesize,
-                                       &ngx_http_matrix_join_module);
+    /* the struct, and the slab pool's own pages around it */
+    mmcf->keys = ngx_http_matrix_shared_struct(cf,
+                                           &ngx_http_matrix_keys_zone_name,
+                                           sizeof(ngx_http_matrix_keys_sh_t),
+                                           ngx_align(sizeof(
+                                               ngx_http_matrix_keys_sh_t),
+                                               ngx_pagesize)
+                                           + 16 * ngx_pagesize);
     if (mmcf->keys == NULL) {
         return NGX_ERROR;
     }
-
-    mmcf->keys->init = ngx_http_matrix_keys_init_zone;
 
     return NGX_OK;
 }

@@ -184,6 +184,14 @@ ngx_int_t ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
 int64_t ngx_http_matrix_now_ms(void);
 
 /*
+ * A shared memory zone of zone_size bytes holding one zeroed struct of
+ * struct_size bytes, zone->data once the zone is initialised; a reload
+ * keeps the previous cycle's. For the module's own zones (metrics, keys).
+ */
+ngx_shm_zone_t *ngx_http_matrix_shared_struct(ngx_conf_t *cf,
+    ngx_str_t *name, size_t struct_size, size_t zone_size);
+
+/*
  * Why a snapshot must not answer (marked stale, older than
  * matrix_join_max_age), from meta's stale and loaded_at; NULL if usable.
  */

@@ -38,8 +38,6 @@ typedef struct {
 } ngx_http_matrix_metrics_shm_t;
 
 
-static ngx_int_t ngx_http_matrix_metrics_init_zone(ngx_shm_zone_t *shm_zone,
-    void *data);
 static ngx_http_matrix_metrics_shm_t *ngx_http_matrix_metrics_get(
     ngx_http_matrix_join_main_conf_t *mmcf);
 static ngx_int_t ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r);
@@ -70,15 +68,13 @@ ngx_http_matrix_metrics_init(ngx_conf_t *cf)
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
 
-    mmcf->metrics = ngx_shared_memory_add(cf,
-                                          &ngx_http_matrix_metrics_zone_name,
-                                          NGX_HTTP_MATRIX_METRICS_ZONE_SIZE,
-                                          &ngx_http_matrix_join_module);
+    mmcf->metrics = ngx_http_matrix_shared_struct(cf,
+                                       &ngx_http_matrix_metrics_zone_name,
+                                       sizeof(ngx_http_matrix_metrics_shm_t),
+                                       NGX_HTTP_MATRIX_METRICS_ZONE_SIZE);
     if (mmcf->metrics == NULL) {
         return NGX_ERROR;
     }
-
-    mmcf->metrics->init = ngx_http_matrix_metrics_init_zone;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
@@ -88,37 +84,6 @@ ngx_http_matrix_metrics_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_matrix_metrics_log_handler;
-
-    return NGX_OK;
-}
-
-
-static ngx_int_t
-ngx_http_matrix_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
-{
-    ngx_slab_pool_t                *shpool;
-    ngx_http_matrix_metrics_shm_t  *m;
-
-    if (data) {
-        /* the previous cycle's zone, reused by a reload: counting goes on */
-        shm_zone->data = data;
-        return NGX_OK;
-    }
-
-    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
-
-    if (shm_zone->shm.exists) {
-        shm_zone->data = shpool->data;
-        return NGX_OK;
-    }
-
-    m = ngx_slab_calloc(shpool, sizeof(ngx_http_matrix_metrics_shm_t));
-    if (m == NULL) {
-        return NGX_ERROR;
-    }
-
-    shpool->data = m;
-    shm_zone->data = m;
 
     return NGX_OK;
 }

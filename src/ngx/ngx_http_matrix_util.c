@@ -116,6 +116,57 @@ ngx_http_matrix_send_body(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+static ngx_int_t
+ngx_http_matrix_shared_struct_init(ngx_shm_zone_t *shm_zone, void *data)
+{
+    size_t            size;
+    ngx_slab_pool_t  *shpool;
+
+    if (data) {
+        /* a reload: what the previous cycle counted goes on */
+        shm_zone->data = data;
+        return NGX_OK;
+    }
+
+    shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        shm_zone->data = shpool->data;
+        return NGX_OK;
+    }
+
+    size = (size_t) (uintptr_t) shm_zone->data;   /* as the zone was added */
+
+    shpool->data = ngx_slab_calloc(shpool, size);
+    if (shpool->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    shm_zone->data = shpool->data;
+
+    return NGX_OK;
+}
+
+
+ngx_shm_zone_t *
+ngx_http_matrix_shared_struct(ngx_conf_t *cf, ngx_str_t *name,
+    size_t struct_size, size_t zone_size)
+{
+    ngx_shm_zone_t  *zone;
+
+    zone = ngx_shared_memory_add(cf, name, zone_size,
+                                 &ngx_http_matrix_join_module);
+    if (zone == NULL) {
+        return NULL;
+    }
+
+    zone->init = ngx_http_matrix_shared_struct_init;
+    zone->data = (void *) (uintptr_t) struct_size;
+
+    return zone;
+}
+
+
 int64_t
 ngx_http_matrix_now_ms(void)
 {

@@ -1004,15 +1004,26 @@ ngx_matrix_chunks_stats(ngx_shm_zone_t *zone, ngx_matrix_chunks_stats_t *st)
 }
 
 
-static void
-ngx_matrix_chunks_drop_holder(ngx_matrix_chunks_entry_t *e)
-{
-    ngx_uint_t  i;
+/* This process's references to the entries of queue go. */
 
-    for (i = 0; i < NGX_MATRIX_CHUNKS_HOLDERS; i++) {
-        if (e->holders[i].pid == ngx_pid) {
-            e->holders[i].pid = 0;
-            e->holders[i].refs = 0;
+static void
+ngx_matrix_chunks_drop_holder(ngx_queue_t *queue)
+{
+    ngx_uint_t                  i;
+    ngx_queue_t                *q;
+    ngx_matrix_chunks_entry_t  *e;
+
+    for (q = ngx_queue_head(queue);
+         q != ngx_queue_sentinel(queue);
+         q = ngx_queue_next(q))
+    {
+        e = ngx_queue_data(q, ngx_matrix_chunks_entry_t, queue);
+
+        for (i = 0; i < NGX_MATRIX_CHUNKS_HOLDERS; i++) {
+            if (e->holders[i].pid == ngx_pid) {
+                e->holders[i].pid = 0;
+                e->holders[i].refs = 0;
+            }
         }
     }
 }
@@ -1022,7 +1033,6 @@ void
 ngx_matrix_chunks_exit_process(ngx_shm_zone_t *zone)
 {
     ngx_uint_t                 i;
-    ngx_queue_t               *q;
     ngx_matrix_chunks_zone_t  *ctx;
 
     if (zone == NULL || zone->data == NULL) {
@@ -1037,23 +1047,8 @@ ngx_matrix_chunks_exit_process(ngx_shm_zone_t *zone)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    for (q = ngx_queue_head(&ctx->sh->lru);
-         q != ngx_queue_sentinel(&ctx->sh->lru);
-         q = ngx_queue_next(q))
-    {
-        ngx_matrix_chunks_drop_holder(ngx_queue_data(q,
-                                                     ngx_matrix_chunks_entry_t,
-                                                     queue));
-    }
-
-    for (q = ngx_queue_head(&ctx->sh->unlinked);
-         q != ngx_queue_sentinel(&ctx->sh->unlinked);
-         q = ngx_queue_next(q))
-    {
-        ngx_matrix_chunks_drop_holder(ngx_queue_data(q,
-                                                     ngx_matrix_chunks_entry_t,
-                                                     queue));
-    }
+    ngx_matrix_chunks_drop_holder(&ctx->sh->lru);
+    ngx_matrix_chunks_drop_holder(&ctx->sh->unlinked);
 
     (void) ngx_matrix_chunks_reclaim_locked(ctx);
 
