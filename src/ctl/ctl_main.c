@@ -39,7 +39,8 @@ typedef struct {
 
 
 #define MXJ_METRICS_USAGE                                                     \
-    "  --metrics HOST:PORT serve GET /metrics there (Prometheus text\n"      \
+    "  --metrics HOST:PORT\n"                                                \
+    "                      serve GET /metrics there (the Prometheus text\n" \
     "                      format), from a thread of its own\n"
 
 
@@ -294,10 +295,11 @@ mxj_help_all(FILE *f)
         "\n"
         "Exit status:\n"
         "  0  success\n"
-        "  1  the operation failed (Redis, the homeserver, a file, a\n"
-        "     snapshot that does not check)\n"
+        "  1  the operation failed (Redis unreachable or refusing, the\n"
+        "     homeserver, a file, a snapshot that does not check, a port\n"
+        "     taken)\n"
         "  2  usage error: unknown command or option, missing or invalid\n"
-        "     value\n");
+        "     value (a malformed address included)\n");
 }
 
 

@@ -314,6 +314,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
     if (mxj_sync_txns_seen(&as->txns, req->txn)) {
         mxj_sync_log("appservice: txn=%s again: answered, not done twice",
                      req->txn);
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REPEATED], 1);
         return MHD_HTTP_OK;
     }
 
@@ -326,6 +327,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
 
         mxj_sync_as_lose_all(as, req->txn, "over the body limit "
                              "(8 MiB), not read");
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_ACCEPTED], 1);
         return MHD_HTTP_OK;
     }
 
@@ -335,6 +337,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
     if (doc == NULL) {
         *answer = "{\"errcode\":\"M_NOT_JSON\",\"error\":\"Content not "
                   "JSON.\"}";
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REFUSED], 1);
         return MHD_HTTP_BAD_REQUEST;
     }
 
@@ -344,6 +347,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
         json_decref(doc);
         *answer = "{\"errcode\":\"M_BAD_JSON\",\"error\":\"want "
                   "{\\\"events\\\": [...]}\"}";
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REFUSED], 1);
         return MHD_HTTP_BAD_REQUEST;
     }
 
@@ -382,6 +386,9 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
         json_decref(mine);
         goto nomem;
     }
+
+    mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_ACCEPTED], 1);
+    mxj_sync_count(as->s->stats.txn_events, json_array_size(mine));
 
     if (json_array_size(mine) == 0) {
         json_decref(mine);
