@@ -23,6 +23,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 
 from mxj_nginx import CTL, TOP, free_port
 from test_forwarder import FwdEdge, fw, new_room, request, why  # noqa: F401
@@ -446,3 +447,138 @@ def test_sync_metrics_after_a_pass_pushes_and_a_stale_mark(
     redis_server.stop()
     wait_for("Redis errors counted", lambda: scraped(mport).get(
         "matrix_join_sync_redis_errors_total") >= 1, 20, step=0.1)
+
+
+# -- the documents name only what a scrape has --------------------------------
+
+DOCS = TOP / "docs"
+METRIC = re.compile(r"\bmatrix_join_[a-z_]+\b")
+HIST_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def documented_metrics():
+    """The metric names of the tables of directives.md (matrix_metrics)
+    and cli.md (--metrics)."""
+    names = set()          # the rows of a metric: name, then its type
+    for doc in ("directives.md", "cli.md"):
+        names |= {n for n, _ in re.findall(
+            r"^\| `(matrix_join_[a-z_]+)[^`]*` \| (counter|gauge|histogram) "
+            r"\|", (DOCS / doc).read_text(), re.M)}
+    return names
+
+
+def rule_blocks():
+    text = (DOCS / "operations.md").read_text()
+    return [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S)
+            if b.startswith("groups:")]
+
+
+def check_rules(text, tmp_path, name):
+    path = tmp_path / name
+    path.write_text(text)
+    p = subprocess.run([promtool(), "check", "rules", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr + "\n" + text
+
+
+def test_documented_metrics_dashboard_and_alerts_name_scraped_metrics(
+        medge, hs_factory, daemons, tmp_path):  # noqa: F811
+    """A real scrape of each of the three targets (the edge's
+    matrix_metrics, forward --metrics, sync --metrics, each with a room):
+    the metrics the documents' tables list are exactly the ones scraped
+    (a histogram by its name); every metric the alert rules of
+    operations.md and the PromQL of docs/grafana-dashboard.json name is
+    scraped; promtool accepts the rules, and the dashboard's expressions
+    as rules too (its $__rate_interval as 5m); the dashboard is an
+    importable one (schemaVersion, panels with a position and a
+    Prometheus data source from its __inputs)."""
+    room = new_room("10")
+    medge.load(room).start(locations=EDGE_LOCATIONS)
+    medge.joins(room, 1)
+    fport = free_port()
+    f = medge.forwarder("--metrics", f"127.0.0.1:{fport}")
+    f.start()
+    hs = hs_factory(members=10, servers=2)
+    sport = free_port()
+    dmn = daemons(medge.redis, hs, tmp_path, "--every", "1h", "--metrics",
+                  f"127.0.0.1:{sport}", hs.room.room_id).start()
+    try:
+        def ready():
+            try:
+                return (scraped(sport).get("matrix_join_sync_passes_total",
+                                           outcome="loaded") == 1
+                        and room.room_id in scraped(fport).rooms(
+                            "matrix_join_forward_outbox_entries"))
+            except urllib.error.URLError:
+                return False
+        wait_for("sync's pass and the forwarder's look", lambda: ready()
+                 or not dmn.running() or not f.running(), 60, step=0.1)
+        assert dmn.running(), dmn.log()
+        assert f.running(), why(f)
+        scrapes = [edge_scrape(medge), scraped(fport), scraped(sport)]
+    finally:
+        f.stop()
+    produced = {name for s in scrapes for (name, _) in s.samples}
+    types = {}
+    for s in scrapes:
+        types.update(s.types)
+    # a histogram's samples are its _bucket, _sum and _count
+    for name, typ in types.items():
+        if typ == "histogram":
+            assert {name + x for x in HIST_SUFFIXES} <= produced, name
+    bases = {n for n in produced
+             if not (n.endswith(HIST_SUFFIXES) and n.rsplit("_", 1)[0]
+                     in types)} | set(types)
+    assert documented_metrics() == bases, \
+        (sorted(documented_metrics() - bases),
+         sorted(bases - documented_metrics()))
+
+    # the alert rules
+    blocks = rule_blocks()
+    assert blocks, "operations.md has no alert rules"
+    alerts = []
+    for i, b in enumerate(blocks):
+        check_rules(b, tmp_path, f"rules{i}.yml")
+        for g in yaml.safe_load(b)["groups"]:
+            for r in g["rules"]:
+                named = set(METRIC.findall(r["expr"]))
+                assert named <= produced, (r["alert"],
+                                           sorted(named - produced))
+                alerts.append(r["expr"])
+    alerts = "\n".join(alerts)
+    for name in ("matrix_join_sync_snapshot_age_seconds",
+                 "matrix_join_forward_outbox_oldest_age_seconds",
+                 "matrix_join_forward_dead_letters_total",
+                 "matrix_join_requests_total"):
+        assert name in alerts, name
+
+    # the dashboard
+    d = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    assert isinstance(d["schemaVersion"], int) and d["title"] and d["uid"]
+    (ds,) = [i for i in d["__inputs"] if i["type"] == "datasource"]
+    assert ds["pluginId"] == "prometheus"
+    exprs = []
+    graphs = [p for p in d["panels"] if p["type"] != "row"]
+    assert graphs
+    for p in d["panels"]:
+        assert set(p["gridPos"]) == {"h", "w", "x", "y"}, p["title"]
+        if p["type"] == "row":
+            continue
+        assert p["datasource"]["uid"] == "${" + ds["name"] + "}", p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            named = set(METRIC.findall(t["expr"]))
+            assert named and named <= produced, \
+                (p["title"], sorted(named - produced))
+            exprs.append(t["expr"].replace("$__rate_interval", "5m"))
+    rules = "groups:\n  - name: dashboard\n    rules:\n" + "".join(
+        f"      - record: dashboard:expr{i}\n        expr: {json.dumps(e)}\n"
+        for i, e in enumerate(exprs))
+    check_rules(rules, tmp_path, "dashboard.yml")
+    # what the issue asks the dashboard to show
+    shown = " ".join(exprs)
+    for name in ("matrix_join_forward_outbox_entries",
+                 "matrix_join_sync_snapshot_age_seconds",
+                 "matrix_join_forward_dead_letters_total",
+                 "matrix_join_requests_total"):
+        assert name in shown, name
