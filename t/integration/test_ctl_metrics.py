@@ -316,6 +316,42 @@ def test_forward_metrics_retries_dead_letters_and_outbox_gauges(medge):
         f.stop()
 
 
+def test_forward_delivers_while_scrapers_hang(medge):
+    """As many scrapers as the listener takes (8), each stopped halfway
+    through its request head: joins made meanwhile are delivered all the
+    same (the listener is a thread of its own), and once the scrapers go
+    a scrape counts them."""
+    room = new_room("10")
+    medge.load(room).start()
+    mport = free_port()
+    f = medge.forwarder("--metrics", f"127.0.0.1:{mport}")
+    f.start()
+    socks = []
+    try:
+        def listening():
+            try:
+                return scrape(mport) != ""
+            except urllib.error.URLError:
+                return False
+        wait_for("the listener", lambda: listening() or not f.running(), 20)
+        assert f.running(), why(f)
+        for _ in range(8):
+            c = socket.create_connection(("127.0.0.1", mport), timeout=10)
+            c.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            socks.append(c)
+        sent = medge.joins(room, 3)
+        medge.upstream.wait_delivered([x.event_id for x in sent], 30)
+        for c in socks:
+            c.close()
+        socks = []
+        wait_for("a scrape again", lambda: listening(), 20, step=0.1)
+        assert scraped(mport).get("matrix_join_forward_delivered_total") == 3
+    finally:
+        for c in socks:
+            c.close()
+        f.stop()
+
+
 def test_forward_metrics_port_taken_exits_1(redis_server):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
