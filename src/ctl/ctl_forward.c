@@ -28,7 +28,7 @@
 enum {
     MXJ_FWD_OPT_UPSTREAM = 0, MXJ_FWD_OPT_CONSUMER, MXJ_FWD_OPT_ONCE,
     MXJ_FWD_OPT_CONCURRENCY, MXJ_FWD_OPT_CLAIM_IDLE, MXJ_FWD_OPT_MAX_ATTEMPTS,
-    MXJ_FWD_OPT_TIMEOUT
+    MXJ_FWD_OPT_TIMEOUT, MXJ_FWD_OPT_METRICS
 };
 
 static const mxj_opt_t  mxj_fwd_opts[] = {
@@ -39,10 +39,12 @@ static const mxj_opt_t  mxj_fwd_opts[] = {
     { "claim-idle", 1, MXJ_FWD_OPT_CLAIM_IDLE },
     { "max-attempts", 1, MXJ_FWD_OPT_MAX_ATTEMPTS },
     { "timeout", 1, MXJ_FWD_OPT_TIMEOUT },
+    { "metrics", 1, MXJ_FWD_OPT_METRICS },
     { NULL, 0, 0 }
 };
 
 
+static int mxj_fwd_run(mxj_fwd_t *fwd);
 static int mxj_fwd_set(void *conf, int id, const char *value);
 static int mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd);
 static int mxj_fwd_usage(void);
@@ -54,11 +56,8 @@ static void mxj_fwd_leave(mxj_fwd_t *fwd);
 int
 mxj_cmd_forward(int argc, char **argv)
 {
-    int                 rc, idle, failures, schema;
-    long                i, started;
-    int64_t             now, next_refresh;
+    int                 rc;
     mxj_fwd_t           fwd;
-    mxj_fwd_worker_t   *workers;
 
     if (mxj_fwd_args(argc, argv, &fwd) != 0) {
         return MXJ_EXIT_USAGE;
@@ -74,53 +73,83 @@ mxj_cmd_forward(int argc, char **argv)
         return MXJ_EXIT_FAIL;
     }
 
-    /* SIGPIPE ignored; SIGTERM and SIGINT go to one thread (ctl_run.h) */
+    /* a port taken fails at once, before anything is delivered */
+
+    if (mxj_metrics_bind(&fwd.metrics) != 0) {
+        return MXJ_EXIT_FAIL;
+    }
+
+    /* SIGPIPE ignored; SIGTERM and SIGINT go to one thread (ctl_run.h),
+     * before any other thread is made (the listener's included) */
 
     if (mxj_run_start(&fwd.run, CLOCK_REALTIME, mxj_fwd_log,
                       "no new entries; finishing the deliveries in flight",
                       "already stopping")
-        != 0)
+        != 0
+        || mxj_metrics_start(&fwd.metrics, mxj_fwd_metrics, &fwd) != 0)
     {
+        mxj_metrics_stop(&fwd.metrics);
         return MXJ_EXIT_FAIL;
     }
 
     mxj_fwd_log("starting: consumer=%s upstream=%s concurrency=%ld "
-                "claim_idle_ms=%ld max_attempts=%ld timeout_ms=%ld%s",
+                "claim_idle_ms=%ld max_attempts=%ld timeout_ms=%ld%s%s%s",
                 fwd.consumer, fwd.upstream, fwd.concurrency, fwd.claim_idle,
-                fwd.max_attempts, fwd.timeout, fwd.once ? " once" : "");
+                fwd.max_attempts, fwd.timeout, fwd.once ? " once" : "",
+                fwd.metrics.address ? " metrics=" : "",
+                fwd.metrics.address ? fwd.metrics.address : "");
+
+    rc = mxj_fwd_run(&fwd);
+
+    mxj_metrics_stop(&fwd.metrics);
+    curl_global_cleanup();
+
+    return rc;
+}
+
+
+/* The command, once started: the main thread's loop and the workers. */
+
+static int
+mxj_fwd_run(mxj_fwd_t *fwd)
+{
+    int                 rc, idle, failures, schema;
+    long                i, started;
+    int64_t             now, next_refresh;
+    mxj_fwd_worker_t   *workers;
 
     /* the schema, before anything is written; absent: nothing loaded yet */
 
     failures = 0;
 
     for ( ;; ) {
-        if (mxj_fwd_connect(&fwd, &fwd.r, &failures) != 0) {
+        if (mxj_fwd_connect(fwd, &fwd->r, &failures) != 0) {
             mxj_fwd_log("stopped");
-            return fwd.gave_up ? MXJ_EXIT_FAIL : MXJ_EXIT_OK;
+            return fwd->gave_up ? MXJ_EXIT_FAIL : MXJ_EXIT_OK;
         }
 
-        schema = mxj_redis_schema(&fwd.r, 0);
+        schema = mxj_redis_schema(&fwd->r, 0);
 
         if (schema >= 0) {
             break;
         }
 
-        if (fwd.r.c->err == 0) {
-            mxj_redis_close(&fwd.r);
+        if (fwd->r.c->err == 0) {
+            mxj_redis_close(&fwd->r);
             return MXJ_EXIT_FAIL;
         }
 
-        mxj_redis_close(&fwd.r);
+        mxj_redis_close(&fwd->r);
     }
 
-    workers = calloc(fwd.concurrency, sizeof(mxj_fwd_worker_t));
+    workers = calloc(fwd->concurrency, sizeof(mxj_fwd_worker_t));
     if (workers == NULL) {
         fprintf(stderr, "matrix-join-ctl: out of memory\n");
         return MXJ_EXIT_FAIL;
     }
 
-    for (started = 0; started < fwd.concurrency; started++) {
-        workers[started].fwd = &fwd;
+    for (started = 0; started < fwd->concurrency; started++) {
+        workers[started].fwd = fwd;
         workers[started].index = started;
 
         if (pthread_create(&workers[started].tid, NULL, mxj_fwd_worker,
@@ -128,7 +157,7 @@ mxj_cmd_forward(int argc, char **argv)
             != 0)
         {
             mxj_fwd_log("cannot start worker %ld", started);
-            mxj_run_stop(&fwd.run);
+            mxj_run_stop(&fwd->run);
             break;
         }
     }
@@ -137,66 +166,70 @@ mxj_cmd_forward(int argc, char **argv)
 
     next_refresh = 0;
 
-    while (!mxj_run_stopping(&fwd.run)) {
-        if (mxj_fwd_connect(&fwd, &fwd.r, &failures) != 0) {
+    while (!mxj_run_stopping(&fwd->run)) {
+        if (mxj_fwd_connect(fwd, &fwd->r, &failures) != 0) {
             break;
         }
 
         now = mxj_run_mono_ms();
 
         if (now >= next_refresh) {
-            if (mxj_fwd_refresh(&fwd) != 0) {
-                mxj_redis_close(&fwd.r);
+            if (mxj_fwd_refresh(fwd) != 0) {
+                mxj_redis_close(&fwd->r);
                 continue;
             }
 
             next_refresh = now + MXJ_FWD_REFRESH_MS;
         }
 
-        if (mxj_fwd_scan(&fwd, &idle) != 0) {
-            mxj_redis_close(&fwd.r);
+        if (mxj_fwd_scan(fwd, &idle) != 0) {
+            mxj_redis_close(&fwd->r);
             continue;
         }
 
-        if (fwd.once && idle) {
+        if (fwd->once && idle) {
             mxj_fwd_log("every outbox is empty");
-            mxj_run_stop(&fwd.run);
+            mxj_run_stop(&fwd->run);
             break;
         }
 
         /* more rooms, fewer looks: at most some 10,000 XLEN a second */
 
-        mxj_run_sleep(&fwd.run, fwd.nrooms / 10 > MXJ_FWD_SCAN_MS
-                            ? (long) (fwd.nrooms / 10) : MXJ_FWD_SCAN_MS);
+        mxj_run_sleep(&fwd->run, fwd->nrooms / 10 > MXJ_FWD_SCAN_MS
+                            ? (long) (fwd->nrooms / 10) : MXJ_FWD_SCAN_MS);
     }
 
-    mxj_run_stop(&fwd.run);
+    mxj_run_stop(&fwd->run);
 
     for (i = 0; i < started; i++) {
         pthread_join(workers[i].tid, NULL);
     }
 
     free(workers);
-    mxj_fwd_leave(&fwd);
-    mxj_redis_close(&fwd.r);
+    mxj_fwd_leave(fwd);
+    mxj_redis_close(&fwd->r);
 
     rc = MXJ_EXIT_OK;
 
-    if (fwd.once && (fwd.dead_letters > 0 || fwd.gave_up)) {
+    if (fwd->once && (fwd->dead_letters > 0 || fwd->gave_up)) {
         rc = MXJ_EXIT_FAIL;
     }
 
-    mxj_fwd_log("stopped (%ld dead letters in this run)", fwd.dead_letters);
+    mxj_fwd_log("stopped (%ld dead letters in this run)", fwd->dead_letters);
 
-    for (i = 0; i < (long) fwd.nrooms; i++) {
-        mxj_fwd_room_free(fwd.rooms[i]);
+    /* the listener reads the rooms: stopped before they are freed */
+
+    mxj_metrics_stop(&fwd->metrics);
+
+    for (i = 0; i < (long) fwd->nrooms; i++) {
+        mxj_fwd_room_free(fwd->rooms[i]);
     }
 
-    free(fwd.rooms);
-    free(fwd.consumer_buf);
-    curl_global_cleanup();
+    free(fwd->rooms);
+    free(fwd->consumer_buf);
 
     return rc;
+
 }
 
 
@@ -241,6 +274,9 @@ mxj_fwd_set(void *conf, int id, const char *value)
         return mxj_run_number("forward", "--timeout", value, 100, 86400000,
                               &fwd->timeout);
 
+    case MXJ_FWD_OPT_METRICS:
+        return mxj_metrics_set(&fwd->metrics, "forward", value);
+
     default: /* MXJ_OPT_OPERAND */
         fprintf(stderr, "matrix-join-ctl: forward: unexpected argument "
                 "\"%s\"\n", value);
@@ -258,6 +294,7 @@ mxj_fwd_args(int argc, char **argv, mxj_fwd_t *fwd)
 
     memset(fwd, 0, sizeof(mxj_fwd_t));
     mxj_redis_init(&fwd->r);
+    fwd->metrics.fd = -1;
 
     fwd->concurrency = 4;
     fwd->claim_idle = 60000;
@@ -466,15 +503,17 @@ done:
 /*
  * XLEN of every room's outbox, pipelined: a room has work while its
  * stream has entries (delivered ones are deleted). *idle: no room has
- * entries and none is being served.
+ * entries and none is being served. With --metrics, the first entry of
+ * each too (XRANGE - + COUNT 1): the oldest entry's age.
  */
 
 static int
 mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 {
-    int               rc, ready;
+    int               rc, ready, each;
     size_t            i, n, sent;
-    redisReply       *reply;
+    int64_t           oldest;
+    redisReply       *reply, *first;
     mxj_fwd_room_t  **rooms;
 
     *idle = 0;
@@ -497,24 +536,57 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 
     rc = -1;
     sent = 0;
+    each = fwd->metrics.address != NULL ? 2 : 1;
 
     for (i = 0; i < n; i++) {
         if (redisAppendCommand(fwd->r.c, "XLEN %s", rooms[i]->outbox)
-            != REDIS_OK)
+            != REDIS_OK
+            || (each == 2
+                && redisAppendCommand(fwd->r.c, "XRANGE %s - + COUNT 1",
+                                      rooms[i]->outbox)
+                   != REDIS_OK))
         {
             goto done;
         }
 
-        sent++;
+        sent += each;
     }
 
     for (i = 0; i < n; i++) {
         if (redisGetReply(fwd->r.c, (void **) &reply) != REDIS_OK) {
+            mxj_redis_count_error();
             mxj_fwd_log("redis at %s: %s", fwd->r.address, fwd->r.c->errstr);
             goto done;
         }
 
         sent--;
+        oldest = 0;
+
+        if (each == 2) {
+            if (redisGetReply(fwd->r.c, (void **) &first) != REDIS_OK) {
+                freeReplyObject(reply);
+                mxj_redis_count_error();
+                mxj_fwd_log("redis at %s: %s", fwd->r.address,
+                            fwd->r.c->errstr);
+                goto done;
+            }
+
+            sent--;
+
+            /* [[id, fields]] */
+
+            if (first->type == REDIS_REPLY_ARRAY && first->elements == 1
+                && first->element[0]->type == REDIS_REPLY_ARRAY
+                && first->element[0]->elements == 2
+                && first->element[0]->element[0]->type == REDIS_REPLY_STRING)
+            {
+                oldest = mxj_fwd_stream_id_ms(
+                             first->element[0]->element[0]->str,
+                             first->element[0]->element[0]->len);
+            }
+
+            freeReplyObject(first);
+        }
 
         pthread_mutex_lock(&fwd->run.mutex);
 
@@ -522,6 +594,9 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 
         rooms[i]->work = (reply->type == REDIS_REPLY_INTEGER
                           && reply->integer > 0);
+        rooms[i]->depth = reply->type == REDIS_REPLY_INTEGER
+                          ? reply->integer : 0;
+        rooms[i]->oldest_ms = oldest > 0 ? oldest : 0;
 
         if (rooms[i]->work && !rooms[i]->grouped) {
             rooms[i]->work = 0;

@@ -88,6 +88,10 @@ mxj_fwd_cmd(mxj_redis_t *r, int argc, const char **argv, const size_t *lens)
 
     reply = redisCommandArgv(r->c, argc, argv, lens);
 
+    if (reply == NULL) {
+        mxj_redis_count_error();
+    }
+
     if (mxj_redis_demoted(r->c, reply)) {
         mxj_fwd_log("redis at %s: %s", r->address, r->c->errstr);
     }

@@ -16,6 +16,7 @@
 
 #include "ctl_forward.h"
 #include "ctl_http.h"
+#include "ctl_metrics.h"
 #include "ctl_redis.h"
 #include "ctl_run.h"
 
@@ -46,7 +47,22 @@ typedef struct {
     int                 work;           /* entries at the last look */
     int                 grouped;        /* the group is known to exist */
     int                 used;           /* we read from it: a consumer */
+    int64_t             depth;          /* XLEN at the last look */
+    int64_t             oldest_ms;      /* its first entry's ID time (wall
+                                           ms), 0: none; with --metrics */
 } mxj_fwd_room_t;
+
+
+/* What --metrics tells (ctl_forward_metrics.c), under the run's mutex. */
+typedef struct {
+    uint64_t            delivered;      /* entries answered 2xx, acked */
+    uint64_t            retries;        /* attempts followed by a wait */
+    uint64_t            answers[6];     /* attempts answered, by status
+                                           class: [1] 1xx ... [5] 5xx */
+    uint64_t            no_answer;      /* attempts without an answer */
+    mxj_metrics_hist_t  lag;            /* edge 200 to the homeserver's
+                                           2xx (else the request's time) */
+} mxj_fwd_stats_t;
 
 
 typedef struct {
@@ -69,6 +85,8 @@ typedef struct {
     size_t              cap;
     size_t              next;           /* round robin */
     long                dead_letters;
+    mxj_fwd_stats_t     stats;
+    mxj_metrics_t       metrics;        /* --metrics */
 } mxj_fwd_t;
 
 
@@ -136,6 +154,20 @@ mxj_fwd_room_t *mxj_fwd_take(mxj_fwd_t *fwd);
 /* The room back, with how its serving ended (and the wait asked). */
 void mxj_fwd_put(mxj_fwd_t *fwd, mxj_fwd_room_t *room,
     mxj_fwd_end_e end, long wait);
+
+/* --- ctl_forward_metrics.c: what --metrics serves ---------------------- */
+
+/* The render function of the listener (ctl_metrics.h); data is fwd. */
+int mxj_fwd_metrics(void *data, mx_buf_t *out);
+
+/* One attempt's end: its status (0: no answer), the action judged. */
+void mxj_fwd_count_attempt(mxj_fwd_t *fwd, long status,
+    mxj_fwd_action_e action);
+
+/* A delivery acknowledged: lag_ms from the edge's 200 (-1: not known),
+ * latency_ms of its last request. */
+void mxj_fwd_count_delivered(mxj_fwd_t *fwd, int64_t lag_ms,
+    int64_t latency_ms);
 
 /* --- ctl_forward_redis.c: Redis, as forward's threads use it ---------- */
 

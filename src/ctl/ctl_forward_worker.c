@@ -621,6 +621,8 @@ mxj_fwd_deliver(mxj_fwd_worker_t *w, mxj_fwd_room_t *room,
         action = mxj_fwd_judge(status, (long) since, fwd->max_attempts,
                                &counted);
 
+        mxj_fwd_count_attempt(fwd, status, action);
+
         if (action == MXJ_FWD_ACK) {
             if (mxj_fwd_ack(w, room, e) != 0) {
                 /* left pending: it is delivered again */
@@ -634,6 +636,8 @@ mxj_fwd_deliver(mxj_fwd_worker_t *w, mxj_fwd_room_t *room,
 
             received = e->received_ts ? atoll(e->received_ts->str) : 0;
             lag = received > 0 ? mxj_run_wall_ms() - received : -1;
+
+            mxj_fwd_count_delivered(fwd, lag, latency);
 
             mxj_fwd_log("delivered room=%s event=%s status=%ld attempts=%lu "
                         "latency_ms=%lld lag_ms=%lld", room->id, event,
@@ -744,6 +748,7 @@ mxj_fwd_ack(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e)
 
     for (i = 0; i < 5; i++) {
         if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
+            mxj_redis_count_error();
             mxj_fwd_log("redis at %s: %s", w->r.address, c->errstr);
             return -1;
         }

@@ -95,6 +95,7 @@ mxj_pipe_drain(mxj_pipe_t *p)
 
     while (p->pending) {
         if (redisGetReply(p->r->c, &v) != REDIS_OK) {
+            mxj_redis_count_error();
             fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n",
                     p->r->address, p->r->c->errstr);
             return -1;

@@ -38,6 +38,12 @@ typedef struct {
     "  --db N              SELECT N first (as matrix_redis_db, default 0)\n"
 
 
+#define MXJ_METRICS_USAGE                                                     \
+    "  --metrics HOST:PORT\n"                                                \
+    "                      serve GET /metrics there (the Prometheus text\n" \
+    "                      format), from a thread of its own\n"
+
+
 static const mxj_command_t  mxj_commands[] = {
 
     { "keygen", mxj_cmd_keygen,
@@ -80,7 +86,7 @@ static const mxj_command_t  mxj_commands[] = {
       "usage: matrix-join-ctl forward --redis ADDRESS --upstream URL\n"
       "       [--prefix P] [--once] [--concurrency N] [--claim-idle MS]\n"
       "       [--max-attempts N] [--timeout MS] [--consumer NAME]\n"
-      "       [--password PW] [--db N]\n"
+      "       [--metrics HOST:PORT] [--password PW] [--db N]\n"
       "Deliver the joins accepted at the edge (the outbox) to the\n"
       "homeserver, in order per room.\n"
       "  --upstream URL      the homeserver, http://HOST:PORT[/PATH]\n"
@@ -94,6 +100,7 @@ static const mxj_command_t  mxj_commands[] = {
       "                      (default 10)\n"
       "  --timeout MS        per HTTP request (default 30000)\n"
       "  --consumer NAME     the consumer name (default HOSTNAME-PID)\n"
+      MXJ_METRICS_USAGE
       MXJ_REDIS_USAGE },
 
     { "sync", mxj_cmd_sync,
@@ -103,11 +110,13 @@ static const mxj_command_t  mxj_commands[] = {
       "       [--every DURATION] [--user @u:NAME]... [--confirm-passes N]\n"
       "       [--timeout MS]\n"
       "       [--appservice-listen HOST:PORT --registration FILE]\n"
-      "       [--password PW] [--db N] ROOM_ID_OR_ALIAS...\n"
+      "       [--metrics HOST:PORT] [--password PW] [--db N]\n"
+      "       ROOM_ID_OR_ALIAS...\n"
       "Pull the rooms' snapshots from the homeserver over federation,\n"
       "check every event and load them; once, or every DURATION (30s,\n"
       "5m, 1h), with the changes an application service listener is\n"
       "pushed.\n"
+      MXJ_METRICS_USAGE
       MXJ_REDIS_USAGE },
 
     { "version", NULL,
@@ -286,10 +295,11 @@ mxj_help_all(FILE *f)
         "\n"
         "Exit status:\n"
         "  0  success\n"
-        "  1  the operation failed (Redis, the homeserver, a file, a\n"
-        "     snapshot that does not check)\n"
+        "  1  the operation failed (Redis unreachable or refusing, the\n"
+        "     homeserver, a file, a snapshot that does not check, a port\n"
+        "     taken)\n"
         "  2  usage error: unknown command or option, missing or invalid\n"
-        "     value\n");
+        "     value (a malformed address included)\n");
 }
 
 

@@ -48,7 +48,9 @@ mxj_redis_init(mxj_redis_t *r)
 int
 mxj_redis_set(mxj_redis_t *r, const char *name, const char *value)
 {
-    char  *end;
+    int               rc;
+    char             *end, err[128];
+    mx_redis_addr_t  *a;
 
     if (strcmp(name, "db") == 0) {
         errno = 0;
@@ -73,6 +75,25 @@ mxj_redis_set(mxj_redis_t *r, const char *name, const char *value)
         r->prefix = value;
 
     } else if (strcmp(name, "redis") == 0) {
+
+        /* as matrix_redis parses it: a malformed address is a usage
+         * error here, one that does not answer fails later (exit 1) */
+
+        a = malloc(sizeof(mx_redis_addr_t));
+        if (a == NULL) {
+            fprintf(stderr, "matrix-join-ctl: out of memory\n");
+            return -1;
+        }
+
+        rc = mx_redis_addr_parse(value, strlen(value), a, err, sizeof(err));
+        free(a);
+
+        if (rc != 0) {
+            fprintf(stderr, "matrix-join-ctl: invalid Redis address \"%s\": "
+                    "%s\n", value, err);
+            return -1;
+        }
+
         r->address = value;
 
     } else {
@@ -177,8 +198,39 @@ mxj_redis_sentinel(mxj_redis_t *r, const mx_redis_addr_t *a,
 }
 
 
+static int mxj_redis_connect_once(mxj_redis_t *r);
+
+static uint64_t  mxj_redis_nerrors;
+
+
+void
+mxj_redis_count_error(void)
+{
+    (void) __atomic_add_fetch(&mxj_redis_nerrors, 1, __ATOMIC_RELAXED);
+}
+
+
+uint64_t
+mxj_redis_errors(void)
+{
+    return __atomic_load_n(&mxj_redis_nerrors, __ATOMIC_RELAXED);
+}
+
+
 int
 mxj_redis_connect(mxj_redis_t *r)
+{
+    if (mxj_redis_connect_once(r) != 0) {
+        mxj_redis_count_error();
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static int
+mxj_redis_connect_once(mxj_redis_t *r)
 {
     char              err[128];
     redisReply       *reply;
@@ -342,6 +394,10 @@ mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
 
     reply = redisCommandArgv(r->c, argc, argv, lens);
 
+    if (reply == NULL) {
+        mxj_redis_count_error();
+    }
+
     if (!mxj_redis_reply_ok(r, reply)) {
         return NULL;
     }
@@ -363,6 +419,10 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
     va_start(args, fmt);
     reply = redisvCommand(r->c, fmt, args);
     va_end(args);
+
+    if (reply == NULL) {
+        mxj_redis_count_error();
+    }
 
     if (!mxj_redis_reply_ok(r, reply)) {
         return NULL;
@@ -426,6 +486,10 @@ mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
     free(a);
     free(l);
 
+    if (reply == NULL) {
+        mxj_redis_count_error();
+    }
+
     (void) mxj_redis_demoted(c, reply);
 
     return reply;
@@ -488,6 +552,7 @@ mxj_redis_demoted(redisContext *c, const redisReply *reply)
     /* refuses further commands: the reconnect asks the sentinels again */
 
     if (c->err == 0) {
+        mxj_redis_count_error();
         c->err = REDIS_ERR_OTHER;
         snprintf(c->errstr, sizeof(c->errstr), "not a master any more: %s",
                  reply->str);

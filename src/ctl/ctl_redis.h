@@ -9,6 +9,7 @@
 #define MXJ_CTL_REDIS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <hiredis/hiredis.h>
 
@@ -89,6 +90,15 @@ int mxj_redis_schema(mxj_redis_t *r, int create);
  */
 char *mxj_room_key(const mxj_redis_t *r, const char *room,
     const char *suffix);
+
+/*
+ * The process's Redis errors, for forward's and sync's metrics: a
+ * connection that could not be made, a command that got no reply (the
+ * connection failed, a timeout), a master found demoted. Error replies
+ * are their callers' (some are expected) and not counted. Any thread.
+ */
+void mxj_redis_count_error(void);
+uint64_t mxj_redis_errors(void);
 
 /* malloc'ed "P" + name + arg (arg may be NULL): mx_schema_global_key. */
 char *mxj_global_key(const mxj_redis_t *r, const char *name,

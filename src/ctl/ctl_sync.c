@@ -28,6 +28,7 @@
 #include <sodium.h>
 
 #include "ctl.h"
+#include "ctl_listen.h"
 #include "ctl_opt.h"
 #include "ctl_sync_run.h"
 #include "mx_id.h"
@@ -40,7 +41,7 @@ enum {
     MXJ_SYNC_OPT_HOMESERVER = 0, MXJ_SYNC_OPT_SERVER_NAME,
     MXJ_SYNC_OPT_SIGNING_KEY, MXJ_SYNC_OPT_EVERY, MXJ_SYNC_OPT_USER,
     MXJ_SYNC_OPT_CONFIRM_PASSES, MXJ_SYNC_OPT_TIMEOUT,
-    MXJ_SYNC_OPT_AS_LISTEN, MXJ_SYNC_OPT_REGISTRATION
+    MXJ_SYNC_OPT_AS_LISTEN, MXJ_SYNC_OPT_REGISTRATION, MXJ_SYNC_OPT_METRICS
 };
 
 static const mxj_opt_t  mxj_sync_opts[] = {
@@ -53,6 +54,7 @@ static const mxj_opt_t  mxj_sync_opts[] = {
     { "timeout", 1, MXJ_SYNC_OPT_TIMEOUT },
     { "appservice-listen", 1, MXJ_SYNC_OPT_AS_LISTEN },
     { "registration", 1, MXJ_SYNC_OPT_REGISTRATION },
+    { "metrics", 1, MXJ_SYNC_OPT_METRICS },
     { NULL, 0, 0 }
 };
 
@@ -135,12 +137,20 @@ mxj_cmd_sync(int argc, char **argv)
         goto cleanup;
     }
 
+    if (mxj_metrics_bind(&s.metrics) != 0
+        || mxj_metrics_start(&s.metrics, mxj_sync_metrics, &s) != 0)
+    {
+        goto cleanup;
+    }
+
     mxj_sync_log("starting: homeserver=%s server_name=%s key=%s rooms=%zu "
-                 "every_ms=%lld confirm_passes=%ld timeout_ms=%ld%s%s",
+                 "every_ms=%lld confirm_passes=%ld timeout_ms=%ld%s%s%s%s",
                  s.homeserver, s.name, s.keys[0].key_id, s.nrooms, s.every,
                  s.confirm_passes, s.timeout,
                  s.as_listen ? " appservice=" : "",
-                 s.as_listen ? s.as_listen : "");
+                 s.as_listen ? s.as_listen : "",
+                 s.metrics.address ? " metrics=" : "",
+                 s.metrics.address ? s.metrics.address : "");
 
     rc = mxj_sync_loop(&s);
 
@@ -148,6 +158,9 @@ mxj_cmd_sync(int argc, char **argv)
 
 cleanup:
 
+    /* the listener reads the rooms: stopped before they are freed */
+
+    mxj_metrics_stop(&s.metrics);
     mxj_sync_http_free(&s.http);
     curl_global_cleanup();
 
@@ -162,13 +175,7 @@ done:
 static int
 mxj_sync_usage(void)
 {
-    fprintf(stderr, "usage: matrix-join-ctl sync --redis ADDRESS "
-            "--homeserver URL --server-name NAME\n"
-            "           --signing-key FILE [--prefix P] [--every DURATION] "
-            "[--user @u:NAME]...\n"
-            "           [--confirm-passes N] [--timeout MS]\n"
-            "           [--appservice-listen HOST:PORT --registration FILE]\n"
-            "           [--password PW] [--db N] ROOM_ID_OR_ALIAS...\n");
+    mxj_usage(stderr, "sync");
 
     return -1;
 }
@@ -221,8 +228,15 @@ mxj_sync_set(void *conf, int id, const char *value)
                               &s->timeout);
 
     case MXJ_SYNC_OPT_AS_LISTEN:
+        if (mxj_listen_check("sync", "--appservice-listen", value) != 0) {
+            return -1;
+        }
+
         s->as_listen = value;
         return 0;
+
+    case MXJ_SYNC_OPT_METRICS:
+        return mxj_metrics_set(&s->metrics, "sync", value);
 
     case MXJ_SYNC_OPT_REGISTRATION:
         s->registration = value;
@@ -246,6 +260,7 @@ mxj_sync_args(int argc, char **argv, mxj_sync_t *s)
     s->confirm_passes = MXJ_SYNC_CONFIRM_PASSES;
     s->timeout = 30000;
     s->as_fd = -1;
+    s->metrics.fd = -1;
 
     if (mxj_opt_parse("sync", argc, argv, &s->r, mxj_sync_opts, mxj_sync_set,
                       s)
@@ -444,10 +459,10 @@ mxj_sync_free(mxj_sync_t *s)
 static int
 mxj_sync_loop(mxj_sync_t *s)
 {
-    int              ok, all, dirty;
+    int              ok, all, dirty, refresh;
     char             why[MXJ_SYNC_WHY_LEN];
     size_t           i;
-    int64_t          next, now, start;
+    int64_t          next, now, start, wake;
     struct timespec  ts;
 
     next = mxj_run_mono_ms();
@@ -491,19 +506,39 @@ mxj_sync_loop(mxj_sync_t *s)
                 }
             }
 
-            if (all || dirty) {
+            /* --metrics: the rooms' records read again while idle */
+
+            wake = next;
+            refresh = 0;
+
+            if (s->metrics.address != NULL) {
+                wake = s->metrics_at + MXJ_SYNC_METRICS_MS;
+                refresh = (now >= wake);
+                wake = wake < next ? wake : next;
+            }
+
+            if (all || dirty || refresh) {
                 break;
             }
 
-            ts.tv_sec = next / 1000;
-            ts.tv_nsec = (next % 1000) * 1000000;
+            ts.tv_sec = wake / 1000;
+            ts.tv_nsec = (wake % 1000) * 1000000;
             pthread_cond_timedwait(&s->run.cond, &s->run.mutex, &ts);
         }
 
         pthread_mutex_unlock(&s->run.mutex);
 
+        if (!all && !dirty) {
+            mxj_sync_metrics_rooms(s);
+            continue;
+        }
+
         start = mxj_run_mono_ms();
         ok = mxj_sync_round(s, all);
+
+        if (s->metrics.address != NULL) {
+            mxj_sync_metrics_rooms(s);
+        }
 
         if (s->every == 0) {
             return ok ? MXJ_EXIT_OK : MXJ_EXIT_FAIL;
@@ -529,6 +564,8 @@ mxj_sync_round(mxj_sync_t *s, int all)
     int               ok, dirty, rc;
     char              why[MXJ_SYNC_WHY_LEN];
     size_t            i, live;
+    int64_t           t0;
+    uint64_t          loads;
     mxj_sync_room_t  *room;
 
     ok = 1;
@@ -580,7 +617,23 @@ mxj_sync_round(mxj_sync_t *s, int all)
             break;
         }
 
-        if (mxj_sync_pass(s, room, why, sizeof(why)) != 0) {
+        loads = __atomic_load_n(&room->loads, __ATOMIC_RELAXED);
+        t0 = mxj_run_mono_ms();
+
+        rc = mxj_sync_pass(s, room, why, sizeof(why));
+
+        pthread_mutex_lock(&s->run.mutex);
+        mxj_metrics_observe(&s->stats.pass_duration,
+                            (double) (mxj_run_mono_ms() - t0) / 1000);
+        pthread_mutex_unlock(&s->run.mutex);
+
+        mxj_sync_count(s->stats.passes[
+                           rc != 0 ? MXJ_SYNC_PASS_FAILED
+                           : __atomic_load_n(&room->loads, __ATOMIC_RELAXED)
+                             != loads ? MXJ_SYNC_PASS_LOADED
+                           : MXJ_SYNC_PASS_UNCHANGED], 1);
+
+        if (rc != 0) {
             mxj_sync_log("room=%s failed: %s (its snapshot stays as it was)",
                          room->id ? room->id : room->arg, why);
             ok = 0;

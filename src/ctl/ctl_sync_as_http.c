@@ -14,19 +14,15 @@
  * 2 s of silence closes one, a body read in 10 s at most.
  */
 
-#include <errno.h>
-#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/types.h>
-#include <unistd.h>
 
 #include <microhttpd.h>
 #include <sodium.h>
 
+#include "ctl_listen.h"
 #include "ctl_sync_as.h"
 #include "mx_json.h"
 
@@ -73,82 +69,12 @@ static void mxj_sync_as_mhd_log(void *cls, const char *fmt, va_list ap);
 int
 mxj_sync_as_bind(mxj_sync_t *s)
 {
-    int               fd, on, rc;
-    char              host[256];
-    size_t            n;
-    const char       *colon, *a, *port;
-    struct addrinfo   hints, *res, *ai;
+    int     fd;
+    size_t  n;
 
-    a = s->as_listen;
-    colon = strrchr(a, ':');
-
-    if (colon == NULL || colon == a || colon[1] == '\0') {
-        fprintf(stderr, "matrix-join-ctl: sync: invalid --appservice-listen "
-                "\"%s\" (want HOST:PORT)\n", a);
-        return -1;
-    }
-
-    port = colon + 1;
-    n = (size_t) (colon - a);
-
-    if (a[0] == '[' && n >= 2 && a[n - 1] == ']') {
-        a++;
-        n -= 2;
-    }
-
-    if (n >= sizeof(host)) {
-        fprintf(stderr, "matrix-join-ctl: sync: host too long in "
-                "--appservice-listen\n");
-        return -1;
-    }
-
-    memcpy(host, a, n);
-    host[n] = '\0';
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-
-    rc = getaddrinfo(host, port, &hints, &res);
-
-    if (rc != 0) {
-        fprintf(stderr, "matrix-join-ctl: sync: --appservice-listen "
-                "\"%s\": %s\n", s->as_listen, gai_strerror(rc));
-        return -1;
-    }
-
-    fd = -1;
-    rc = 0;
-
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC,
-                    ai->ai_protocol);
-
-        if (fd < 0) {
-            rc = errno;
-            continue;
-        }
-
-        on = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
-
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0
-            && listen(fd, 64) == 0)
-        {
-            break;
-        }
-
-        rc = errno;
-        close(fd);
-        fd = -1;
-    }
-
-    freeaddrinfo(res);
+    fd = mxj_listen_bind("sync", "--appservice-listen", s->as_listen);
 
     if (fd < 0) {
-        fprintf(stderr, "matrix-join-ctl: sync: cannot listen on %s: %s\n",
-                s->as_listen, strerror(rc));
         return -1;
     }
 
@@ -388,6 +314,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
     if (mxj_sync_txns_seen(&as->txns, req->txn)) {
         mxj_sync_log("appservice: txn=%s again: answered, not done twice",
                      req->txn);
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REPEATED], 1);
         return MHD_HTTP_OK;
     }
 
@@ -400,6 +327,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
 
         mxj_sync_as_lose_all(as, req->txn, "over the body limit "
                              "(8 MiB), not read");
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_ACCEPTED], 1);
         return MHD_HTTP_OK;
     }
 
@@ -409,6 +337,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
     if (doc == NULL) {
         *answer = "{\"errcode\":\"M_NOT_JSON\",\"error\":\"Content not "
                   "JSON.\"}";
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REFUSED], 1);
         return MHD_HTTP_BAD_REQUEST;
     }
 
@@ -418,6 +347,7 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
         json_decref(doc);
         *answer = "{\"errcode\":\"M_BAD_JSON\",\"error\":\"want "
                   "{\\\"events\\\": [...]}\"}";
+        mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_REFUSED], 1);
         return MHD_HTTP_BAD_REQUEST;
     }
 
@@ -456,6 +386,9 @@ mxj_sync_as_transaction(mxj_sync_as_t *as, mxj_sync_as_req_t *req,
         json_decref(mine);
         goto nomem;
     }
+
+    mxj_sync_count(as->s->stats.txns[MXJ_SYNC_TXN_ACCEPTED], 1);
+    mxj_sync_count(as->s->stats.txn_events, json_array_size(mine));
 
     if (json_array_size(mine) == 0) {
         json_decref(mine);

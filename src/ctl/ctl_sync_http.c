@@ -229,6 +229,9 @@ mxj_sync_http_once(mxj_sync_http_t *h, const char *method, const char *uri,
     h->status = mxj_http_send(&h->c, method, uri, strlen(uri), body,
                               body_len, headers);
 
+    mxj_sync_count(h->sync->stats.hs[h->status >= 100 && h->status < 600
+                                      ? h->status / 100 : 0], 1);
+
     if (h->status == 0) {
         snprintf(h->err, sizeof(h->err), "%s", h->c.err);
     }

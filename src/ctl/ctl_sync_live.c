@@ -268,6 +268,8 @@ mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
         left += !done[i];
     }
 
+    mxj_sync_count(s->stats.live_applied, applied);
+
     mxj_sync_log("room=%s live: %zu events applied, %zu known already%s; "
                  "%llu requests", p.id, applied, dup,
                  left ? ", the others wait for a pass" : "",

@@ -137,6 +137,7 @@ mxj_sync_pass(mxj_sync_t *s, mxj_sync_room_t *room, char *why, size_t len)
     }
 
     mx_buf_free(&doc);
+    mxj_sync_count(room->loads, 1);
 
     if (mxj_sync_bookkeep(&p) != 0) {
         mxj_sync_log("room=%s: the edge joins' records were not updated "

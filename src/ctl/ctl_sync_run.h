@@ -15,6 +15,7 @@
 #include <curl/curl.h>
 
 #include "ctl_http.h"
+#include "ctl_metrics.h"
 #include "ctl_redis.h"
 #include "ctl_run.h"
 #include "ctl_sync.h"
@@ -154,7 +155,40 @@ typedef struct {
     unsigned long             drift;        /* probes that found an
                                                extremity the edge lacked
                                                with no push meanwhile */
+
+    /* --metrics: __atomic (loads), under sync->mutex (the others) */
+    uint64_t                  loads;        /* snapshots this process
+                                               loaded */
+    int                       m_cached;     /* P{R}:meta has loaded_at */
+    int64_t                   m_loaded_at;  /* wall ms */
+    int                       m_stale;
+    int64_t                   m_live_pending;
 } mxj_sync_room_t;
+
+
+/* What --metrics tells (ctl_sync_metrics.c). */
+enum {
+    MXJ_SYNC_PASS_LOADED = 0, MXJ_SYNC_PASS_UNCHANGED, MXJ_SYNC_PASS_FAILED,
+    MXJ_SYNC_PASS_N
+};
+
+enum {
+    MXJ_SYNC_TXN_ACCEPTED = 0, MXJ_SYNC_TXN_REPEATED, MXJ_SYNC_TXN_REFUSED,
+    MXJ_SYNC_TXN_N
+};
+
+typedef struct {
+    /* __atomic */
+    uint64_t                  passes[MXJ_SYNC_PASS_N];
+    uint64_t                  txns[MXJ_SYNC_TXN_N];
+    uint64_t                  txn_events;   /* events of managed rooms in
+                                               the transactions accepted */
+    uint64_t                  live_applied; /* events applied in place */
+    uint64_t                  hs[6];        /* homeserver requests: [0] no
+                                               answer, [1] 1xx ... [5] 5xx */
+    /* under sync->mutex */
+    mxj_metrics_hist_t        pass_duration;
+} mxj_sync_stats_t;
 
 
 struct mxj_sync_s {
@@ -186,6 +220,10 @@ struct mxj_sync_s {
     char                      hs_token[MXJ_SYNC_TOKEN_MAX + 1];
     char                     *as_url;
     mxj_sync_ids_t            registered;   /* the room IDs written */
+
+    mxj_metrics_t             metrics;      /* --metrics */
+    mxj_sync_stats_t          stats;
+    int64_t                   metrics_at;   /* monotonic ms: rooms read */
 };
 
 
@@ -205,6 +243,21 @@ int mxj_sync_live(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
 /* The room ID of an alias, by the directory query (step 1 alone). */
 int mxj_sync_resolve_room(mxj_sync_t *s, mxj_sync_room_t *room, char *why,
     size_t len);
+
+/* --- --metrics (ctl_sync_metrics.c) --------------------------------- */
+
+#define MXJ_SYNC_METRICS_MS      1000    /* the rooms' records read again */
+
+/* The render function of the listener (ctl_metrics.h); data is s. */
+int mxj_sync_metrics(void *data, mx_buf_t *out);
+
+/* The main thread: each room's loaded_at, stale, live_pending from Redis
+ * (HMGET of its meta), for the listener to show. */
+void mxj_sync_metrics_rooms(mxj_sync_t *s);
+
+/* Adds n to a counter of s->stats (any thread). */
+#define mxj_sync_count(counter, n)                                            \
+    (void) __atomic_add_fetch(&(counter), (n), __ATOMIC_RELAXED)
 
 /* The Application Service: its listener and registration. */
 int mxj_sync_as_bind(mxj_sync_t *s);

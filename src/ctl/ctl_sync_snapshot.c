@@ -300,6 +300,7 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
 
     for (i = 0; i < cmds + 2; i++) {
         if (redisGetReply(c, (void **) &reply) != REDIS_OK) {
+            mxj_redis_count_error();
             return -1;
         }
 

@@ -123,6 +123,7 @@ mxj_sync_pool_redis(mxj_sync_pass_t *p)
         }
 
         if (redisGetReply(ctx, (void **) &reply) != REDIS_OK) {
+            mxj_redis_count_error();
             reply = NULL;
             mxj_sync_fail(p, "Redis at %s: %s", r->address, ctx->errstr);
             goto done;

@@ -181,6 +181,85 @@ def test_failure_exits_1():
     assert "cannot connect to Redis at 127.0.0.1:1" in p.stderr
 
 
+# --- --redis: malformed is usage (2), unreachable is failure (1) -------------
+
+def redis_commands(tmp_path):
+    """{command: its arguments but --redis}, each otherwise valid: a real
+    snapshot for load, a real key for sync."""
+    import sys
+    sys.path.insert(0, str(TOP / "t" / "lib"))
+    import mxj_room
+    snap = tmp_path / "room.json"
+    mxj_room.Room("10", members=4, servers=2, seed=77).write(snap)
+    key = tmp_path / "signing.key"
+    key.write_text(ctl("keygen", "hs.example.org").stdout)
+    return {
+        "load": [str(snap)],
+        "show": ["!a:b.c"],
+        "rooms": [],
+        "outbox": [],
+        "forward": ["--once", "--upstream", "http://127.0.0.1:1"],
+        "sync": ["--homeserver", "http://127.0.0.1:1", "--server-name",
+                 "hs.example.org", "--signing-key", str(key), "!a:b.c"],
+    }
+
+
+@pytest.mark.parametrize("address,why", [
+    ("foo:bar", "invalid port"),
+    ("127.0.0.1", 'expected "host:port" or "unix:/path"'),
+    ("unix:relative", "a unix socket needs an absolute path"),
+    ("[::1", 'an IPv6 address needs its closing "]"'),
+    ("sentinel:mymaster", "no sentinel address"),
+])
+def test_malformed_redis_address_is_usage_for_every_command(tmp_path,
+                                                            address, why):
+    """As matrix_redis parses it, before anything is done: exit 2, the
+    reason, the command's usage; nothing printed on stdout."""
+    for cmd, args in redis_commands(tmp_path).items():
+        p = ctl(cmd, "--redis", address, *args)
+        assert p.returncode == 2, (cmd, p.returncode, p.stderr)
+        assert f'invalid Redis address "{address}": {why}' in p.stderr, \
+            (cmd, p.stderr)
+        assert f"usage: matrix-join-ctl {cmd}" in p.stderr, (cmd, p.stderr)
+        assert "cannot connect" not in p.stderr and p.stdout == "", cmd
+
+
+def test_unreachable_redis_is_failure_for_every_command(tmp_path):
+    """A well-formed address nothing listens on: exit 1 (forward --once
+    after its 5 tries), never 2."""
+    for cmd, args in redis_commands(tmp_path).items():
+        p = ctl(cmd, "--redis", "127.0.0.1:1", *args, timeout=120)
+        assert p.returncode == 1, (cmd, p.returncode, p.stderr)
+        assert "cannot connect to Redis at 127.0.0.1:1" in p.stderr, \
+            (cmd, p.stderr)
+        assert "usage:" not in p.stderr, (cmd, p.stderr)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", ":9100", "127.0.0.1:",
+                                   "127.0.0.1:x", "127.0.0.1:0",
+                                   "127.0.0.1:65536", "::1:9100",
+                                   "[::1:9100", "a b:9100"])
+def test_listen_addresses_checked_as_usage(tmp_path, value):
+    """--metrics (forward, sync) and --appservice-listen (sync): HOST:PORT
+    or [V6]:PORT, checked when read: exit 2 with the option named, before
+    Redis is asked (the Redis address given is not reachable)."""
+    key = tmp_path / "signing.key"
+    key.write_text(ctl("keygen", "hs.example.org").stdout)
+    sync = ["sync", "--redis", "127.0.0.1:1", "--homeserver",
+            "http://127.0.0.1:1", "--server-name", "hs.example.org",
+            "--signing-key", str(key), "--every", "1m", "!a:b.c"]
+    for args, opt in (
+            (["forward", "--redis", "127.0.0.1:1", "--upstream",
+              "http://127.0.0.1:1", "--metrics", value], "--metrics"),
+            (sync + ["--metrics", value], "--metrics"),
+            (sync + ["--appservice-listen", value, "--registration",
+                     str(tmp_path / "r.yaml")], "--appservice-listen")):
+        p = ctl(*args)
+        assert p.returncode == 2, (args, p.returncode, p.stderr)
+        assert f'{args[0]}: invalid {opt} "{value}"' in p.stderr, p.stderr
+        assert "cannot connect" not in p.stderr
+
+
 def test_forward_once_gives_up_on_unreachable_redis():
     """docs: --once delivers what is there and exits; with Redis gone it
     says so after a bounded number of tries and exits 1 (the timeout only

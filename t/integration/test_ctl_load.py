@@ -844,12 +844,12 @@ def test_usage(tmp_path):
         p = ctl("load", *args)
         assert p.returncode == 2, args
         assert "usage: matrix-join-ctl load --redis ADDRESS" in p.stderr
-    p = ctl("load", "--redis", "nohost", write(tmp_path, "{}"))
-    assert p.returncode == 1          # the snapshot is judged first
-    p = ctl("load", "--redis", "nohost", write(tmp_path, json.dumps(
-        room("10").snapshot)))
-    assert p.returncode == 1
-    assert 'invalid Redis address "nohost"' in p.stderr
+    # a malformed address is a usage error, before the snapshot is read
+    for doc in ("{}", json.dumps(room("10").snapshot)):
+        p = ctl("load", "--redis", "nohost", write(tmp_path, doc))
+        assert p.returncode == 2
+        assert 'invalid Redis address "nohost"' in p.stderr
+        assert "usage: matrix-join-ctl load --redis ADDRESS" in p.stderr
     p = ctl("show", "--redis", "127.0.0.1:1")
     assert p.returncode == 2
     p = ctl("load", "--redis", "127.0.0.1:1", tmp_path / "missing.json")

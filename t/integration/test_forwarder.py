@@ -135,7 +135,8 @@ class FwdEdge:
             assert p.returncode == 0, p.stderr
         return self
 
-    def start(self):
+    def start(self, locations=""):
+        """nginx on its port; locations: more of them in its server."""
         key = subprocess.run([str(CTL), "keygen", EDGE],
                                 capture_output=True, text=True, timeout=30,
                                 check=True).stdout
@@ -165,6 +166,7 @@ class FwdEdge:
                 location @hs {{
                     proxy_pass http://127.0.0.1:{self.fallback.port};
                 }}
+                {locations}
             }}
             """)
         self.nginx.start()

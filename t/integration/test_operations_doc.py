@@ -3,7 +3,8 @@ nginx configuration in them passes `nginx -t` with the module (its files
 replaced by test ones) and routes each kind of request where the document
 says (recording upstreams stand in for the homeserver's processes), the
 documented limit_req limits, every matrix_* directive they name is
-documented in docs/directives.md, and every matrix-join-ctl command and
+documented in docs/directives.md (a metric: there or in docs/cli.md),
+and every matrix-join-ctl command and
 option they use is in `matrix-join-ctl help`."""
 
 import http.client
@@ -221,9 +222,11 @@ def test_documented_rate_limit(which, tmp_path):
 def test_directives_named_exist():
     directives = (TOP / "docs" / "directives.md").read_text()
     documented = set(re.findall(r"^### (matrix_[a-z_]+)$", directives, re.M))
-    # the metrics, from the table of "matrix_metrics"
-    documented |= set(re.findall(r"^\| `(matrix_join_[a-z_]+)", directives,
-                                 re.M))
+    # the metrics, from the table of "matrix_metrics" and cli.md's of
+    # forward --metrics and sync --metrics
+    for text in (directives, (TOP / "docs" / "cli.md").read_text()):
+        documented |= set(re.findall(r"^\| `(matrix_join_[a-z_]+)", text,
+                                     re.M))
     variables = {"matrix_origin", "matrix_key_fetch_server",
                  "matrix_key_fetch_key_id"}
     for path in DOCS:
