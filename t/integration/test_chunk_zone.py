@@ -34,8 +34,11 @@ def start(edge, room, workers, size=None):
     edge.nginx.workers = workers
     edge.status_port = free_port()
     cache = f"matrix_send_join_cache {size};" if size else ""
+    # a waiter gives up on another's read after matrix_redis_timeout plus
+    # 0.5 s: far beyond any read here, even on a busy machine
     edge.load(room).start(listen="reuseport", http_extra=f"""
         {cache}
+        matrix_redis_timeout 20s;
         server {{
             listen 127.0.0.1:{edge.status_port};
             location = /status {{ matrix_status; }}
