@@ -15,6 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "ctl.h"
 #include "ctl_opt.h"
 #include "ctl_redis.h"
@@ -38,6 +40,7 @@ static int mxj_show_args(const char *cmd, int argc, char **argv,
 static int mxj_show_aliases(mxj_redis_t *r, const char *room);
 static long long mxj_show_now_ms(mxj_redis_t *r);
 static void mxj_show_age(char *buf, size_t size, long long ms);
+static void mxj_show_edge(const redisReply *edge);
 static const char *mxj_show_field(redisReply *hash, const char *name);
 static const char *mxj_show_value(redisReply *hash, const char *name);
 
@@ -130,7 +133,7 @@ mxj_cmd_show(int argc, char **argv)
 
     /* informative only: a key of another type (WRONGTYPE) prints nothing */
 
-    edge = redisCommand(r.c, "HLEN %s", key);
+    edge = redisCommand(r.c, "HVALS %s", key);
     free(key);
 
     printf("room: %s\n", room);
@@ -169,8 +172,8 @@ mxj_cmd_show(int argc, char **argv)
         printf("heroes: %s\n", v);
     }
 
-    if (edge != NULL && edge->type == REDIS_REPLY_INTEGER) {
-        printf("edge_joins: %lld\n", edge->integer);
+    if (edge != NULL && edge->type == REDIS_REPLY_ARRAY) {
+        mxj_show_edge(edge);
     }
 
     for (i = 0; ext->type == REDIS_REPLY_ARRAY && i + 1 < ext->elements;
@@ -488,6 +491,45 @@ mxj_show_now_ms(mxj_redis_t *r)
     return ms;
 }
 
+
+
+/*
+ * P{R}:edge holds the joins accepted at the edge and, with "h", the
+ * homeserver's events sync applied in place: counted apart.
+ */
+static void
+mxj_show_edge(const redisReply *edge)
+{
+    size_t        i;
+    json_t       *v;
+    long long     joins, hs;
+
+    joins = 0;
+    hs = 0;
+
+    for (i = 0; i < edge->elements; i++) {
+        v = NULL;
+
+        if (edge->element[i]->type == REDIS_REPLY_STRING) {
+            v = json_loadb(edge->element[i]->str, edge->element[i]->len, 0,
+                           NULL);
+        }
+
+        if (json_is_true(json_object_get(v, "h"))
+            || json_integer_value(json_object_get(v, "h")) == 1)
+        {
+            hs++;
+
+        } else {
+            joins++;
+        }
+
+        json_decref(v);
+    }
+
+    printf("edge_joins: %lld\n", joins);
+    printf("homeserver_events_applied: %lld\n", hs);
+}
 
 static void
 mxj_show_age(char *buf, size_t size, long long ms)

@@ -531,6 +531,18 @@ def test_load_resets_edge_keys(redis_server, tmp_path):
 
     p = ctl("show", "--redis", redis_server.address, r.room_id)
     assert "edge_joins: 2\n" in p.stdout
+    assert "homeserver_events_applied: 0\n" in p.stdout
+
+    # the homeserver's events applied in place are edge records too
+    # (docs/redis-schema.md): counted apart
+    client.hset(rkey("mxj:", r.room_id, "edge"),
+                mapping={"$m1": '{"h":1,"p":["$x"]}',
+                         "$m2": '{"h":1,"m":"join","p":["$m1"],'
+                                '"s":3,"u":"@k:x.org"}'})
+    p = ctl("show", "--redis", redis_server.address, r.room_id)
+    assert "edge_joins: 2\n" in p.stdout, p.stdout
+    assert "homeserver_events_applied: 2\n" in p.stdout, p.stdout
+    client.hdel(rkey("mxj:", r.room_id, "edge"), "$m1", "$m2")
 
     kept = {k: v for k, v in dump_all(client).items()
             if not k.startswith(rkey("mxj:", r.room_id, "")[:-1])
