@@ -115,4 +115,14 @@ void ngx_http_matrix_send_join_read_state(ngx_http_request_t *r,
 ngx_int_t ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
     ngx_http_matrix_send_join_ctx_t *sj, redisReply *res);
 
+/*
+ * The /state answer (ngx_http_matrix_state.c) from the full chunk lists:
+ * {"auth_chain": auth list + extra, "pdus": state_nm + state_m minus the
+ * cuts + sx}, the reply strings taken over. Returns what the handler
+ * finalizes with.
+ */
+ngx_int_t ngx_http_matrix_state_answer(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *sx, redisReply *cuts,
+    redisReply *extra);
+
 #endif /* NGX_HTTP_MATRIX_SEND_JOIN_H */
