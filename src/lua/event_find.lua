@@ -23,9 +23,10 @@ local function decode(p)
 end
 local ev = decode(pdu)
 if not ev then return {pdu, m[1], m[2] or false, 'unknown', false} end
--- the visibility at the event: the current history_visibility event when
--- it is the event itself or older (by depth); none at all when the room
--- has never had one (a state key once set stays in the state)
+-- the visibility at the event: the current history_visibility event's
+-- when that is the event itself or not deeper than it; none ("shared")
+-- when the room has never had one (a state key once set stays in the
+-- state) or the event is older than the first one
 local vis
 local hid = redis.call('HGET', KEYS[4], '["m.room.history_visibility",""]')
 if not hid then
@@ -33,10 +34,17 @@ if not hid then
 else
   local h = decode(redis.call('HGET', KEYS[2], hid))
   if h and type(h.content) == 'table' and type(h.depth) == 'number'
-      and type(ev.depth) == 'number' and (hid == id or ev.depth >= h.depth)
-  then
-    vis = h.content.history_visibility
-    if vis == nil then vis = 'shared' end
+      and type(ev.depth) == 'number' then
+    if hid == id or ev.depth >= h.depth then
+      vis = h.content.history_visibility
+      if vis == nil then vis = 'shared' end
+    elseif not (type(h.unsigned) == 'table' and h.unsigned.replaces_state)
+    then
+      -- older than the room's first history_visibility event (Synapse
+      -- marks a state event that replaced another with
+      -- unsigned.replaces_state): none at the event, "shared"
+      vis = 'shared'
+    end
   end
 end
 local out = 'unknown'
