@@ -239,3 +239,63 @@ def test_state_at_other_events_handed_over(edge):
         handed_over(edge, get(edge, t, remote), t)
     t = state_target("state_ids", "!notcached:s0.example.org", eid)
     handed_over(edge, get(edge, t, remote), t)
+
+
+def test_history_visibility_joined(edge):
+    """The room changed its history_visibility to "joined" (the new event
+    marks, as Synapse does, that it replaced the first one): an event
+    older than it, whose visibility the edge cannot know, and the new one
+    itself (joined: the edge cannot tell whether the server had a member
+    then) go to the homeserver; the joiner's own join, which shows its
+    server a member at the event, is answered."""
+    room = new_room()
+    first = room.state[("m.room.history_visibility", "")]
+    hv = room.add_state("m.room.history_visibility", "",
+                        {"history_visibility": "joined"})
+    room.events[hv]["unsigned"] = {"replaces_state": first}
+    room._snapshot()
+    edge.load(room).start(locations=LOCATIONS)
+    view = View(room)
+    s, _, got = join(edge, room, view, edge.joiner)
+    remote = edge.joiner.remote
+    for e in (room.create_id, room.state[("m.room.name", "")], hv):
+        t = event_target(e)
+        handed_over(edge, get(edge, t, remote), t)
+    check_transaction(get(edge, event_target(got["event"]), remote),
+                      s.event)
+
+
+def test_server_acl_refused_as_synapse_refuses(edge):
+    """A server the room's ACL denies: 403 M_FORBIDDEN "Server is banned
+    from room" for /state_ids and /state (Synapse checks the ACL there,
+    not for /event)."""
+    room = new_room()
+    edge.load(room).start(locations=LOCATIONS)
+    view = View(room)
+    s, _, got = join(edge, room, view, edge.joiner)
+    s2, _, got2 = join(edge, room, view, edge.joiner2)
+    acl = {"allow": ["*"], "deny": [ORIGIN2], "allow_ip_literals": True}
+    room.add_state("m.room.server_acl", "", acl)
+    edge.load(room)        # a new snapshot: the joins are in its state
+    s3, _, got3 = join(edge, room, View(room), edge.joiner3)
+    other = edge.joiner2.remote
+    for kind in ("state_ids", "state"):
+        doc = assert_error(get(edge, state_target(kind, room.room_id,
+                                                  got3["event"]), other),
+                           403, "M_FORBIDDEN")
+        assert doc["error"] == "Server is banned from room", doc
+    assert edge.rec.requests == []
+
+
+def test_room_version_1_state_handed_over_member_event_answered(edge):
+    """v1/v2 keep member events in pdu: /event of one is answered; the
+    state at an edge join is the homeserver's (not answered here)."""
+    room, view, ev, eid = joined_room(edge, "1")
+    remote = edge.joiner.remote
+    member = room.state[("m.room.member", room.creator)]
+    check_transaction(get(edge, event_target(member), remote),
+                      room.events[member])
+    check_transaction(get(edge, event_target(eid), remote), ev)
+    for kind in ("state_ids", "state"):
+        t = state_target(kind, room.room_id, eid)
+        handed_over(edge, get(edge, t, remote), t)
