@@ -469,9 +469,12 @@ ngx_http_matrix_event_member(ngx_http_request_t *r, void *data,
 char *
 ngx_http_matrix_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_matrix_join_loc_conf_t   *mlcf = conf;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    mlcf->endpoint = NGX_HTTP_MATRIX_EP_EVENT;        /* matrix_metrics */
 
     return ngx_http_matrix_set_handler(cf, ngx_http_matrix_event_handler,
                                        &mmcf->fed_users);

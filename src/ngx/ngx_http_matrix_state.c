@@ -623,9 +623,12 @@ ngx_http_matrix_state_cleanup(void *data)
 char *
 ngx_http_matrix_state(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_matrix_join_loc_conf_t   *mlcf = conf;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     mmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_matrix_join_module);
+
+    mlcf->endpoint = NGX_HTTP_MATRIX_EP_STATE;        /* matrix_metrics */
 
     return ngx_http_matrix_set_handler(cf, ngx_http_matrix_state_handler,
                                        &mmcf->fed_users);
