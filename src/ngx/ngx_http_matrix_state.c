@@ -18,7 +18,8 @@
  *      /state_ids gets the IDs from the state index, /state the
  *      overlay's PDUs and cuts, sent with the snapshot's chunk lists as
  *      send_join's answer is (the worker's chunk cache, else MULTI {
- *      script, LRANGE } EXEC).
+ *      script, LRANGE } EXEC, one request of the worker reading them
+ *      while the others wait for its copy).
  */
 
 #include <ngx_config.h>
@@ -54,6 +55,7 @@ static void ngx_http_matrix_state_done(ngx_http_request_t *r, void *data,
     redisReply *reply, ngx_matrix_redis_status_e status, const char *err);
 static ngx_int_t ngx_http_matrix_state_ids(ngx_http_request_t *r,
     redisReply *pdus, redisReply *auth);
+static void ngx_http_matrix_state_wait(ngx_event_t *ev);
 static void ngx_http_matrix_state_cleanup(void *data);
 
 
@@ -300,6 +302,7 @@ ngx_http_matrix_state_read(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     size_t                             lrlen[4];
     ngx_http_matrix_state_ctx_t       *st;
     ngx_http_matrix_send_join_ctx_t   *sj;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
     static const ngx_uint_t            full[3] = {
         SJ_STATE_NM, SJ_STATE_M, SJ_AUTH
     };
@@ -326,6 +329,25 @@ ngx_http_matrix_state_read(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     if (!st->ids) {
         ngx_matrix_chunks_release(sj->chunks);
         sj->chunks = ngx_matrix_chunks_get(&sj->room_id, sj->generation, 0);
+
+        /* one reader of a generation's chunks at a time, as send_join */
+
+        if (sj->chunks == NULL && !sj->filling) {
+            mmcf = ngx_http_get_module_main_conf(r,
+                                                 ngx_http_matrix_join_module);
+
+            if (!ngx_matrix_chunks_fill_start(&sj->room_id, sj->generation,
+                                              0, mmcf->redis.timeout + 500))
+            {
+                sj->wait.handler = ngx_http_matrix_state_wait;
+                sj->wait.data = r;
+                sj->wait.log = r->connection->log;
+                ngx_add_timer(&sj->wait, 5);
+                return;
+            }
+
+            sj->filling = 1;
+        }
     }
 
     if (st->ids || sj->chunks) {
@@ -422,6 +444,13 @@ ngx_http_matrix_state_done(ngx_http_request_t *r, void *data,
     st = ctx->data;
     sj = &st->sj;
     multi = (!st->ids && sj->chunks == NULL);
+
+    if (sj->filling && sj->chunks == NULL) {
+        /* whatever came, the waiting requests look again (the copy is
+         * made below, before any of them runs) */
+        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, 0);
+        sj->filling = 0;
+    }
 
     if (status != NGX_MATRIX_REDIS_OK) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -609,6 +638,14 @@ ngx_http_matrix_state_cleanup(void *data)
     ngx_uint_t   i;
     char       **s;
 
+    if (sj->wait.timer_set) {
+        ngx_del_timer(&sj->wait);
+    }
+
+    if (sj->filling) {
+        ngx_matrix_chunks_fill_end(&sj->room_id, sj->generation, 0);
+    }
+
     ngx_matrix_chunks_release(sj->chunks);
     json_decref(sj->acl);
 
@@ -617,6 +654,22 @@ ngx_http_matrix_state_cleanup(void *data)
     for (i = 0; i < sj->stolen.nelts; i++) {
         free(s[i]);
     }
+}
+
+
+static void
+ngx_http_matrix_state_wait(ngx_event_t *ev)
+{
+    ngx_connection_t       *c;
+    ngx_http_request_t     *r;
+    ngx_http_matrix_ctx_t  *ctx;
+
+    r = ev->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    ngx_http_matrix_state_read(r, ctx);
+    ngx_http_run_posted_requests(c);
 }
 
 

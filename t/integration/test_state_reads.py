@@ -24,7 +24,7 @@ sys.path.insert(0, str(TOP / "t" / "integration"))
 import mxj_joiner  # noqa: E402
 from mxj_joiner import View  # noqa: E402
 from test_send_join import (EDGE, ORIGIN, ORIGIN2, assert_error,  # noqa
-                            edge, join, new_room, send)
+                            at_once, edge, join, new_room, send)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -299,3 +299,31 @@ def test_room_version_1_state_handed_over_member_event_answered(edge):
     for kind in ("state_ids", "state"):
         t = state_target(kind, room.room_id, eid)
         handed_over(edge, get(edge, t, remote), t)
+
+
+@pytest.mark.parametrize("cache", ["0", "256m"])
+def test_state_at_once_from_one_read_of_the_chunks(edge, cache):
+    """Eight /state requests at once after a load (a fresh generation the
+    worker holds no copy of; with matrix_send_join_cache 0 never): one
+    reads the chunk lists while the others wait for it, and every answer
+    is the state the room and the join imply. A larger room, so that its
+    chunks are several."""
+    room = new_room(members=400)
+    edge.load(room).start(locations=LOCATIONS,
+                          http_extra=f"matrix_send_join_cache {cache};")
+    view = View(room)
+    s, _, got = join(edge, room, view, edge.joiner)
+    ids, chain = expected_state(room, view, s.event)
+    edge.nginx.reload()         # new workers: no copy of the chunks
+    t = state_target("state", room.room_id, got["event"])
+    execs = edge.r.info("commandstats").get("cmdstat_exec", {}).get("calls",
+                                                                    0)
+    reps = at_once(8, lambda k: get(edge, t, edge.joiner.remote))
+    for rep in reps:
+        assert rep is not None, "an answer did not come"
+        check_state(rep, room, ids, chain)
+    assert edge.rec.requests == []
+    # the chunk lists were read (MULTI ... EXEC) once, or, not kept, by
+    # each request in turn
+    read = edge.r.info("commandstats")["cmdstat_exec"]["calls"] - execs
+    assert read == (8 if cache == "0" else 1), read
