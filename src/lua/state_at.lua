@@ -1,6 +1,8 @@
--- /state and /state_ids at an event E accepted at the edge: the state
--- before E (at its prev_events, as its send_join answer gave it) and the
--- auth chain of that state.
+-- /state and /state_ids at an event E the edge records since the load
+-- (a join accepted here, or an event of the homeserver that sync applied:
+-- a non-state event, a member event applied in place): the state before
+-- E (at its prev_events; for a join, what its send_join answer gave) and
+-- the auth chain of that state.
 -- KEYS: the 16 of lib/send_join.lua. ARGV: generation, E, "ids" or
 -- "pdus", the requesting server.
 -- The state at E is the snapshot's, with, for each user who has an edge
@@ -27,12 +29,11 @@ end
 local sc = redis.call('ZSCORE', K[13], ARGV[4])
 if not sc or tonumber(sc) >= 0 then return {'not_in_room'} end
 local e = ARGV[2]
-if redis.call('HEXISTS', K[7], e) == 0 then
-  return {'unknown', 'not a join accepted at the edge'}
-end
-local rec = cjson.decode(redis.call('HGET', K[6], e) or '{}')
-if not rec.u or not rec.p then
-  return {'unknown', 'no edge record'}
+local rec = redis.call('HGET', K[6], e)
+if not rec then return {'unknown', 'not an event the edge records'} end
+rec = cjson.decode(rec)
+if type(rec.p) ~= 'table' then
+  return {'unknown', 'a snapshot extremity, not an event the edge records'}
 end
 local hist = history(uniq(rec.p))
 if hist == nil or hist == true then

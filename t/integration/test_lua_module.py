@@ -393,6 +393,19 @@ def test_state_at_pdus_and_a_superseded_join_in_the_auth_chain(r):
     assert extra == [b'{"auth_events":["$c","$a"],"n":1}']
 
 
+def test_state_at_homeserver_event_sync_applied(r):
+    """A message of the homeserver on $j2, which sync applied ({"h":1}):
+    the state at it (before it, the same for a non-state event) has $j2."""
+    state_at_room(r)
+    r.hset(P + "edge", "$m", '{"h":1,"p":["$j2"]}')
+    r.delete(P + "extrem")
+    r.hset(P + "extrem", "$m", '{"depth":6,"sha256":"h"}')
+    ok, ids, auth = state_at(r, "$m", "ids")
+    assert (ok, sorted(ids)) == (b"ok", [b"$a", b"$c", b"$j2"])
+    assert sorted(auth) == [b"$a", b"$c", b"$j1"]
+    assert state_at(r, "$x", "ids")[0] == b"unknown"    # {"b":1}
+
+
 def test_state_at_unhappy(r):
     assert state_at(r, "$j2", "ids") == [b"gone"]
     state_at_room(r)

@@ -1,6 +1,6 @@
 """After a join through the edge, the joining server's reads of the
 room's state (what a partial-state joiner asks next: /state_ids at its
-join, /state, /event) answered by the module, each compared with A's own
+join and at the events after it, /state, /event) answered by the module, each compared with A's own
 answer to the same request signed by the same server: the same PDUs and
 the same sets of IDs. A's answer is the reference; where a field is
 time-dependent by definition it is left out of the comparison (the
@@ -74,6 +74,16 @@ def test_state_reads_after_a_join_through_the_edge(world):
     # C has no member in the room: refused by the module as A refuses
     refused = by_module(world, paths[0], world.c)
     replay_lands(world, room_id, stella.user_id)
+    # A's own message after the join, once sync applied it at the edge (a
+    # non-state event the edge records): the state at it is the state
+    # after stella's join, answered by the module too
+    msg = world.alice.send(room_id, "after stella")
+    poll("the edge following A's message", lambda: world.redis.client()
+         .hexists(f"mxj:{{{room_id}}}:edge", msg), timeout=30)
+    for kind in ("state_ids", "state"):
+        p = state_path(kind, room_id, msg)
+        edge_answers[p] = by_module(world, p, world.b)
+        paths.append(p)
     theirs = world.federation_get(world.c, world.a.url, paths[0])
     assert refused.status_code == theirs.status_code == 403, \
         (refused.text, theirs.text)
@@ -90,7 +100,10 @@ def test_state_reads_after_a_join_through_the_edge(world):
                 assert len(e[k]) == len(set(e[k])), (path, k)
                 assert set(e[k]) == set(a[k]), \
                     (path, k, set(e[k]) ^ set(a[k]))
-            assert eid not in e["pdu_ids"], "the state *before* the join"
+            if q(eid) in path:
+                assert eid not in e["pdu_ids"], "the state *before* E"
+            else:
+                assert eid in e["pdu_ids"], "the message's has the join"
         elif "/state/" in path:
             for k in ("pdus", "auth_chain"):
                 mine_k, theirs_k = sorted(map(canon, e[k])), \
