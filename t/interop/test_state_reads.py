@@ -1,8 +1,8 @@
 """After a join through the edge, the joining server's reads of the
 room's state (what a partial-state joiner asks next: /state_ids at its
-join and at the events after it, /state, /event) answered by the module, each compared with A's own
-answer to the same request signed by the same server: the same PDUs and
-the same sets of IDs. A's answer is the reference; where a field is
+join and at the events after it, /state, /event) answered by the
+module, each compared with A's own answer to the same request signed by
+the same server: the same PDUs and the same sets of IDs. A's answer is the reference; where a field is
 time-dependent by definition it is left out of the comparison (the
 transaction's origin_server_ts, each PDU's unsigned.age or age_ts: A's
 /state sends its internal age_ts, its /event an age)."""
