@@ -212,6 +212,13 @@ const char *ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
     ngx_str_t seg[2], const char *shape);
 
 /*
+ * The one path parameter "{a}" (an optional trailing '/') of the raw URI
+ * after skip bytes, decoded as above; NULL, or what is wrong.
+ */
+const char *ngx_http_matrix_path_param(ngx_http_request_t *r, size_t skip,
+    ngx_str_t *seg, const char *shape);
+
+/*
  * The first query argument called name, decoded as Synapse (Twisted)
  * decodes it (mx_uri_arg_next) and NUL-terminated in r's pool: NGX_OK,
  * NGX_DECLINED when there is none, NGX_ERROR without memory.
@@ -309,6 +316,10 @@ char *ngx_http_matrix_directory(ngx_conf_t *cf, ngx_command_t *cmd,
 /* ngx_http_matrix_send_join.c */
 char *ngx_http_matrix_send_join(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+
+/* ngx_http_matrix_state.c, ngx_http_matrix_event.c */
+char *ngx_http_matrix_state(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_matrix_event(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 /* ngx_http_matrix_make_join.c */
 char *ngx_http_matrix_make_join(ngx_conf_t *cf, ngx_command_t *cmd,

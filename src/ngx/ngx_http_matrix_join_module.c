@@ -237,6 +237,20 @@ static ngx_command_t  ngx_http_matrix_join_commands[] = {
       0,
       NULL },
 
+    { ngx_string("matrix_state"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_state,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("matrix_event"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_matrix_event,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("matrix_directory"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_matrix_directory,

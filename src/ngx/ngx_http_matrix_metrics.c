@@ -51,7 +51,7 @@ static ngx_str_t  ngx_http_matrix_metrics_zone_name =
 
 /* label values, in the order of the enums */
 static const char  *ngx_http_matrix_metrics_endpoints[] = {
-    "", "make_join", "send_join", "directory", "key_server"
+    "", "make_join", "send_join", "directory", "key_server", "state", "event"
 };
 
 static const char  *ngx_http_matrix_metrics_outcomes[] = {

@@ -571,28 +571,10 @@ ngx_http_matrix_send_join_cleanup(void *data)
 {
     ngx_http_matrix_send_join_ctx_t *sj = data;
 
-    ngx_uint_t                         i;
-    char                             **s;
-    ngx_http_matrix_join_main_conf_t  *mmcf;
+    ngx_uint_t   i;
+    char       **s;
 
-    if (sj->wait.timer_set) {
-        ngx_del_timer(&sj->wait);
-    }
-
-    if (sj->wait.posted) {
-        ngx_delete_posted_event(&sj->wait);
-    }
-
-    ngx_matrix_chunks_wait_done(&sj->waiter);
-
-    if (sj->filling) {
-        mmcf = ngx_http_cycle_get_module_main_conf(ngx_cycle,
-                                               ngx_http_matrix_join_module);
-        ngx_matrix_chunks_fill_end(mmcf->send_join_zone, &sj->room_id,
-                                   sj->generation, sj->omit);
-    }
-
-    ngx_matrix_chunks_release(sj->chunks);
+    ngx_http_matrix_chunks_end(sj);
     json_decref(sj->content);
     json_decref(sj->pdu);
     json_decref(sj->acl);

@@ -95,7 +95,28 @@ typedef struct {
     ngx_uint_t                   filling;   /* this request reads them */
     ngx_event_t                  wait;      /* for another one's reading */
     ngx_matrix_chunks_waiter_t   waiter;    /* in the worker's wait queue */
+    ngx_http_request_t          *wait_r;
+    ngx_http_matrix_ctx_t       *wait_ctx;
+    ngx_http_matrix_next_pt      wait_retry;
 } ngx_http_matrix_send_join_ctx_t;
+
+
+/*
+ * The chunk lists of sj's generation (ngx_http_matrix_chunk_read.c; sj->omit
+ * chooses the partial lists). look(), before the script that may read
+ * them: NGX_OK with sj->chunks from the machine's zone, or without and
+ * sj->filling set (this request's script reads them); NGX_AGAIN when
+ * another request reads them: retry(r, ctx) runs once that read ended (or
+ * was given up). take() puts the script's lists into the zone (or keeps
+ * them for this answer) and tells the waiting requests; end() at the
+ * request's end.
+ */
+ngx_int_t ngx_http_matrix_chunks_look(ngx_http_request_t *r,
+    ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_send_join_ctx_t *sj,
+    ngx_http_matrix_next_pt retry);
+ngx_int_t ngx_http_matrix_chunks_take(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply **lists, ngx_uint_t n);
+void ngx_http_matrix_chunks_end(ngx_http_matrix_send_join_ctx_t *sj);
 
 
 /*
@@ -115,5 +136,15 @@ void ngx_http_matrix_send_join_read_state(ngx_http_request_t *r,
  */
 ngx_int_t ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
     ngx_http_matrix_send_join_ctx_t *sj, redisReply *res);
+
+/*
+ * The /state answer (ngx_http_matrix_state.c) from the full chunk lists:
+ * {"auth_chain": auth list + extra, "pdus": state_nm + state_m minus the
+ * cuts + sx}, the reply strings taken over. Returns what the handler
+ * finalizes with.
+ */
+ngx_int_t ngx_http_matrix_state_answer(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *sx, redisReply *cuts,
+    redisReply *extra);
 
 #endif /* NGX_HTTP_MATRIX_SEND_JOIN_H */

@@ -36,7 +36,6 @@ static void ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
 static void ngx_http_matrix_send_join_accepted(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
-static void ngx_http_matrix_send_join_wait(ngx_event_t *ev);
 static void ngx_http_matrix_send_join_durable(ngx_http_request_t *r,
     void *data, redisReply *reply, ngx_matrix_redis_status_e status,
     const char *err);
@@ -562,19 +561,6 @@ ngx_http_matrix_send_join_authorization(ngx_http_request_t *r, ngx_str_t *out)
 }
 
 
-/* how long a request waits for another's read of the chunks */
-
-static ngx_msec_t
-ngx_http_matrix_join_max_wait(ngx_http_request_t *r)
-{
-    ngx_http_matrix_join_main_conf_t  *mmcf;
-
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
-
-    return mmcf->redis.timeout + 500;
-}
-
-
 /* 5. MULTI { accept; LRANGE the chunks } EXEC */
 
 static void
@@ -594,45 +580,22 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     static const ngx_uint_t            partial[2] = { SJ_STATE_NM, SJ_AUTH_NM };
     ngx_http_matrix_send_join_ctx_t   *sj;
     ngx_http_matrix_join_srv_conf_t   *mscf;
-    ngx_http_matrix_join_main_conf_t  *mmcf;
 
     sj = ctx->data;
     mscf = ngx_http_get_module_srv_conf(r, ngx_http_matrix_join_module);
-    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
 
     /*
-     * The worker holds this generation's chunks already: the script alone
+     * The machine holds this generation's chunks already: the script alone
      * will do (it answers "generation" when the snapshot is not the one
      * they belong to). Else one request reads them from Redis, and the
      * others wait for its copy rather than read the same megabytes.
      */
 
-    ngx_matrix_chunks_release(sj->chunks);
-    sj->chunks = ngx_matrix_chunks_get(mmcf->send_join_zone, &sj->room_id,
-                                       sj->generation, sj->omit,
-                                       r->connection->log);
-
-    if (sj->chunks == NULL && !sj->filling) {
-        sj->wait.handler = ngx_http_matrix_send_join_wait;
-        sj->wait.data = r;
-        sj->wait.log = r->connection->log;
-
-        if (!ngx_matrix_chunks_fill_start(mmcf->send_join_zone,
-                                          &sj->room_id, sj->generation,
-                                          sj->omit,
-                                          ngx_http_matrix_join_max_wait(r),
-                                          &sj->waiter, &sj->wait))
-        {
-            /* posted when the read ends; the timer if it never does */
-            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                          "matrix: send_join into \"%V\" waits for "
-                          "another request's read of generation %s",
-                          &sj->room_id, sj->generation);
-            ngx_add_timer(&sj->wait, ngx_http_matrix_join_max_wait(r));
-            return;
-        }
-
-        sj->filling = 1;
+    if (ngx_http_matrix_chunks_look(r, ctx, sj,
+                                    ngx_http_matrix_send_join_accept)
+        == NGX_AGAIN)
+    {
+        return;
     }
 
     if (ngx_http_matrix_send_join_authorization(r, &authz) != NGX_OK) {
@@ -929,31 +892,15 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
         ngx_http_matrix_metrics_join_accepted();
     }
 
+    if (ngx_http_matrix_chunks_take(r, sj, &reply->element[1],
+                                    reply->elements - 1)
+        != NGX_OK)
+    {
+        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
-
-    if (sj->chunks == NULL) {
-        sj->chunks = ngx_matrix_chunks_from_replies(mmcf->send_join_zone,
-                                                    &sj->room_id,
-                                                    sj->generation, sj->omit,
-                                                    &reply->element[1],
-                                                    reply->elements - 1,
-                                                    r->connection->log);
-        if (sj->chunks == NULL) {
-            ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
-    }
-
-    if (sj->filling) {
-        /*
-         * The copy is published: the waiting requests, of every worker,
-         * find it. (A request that ends before this point ends its fill
-         * in its cleanup; they then read for themselves.)
-         */
-        ngx_matrix_chunks_fill_end(mmcf->send_join_zone, &sj->room_id,
-                                   sj->generation, sj->omit);
-        sj->filling = 0;
-    }
 
     if (mmcf->redis.wait_replicas == 0) {
         rc = ngx_http_matrix_send_join_answer(r, sj, res);
@@ -1062,35 +1009,3 @@ ngx_http_matrix_send_join_kept_free(void *data)
 }
 
 
-static void
-ngx_http_matrix_send_join_wait(ngx_event_t *ev)
-{
-    ngx_connection_t                 *c;
-    ngx_http_request_t               *r;
-    ngx_http_matrix_ctx_t            *ctx;
-    ngx_http_matrix_send_join_ctx_t  *sj;
-
-    r = ev->data;
-    c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
-    sj = ctx->data;
-
-    /* woken by the read's end, or its timer: either way, look again */
-
-    if (ev->timedout) {
-        ev->timedout = 0;
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "matrix: send_join into \"%V\" waited %M ms for "
-                      "another request's read of generation %s, in vain: "
-                      "it reads for itself", &sj->room_id,
-                      ngx_http_matrix_join_max_wait(r), sj->generation);
-
-    } else if (ev->timer_set) {
-        ngx_del_timer(ev);
-    }
-
-    ngx_matrix_chunks_wait_done(&sj->waiter);
-
-    ngx_http_matrix_send_join_accept(r, ctx);
-    ngx_http_run_posted_requests(c);
-}

@@ -218,38 +218,25 @@ ngx_http_matrix_out_strings(ngx_http_matrix_out_t *o,
 
 
 /*
- * res: {status, seq, state extra, cuts, auth extra, servers, partial
- * state, partial auth}; lists: the LRANGE replies (state_nm, state_m, auth
- * or state_nm, auth_nm).
+ * The member events the edge records replaced, "c:o:l:a" each, as sorted
+ * cuts into list (state_m).
  */
 
-ngx_int_t
-ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
-    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res)
+static ngx_int_t
+ngx_http_matrix_cuts(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *cr,
+    ngx_matrix_chunk_list_t *list, ngx_http_matrix_cut_t **out,
+    ngx_uint_t *nout)
 {
-    ngx_int_t                 rc;
-    ngx_uint_t                i, n;
-    redisReply               *cr;
-    ngx_chain_t              *last;
-    ngx_http_matrix_out_t     o;
-    ngx_http_matrix_cut_t    *cuts;
-    ngx_matrix_chunk_list_t  *lists, *list;
-    unsigned long             c, off, len, a;
+    ngx_uint_t              i, n;
+    ngx_http_matrix_cut_t  *cuts;
+    unsigned long           c, off, len, a;
 
-    /* full: state_nm, state_m, auth; partial: state_nm, auth_nm */
-
-    lists = sj->chunks->lists;
-
-    /* the member events the edge joins replaced: "c:o:l:a" */
-
-    cr = res->element[3];
     n = (cr->type == REDIS_REPLY_ARRAY) ? cr->elements : 0;
     cuts = ngx_palloc(r->pool, (n + 1) * sizeof(ngx_http_matrix_cut_t));
     if (cuts == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
-
-    list = sj->omit ? NULL : &lists[1];
 
     for (i = 0; i < n; i++) {
         if (cr->element[i]->type != REDIS_REPLY_STRING
@@ -261,7 +248,7 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                           "matrix: a bad member position in the snapshot of "
                           "\"%V\"", &sj->room_id);
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NGX_ERROR;
         }
 
         cuts[i].chunk = c;
@@ -272,6 +259,71 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
 
     ngx_qsort(cuts, n, sizeof(ngx_http_matrix_cut_t),
               ngx_http_matrix_cut_cmp);
+
+    *out = cuts;
+    *nout = n;
+
+    return NGX_OK;
+}
+
+
+/* The headers, then the chain o holds. */
+
+static ngx_int_t
+ngx_http_matrix_out_send(ngx_http_request_t *r, ngx_http_matrix_out_t *o)
+{
+    ngx_int_t     rc;
+    ngx_chain_t  *last;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = o->len;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    last = (ngx_chain_t *) ((u_char *) o->last
+                            - offsetof(ngx_chain_t, next));
+    last->buf->last_buf = (r == r->main);
+    last->buf->last_in_chain = 1;
+
+    return ngx_http_output_filter(r, o->first);
+}
+
+
+/*
+ * res: {status, seq, state extra, cuts, auth extra, servers, partial
+ * state, partial auth}; lists: the LRANGE replies (state_nm, state_m, auth
+ * or state_nm, auth_nm).
+ */
+
+ngx_int_t
+ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *res)
+{
+    ngx_uint_t                i, n;
+    redisReply               *cr;
+    ngx_http_matrix_out_t     o;
+    ngx_http_matrix_cut_t    *cuts;
+    ngx_matrix_chunk_list_t  *lists, *list;
+
+    /* full: state_nm, state_m, auth; partial: state_nm, auth_nm */
+
+    lists = sj->chunks->lists;
+
+    /* the member events the edge joins replaced: "c:o:l:a" */
+
+    cr = res->element[3];
+    list = sj->omit ? NULL : &lists[1];
+
+    if (ngx_http_matrix_cuts(r, sj, cr, list, &cuts, &n) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     ngx_memzero(&o, sizeof(ngx_http_matrix_out_t));
     o.r = r;
@@ -357,24 +409,54 @@ ngx_http_matrix_send_join_answer(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    /* the headers and the chain */
+    return ngx_http_matrix_out_send(r, &o);
+}
 
-    r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = o.len;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
 
-    rc = ngx_http_send_header(r);
+/*
+ * The /state answer, {"auth_chain":[...],"pdus":[...]}, from the full
+ * chunk lists (state_nm, state_m, auth): the state is the chunks minus
+ * the cut member events plus sx, the auth chain the auth list plus
+ * extra (which holds the cut events it needs: they are not added here).
+ */
 
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
+ngx_int_t
+ngx_http_matrix_state_answer(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *sx, redisReply *cr,
+    redisReply *extra)
+{
+    ngx_uint_t                n;
+    ngx_http_matrix_out_t     o;
+    ngx_http_matrix_cut_t    *cuts;
+    ngx_matrix_chunk_list_t  *lists;
+
+    lists = sj->chunks->lists;
+
+    if (ngx_http_matrix_cuts(r, sj, cr, &lists[1], &cuts, &n) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    last = (ngx_chain_t *) ((u_char *) o.last
-                            - offsetof(ngx_chain_t, next));
-    last->buf->last_buf = (r == r->main);
-    last->buf->last_in_chain = 1;
+    ngx_memzero(&o, sizeof(ngx_http_matrix_out_t));
+    o.r = r;
+    o.last = &o.first;
 
-    return ngx_http_output_filter(r, o.first);
+    if (ngx_http_matrix_out_lit(&o, "{\"auth_chain\":[") != NGX_OK
+        || ngx_http_matrix_out_chunks(&o, &lists[2], NULL, 0) != NGX_OK
+        || ngx_http_matrix_out_strings(&o, sj, extra) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    o.items = 0;
+
+    if (ngx_http_matrix_out_lit(&o, "],\"pdus\":[") != NGX_OK
+        || ngx_http_matrix_out_chunks(&o, &lists[0], NULL, 0) != NGX_OK
+        || ngx_http_matrix_out_chunks(&o, &lists[1], cuts, n) != NGX_OK
+        || ngx_http_matrix_out_strings(&o, sj, sx) != NGX_OK
+        || ngx_http_matrix_out_lit(&o, "]}") != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_matrix_out_send(r, &o);
 }

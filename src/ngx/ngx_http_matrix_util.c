@@ -465,6 +465,57 @@ ngx_http_matrix_path_params(ngx_http_request_t *r, size_t skip,
 }
 
 
+/*
+ * The one path parameter "{a}" (Synapse's "(?P<a>[^/]*)/?": no '/' in
+ * it, one trailing '/' allowed) of the raw URI after skip bytes, decoded
+ * and NUL-terminated in r's pool.
+ */
+
+const char *
+ngx_http_matrix_path_param(ngx_http_request_t *r, size_t skip,
+    ngx_str_t *seg, const char *shape)
+{
+    u_char  *p, *end, *buf;
+    size_t   n;
+
+    p = r->unparsed_uri.data + skip;
+    end = r->unparsed_uri.data + r->unparsed_uri.len;
+
+    if (r->args_start) {
+        end = r->args_start - 1;     /* the '?' */
+    }
+
+    if (p > end) {
+        return shape;
+    }
+
+    if (end > p && end[-1] == '/') {
+        end--;
+    }
+
+    if (ngx_strlchr(p, end, '/') != NULL) {
+        return shape;
+    }
+
+    buf = ngx_pnalloc(r->pool, end - p + 1);
+    if (buf == NULL) {
+        return "out of memory";
+    }
+
+    n = mx_uri_unescape((char *) buf, (char *) p, end - p, 0);
+
+    if (ngx_strlchr(buf, buf + n, '\0') != NULL) {
+        return "a path parameter holds a NUL byte";
+    }
+
+    buf[n] = '\0';
+    seg->data = buf;
+    seg->len = n;
+
+    return NULL;
+}
+
+
 ngx_int_t
 ngx_http_matrix_query_arg(ngx_http_request_t *r, const char *name,
     ngx_str_t *value)

@@ -332,3 +332,123 @@ def test_send_join_accept_unhappy(r):
         [b"unknown", b"$nope"]
     assert r.xlen(P + "outbox") == 0
     assert r.hlen(P + "edge") == 0
+
+
+# -- state_at (matrix_state) --------------------------------------------------
+
+def state_at_room(r):
+    """A snapshot of @a:x (in the auth chain) and the create event; @j:y
+    joined at the edge twice ($j1 on the snapshot's extremity $x, then $j2
+    on $j1); one more server z with no member."""
+    r.hset(P + "meta", mapping={"generation": "g", "room_version": "10",
+                                "nm_unreferenced": "[]"})
+    r.hset(P + "state", mapping={
+        '["m.room.create",""]': "$c", '["m.room.member","@a:x"]': "$a",
+        '["m.room.member","@j:y"]': "$j2"})
+    r.hset(P + "pdu", mapping={"$c": '{"auth_events":[]}',
+                               "$a": '{"auth_events":["$c"]}'})
+    r.hset(P + "edge", mapping={
+        "$x": '{"b":1}', "$j1": '{"s":1,"u":"@j:y","p":["$x"]}',
+        "$j2": '{"s":2,"u":"@j:y","p":["$j1"]}'})
+    r.hset(P + "edge_pdu", mapping={
+        "$j1": '{"auth_events":["$c","$a"],"n":1}',
+        "$j2": '{"auth_events":["$c","$a","$j1"],"n":2}'})
+    r.hset(P + "edge_m", "@j:y", "$j2")
+    r.hset(P + "extrem", "$j2", '{"depth":5,"sha256":"h"}')
+    r.zadd(P + "servers", {"x": -1, "y": -1})
+
+
+def state_at(r, eid, mode, origin="y", gen="g"):
+    return mxj_lua.run(r, "state_at", SJ_KEYS, [gen, eid, mode, origin])
+
+
+def test_state_at_ids_before_each_edge_join(r):
+    state_at_room(r)
+    ok, ids, auth = state_at(r, "$j2", "ids")
+    assert ok == b"ok"
+    assert sorted(ids) == [b"$a", b"$c", b"$j1"]     # $j1, not $j2
+    assert sorted(auth) == [b"$a", b"$c"]
+    ok, ids, auth = state_at(r, "$j1", "ids")
+    assert sorted(ids) == [b"$a", b"$c"]             # @j:y not there yet
+    assert sorted(auth) == [b"$a", b"$c"]
+
+
+def test_state_at_pdus_and_a_superseded_join_in_the_auth_chain(r):
+    state_at_room(r)
+    assert state_at(r, "$j2", "pdus") == [
+        b"ok", [b'{"auth_events":["$c","$a"],"n":1}'], [], []]
+    # a later join of another user on $j2: $j2 is in its state, and the
+    # superseded $j1, reached from $j2, in its auth chain
+    r.hset(P + "edge", "$k", '{"s":3,"u":"@k:y","p":["$j2"]}')
+    r.hset(P + "edge_pdu", "$k", '{"auth_events":["$c"],"n":3}')
+    r.hset(P + "edge_m", "@k:y", "$k")
+    r.hset(P + "state", '["m.room.member","@k:y"]', "$k")
+    r.delete(P + "extrem")
+    r.hset(P + "extrem", "$k", '{"depth":6,"sha256":"h"}')
+    ok, ids, auth = state_at(r, "$k", "ids")
+    assert sorted(ids) == [b"$a", b"$c", b"$j2"]
+    assert sorted(auth) == [b"$a", b"$c", b"$j1"]
+    ok, sx, cuts, extra = state_at(r, "$k", "pdus")
+    assert sx == [b'{"auth_events":["$c","$a","$j1"],"n":2}']
+    assert extra == [b'{"auth_events":["$c","$a"],"n":1}']
+
+
+def test_state_at_homeserver_event_sync_applied(r):
+    """A message of the homeserver on $j2, which sync applied ({"h":1}):
+    the state at it (before it, the same for a non-state event) has $j2."""
+    state_at_room(r)
+    r.hset(P + "edge", "$m", '{"h":1,"p":["$j2"]}')
+    r.delete(P + "extrem")
+    r.hset(P + "extrem", "$m", '{"depth":6,"sha256":"h"}')
+    ok, ids, auth = state_at(r, "$m", "ids")
+    assert (ok, sorted(ids)) == (b"ok", [b"$a", b"$c", b"$j2"])
+    assert sorted(auth) == [b"$a", b"$c", b"$j1"]
+    assert state_at(r, "$x", "ids")[0] == b"unknown"    # {"b":1}
+
+
+def test_state_at_unhappy(r):
+    assert state_at(r, "$j2", "ids") == [b"gone"]
+    state_at_room(r)
+    assert state_at(r, "$j2", "ids", gen="other") == [b"generation"]
+    assert state_at(r, "$j2", "ids", origin="z") == [b"not_in_room"]
+    assert state_at(r, "$c", "ids")[0] == b"unknown"     # not an edge join
+    r.hdel(P + "pdu", "$a")     # an auth event of $j1 the edge lacks
+    assert state_at(r, "$j1", "ids")[0] == b"ok"    # $j1 not in its state
+    assert state_at(r, "$j2", "ids")[0] == b"unknown"
+    r.hset(P + "meta", "room_version", "2")
+    assert state_at(r, "$j2", "ids")[0] == b"unknown"
+
+
+# -- event_find (matrix_event) ------------------------------------------------
+
+EF_KEYS = [P + "meta", P + "pdu", P + "edge_pdu", P + "state"]
+
+
+def test_event_find(r):
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"]) is None
+    r.hset(P + "meta", mapping={"loaded_at": "5", "generation": "g"})
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"]) is None
+    e = '{"depth":3,"type":"m.room.name","content":{}}'
+    r.hset(P + "pdu", "$e", e)
+    # no history_visibility ever: shared
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"]) == \
+        [e.encode(), b"5", None, b"open", None]
+    j = '{"depth":9,"type":"m.room.member","state_key":"@j:y",' \
+        '"content":{"membership":"join"}}'
+    r.hset(P + "edge_pdu", "$j", j)
+    h = '{"depth":6,"content":{"history_visibility":"joined"},' \
+        '"unsigned":{"replaces_state":"$h0"}}'
+    r.hset(P + "pdu", "$h", h)
+    r.hset(P + "state", '["m.room.history_visibility",""]', "$h")
+    # older than a history_visibility event that replaced another
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"])[3] == b"unknown"
+    # under "joined": a user's own join, for its server only
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$j"])[3:] == \
+        [b"member", b"@j:y"]
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$h"])[3] == b"unknown"
+    # the room's first history_visibility event: none before it
+    r.hset(P + "pdu", "$h", '{"depth":6,"content":'
+                            '{"history_visibility":"joined"}}')
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"])[3] == b"open"
+    r.hset(P + "meta", "stale", "1")
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"])[2] == b"1"

@@ -18,7 +18,8 @@ from test_make_join import MJ, Edge, mj_target, new_room, send
 pytestmark = pytest.mark.timeout(120)
 
 KS = "/_matrix/key/v2/server"
-ENDPOINTS = ("make_join", "send_join", "directory", "key_server")
+ENDPOINTS = ("make_join", "send_join", "directory", "key_server", "state",
+             "event")
 OUTCOMES = ("answered", "handed_over", "refused", "error")
 LINE = re.compile(r'^(matrix_join_[a-z_]+)(?:\{endpoint="([a-z_]+)",'
                   r'outcome="([a-z_]+)"\}|\{state="([a-z]+)"\})? ([0-9]+)$')

@@ -162,8 +162,9 @@ class DocumentedEdge:
 
 
 # where Synapse's worker routing sends each request (docs/operations.md,
-# section 4); the join endpoints reach the module, which sends rooms it
-# has not cached (here: every room, Redis being down) to the fallback
+# section 4); the join endpoints and the state reads reach the module,
+# which sends rooms it has not cached (here: every room, Redis being
+# down) to the fallback
 ROUTES = [
     ("GET", "/_matrix/federation/v1/make_join/%21a%3Ab.c/%40u%3Ar.test"
             "?ver=10", "fallback"),
@@ -175,6 +176,11 @@ ROUTES = [
     ("PUT", "/_matrix/federation/v1/send_leave/%21a%3Ab.c/%24e",
      "synapse_federation"),
     ("GET", "/_matrix/federation/v1/state/%21a%3Ab.c?event_id=%24e",
+     "fallback"),
+    ("GET", "/_matrix/federation/v1/state_ids/%21a%3Ab.c?event_id=%24e",
+     "fallback"),
+    ("GET", "/_matrix/federation/v1/event/%24e", "fallback"),
+    ("GET", "/_matrix/federation/v1/backfill/%21a%3Ab.c?v=%24e",
      "synapse_federation"),
     ("GET", "/_matrix/federation/v1/version", "synapse_federation"),
     ("GET", "/_matrix/key/v2/query/r.test", "synapse_federation"),

@@ -220,9 +220,10 @@ class Edge:
         return self
 
     def start(self, rate=None, fallback=True, listen="", http_extra="",
-              key=None):
+              key=None, locations=""):
         """key: the signing key file's text (another edge's, for two
-        edges of one homeserver); else a new one."""
+        edges of one homeserver); else a new one. locations: more
+        location blocks for the server."""
         if key is None:
             key = subprocess.run([str(CTL), "keygen", self.our],
                                  capture_output=True, text=True, timeout=30,
@@ -257,6 +258,7 @@ class Edge:
                 location @hs {{
                     proxy_pass http://127.0.0.1:{self.rec.port};
                 }}
+                {locations}
             }}
             """)
         self.nginx.start()

@@ -46,7 +46,7 @@ UNSTABLE_VERSION = "org.matrix.msc2176"
 # users of B and C, one or more per scenario (a server already in a room
 # joins further users itself, without the edge)
 B_USERS = ["bob", "bert", "uma", "rita", "rosa", "kim", "bart", "dora",
-           "ursula", "fay"]
+           "ursula", "fay", "stella"]
 C_USERS = ["carol"]
 
 
@@ -65,6 +65,7 @@ def rooms_plan():
         ("rejoin", dict(), True),
         ("second", dict(), True),
         ("down", dict(), True),
+        ("reads", dict(), True),
         # a version Synapse offers and the edge does not: sync refuses it
         ("unstable", dict(version=UNSTABLE_VERSION), True),
     ]
