@@ -308,31 +308,31 @@ ngx_http_matrix_send_join_body(ngx_http_request_t *r)
 }
 
 
-/* {{room_version, loaded_at, stale, generation}, acl PDU} or nil */
-
-static void
-ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
-    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+/*
+ * The reply of send_join_meta.lua, {{room_version, loaded_at, stale,
+ * generation}, acl PDU} or nil, into sj (room version, generation, the
+ * server ACL); NGX_OK, or NGX_DONE when the request was finalized: handed
+ * over (not cached, stale, too old, Redis failing) or 500.
+ */
+ngx_int_t
+ngx_http_matrix_send_join_meta_read(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *reply,
+    ngx_matrix_redis_status_e status)
 {
-    ngx_http_matrix_ctx_t *ctx = data;
-
-    mx_err_t                          e;
-    redisReply                       *meta, *v;
-    const char                       *why;
-    ngx_http_matrix_send_join_ctx_t  *sj;
-
-    sj = ctx->data;
+    mx_err_t     e;
+    redisReply  *meta, *v;
+    const char  *why;
 
     if (status != NGX_MATRIX_REDIS_OK) {
         ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
                                  ngx_matrix_redis_status_text(status));
-        return;
+        return NGX_DONE;
     }
 
     if (reply->type != REDIS_REPLY_ARRAY) {
         ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
                                  "Unknown room (not in the cache)");
-        return;
+        return NGX_DONE;
     }
 
     meta = reply->element[0];
@@ -341,14 +341,14 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
         || meta->elements != 4)
     {
         ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
+        return NGX_DONE;
     }
 
     why = ngx_http_matrix_snapshot_unusable(r, meta->element[1],
                                             meta->element[2]);
     if (why) {
         ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND, why);
-        return;
+        return NGX_DONE;
     }
 
     v = meta->element[0];
@@ -357,7 +357,7 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
     if (sj->rv == NULL) {
         ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
                                  "the cached room has an unknown version");
-        return;
+        return NGX_DONE;
     }
 
     sj->generation = ngx_http_matrix_reply_str(r, meta->element[3]);
@@ -366,7 +366,7 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
                                  "the snapshot was loaded without what "
                                  "send_join needs (load it again with this "
                                  "version of matrix-join-ctl)");
-        return;
+        return NGX_DONE;
     }
 
     v = reply->element[1];
@@ -378,8 +378,29 @@ ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
                           "matrix: a cached event of \"%V\" is not JSON: %s",
                           &sj->room_id, e.text);
             ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
+            return NGX_DONE;
         }
+    }
+
+    return NGX_OK;
+}
+
+
+/* {{room_version, loaded_at, stale, generation}, acl PDU} or nil */
+
+static void
+ngx_http_matrix_send_join_meta(ngx_http_request_t *r, void *data,
+    redisReply *reply, ngx_matrix_redis_status_e status, const char *err)
+{
+    ngx_http_matrix_ctx_t *ctx = data;
+
+    mx_err_t                          e;
+    ngx_http_matrix_send_join_ctx_t  *sj;
+
+    sj = ctx->data;
+
+    if (ngx_http_matrix_send_join_meta_read(r, sj, reply, status) != NGX_OK) {
+        return;
     }
 
     /* X-Matrix signs the body as JSON: "content" */

@@ -111,6 +111,14 @@ typedef struct {
  * them for this answer) and tells the waiting requests; end() at the
  * request's end.
  */
+/*
+ * The reply of send_join_meta.lua into sj (ngx_http_matrix_send_join.c):
+ * NGX_OK, or NGX_DONE when the request was finalized.
+ */
+ngx_int_t ngx_http_matrix_send_join_meta_read(ngx_http_request_t *r,
+    ngx_http_matrix_send_join_ctx_t *sj, redisReply *reply,
+    ngx_matrix_redis_status_e status);
+
 ngx_int_t ngx_http_matrix_chunks_look(ngx_http_request_t *r,
     ngx_http_matrix_ctx_t *ctx, ngx_http_matrix_send_join_ctx_t *sj,
     ngx_http_matrix_next_pt retry);

@@ -204,62 +204,14 @@ ngx_http_matrix_state_meta(ngx_http_request_t *r, void *data,
 {
     ngx_http_matrix_ctx_t *ctx = data;
 
-    mx_err_t                          e;
-    redisReply                       *meta, *v;
-    const char                       *why;
     ngx_http_matrix_state_ctx_t      *st;
     ngx_http_matrix_send_join_ctx_t  *sj;
 
     st = ctx->data;
     sj = &st->sj;
 
-    if (status != NGX_MATRIX_REDIS_OK) {
-        ngx_http_matrix_fallback(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                 ngx_matrix_redis_status_text(status));
+    if (ngx_http_matrix_send_join_meta_read(r, sj, reply, status) != NGX_OK) {
         return;
-    }
-
-    if (reply->type != REDIS_REPLY_ARRAY) {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "Unknown room (not in the cache)");
-        return;
-    }
-
-    meta = reply->element[0];
-
-    if (reply->elements != 2 || meta->type != REDIS_REPLY_ARRAY
-        || meta->elements != 4)
-    {
-        ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
-
-    why = ngx_http_matrix_snapshot_unusable(r, meta->element[1],
-                                            meta->element[2]);
-    if (why) {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND, why);
-        return;
-    }
-
-    sj->generation = ngx_http_matrix_reply_str(r, meta->element[3]);
-    if (sj->generation == NULL) {
-        ngx_http_matrix_fallback(r, NGX_HTTP_NOT_FOUND,
-                                 "the snapshot was loaded without a "
-                                 "generation");
-        return;
-    }
-
-    v = reply->element[1];
-
-    if (v->type == REDIS_REPLY_STRING) {
-        sj->acl = ngx_matrix_pdu_parse(v->str, v->len, &e);
-        if (sj->acl == NULL) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "matrix: a cached event of \"%V\" is not JSON: %s",
-                          &sj->room_id, e.text);
-            ngx_http_matrix_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-            return;
-        }
     }
 
     ngx_http_matrix_authenticate(r, ctx, ngx_http_matrix_state_authenticated);
