@@ -28,20 +28,34 @@
 
 #define NGX_HTTP_MATRIX_METRICS_ZONE_SIZE  (64 * 1024)
 
-#define NGX_HTTP_MATRIX_METRICS_BUF        8192
+#define NGX_HTTP_MATRIX_METRICS_BUF        32768
+
+#define NGX_HTTP_MATRIX_METRICS_BUCKETS    12
+
+
+/* a histogram's upper bounds, ms (the cached clock's steps) */
+static const ngx_msec_t  ngx_http_matrix_metrics_le[] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000
+};
 
 
 typedef struct {
     ngx_atomic_t   requests[NGX_HTTP_MATRIX_EP_N][NGX_HTTP_MATRIX_OUT_N];
     ngx_atomic_t   join_accepted;
     ngx_atomic_t   redis_errors;
+
+    /* request durations per endpoint: per bucket (the last: +Inf), sum */
+    ngx_atomic_t   duration[NGX_HTTP_MATRIX_EP_N]
+                           [NGX_HTTP_MATRIX_METRICS_BUCKETS + 1];
+    ngx_atomic_t   duration_ms[NGX_HTTP_MATRIX_EP_N];
 } ngx_http_matrix_metrics_shm_t;
 
 
 static ngx_http_matrix_metrics_shm_t *ngx_http_matrix_metrics_get(
     ngx_http_matrix_join_main_conf_t *mmcf);
 static ngx_int_t ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r);
-static void ngx_http_matrix_metrics_count(ngx_http_matrix_join_loc_conf_t *mlcf,
+static void ngx_http_matrix_metrics_count(ngx_http_request_t *r,
+    ngx_http_matrix_join_loc_conf_t *mlcf,
     ngx_http_matrix_join_main_conf_t *mmcf, ngx_uint_t outcome);
 static ngx_int_t ngx_http_matrix_metrics_handler(ngx_http_request_t *r);
 
@@ -100,10 +114,19 @@ ngx_http_matrix_metrics_get(ngx_http_matrix_join_main_conf_t *mmcf)
 }
 
 
+/*
+ * One request of an endpoint ended (answered, refused, an error) or left
+ * for the fallback: its outcome, and the time since its first byte, as
+ * $request_time reads it.
+ */
 static void
-ngx_http_matrix_metrics_count(ngx_http_matrix_join_loc_conf_t *mlcf,
+ngx_http_matrix_metrics_count(ngx_http_request_t *r,
+    ngx_http_matrix_join_loc_conf_t *mlcf,
     ngx_http_matrix_join_main_conf_t *mmcf, ngx_uint_t outcome)
 {
+    ngx_uint_t                      b;
+    ngx_msec_int_t                  ms;
+    ngx_time_t                     *tp;
     ngx_http_matrix_metrics_shm_t  *m;
 
     if (mlcf->endpoint == NGX_HTTP_MATRIX_EP_NONE
@@ -118,6 +141,20 @@ ngx_http_matrix_metrics_count(ngx_http_matrix_join_loc_conf_t *mlcf,
     }
 
     (void) ngx_atomic_fetch_add(&m->requests[mlcf->endpoint][outcome], 1);
+
+    tp = ngx_timeofday();
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+    ms = ngx_max(ms, 0);
+
+    for (b = 0; b < NGX_HTTP_MATRIX_METRICS_BUCKETS; b++) {
+        if ((ngx_msec_t) ms <= ngx_http_matrix_metrics_le[b]) {
+            break;
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&m->duration[mlcf->endpoint][b], 1);
+    (void) ngx_atomic_fetch_add(&m->duration_ms[mlcf->endpoint], ms);
 }
 
 
@@ -160,7 +197,7 @@ ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r)
         outcome = NGX_HTTP_MATRIX_OUT_ANSWERED;
     }
 
-    ngx_http_matrix_metrics_count(mlcf,
+    ngx_http_matrix_metrics_count(r, mlcf,
               ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
               outcome);
 
@@ -175,7 +212,7 @@ ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_matrix_metrics_count(
+    ngx_http_matrix_metrics_count(r,
               ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module),
               ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
               NGX_HTTP_MATRIX_OUT_HANDED_OVER);
@@ -224,8 +261,9 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
 {
     u_char                            *p, *last;
     ngx_int_t                          rc;
-    ngx_uint_t                         e, o;
-    ngx_buf_t                         *b;
+    ngx_uint_t                         e, o, b;
+    ngx_atomic_uint_t                  n;
+    ngx_buf_t                         *buf;
     ngx_chain_t                        out;
     ngx_matrix_chunks_stats_t          st;
     ngx_http_matrix_metrics_shm_t     *m;
@@ -248,13 +286,13 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b = ngx_create_temp_buf(r->pool, NGX_HTTP_MATRIX_METRICS_BUF);
-    if (b == NULL) {
+    buf = ngx_create_temp_buf(r->pool, NGX_HTTP_MATRIX_METRICS_BUF);
+    if (buf == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    p = b->pos;
-    last = b->end;
+    p = buf->pos;
+    last = buf->end;
 
     p = ngx_slprintf(p, last,
             "# HELP matrix_join_requests_total Federation requests of the "
@@ -272,6 +310,45 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
                              ngx_http_matrix_metrics_outcomes[o],
                              m->requests[e][o]);
         }
+    }
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_request_duration_seconds Time from a "
+            "request's first byte until the module answered it or handed "
+            "it over, by endpoint (nginx's cached clock: millisecond "
+            "steps).\n"
+            "# TYPE matrix_join_request_duration_seconds histogram\n");
+
+    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
+        n = 0;
+
+        for (b = 0; b <= NGX_HTTP_MATRIX_METRICS_BUCKETS; b++) {
+            n += m->duration[e][b];
+
+            if (b == NGX_HTTP_MATRIX_METRICS_BUCKETS) {
+                p = ngx_slprintf(p, last,
+                                 "matrix_join_request_duration_seconds_bucket"
+                                 "{endpoint=\"%s\",le=\"+Inf\"} %uA\n",
+                                 ngx_http_matrix_metrics_endpoints[e], n);
+                break;
+            }
+
+            p = ngx_slprintf(p, last,
+                             "matrix_join_request_duration_seconds_bucket"
+                             "{endpoint=\"%s\",le=\"%M.%03M\"} %uA\n",
+                             ngx_http_matrix_metrics_endpoints[e],
+                             ngx_http_matrix_metrics_le[b] / 1000,
+                             ngx_http_matrix_metrics_le[b] % 1000, n);
+        }
+
+        p = ngx_slprintf(p, last,
+                         "matrix_join_request_duration_seconds_sum"
+                         "{endpoint=\"%s\"} %uA.%03uA\n"
+                         "matrix_join_request_duration_seconds_count"
+                         "{endpoint=\"%s\"} %uA\n",
+                         ngx_http_matrix_metrics_endpoints[e],
+                         m->duration_ms[e] / 1000, m->duration_ms[e] % 1000,
+                         ngx_http_matrix_metrics_endpoints[e], n);
     }
 
     p = ngx_slprintf(p, last,
@@ -321,12 +398,12 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    b->last = p;
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
+    buf->last = p;
+    buf->last_buf = (r == r->main) ? 1 : 0;
+    buf->last_in_chain = 1;
 
     r->headers_out.status = NGX_HTTP_OK;
-    r->headers_out.content_length_n = b->last - b->pos;
+    r->headers_out.content_length_n = buf->last - buf->pos;
     ngx_str_set(&r->headers_out.content_type,
                 "text/plain; version=0.0.4; charset=utf-8");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
@@ -338,7 +415,7 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    out.buf = b;
+    out.buf = buf;
     out.next = NULL;
 
     return ngx_http_output_filter(r, &out);

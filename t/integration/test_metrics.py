@@ -41,8 +41,8 @@ def parse(text, zone=False):
     (test_chunk_zone.py checks them) only with zone."""
     out = {}
     for line in text.splitlines():
-        if line.startswith("#"):
-            continue
+        if line.startswith("#") or line.startswith(DURATION):
+            continue        # parse_durations() reads the histogram
         m = LINE.match(line)
         assert m, f"unexpected line {line!r}"
         name, ep, oc, state, v = m.groups()
@@ -52,6 +52,31 @@ def parse(text, zone=False):
             else name
         assert key not in out, f"{key} twice"
         out[key] = int(v)
+    return out
+
+
+DURATION = "matrix_join_request_duration_seconds"
+HIST = re.compile(r'^' + DURATION + r'_(bucket|sum|count)\{endpoint="([a-z_]+)"'
+                  r'(?:,le="([0-9.]+|\+Inf)")?\} ([0-9.]+)$')
+BOUNDS = ["0.001", "0.002", "0.005", "0.010", "0.025", "0.050", "0.100",
+          "0.250", "0.500", "1.000", "2.500", "10.000", "+Inf"]
+
+
+def parse_durations(text):
+    """{endpoint: {"le": [(bound, n)], "sum": s, "count": n}} of the
+    histogram, each line checked."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith(DURATION):
+            continue
+        m = HIST.match(line)
+        assert m, f"unexpected line {line!r}"
+        kind, ep, le, v = m.groups()
+        h = out.setdefault(ep, {"le": []})
+        if kind == "bucket":
+            h["le"].append((le, int(v)))
+        else:
+            h[kind] = float(v) if kind == "sum" else int(v)
     return out
 
 
@@ -98,9 +123,17 @@ class MetricsEdge(Edge):
             "text/plain; version=0.0.4; charset=utf-8", rep.headers
         return rep.body.decode()
 
-    def scrape_all(self, n=20):
+    def scrape_all(self, n=20, want=None):
         """n scrapes, each on a new connection: all the same; returns the
-        parsed counts, the text, and the workers that answered."""
+        parsed counts, the text, and the workers that answered. With
+        want, first until a scrape counts want: a request is counted in
+        its log phase, after its answer went out, so the scrape that
+        follows it at once may reach the other worker first (bounded: a
+        wrong count still fails, after 10 s)."""
+        deadline = time.monotonic() + 10
+        while want is not None and parse(self.scrape()) != want \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
         log = self.nginx.prefix / "logs" / "metrics.log"
         before = len(log.read_text().splitlines()) if log.exists() else 0
         texts = [self.scrape() for _ in range(n)]
@@ -163,10 +196,19 @@ def test_counts_are_per_machine_exact_and_survive_reload(medge, tmp_path):
     want = expected(base, make_join__answered=2, key_server__answered=5,
                     make_join__handed_over=3, make_join__refused=4,
                     key_server__refused=1)
-    got, text, pids = medge.scrape_all(20)
+    got, text, pids = medge.scrape_all(20, want)
     assert got == want
     assert len(pids) == 2, f"the scrapes reached workers {pids} only"
     check_promtool(text, tmp_path)
+    # every request counted is in its endpoint's duration histogram once
+    durations = parse_durations(text)
+    assert sorted(durations) == sorted(ENDPOINTS), durations
+    for ep, h in durations.items():
+        sent = sum(want[("requests", ep, o)] for o in OUTCOMES)
+        assert [b for b, _ in h["le"]] == BOUNDS, h
+        counts = [n for _, n in h["le"]]
+        assert counts == sorted(counts), h       # cumulative
+        assert counts[-1] == h["count"] == sent, (ep, h, sent)
     # the homeserver saw the three handed over, nothing else
     assert len(medge.rec.requests) == 3, medge.rec.requests
 
@@ -179,7 +221,7 @@ def test_counts_are_per_machine_exact_and_survive_reload(medge, tmp_path):
     rep = medge.make_join(room.room_id)
     assert rep.status == 200, rep
     want = expected(want, key_server__answered=1, make_join__answered=1)
-    got, text, _ = medge.scrape_all(10)
+    got, text, _ = medge.scrape_all(10, want)
     assert got == want
     check_promtool(text, tmp_path)
 
