@@ -45,6 +45,7 @@
 #define MX_KEY_MCHUNK              "mchunk"
 #define MX_KEY_AUTH_NM             "auth_nm"
 #define MX_KEY_PARTIAL             "partial"
+#define MX_KEY_MEVENT              "mevent"
 #define MX_KEY_EDGE                "edge"
 #define MX_KEY_EDGE_PDU            "edge_pdu"
 #define MX_KEY_EDGE_M              "edge_m"

@@ -15,7 +15,7 @@
 #include "mx_snapshot.h"
 
 
-#define MXJ_LOAD_NKEYS        18
+#define MXJ_LOAD_NKEYS        19
 #define MXJ_LOAD_LOCK_MS      "600000"
 #define MXJ_LOAD_PROGRESS_MIN (8 * 1024 * 1024)   /* bytes of snapshot */
 
@@ -33,7 +33,8 @@
 enum {
     MXJ_K_META = 0, MXJ_K_STATE, MXJ_K_MEMBER, MXJ_K_PDU, MXJ_K_STATE_NM,
     MXJ_K_STATE_M, MXJ_K_AUTH, MXJ_K_EXTREM, MXJ_K_SERVERS, MXJ_K_SERVER_USER,
-    MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL, MXJ_K_EDGE, MXJ_K_EDGE_PDU
+    MXJ_K_MCHUNK, MXJ_K_AUTH_NM, MXJ_K_PARTIAL, MXJ_K_MEVENT, MXJ_K_EDGE,
+    MXJ_K_EDGE_PDU
 };
 
 /* the names of those keys, in that order (ctl_load_snapshot.c) */

@@ -434,7 +434,8 @@ mxj_load_heroes(mxj_load_t *ld, mxj_pipe_t *p)
 /*
  * mchunk: where each member event of state lies in the state_m chunks,
  * user ID -> "<chunk>:<offset>:<length>:<in auth chain 0/1>", so that
- * send_join can cut one member's event out of its chunk.
+ * send_join can cut one member's event out of its chunk; and mevent, its
+ * event ID -> the user ID, so that /event finds it there by its ID.
  */
 
 static int
@@ -480,6 +481,24 @@ mxj_load_mchunk(mxj_load_t *ld, mxj_pipe_t *p)
                          strlen(ev->user)) != 0
             || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_MCHUNK], v, strlen(v))
                != 0)
+        {
+            goto done;
+        }
+    }
+
+    if (mxj_pipe_end(p) != 0
+        || mxj_pipe_start(p, "HSET", ld->load[MXJ_K_MEVENT]) != 0)
+    {
+        goto done;
+    }
+
+    for (i = 0; i < m->n; i++) {
+        ev = mx_snapshot_list_event(s, MX_SNAPSHOT_STATE_M, i);
+
+        if (mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_MEVENT], ev->id,
+                         strlen(ev->id)) != 0
+            || mxj_pipe_arg(p, "HSET", ld->load[MXJ_K_MEVENT], ev->user,
+                            strlen(ev->user)) != 0)
         {
             goto done;
         }

@@ -1,10 +1,12 @@
 -- /event/{eventId}: the event's canonical PDU, if this room's snapshot
 -- holds it (docs/redis-schema.md: pdu for non-member state, the auth
 -- chain and, in v1/v2, member events; edge_pdu for joins accepted at the
--- edge; a member event only in the chunks is not found by its ID), and
+-- edge; a member event of the snapshot's state only in the chunks through
+-- mevent, its user, and mchunk, where it lies in state_m), and
 -- what the history visibility rule needs (Synapse's
 -- filter_events_for_server, with the visibility at the event).
--- KEYS: P{R}:meta, pdu, edge_pdu, state. ARGV: the event ID.
+-- KEYS: P{R}:meta, pdu, edge_pdu, state, mevent, mchunk, state_m. ARGV:
+-- the event ID.
 -- Returns false (not in this room's snapshot) or {PDU, loaded_at, stale,
 -- visibility, state_key}: visibility "open" (any server with a member in
 -- the room now may read it), "member" (only the server of state_key: the
@@ -15,7 +17,20 @@ local id = ARGV[1]
 local m = redis.call('HMGET', KEYS[1], 'loaded_at', 'stale', 'generation')
 if not m[1] then return false end
 local pdu = redis.call('HGET', KEYS[2], id) or redis.call('HGET', KEYS[3], id)
-if not pdu then return false end
+if not pdu then
+  -- "<chunk>:<offset>:<length>:<a>", bytes [offset, offset + length) of
+  -- LINDEX state_m chunk (docs/redis-schema.md)
+  local user = redis.call('HGET', KEYS[5], id)
+  local at = user and redis.call('HGET', KEYS[6], user)
+  local c, o, l = string.match(at or '', '^(%d+):(%d+):(%d+):')
+  if c then
+    local chunk = redis.call('LINDEX', KEYS[7], tonumber(c))
+    if chunk then
+      pdu = string.sub(chunk, tonumber(o) + 1, tonumber(o) + tonumber(l))
+    end
+  end
+end
+if not pdu or pdu == '' then return false end
 local function decode(p)
   local ok, ev = pcall(cjson.decode, p or '')
   if ok and type(ev) == 'table' then return ev end

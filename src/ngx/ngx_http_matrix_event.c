@@ -175,14 +175,15 @@ ngx_http_matrix_event_rooms(ngx_http_request_t *r, void *data,
 
     size_t                          i, k;
     ngx_int_t                       rc;
-    ngx_str_t                       keys[4];
+    ngx_str_t                       keys[7];
     redisReply                     *e;
-    const char                     *argv[5];
-    size_t                          argvlen[5];
+    const char                     *argv[8];
+    size_t                          argvlen[8];
     ngx_http_matrix_event_ctx_t    *ev;
     ngx_http_matrix_event_room_t   *room;
-    static const char              *names[4] = {
-        MX_KEY_META, MX_KEY_PDU, MX_KEY_EDGE_PDU, MX_KEY_STATE
+    static const char              *names[7] = {
+        MX_KEY_META, MX_KEY_PDU, MX_KEY_EDGE_PDU, MX_KEY_STATE,
+        MX_KEY_MEVENT, MX_KEY_MCHUNK, MX_KEY_STATE_M
     };
 
     ev = ctx->data;
@@ -224,7 +225,7 @@ ngx_http_matrix_event_rooms(ngx_http_request_t *r, void *data,
 
         room->ctx = ctx;
 
-        for (k = 0; k < 4; k++) {
+        for (k = 0; k < 7; k++) {
             if (ngx_http_matrix_room_key(r, &room->room_id, names[k],
                                          &keys[k])
                 != NGX_OK)
@@ -236,16 +237,16 @@ ngx_http_matrix_event_rooms(ngx_http_request_t *r, void *data,
             argvlen[k] = keys[k].len;
         }
 
-        if (k < 4) {
+        if (k < 7) {
             ev->failed = 1;
             break;
         }
 
-        argv[4] = (char *) ev->event_id.data;
-        argvlen[4] = ev->event_id.len;
+        argv[7] = (char *) ev->event_id.data;
+        argvlen[7] = ev->event_id.len;
 
         rc = ngx_matrix_redis_script(r, MX_LUA_EVENT_FIND,
-                                     ngx_http_matrix_event_found, room, 4, 1,
+                                     ngx_http_matrix_event_found, room, 7, 1,
                                      argv, argvlen);
         if (rc != NGX_OK) {
             ev->failed = 1;

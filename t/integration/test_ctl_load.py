@@ -23,7 +23,7 @@ import mxj_room  # noqa: E402
 CHUNK_MAX = 65536
 KEY_NAMES = ("meta", "state", "member", "pdu", "state_nm", "state_m",
              "auth", "extrem", "servers", "server_user", "mchunk", "auth_nm",
-             "partial")
+             "partial", "mevent")
 # written by the module's send_join; a load resets them
 EDGE_NAMES = ("edge", "edge_pdu", "edge_m", "edge_orig", "edge_old")
 GENERATION = re.compile(r"^[0-9a-f]{32}$")
@@ -195,6 +195,10 @@ def check_mchunk(client, doc, rid, prefix="mxj:"):
                            canonical(["m.room.member", user])) == \
             eid.encode()
         assert a == (eid in auth_ids)
+    # mevent: each member event's ID (signedjson's, above) -> its user
+    mevent = {k.decode(): v.decode() for k, v in
+              client.hgetall(rkey(prefix, rid, "mevent")).items()}
+    assert mevent == {state[("m.room.member", u)]: u for u in mchunk}
     return mchunk
 
 

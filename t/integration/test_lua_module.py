@@ -421,7 +421,8 @@ def test_state_at_unhappy(r):
 
 # -- event_find (matrix_event) ------------------------------------------------
 
-EF_KEYS = [P + "meta", P + "pdu", P + "edge_pdu", P + "state"]
+EF_KEYS = [P + "meta", P + "pdu", P + "edge_pdu", P + "state",
+           P + "mevent", P + "mchunk", P + "state_m"]
 
 
 def test_event_find(r):
@@ -452,3 +453,24 @@ def test_event_find(r):
     assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"])[3] == b"open"
     r.hset(P + "meta", "stale", "1")
     assert mxj_lua.run(r, "event_find", EF_KEYS, ["$e"])[2] == b"1"
+
+
+def test_event_find_member_event_in_the_chunks(r):
+    """A member event of the snapshot's state that only the chunks hold:
+    mevent names its user, mchunk where it lies in state_m."""
+    r.hset(P + "meta", mapping={"loaded_at": "5", "generation": "g"})
+    m1 = '{"depth":2,"type":"m.room.member","state_key":"@a:x",' \
+         '"content":{"membership":"join"}}'
+    m2 = '{"depth":3,"type":"m.room.member","state_key":"@b:x",' \
+         '"content":{"membership":"join"}}'
+    r.rpush(P + "state_m", "{}," + m1, m2)
+    r.hset(P + "mchunk", mapping={"@a:x": f"0:3:{len(m1)}:0",
+                                  "@b:x": f"1:0:{len(m2)}:1"})
+    r.hset(P + "mevent", mapping={"$m1": "@a:x", "$m2": "@b:x",
+                                  "$gone": "@c:x"})
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$m1"]) == \
+        [m1.encode(), b"5", None, b"open", None]
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$m2"])[0] == m2.encode()
+    # a user without an mchunk entry, an event mevent does not name
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$gone"]) is None
+    assert mxj_lua.run(r, "event_find", EF_KEYS, ["$m3"]) is None

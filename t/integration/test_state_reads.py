@@ -120,16 +120,19 @@ def test_event_state_auth_and_edge_join(edge, version):
     assert edge.rec.requests == [], "nothing went to the homeserver"
 
 
-def test_event_unknown_and_member_event_handed_over(edge):
-    """An event the snapshot does not hold by its ID (a message, a
-    member event outside the auth chain: v3+ keeps those in the chunks
-    only, an event ID no room has) goes to the fallback unchanged."""
+def test_event_unknown_handed_over_member_event_answered(edge):
+    """A member event outside the auth chain (v3+ keeps those in the
+    chunks only: found through mevent and mchunk) is answered, the PDU
+    the room signed; an event the snapshot does not hold (a message, an
+    event ID no room has) goes to the fallback unchanged."""
     room, view, ev, eid = joined_room(edge)
     remote = edge.joiner.remote
     chain = set(room.auth_chain_ids())
     member = [e for (t, _), e in view.base_state.items()
               if t == "m.room.member" and e not in chain][0]
-    for e in (view.base_ext[0], member, "$nosuchevent"):
+    check_transaction(get(edge, event_target(member), remote),
+                      room.events[member])
+    for e in (view.base_ext[0], "$nosuchevent"):
         t = event_target(e)
         handed_over(edge, get(edge, t, remote), t)
 

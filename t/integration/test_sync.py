@@ -52,7 +52,7 @@ CHUNK_MAX = 65536
 GENERATION = re.compile(r"^[0-9a-f]{32}$")
 KEY_NAMES = ("meta", "state", "member", "pdu", "state_nm", "state_m",
              "auth", "extrem", "servers", "server_user", "mchunk", "auth_nm",
-             "partial")
+             "partial", "mevent")
 # what a pass may take on loopback for these small rooms, at 8 requests/s
 PASS_TIMEOUT = 120
 
