@@ -867,6 +867,7 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     }
 
     if (free_slot == NULL) {
+        ngx_http_matrix_metrics_key_fetch(NGX_HTTP_MATRIX_KF_BUSY);
         ngx_str_set(&ctx->why, "too many key fetches in progress");
         ngx_http_matrix_auth_next_header(r, ctx);
         return;
@@ -877,12 +878,14 @@ ngx_http_matrix_auth_fetch(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
                                         mlcf->key_fetch_timeout);
 
     if (claim == NGX_HTTP_MATRIX_FETCH_FULL) {
+        ngx_http_matrix_metrics_key_fetch(NGX_HTTP_MATRIX_KF_BUSY);
         ngx_str_set(&ctx->why, "too many key fetches in progress");
         ngx_http_matrix_auth_next_header(r, ctx);
         return;
     }
 
     if (claim == NGX_HTTP_MATRIX_FETCH_LIMITED) {
+        ngx_http_matrix_metrics_key_fetch(NGX_HTTP_MATRIX_KF_RATE);
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "matrix: key fetch rate limit reached for \"%s\"",
                       h->origin);
@@ -1079,10 +1082,12 @@ ngx_http_matrix_auth_fetch_done(ngx_http_request_t *sr, void *data,
 
         ngx_http_matrix_key_remember(f->server, f->key_id, NULL, 0,
                                      now + mlcf->key_fetch_negative_ttl);
+        ngx_http_matrix_metrics_key_fetch(NGX_HTTP_MATRIX_KF_FAILED);
 
     } else {
         ngx_http_matrix_key_remember(f->server, f->key_id, k->pk,
                                      k->valid_until, 0);
+        ngx_http_matrix_metrics_key_fetch(NGX_HTTP_MATRIX_KF_FETCHED);
         ngx_http_matrix_key_store(sr, f->server, f->key_id, k->pk,
                                   k->valid_until);
     }

@@ -121,6 +121,8 @@ typedef struct {
  */
 struct ngx_http_matrix_ctx_s {
     ngx_str_t                    origin;        /* verified: $matrix_origin */
+    const char                  *errcode;       /* of an error answer */
+    ngx_uint_t                   undecided;     /* handed over: cannot say */
     json_t                      *content;       /* parsed body, or NULL */
 
     /* X-Matrix headers and the one being checked */

@@ -33,6 +33,28 @@
 #define NGX_HTTP_MATRIX_METRICS_BUCKETS    12
 
 
+/* the errcodes the module's answers carry; "other": any other, "none": an
+ * error answer nginx made itself (a body too large, a bad request line) */
+static const char  *ngx_http_matrix_metrics_errcodes[] = {
+    "M_FORBIDDEN", "M_UNAUTHORIZED", "M_NOT_FOUND", "M_LIMIT_EXCEEDED",
+    "M_BAD_JSON", "M_NOT_JSON", "M_TOO_LARGE", "M_INVALID_PARAM",
+    "M_UNRECOGNIZED", "M_INCOMPATIBLE_ROOM_VERSION",
+    "M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN", "M_UNKNOWN",
+    "other", "none"
+};
+
+#define NGX_HTTP_MATRIX_METRICS_ERRCODES                                      \
+    (sizeof(ngx_http_matrix_metrics_errcodes) / sizeof(char *))
+
+static const char  *ngx_http_matrix_metrics_whys[] = {
+    "snapshot", "redis", "undecided"
+};
+
+static const char  *ngx_http_matrix_metrics_fetches[] = {
+    "fetched", "failed", "rate_limited", "too_many"
+};
+
+
 /* a histogram's upper bounds, ms (the cached clock's steps) */
 static const ngx_msec_t  ngx_http_matrix_metrics_le[] = {
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000
@@ -48,6 +70,12 @@ typedef struct {
     ngx_atomic_t   duration[NGX_HTTP_MATRIX_EP_N]
                            [NGX_HTTP_MATRIX_METRICS_BUCKETS + 1];
     ngx_atomic_t   duration_ms[NGX_HTTP_MATRIX_EP_N];
+
+    ngx_atomic_t   errcodes[NGX_HTTP_MATRIX_EP_N]
+                           [sizeof(ngx_http_matrix_metrics_errcodes)
+                            / sizeof(char *)];
+    ngx_atomic_t   handed_over[NGX_HTTP_MATRIX_EP_N][NGX_HTTP_MATRIX_WHY_N];
+    ngx_atomic_t   key_fetches[NGX_HTTP_MATRIX_KF_N];
 } ngx_http_matrix_metrics_shm_t;
 
 
@@ -58,6 +86,8 @@ static void ngx_http_matrix_metrics_count(ngx_http_request_t *r,
     ngx_http_matrix_join_loc_conf_t *mlcf,
     ngx_http_matrix_join_main_conf_t *mmcf, ngx_uint_t outcome);
 static ngx_int_t ngx_http_matrix_metrics_handler(ngx_http_request_t *r);
+static void ngx_http_matrix_metrics_count_errcode(ngx_http_request_t *r,
+    ngx_http_matrix_join_loc_conf_t *mlcf);
 
 
 static ngx_str_t  ngx_http_matrix_metrics_zone_name =
@@ -201,21 +231,87 @@ ngx_http_matrix_metrics_log_handler(ngx_http_request_t *r)
               ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
               outcome);
 
+    if (outcome == NGX_HTTP_MATRIX_OUT_REFUSED
+        || outcome == NGX_HTTP_MATRIX_OUT_ERROR)
+    {
+        ngx_http_matrix_metrics_count_errcode(r, mlcf);
+    }
+
     return NGX_OK;
 }
 
 
-void
-ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r)
+static void
+ngx_http_matrix_metrics_count_errcode(ngx_http_request_t *r,
+    ngx_http_matrix_join_loc_conf_t *mlcf)
 {
+    ngx_uint_t                      i;
+    ngx_http_matrix_ctx_t          *ctx;
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    m = ngx_http_matrix_metrics_get(
+              ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module));
+    if (m == NULL || mlcf->endpoint >= NGX_HTTP_MATRIX_EP_N) {
+        return;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    if (ctx == NULL || ctx->errcode == NULL) {
+        i = NGX_HTTP_MATRIX_METRICS_ERRCODES - 1;          /* none */
+
+    } else {
+        for (i = 0; i < NGX_HTTP_MATRIX_METRICS_ERRCODES - 2; i++) {
+            if (ngx_strcmp(ctx->errcode, ngx_http_matrix_metrics_errcodes[i])
+                == 0)
+            {
+                break;
+            }
+        }
+    }
+
+    (void) ngx_atomic_fetch_add(&m->errcodes[mlcf->endpoint][i], 1);
+}
+
+
+void
+ngx_http_matrix_metrics_errcode(ngx_http_request_t *r, const char *errcode)
+{
+    ngx_http_matrix_ctx_t  *ctx;
+
+    ctx = ngx_http_matrix_ctx(r->main);
+
+    if (ctx) {
+        ctx->errcode = errcode;
+    }
+}
+
+
+void
+ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r,
+    ngx_http_matrix_why_e why)
+{
+    ngx_http_matrix_metrics_shm_t     *m;
+    ngx_http_matrix_join_loc_conf_t   *mlcf;
+    ngx_http_matrix_join_main_conf_t  *mmcf;
+
     if (r != r->main) {
         return;
     }
 
-    ngx_http_matrix_metrics_count(r,
-              ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module),
-              ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module),
-              NGX_HTTP_MATRIX_OUT_HANDED_OVER);
+    mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
+    mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
+
+    ngx_http_matrix_metrics_count(r, mlcf, mmcf,
+                                  NGX_HTTP_MATRIX_OUT_HANDED_OVER);
+
+    m = ngx_http_matrix_metrics_get(mmcf);
+
+    if (m && mlcf->endpoint != NGX_HTTP_MATRIX_EP_NONE
+        && mlcf->endpoint < NGX_HTTP_MATRIX_EP_N && why < NGX_HTTP_MATRIX_WHY_N)
+    {
+        (void) ngx_atomic_fetch_add(&m->handed_over[mlcf->endpoint][why], 1);
+    }
 }
 
 
@@ -239,6 +335,19 @@ ngx_http_matrix_metrics_join_accepted(void)
 
     if (m) {
         (void) ngx_atomic_fetch_add(&m->join_accepted, 1);
+    }
+}
+
+
+void
+ngx_http_matrix_metrics_key_fetch(ngx_http_matrix_fetch_result_e res)
+{
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    m = ngx_http_matrix_metrics_cycle();
+
+    if (m && res < NGX_HTTP_MATRIX_KF_N) {
+        (void) ngx_atomic_fetch_add(&m->key_fetches[res], 1);
     }
 }
 
@@ -310,6 +419,57 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
                              ngx_http_matrix_metrics_outcomes[o],
                              m->requests[e][o]);
         }
+    }
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_error_answers_total The requests of "
+            "matrix_join_requests_total refused or an error, by the "
+            "errcode of their answer (none: an answer nginx made "
+            "itself).\n"
+            "# TYPE matrix_join_error_answers_total counter\n");
+
+    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
+        for (o = 0; o < NGX_HTTP_MATRIX_METRICS_ERRCODES; o++) {
+            p = ngx_slprintf(p, last,
+                             "matrix_join_error_answers_total{endpoint="
+                             "\"%s\",errcode=\"%s\"} %uA\n",
+                             ngx_http_matrix_metrics_endpoints[e],
+                             ngx_http_matrix_metrics_errcodes[o],
+                             m->errcodes[e][o]);
+        }
+    }
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_handed_over_total The requests of "
+            "matrix_join_requests_total handed over, by why: snapshot (the "
+            "cache cannot answer: the room not cached, stale, too old, an "
+            "event it does not hold), redis (Redis failing), undecided "
+            "(the edge cannot decide where the homeserver can).\n"
+            "# TYPE matrix_join_handed_over_total counter\n");
+
+    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
+        for (o = 0; o < NGX_HTTP_MATRIX_WHY_N; o++) {
+            p = ngx_slprintf(p, last,
+                             "matrix_join_handed_over_total{endpoint=\"%s\","
+                             "reason=\"%s\"} %uA\n",
+                             ngx_http_matrix_metrics_endpoints[e],
+                             ngx_http_matrix_metrics_whys[o],
+                             m->handed_over[e][o]);
+        }
+    }
+
+    p = ngx_slprintf(p, last,
+            "# HELP matrix_join_key_fetches_total Remote key fetches of the "
+            "machine by how they ended (fetched, failed), or why none was "
+            "made (rate_limited: matrix_key_fetch_rate; too_many: 64 "
+            "under way).\n"
+            "# TYPE matrix_join_key_fetches_total counter\n");
+
+    for (o = 0; o < NGX_HTTP_MATRIX_KF_N; o++) {
+        p = ngx_slprintf(p, last,
+                         "matrix_join_key_fetches_total{result=\"%s\"} "
+                         "%uA\n", ngx_http_matrix_metrics_fetches[o],
+                         m->key_fetches[o]);
     }
 
     p = ngx_slprintf(p, last,

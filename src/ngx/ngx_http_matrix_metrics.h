@@ -37,8 +37,35 @@ typedef enum {
 /* Adds the zone and the log phase handler that counts the answers. */
 ngx_int_t ngx_http_matrix_metrics_init(ngx_conf_t *cf);
 
+/* why a request went to the fallback */
+typedef enum {
+    NGX_HTTP_MATRIX_WHY_SNAPSHOT = 0,   /* the cache cannot answer it */
+    NGX_HTTP_MATRIX_WHY_REDIS,          /* Redis failing */
+    NGX_HTTP_MATRIX_WHY_UNDECIDED,      /* the edge cannot decide */
+    NGX_HTTP_MATRIX_WHY_N
+} ngx_http_matrix_why_e;
+
+
+/* how a key fetch ended, or why none was made */
+typedef enum {
+    NGX_HTTP_MATRIX_KF_FETCHED = 0,     /* the key */
+    NGX_HTTP_MATRIX_KF_FAILED,          /* no key: remembered as failed */
+    NGX_HTTP_MATRIX_KF_RATE,            /* matrix_key_fetch_rate reached */
+    NGX_HTTP_MATRIX_KF_BUSY,            /* 64 fetches under way already */
+    NGX_HTTP_MATRIX_KF_N
+} ngx_http_matrix_fetch_result_e;
+
+
 /* The request r (of a location with a handler) goes to the fallback. */
-void ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r);
+void ngx_http_matrix_metrics_handed_over(ngx_http_request_t *r,
+    ngx_http_matrix_why_e why);
+
+/* The errcode of the error answer r is being sent (a static string). */
+void ngx_http_matrix_metrics_errcode(ngx_http_request_t *r,
+    const char *errcode);
+
+/* A key fetch of the machine ended, or was not made. */
+void ngx_http_matrix_metrics_key_fetch(ngx_http_matrix_fetch_result_e res);
 
 /* A join newly accepted into the outbox (not a retry's "dup"). */
 void ngx_http_matrix_metrics_join_accepted(void);

@@ -88,6 +88,8 @@ ngx_http_matrix_send_error(ngx_http_request_t *r, ngx_uint_t status,
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "matrix: %ui %s: %s", status, errcode, msg);
 
+    ngx_http_matrix_metrics_errcode(r, errcode);
+
     obj = json_pack("{s:s, s:s}", "errcode", errcode, "error", (char *) msg);
 
     return ngx_http_matrix_send_body(r, status, obj);
@@ -239,6 +241,7 @@ ngx_http_matrix_undecided(ngx_http_request_t *r, ngx_uint_t status,
 {
     u_char                           msg[512], *last;
     va_list                          ap;
+    ngx_http_matrix_ctx_t            *ctx;
     ngx_http_matrix_join_loc_conf_t  *mlcf;
 
     va_start(ap, fmt);
@@ -250,6 +253,11 @@ ngx_http_matrix_undecided(ngx_http_request_t *r, ngx_uint_t status,
     mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
 
     if (mlcf->fallback.len) {
+        ctx = ngx_http_matrix_ctx(r);
+        if (ctx) {
+            ctx->undecided = 1;
+        }
+
         ngx_http_matrix_fallback(r, status, (char *) msg);
         return;
     }
@@ -325,6 +333,7 @@ void
 ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
     const char *reason)
 {
+    ngx_http_matrix_ctx_t            *ctx;
     ngx_http_matrix_join_loc_conf_t  *mlcf;
 
     mlcf = ngx_http_get_module_loc_conf(r, ngx_http_matrix_join_module);
@@ -346,7 +355,13 @@ ngx_http_matrix_fallback(ngx_http_request_t *r, ngx_uint_t status,
                   &mlcf->fallback);
 
     /* counted here: the request ends in the fallback's location */
-    ngx_http_matrix_metrics_handed_over(r);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_matrix_join_module);
+
+    ngx_http_matrix_metrics_handed_over(r,
+        (ctx && ctx->undecided) ? NGX_HTTP_MATRIX_WHY_UNDECIDED
+        : (status == NGX_HTTP_SERVICE_UNAVAILABLE) ? NGX_HTTP_MATRIX_WHY_REDIS
+        : NGX_HTTP_MATRIX_WHY_SNAPSHOT);
 
     /* the request continues there unchanged: our count goes with it */
 

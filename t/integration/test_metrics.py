@@ -18,11 +18,24 @@ from test_make_join import MJ, Edge, mj_target, new_room, send
 pytestmark = pytest.mark.timeout(120)
 
 KS = "/_matrix/key/v2/server"
+ERRCODES = ("M_FORBIDDEN", "M_UNAUTHORIZED", "M_NOT_FOUND", "M_LIMIT_EXCEEDED",
+            "M_BAD_JSON", "M_NOT_JSON", "M_TOO_LARGE", "M_INVALID_PARAM",
+            "M_UNRECOGNIZED", "M_INCOMPATIBLE_ROOM_VERSION",
+            "M_UNABLE_TO_AUTHORISE_JOIN", "M_UNABLE_TO_GRANT_JOIN",
+            "M_UNKNOWN", "other", "none")
+REASONS = ("snapshot", "redis", "undecided")
+FETCHES = ("fetched", "failed", "rate_limited", "too_many")
 ENDPOINTS = ("make_join", "send_join", "directory", "key_server", "state",
              "event")
 OUTCOMES = ("answered", "handed_over", "refused", "error")
-LINE = re.compile(r'^(matrix_join_[a-z_]+)(?:\{endpoint="([a-z_]+)",'
-                  r'outcome="([a-z_]+)"\}|\{state="([a-z]+)"\})? ([0-9]+)$')
+LINE = re.compile(r'^(matrix_join_[a-z_]+)(?:\{([^}]*)\})? ([0-9]+)$')
+LABEL = re.compile(r'([a-z_]+)="([^"]*)"(?:,|$)')
+# a labelled counter's key in parse(): its first word, then label values
+KEYS = {"matrix_join_requests_total": ("requests", "endpoint", "outcome"),
+        "matrix_join_error_answers_total": ("errcode", "endpoint", "errcode"),
+        "matrix_join_handed_over_total": ("handed_over", "endpoint",
+                                          "reason"),
+        "matrix_join_key_fetches_total": ("key_fetch", "result")}
 
 
 def promtool():
@@ -45,11 +58,19 @@ def parse(text, zone=False):
             continue        # parse_durations() reads the histogram
         m = LINE.match(line)
         assert m, f"unexpected line {line!r}"
-        name, ep, oc, state, v = m.groups()
+        name, labels, v = m.groups()
         if "_send_join_cache_" in name and not zone:
             continue
-        key = ("requests", ep, oc) if ep else (name, state) if state \
-            else name
+        lab = dict(LABEL.findall(labels or ""))
+        if name in KEYS:
+            first, *names = KEYS[name]
+            assert sorted(lab) == sorted(names), line
+            key = (first,) + tuple(lab[n] for n in names)
+        elif lab:
+            assert list(lab) == ["state"], line
+            key = (name, lab["state"])
+        else:
+            key = name
         assert key not in out, f"{key} twice"
         out[key] = int(v)
     return out
@@ -80,12 +101,16 @@ def parse_durations(text):
     return out
 
 
-def expected(base, **changes):
-    """base with the counts the test sent added; keys as parse()'s."""
+def expected(base, more=(), **changes):
+    """base with the counts the test sent added; keys as parse()'s:
+    endpoint__outcome=n for matrix_join_requests_total, more for the
+    others ({key: n})."""
     want = dict(base)
     for k, n in changes.items():
         ep, oc = k.split("__")
         want[("requests", ep, oc)] += n
+    for k, n in dict(more).items():
+        want[k] += n
     return want
 
 
@@ -171,7 +196,10 @@ def test_counts_are_per_machine_exact_and_survive_reload(medge, tmp_path):
     check_promtool(text, tmp_path)
     # every series is there from the start, at 0
     assert set(k for k in base if isinstance(k, tuple)) == {
-        ("requests", e, o) for e in ENDPOINTS for o in OUTCOMES}
+        ("requests", e, o) for e in ENDPOINTS for o in OUTCOMES} | {
+        ("errcode", e, c) for e in ENDPOINTS for c in ERRCODES} | {
+        ("handed_over", e, w) for e in ENDPOINTS for w in REASONS} | {
+        ("key_fetch", f) for f in FETCHES}
     assert all(v == 0 for v in base.values()), base
 
     # answered: make_join of a cached room, key server GETs
@@ -195,7 +223,15 @@ def test_counts_are_per_machine_exact_and_survive_reload(medge, tmp_path):
 
     want = expected(base, make_join__answered=2, key_server__answered=5,
                     make_join__handed_over=3, make_join__refused=4,
-                    key_server__refused=1)
+                    key_server__refused=1, more={
+                        # no X-Matrix: 401; a POST to the key server: 405
+                        ("errcode", "make_join", "M_UNAUTHORIZED"): 4,
+                        ("errcode", "key_server", "M_UNRECOGNIZED"): 1,
+                        # rooms the cache does not hold
+                        ("handed_over", "make_join", "snapshot"): 3,
+                        # the joiner's key, for every signed make_join
+                        ("key_fetch", "fetched"): 1})
+    assert medge.keys.count() == 1, "the key server answered one fetch"
     got, text, pids = medge.scrape_all(20, want)
     assert got == want
     assert len(pids) == 2, f"the scrapes reached workers {pids} only"
@@ -237,5 +273,7 @@ def test_metrics_method_and_redis_errors(medge, tmp_path):
     assert rep.status == 200 and rep.json() == {"from": "homeserver"}, rep
     got, text, _ = medge.scrape_all(6)
     assert got[("requests", "make_join", "handed_over")] == 1
+    assert {w: got[("handed_over", "make_join", w)] for w in REASONS} == \
+        {"snapshot": 0, "redis": 1, "undecided": 0}
     assert got["matrix_join_redis_errors_total"] >= 1
     check_promtool(text, tmp_path)
