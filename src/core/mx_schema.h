@@ -86,6 +86,7 @@
 #define MX_META_SYNCED_EXTREMITIES "synced_extremities"
 #define MX_META_STALE_REASON       "stale_reason"
 #define MX_META_LIVE_PENDING       "live_pending"
+#define MX_META_EDGE_JOINS         "edge_joins"
 #define MX_META_LIVE_EVENTS        "live_events"
 #define MX_META_LIVE_AT            "live_at"
 

@@ -21,6 +21,7 @@ typedef struct {
     int64_t                   loaded_at;
     int                       stale;
     int64_t                   live_pending;
+    int64_t                   edge_joins;
 } mxj_sync_metrics_room_t;
 
 
@@ -58,9 +59,9 @@ mxj_sync_metrics_rooms(mxj_sync_t *s)
             return;
         }
 
-        reply = redisCommand(s->r.c, "HMGET %s %s %s %s", key,
+        reply = redisCommand(s->r.c, "HMGET %s %s %s %s %s", key,
                              MX_META_LOADED_AT, MX_META_STALE,
-                             MX_META_LIVE_PENDING);
+                             MX_META_LIVE_PENDING, MX_META_EDGE_JOINS);
         free(key);
 
         if (reply == NULL) {
@@ -73,7 +74,7 @@ mxj_sync_metrics_rooms(mxj_sync_t *s)
 
         pthread_mutex_lock(&s->run.mutex);
 
-        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3) {
+        if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 4) {
             room->m_cached = reply->element[0]->type == REDIS_REPLY_STRING;
             room->m_loaded_at = room->m_cached
                                 ? atoll(reply->element[0]->str) : 0;
@@ -83,6 +84,9 @@ mxj_sync_metrics_rooms(mxj_sync_t *s)
             room->m_live_pending =
                 reply->element[2]->type == REDIS_REPLY_STRING
                 ? atoll(reply->element[2]->str) : 0;
+            room->m_edge_joins =
+                reply->element[3]->type == REDIS_REPLY_STRING
+                ? atoll(reply->element[3]->str) : 0;
         }
 
         pthread_mutex_unlock(&s->run.mutex);
@@ -150,6 +154,7 @@ mxj_sync_metrics(void *data, mx_buf_t *b)
         rooms[n].loaded_at = s->rooms[i].m_loaded_at;
         rooms[n].stale = s->rooms[i].m_stale;
         rooms[n].live_pending = s->rooms[i].m_live_pending;
+        rooms[n].edge_joins = s->rooms[i].m_edge_joins;
         n++;
     }
 
@@ -314,6 +319,26 @@ mxj_sync_metrics(void *data, mx_buf_t *b)
                                rooms[i].id,
                                (uint64_t) (rooms[i].live_pending > 0
                                            ? rooms[i].live_pending : 0))
+               != 0)
+        {
+            goto done;
+        }
+    }
+
+    if (mxj_metrics_head(b, "matrix_join_sync_edge_joins", "gauge",
+                         "Joins the edge accepted into the room since its "
+                         "snapshot was loaded (its meta's edge_joins; a "
+                         "load starts again at 0).") != 0)
+    {
+        goto done;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (rooms[i].cached
+            && mxj_metrics_u64(b, "matrix_join_sync_edge_joins", "room",
+                               rooms[i].id,
+                               (uint64_t) (rooms[i].edge_joins > 0
+                                           ? rooms[i].edge_joins : 0))
                != 0)
         {
             goto done;

@@ -163,6 +163,7 @@ typedef struct {
     int64_t                   m_loaded_at;  /* wall ms */
     int                       m_stale;
     int64_t                   m_live_pending;
+    int64_t                   m_edge_joins;
 } mxj_sync_room_t;
 
 

@@ -202,6 +202,7 @@ if rec then
   seq = rec.s
 else
   seq = redis.call('HINCRBY', K[1], 'edge_seq', 1)
+  redis.call('HINCRBY', K[1], 'edge_joins', 1)
   overlay_member(id, u, server, 'join')
   redis.call('HSET', K[6], id, cjson.encode({s = seq, u = u, p = prevs}))
   redis.call('HSET', K[7], id, ARGV[8])

@@ -428,6 +428,7 @@ def test_sync_metrics_after_a_pass_pushes_and_a_stale_mark(
     assert s.rooms("matrix_join_sync_snapshot_loads_total") == {rid: 1}
     assert s.rooms("matrix_join_sync_snapshot_stale") == {rid: 0}
     assert s.rooms("matrix_join_sync_live_pending") == {rid: 0}
+    assert s.rooms("matrix_join_sync_edge_joins") == {rid: 0}
     age = s.rooms("matrix_join_sync_snapshot_age_seconds")[rid]
     assert 0 <= age <= time.time() - started, age
     for cls, n in hs_classes(hs).items():
@@ -476,9 +477,10 @@ def test_sync_metrics_after_a_pass_pushes_and_a_stale_mark(
                  outcome="accepted") == 3
 
     # the gauges follow Redis (read by sync's loop every second)
-    client.hset(key(rid, "meta"), "stale", "1")
+    client.hset(key(rid, "meta"), mapping={"stale": "1", "edge_joins": "7"})
     wait_for("stale seen", lambda: scraped(mport).rooms(
         "matrix_join_sync_snapshot_stale").get(rid) == 1, 10, step=0.1)
+    assert scraped(mport).rooms("matrix_join_sync_edge_joins") == {rid: 7}
 
     redis_server.stop()
     wait_for("Redis errors counted", lambda: scraped(mport).get(

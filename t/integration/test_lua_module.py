@@ -292,8 +292,9 @@ def test_send_join_accept_stores_the_join_once(r):
         [(b"x", -1.0), (b"y", -1.0)]
     assert r.hget(P + "server_user", "y") == USER.encode()
     assert r.hmget(P + "meta", "members", "member_events", "state_events",
-                   "extremities", "max_depth", "edge_seq", "servers") == \
-        [b"2", b"2", b"5", b"1", b"6", b"1", b'["x","y"]']
+                   "extremities", "max_depth", "edge_seq", "servers",
+                   "edge_joins") == \
+        [b"2", b"2", b"5", b"1", b"6", b"1", b'["x","y"]', b"1"]
     (entry,) = r.xrange(P + "outbox")
     assert entry[1] == {
         b"method": b"PUT", b"uri": b"/send_join/x",
@@ -305,6 +306,7 @@ def test_send_join_accept_stores_the_join_once(r):
         [b"dup", 1, [], [], [], None, [], []]
     assert r.xlen(P + "outbox") == 1
     assert r.hget(P + "meta", "members") == b"2"
+    assert r.hget(P + "meta", "edge_joins") == b"1"
 
 
 def test_send_join_accept_omit_members_names_the_servers(r):
