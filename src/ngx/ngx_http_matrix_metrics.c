@@ -365,6 +365,29 @@ ngx_http_matrix_metrics_redis_error(void)
 }
 
 
+/*
+ * The samples of a counter by endpoint and one more label: counts[e *
+ * stride + v] for every endpoint e (but none) and value v of values.
+ */
+static u_char *
+ngx_http_matrix_metrics_by_endpoint(u_char *p, u_char *last,
+    const char *name, const char *label, const char **values, ngx_uint_t n,
+    ngx_atomic_t *counts, ngx_uint_t stride)
+{
+    ngx_uint_t  e, v;
+
+    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
+        for (v = 0; v < n; v++) {
+            p = ngx_slprintf(p, last, "%s{endpoint=\"%s\",%s=\"%s\"} %uA\n",
+                             name, ngx_http_matrix_metrics_endpoints[e],
+                             label, values[v], counts[e * stride + v]);
+        }
+    }
+
+    return p;
+}
+
+
 static ngx_int_t
 ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
 {
@@ -410,16 +433,11 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
             "matrix_join_fallback.\n"
             "# TYPE matrix_join_requests_total counter\n");
 
-    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
-        for (o = 0; o < NGX_HTTP_MATRIX_OUT_N; o++) {
-            p = ngx_slprintf(p, last,
-                             "matrix_join_requests_total{endpoint=\"%s\","
-                             "outcome=\"%s\"} %uA\n",
-                             ngx_http_matrix_metrics_endpoints[e],
-                             ngx_http_matrix_metrics_outcomes[o],
-                             m->requests[e][o]);
-        }
-    }
+    p = ngx_http_matrix_metrics_by_endpoint(p, last,
+                                     "matrix_join_requests_total", "outcome",
+                                     ngx_http_matrix_metrics_outcomes,
+                                     NGX_HTTP_MATRIX_OUT_N, &m->requests[0][0],
+                                     NGX_HTTP_MATRIX_OUT_N);
 
     p = ngx_slprintf(p, last,
             "# HELP matrix_join_error_answers_total The requests of "
@@ -428,16 +446,13 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
             "itself).\n"
             "# TYPE matrix_join_error_answers_total counter\n");
 
-    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
-        for (o = 0; o < NGX_HTTP_MATRIX_METRICS_ERRCODES; o++) {
-            p = ngx_slprintf(p, last,
-                             "matrix_join_error_answers_total{endpoint="
-                             "\"%s\",errcode=\"%s\"} %uA\n",
-                             ngx_http_matrix_metrics_endpoints[e],
-                             ngx_http_matrix_metrics_errcodes[o],
-                             m->errcodes[e][o]);
-        }
-    }
+    p = ngx_http_matrix_metrics_by_endpoint(p, last,
+                                     "matrix_join_error_answers_total",
+                                     "errcode",
+                                     ngx_http_matrix_metrics_errcodes,
+                                     NGX_HTTP_MATRIX_METRICS_ERRCODES,
+                                     &m->errcodes[0][0],
+                                     NGX_HTTP_MATRIX_METRICS_ERRCODES);
 
     p = ngx_slprintf(p, last,
             "# HELP matrix_join_handed_over_total The requests of "
@@ -447,16 +462,12 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
             "(the edge cannot decide where the homeserver can).\n"
             "# TYPE matrix_join_handed_over_total counter\n");
 
-    for (e = 1; e < NGX_HTTP_MATRIX_EP_N; e++) {
-        for (o = 0; o < NGX_HTTP_MATRIX_WHY_N; o++) {
-            p = ngx_slprintf(p, last,
-                             "matrix_join_handed_over_total{endpoint=\"%s\","
-                             "reason=\"%s\"} %uA\n",
-                             ngx_http_matrix_metrics_endpoints[e],
-                             ngx_http_matrix_metrics_whys[o],
-                             m->handed_over[e][o]);
-        }
-    }
+    p = ngx_http_matrix_metrics_by_endpoint(p, last,
+                                     "matrix_join_handed_over_total",
+                                     "reason", ngx_http_matrix_metrics_whys,
+                                     NGX_HTTP_MATRIX_WHY_N,
+                                     &m->handed_over[0][0],
+                                     NGX_HTTP_MATRIX_WHY_N);
 
     p = ngx_slprintf(p, last,
             "# HELP matrix_join_key_fetches_total Remote key fetches of the "

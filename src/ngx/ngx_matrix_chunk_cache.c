@@ -374,8 +374,8 @@ ngx_matrix_chunks_alloc_locked(ngx_matrix_chunks_zone_t *ctx, size_t size)
         }
 
         q = ngx_queue_last(&ctx->sh->lru);
-        ngx_matrix_chunks_unlink_locked(ctx,
-                            ngx_queue_data(q, ngx_matrix_chunks_entry_t, queue));
+        ngx_matrix_chunks_unlink_locked(ctx, ngx_queue_data(q,
+                                        ngx_matrix_chunks_entry_t, queue));
     }
 }
 

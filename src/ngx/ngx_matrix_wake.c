@@ -16,12 +16,12 @@
 #define NGX_MATRIX_WAKE_HANDLERS  4
 
 
-static ngx_connection_t       *ngx_matrix_wake_conn;
-static ngx_event_t             ngx_matrix_wake_local_ev;
+static ngx_connection_t   *ngx_matrix_wake_conn;
+static ngx_event_t         ngx_matrix_wake_local_ev;
 
 /* the parts of this worker that wait for others, told to look again */
-static ngx_matrix_wake_pt      ngx_matrix_wake_handlers[NGX_MATRIX_WAKE_HANDLERS];
-static ngx_uint_t              ngx_matrix_wake_nhandlers;
+static ngx_matrix_wake_pt  ngx_matrix_wake_handlers[NGX_MATRIX_WAKE_HANDLERS];
+static ngx_uint_t          ngx_matrix_wake_nhandlers;
 
 
 void
