@@ -857,6 +857,10 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
             max_latency=max((x.latency for x in results), default=0.0),
             answered_again_s=answered_again,
             failover_s=getattr(edge, "notes_failover", None),
+            # a failover the sentinels were asked for (late on their own)
+            failover_nudged_s=(edge.redis.nudged[0]
+                               if getattr(edge.redis, "nudged", None)
+                               else None),
             problems=problems)
         return row
     except Exception:

@@ -117,6 +117,7 @@ class SentinelSet:
                                  replicaof=self.master0.port, **pw)
                           for i in range(sentinels)]
         self.down = []      # what was killed or stopped, for the notes
+        self.nudged = []    # when wait_failover asked for a failover
 
     @property
     def address(self):
@@ -206,10 +207,15 @@ class SentinelSet:
         self.down.append(m)
         return m
 
-    def wait_failover(self, old, timeout=30.0):
+    def wait_failover(self, old, timeout=60.0, nudge=20.0):
         """Until the sentinels name a master other than `old` and it
-        answers as one. Returns the seconds waited."""
+        answers as one. Returns the seconds waited. On a busy machine the
+        sentinels' own failover may be late (a replica whose INFO reply
+        is too old is not eligible, and a failed try waits twice
+        failover-timeout): after `nudge` seconds a sentinel is asked for
+        one (SENTINEL FAILOVER), noted in self.nudged."""
         t0 = time.monotonic()
+        nudged = False
         while True:
             try:
                 _, port = self.master_addr()
@@ -220,6 +226,16 @@ class SentinelSet:
                         return time.monotonic() - t0
             except (RuntimeError, redis_py.exceptions.RedisError):
                 pass
+            if not nudged and time.monotonic() - t0 > nudge:
+                nudged = True
+                self.nudged.append(time.monotonic() - t0)
+                for sen in self.sentinels:
+                    try:
+                        sen.client(socket_timeout=2).execute_command(
+                            "SENTINEL", "FAILOVER", NAME)
+                        break
+                    except redis_py.exceptions.RedisError:
+                        continue
             if time.monotonic() - t0 > timeout:
                 raise RuntimeError("no failover within "
                                    f"{timeout:.0f} s")
