@@ -217,6 +217,8 @@ def test_edge_counts_send_join_and_directory_then_forward_delivers_them(
         wait_for("the outbox looked at empty", lambda: scraped(mport).rooms(
             "matrix_join_forward_outbox_entries").get(room.room_id) == 0,
             10, step=0.05)
+        wait_for("four deliveries counted", lambda: scraped(mport).get(
+            "matrix_join_forward_delivered_total") >= 4, 10, step=0.05)
         s = scraped(mport)
         seen = medge.upstream.requests()
         assert len(seen) == 4, why(f, seen)
@@ -276,6 +278,8 @@ def test_forward_metrics_retries_dead_letters_and_outbox_gauges(medge):
             v == 0 for v in scraped(mport).rooms(
                 "matrix_join_forward_outbox_entries").values()), 10,
             step=0.05)
+        wait_for("six deliveries counted", lambda: scraped(mport).get(
+            "matrix_join_forward_delivered_total") >= 6, 10, step=0.05)
         s = scraped(mport)
         seen = medge.upstream.requests()
         assert len(seen) == 3 + 2 + 1 + 3, why(f, seen)
@@ -345,6 +349,14 @@ def test_forward_delivers_while_scrapers_hang(medge):
             c.close()
         socks = []
         wait_for("a scrape again", lambda: listening(), 20, step=0.1)
+        # the homeserver's 200 comes before the forwarder has counted and
+        # acknowledged the entry: as the other tests, until the outbox
+        # reads empty
+        wait_for("the outbox looked at empty", lambda: scraped(mport).rooms(
+            "matrix_join_forward_outbox_entries").get(room.room_id) == 0,
+            10, step=0.05)
+        wait_for("three deliveries counted", lambda: scraped(mport).get(
+            "matrix_join_forward_delivered_total") >= 3, 10, step=0.05)
         assert scraped(mport).get("matrix_join_forward_delivered_total") == 3
     finally:
         for c in socks:
