@@ -89,6 +89,7 @@
 #define MX_META_EDGE_JOINS         "edge_joins"
 #define MX_META_LIVE_EVENTS        "live_events"
 #define MX_META_LIVE_AT            "live_at"
+#define MX_META_STATE_BEFORE       "state_before"
 
 
 /*

@@ -124,8 +124,10 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     char               count[32];
     mx_buf_t           ext = MX_BUF_INIT;
     redisReply        *reply;
-    const char        *old, *meta[6];
+    const char        *old, *meta[8];
+    size_t             i, nmeta;
     unsigned long      pushes;
+    mxj_sync_ev_t     *e;
     mxj_load_opts_t    opts;
     mx_snapshot_err_t  err;
 
@@ -157,10 +159,31 @@ mxj_sync_load(mxj_sync_pass_t *p, const char *doc, size_t len,
     meta[3] = ext.data;
     meta[4] = "unconfirmed";
     meta[5] = count;
+    nmeta = 6;
+
+    /*
+     * The snapshot's state is exactly the homeserver's state before E
+     * when E is not a state event and no kept join sits on top of it:
+     * /state and /state_ids at E can then be answered from it.
+     */
+
+    e = p->e ? mxj_sync_pool_get(&p->room->pool, p->e) : NULL;
+
+    for (i = 0; i < p->njoins; i++) {
+        if (p->joins[i].ev != NULL && p->joins[i].fate == MXJ_SYNC_JOIN_KEEP)
+        {
+            break;
+        }
+    }
+
+    meta[6] = MX_META_STATE_BEFORE;
+    meta[7] = (e != NULL && e->state_key == NULL && i == p->njoins)
+              ? p->e : "";
+    nmeta = 8;
 
     memset(&opts, 0, sizeof(mxj_load_opts_t));
     opts.meta = meta;
-    opts.nmeta = 6;
+    opts.nmeta = nmeta;
 
     /*
      * Joins the edge accepts while the pass runs are copied by the switch

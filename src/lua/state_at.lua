@@ -13,6 +13,10 @@
 -- records reach through auth_events that the list lacks (the member
 -- events they replaced, earlier records, an authoriser's join), each
 -- found in edge_pdu, pdu or the chunks, else {"unknown"}.
+-- At the snapshot's own extremity E when meta.state_before names it (sync
+-- wrote it: E is not a state event and no kept join sits on the
+-- snapshot), the state before E is the snapshot itself: no record is on
+-- top of it, whatever the edge accepted or applied since.
 -- Returns {"gone"}, {"generation"}, {"not_in_room"} (the server has no
 -- joined member now), {"unknown", why}, or
 -- ids:  {"ok", state IDs, auth chain IDs}
@@ -20,7 +24,7 @@
 --! use json
 --! use send_join
 local m = redis.call('HMGET', K[1], 'generation', 'room_version',
-  'nm_unreferenced')
+  'nm_unreferenced', 'state_before')
 if not m[1] then return {'gone'} end
 if m[1] ~= ARGV[1] then return {'generation'} end
 if m[2] == '1' or m[2] == '2' then
@@ -29,15 +33,19 @@ end
 local sc = redis.call('ZSCORE', K[13], ARGV[4])
 if not sc or tonumber(sc) >= 0 then return {'not_in_room'} end
 local e = ARGV[2]
-local rec = redis.call('HGET', K[6], e)
-if not rec then return {'unknown', 'not an event the edge records'} end
-rec = cjson.decode(rec)
-if type(rec.p) ~= 'table' then
-  return {'unknown', 'a snapshot extremity, not an event the edge records'}
-end
-local hist = history(uniq(rec.p))
-if hist == nil or hist == true then
-  return {'unknown', 'its prev_events are not known here'}
+local hist = {}
+if e ~= m[4] then
+  local rec = redis.call('HGET', K[6], e)
+  if not rec then return {'unknown', 'not an event the edge records'} end
+  rec = cjson.decode(rec)
+  if type(rec.p) ~= 'table' then
+    return {'unknown', 'a snapshot extremity the snapshot is not the state '
+      .. 'before'}
+  end
+  hist = history(uniq(rec.p))
+  if hist == nil or hist == true then
+    return {'unknown', 'its prev_events are not known here'}
+  end
 end
 -- the latest record per user among E's ancestors
 local best = {}

@@ -463,6 +463,9 @@ class Edge:
                     matrix_send_join;
                 }}
                 location = {STATUS} {{ matrix_status; }}
+                location ~ ^/_matrix/federation/v1/state(_ids)?/ {{
+                    matrix_state;
+                }}
                 location /_mxj_keys/ {{
                     internal;
                     proxy_pass http://127.0.0.1:{hs.port}/_matrix/key/v2/query/;
@@ -942,6 +945,59 @@ def test_changes_reach_the_edge(nginx, redis_server, hs_factory, edges):
     assert meta.get("unconfirmed", "0") == "0"
     assert client.hget(key(room.room_id, "unconfirmed"), eid) is None
     assert client.hget(key(room.room_id, "delivered"), eid) is None
+
+
+def test_state_at_the_loaded_extremity(nginx, redis_server, hs_factory,
+                                      edges):
+    """E a message and nothing kept: the snapshot is the state before E,
+    meta.state_before names E, and /state_ids, /state at E are the
+    module's (the stand-in, the fallback, sees no such request) and equal
+    the room's state and its auth chain as the generated room computes
+    them. E a state event (a topic): state_before is empty, and the same
+    requests at it go to the homeserver."""
+    hs = hs_factory(members=20, servers=3)
+    room = hs.room
+    edge = edges(nginx, redis_server, hs).start()
+    client = redis_server.client()
+    hs.add_members(users=[f"@carol:{REMOTE}"])
+    msg = hs.message("the extremity")[0]
+    synced(redis_server, hs, room.room_id)
+    check_snapshot(client, hs, extremity=msg)
+    assert meta_of(client, room.room_id)["state_before"] == msg
+    ids = set(room.state.values())
+    chain = set(room.auth_chain_ids())
+    remote = edge.remote
+
+    def get(kind, eid):
+        target = (f"/_matrix/federation/v1/{kind}/{q(room.room_id)}"
+                  f"?event_id={q(eid)}")
+        status, body = request(nginx.port, "GET", target, auth=[
+            remote.auth_header("GET", target, NAME)])
+        return status, json.loads(body)
+
+    before = hs.count("state_ids", origin=REMOTE) + \
+        hs.count("state", origin=REMOTE)
+    status, doc = get("state_ids", msg)
+    assert status == 200, doc
+    assert set(doc["pdu_ids"]) == ids and len(doc["pdu_ids"]) == len(ids)
+    assert set(doc["auth_chain_ids"]) == chain
+    status, doc = get("state", msg)
+    assert status == 200, doc
+    assert sorted(canonical(e) for e in doc["pdus"]) == \
+        sorted(canonical(room.events[e]) for e in ids)
+    assert sorted(canonical(e) for e in doc["auth_chain"]) == \
+        sorted(canonical(room.events[e]) for e in chain)
+    assert hs.count("state_ids", origin=REMOTE) + \
+        hs.count("state", origin=REMOTE) == before, hs_why(hs)
+
+    topic = hs.add_state("m.room.topic", "", {"topic": "later"})[0]
+    synced(redis_server, hs, room.room_id)
+    check_snapshot(client, hs, extremity=topic)
+    assert meta_of(client, room.room_id)["state_before"] == ""
+    before = hs.count("state_ids")
+    get("state_ids", topic)
+    assert hs.count("state_ids") == before + 1, \
+        "the request at a state event was not handed over" + hs_why(hs)
 
 
 @pytest.mark.parametrize("version", ["1", "10", "12"])

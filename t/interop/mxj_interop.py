@@ -46,7 +46,7 @@ UNSTABLE_VERSION = "org.matrix.msc2176"
 # users of B and C, one or more per scenario (a server already in a room
 # joins further users itself, without the edge)
 B_USERS = ["bob", "bert", "uma", "rita", "rosa", "kim", "bart", "dora",
-           "ursula", "fay", "stella"]
+           "ursula", "fay", "stella", "sam"]
 C_USERS = ["carol"]
 
 
@@ -66,6 +66,7 @@ def rooms_plan():
         ("second", dict(), True),
         ("down", dict(), True),
         ("reads", dict(), True),
+        ("loaded", dict(), True),
         # a version Synapse offers and the edge does not: sync refuses it
         ("unstable", dict(version=UNSTABLE_VERSION), True),
     ]
