@@ -83,8 +83,20 @@ def lranges(edge):
                                            {}).get("calls", 0)
 
 
-def workers(edge):
-    """The pids of the master's children (the workers)."""
+def workers(edge, count=None):
+    """The pids of the master's children (the workers). With count, waits
+    (up to 30 s) until there are that many: the master writes its pid file
+    and opens the port before it forks them, so a test that starts nginx
+    can look before they exist (CI's ASan build did)."""
+    end = time.monotonic() + 30
+    while True:
+        out = children(edge)
+        if count is None or len(out) == count or time.monotonic() > end:
+            return out
+        time.sleep(0.05)
+
+
+def children(edge):
     master = int((edge.nginx.prefix / "logs" / "nginx.pid").read_text())
     out = []
     for pid in os.listdir("/proc"):
@@ -257,7 +269,7 @@ def test_a_killed_worker_does_not_keep_its_generation(edge):
     view = View(room)
     want = chunk_bytes(edge, room)
     s, head = slow_send_join(edge, room, Joiner(edge.remotes[0], "slow"))
-    before = workers(edge)
+    before = workers(edge, 2)
     for pid in before:
         os.kill(pid, signal.SIGKILL)
     s.close()
@@ -331,7 +343,7 @@ def test_a_worker_killed_holding_the_zones_lock(edge):
         "exited on signal 9",
         'shared memory zone "matrix_send_join_cache" was locked by']
     view = View(room)
-    (pid,) = workers(edge)
+    (pid,) = workers(edge, 1)
     gdb = stopped_in_gdb(pid, "ngx_str_rbtree_lookup")
     joiner = Joiner(edge.remotes[0], "locked")
     ev = joiner.fill(room.version, edge.template(room, joiner))
