@@ -156,15 +156,34 @@ mx_redis_addr_parse(const char *s, size_t len, mx_redis_addr_t *a,
             continue;
         }
 
-        if (words > 0 && a->master[0] == '\0') {
-            snprintf(err, errlen, "one address, or \"sentinel:NAME\" and "
-                     "the sentinels' addresses");
+        if (words == 0 && n > 8 && memcmp(w, "cluster:", 8) == 0
+            && mx_redis_host_parse(w + 8, n - 8, &a->hosts[0], err, errlen)
+               == 0)
+        {
+            /* "cluster:host:port": "cluster:6379" is the host "cluster" */
+
+            if (a->hosts[0].port == 0) {
+                snprintf(err, errlen, "cluster nodes are asked over TCP: "
+                         "\"host:port\"");
+                return -1;
+            }
+
+            a->cluster = 1;
+            a->nhosts = 1;
+            words++;
+            continue;
+        }
+
+        if (words > 0 && a->master[0] == '\0' && !a->cluster) {
+            snprintf(err, errlen, "one address, \"sentinel:NAME\" and "
+                     "the sentinels' addresses, or \"cluster:host:port\" "
+                     "and more nodes");
             return -1;
         }
 
         if (a->nhosts == MX_REDIS_ADDR_SENTINELS) {
-            snprintf(err, errlen, "at most %d sentinels",
-                     MX_REDIS_ADDR_SENTINELS);
+            snprintf(err, errlen, "at most %d %s", MX_REDIS_ADDR_SENTINELS,
+                     a->cluster ? "cluster nodes" : "sentinels");
             return -1;
         }
 
@@ -174,9 +193,10 @@ mx_redis_addr_parse(const char *s, size_t len, mx_redis_addr_t *a,
             return -1;
         }
 
-        if (a->master[0] && a->hosts[a->nhosts].port == 0) {
-            snprintf(err, errlen, "sentinels are asked over TCP: "
-                     "\"host:port\"");
+        if ((a->master[0] || a->cluster) && a->hosts[a->nhosts].port == 0)
+        {
+            snprintf(err, errlen, "%s are asked over TCP: \"host:port\"",
+                     a->cluster ? "cluster nodes" : "sentinels");
             return -1;
         }
 

@@ -6,9 +6,12 @@
  *
  *     host:port | [v6]:port | unix:/path
  *     sentinel:NAME host:port [host:port ...]
+ *     cluster:host:port [host:port ...]
  *
  * Words are separated by spaces or commas. The second form names the
- * master a set of Redis Sentinels watch, and the sentinels to ask for it.
+ * master a set of Redis Sentinels watch, and the sentinels to ask for it;
+ * the third, nodes of a Redis Cluster to ask for its slot map (any one
+ * that answers will do: the others are found through it).
  * A pure function: nothing is resolved or connected.
  */
 
@@ -31,7 +34,8 @@ typedef struct {
 
 typedef struct {
     char            master[MX_REDIS_ADDR_NAME_MAX]; /* "": no sentinels */
-    size_t          nhosts;     /* 1 without sentinels */
+    int             cluster;    /* hosts are a Redis Cluster's seeds */
+    size_t          nhosts;     /* 1 without sentinels or cluster */
     mx_redis_host_t hosts[MX_REDIS_ADDR_SENTINELS];
 } mx_redis_addr_t;
 

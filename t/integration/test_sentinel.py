@@ -271,7 +271,8 @@ STATUS_SERVER = """server { listen 127.0.0.1:$PORT;
     ("matrix_redis sentinel:m;",
      'invalid Redis address "sentinel:m": no sentinel address'),
     ("matrix_redis 127.0.0.1:1 127.0.0.1:2;",
-     'one address, or "sentinel:NAME" and the sentinels\' addresses'),
+     'one address, "sentinel:NAME" and the sentinels\' addresses, or '
+     '"cluster:host:port" and more nodes'),
     ("matrix_redis sentinel:m unix:/tmp/s.sock;",
      "sentinels are asked over TCP"),
     ("matrix_redis sentinel:m 127.0.0.1:26379; matrix_redis_wait 0 100ms;",

@@ -106,8 +106,9 @@ test_invalid(void **state)
     parse_fails("[::1:6379", "an IPv6 address needs its closing \"]\"");
     parse_fails("unix:run/redis.sock", "a unix socket needs an absolute "
                 "path");
-    parse_fails("h:1 h:2", "one address, or \"sentinel:NAME\" and the "
-                "sentinels' addresses");
+    parse_fails("h:1 h:2", "one address, \"sentinel:NAME\" and the "
+                "sentinels' addresses, or \"cluster:host:port\" and more "
+                "nodes");
     parse_fails("sentinel:m", "no sentinel address");
     parse_fails("sentinel: h:1", "\"sentinel:\" needs the master's name "
                 "(at most 127 bytes)");
