@@ -511,7 +511,7 @@ static int
 mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
 {
     int               rc, ready, each;
-    size_t            i, n, sent;
+    size_t            i, b, e, n, sent;
     int64_t           oldest;
     redisReply       *reply, *first;
     mxj_fwd_room_t  **rooms;
@@ -538,33 +538,34 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
     sent = 0;
     each = fwd->metrics.address != NULL ? 2 : 1;
 
-    for (i = 0; i < n; i++) {
-        if (redisAppendCommand(fwd->r.c, "XLEN %s", rooms[i]->outbox)
-            != REDIS_OK
-            || (each == 2
-                && redisAppendCommand(fwd->r.c, "XRANGE %s - + COUNT 1",
-                                      rooms[i]->outbox)
-                   != REDIS_OK))
+    /* with a cluster, one room at a time: its node's connection */
+
+    for (b = 0; b < n; b = e) {
+        e = fwd->r.cluster ? b + 1 : n;
+
+        if (mxj_redis_route(&fwd->r, rooms[b]->outbox,
+                            strlen(rooms[b]->outbox))
+            != 0)
         {
             goto done;
         }
 
-        sent += each;
-    }
+        for (i = b; i < e; i++) {
+            if (redisAppendCommand(fwd->r.c, "XLEN %s", rooms[i]->outbox)
+                != REDIS_OK
+                || (each == 2
+                    && redisAppendCommand(fwd->r.c, "XRANGE %s - + COUNT 1",
+                                          rooms[i]->outbox)
+                       != REDIS_OK))
+            {
+                goto done;
+            }
 
-    for (i = 0; i < n; i++) {
-        if (redisGetReply(fwd->r.c, (void **) &reply) != REDIS_OK) {
-            mxj_redis_count_error();
-            mxj_fwd_log("redis at %s: %s", fwd->r.address, fwd->r.c->errstr);
-            goto done;
+            sent += each;
         }
 
-        sent--;
-        oldest = 0;
-
-        if (each == 2) {
-            if (redisGetReply(fwd->r.c, (void **) &first) != REDIS_OK) {
-                freeReplyObject(reply);
+        for (i = b; i < e; i++) {
+            if (redisGetReply(fwd->r.c, (void **) &reply) != REDIS_OK) {
                 mxj_redis_count_error();
                 mxj_fwd_log("redis at %s: %s", fwd->r.address,
                             fwd->r.c->errstr);
@@ -572,39 +573,61 @@ mxj_fwd_scan(mxj_fwd_t *fwd, int *idle)
             }
 
             sent--;
+            oldest = 0;
 
-            /* [[id, fields]] */
+            if (each == 2) {
+                if (redisGetReply(fwd->r.c, (void **) &first) != REDIS_OK) {
+                    freeReplyObject(reply);
+                    mxj_redis_count_error();
+                    mxj_fwd_log("redis at %s: %s", fwd->r.address,
+                                fwd->r.c->errstr);
+                    goto done;
+                }
 
-            if (first->type == REDIS_REPLY_ARRAY && first->elements == 1
-                && first->element[0]->type == REDIS_REPLY_ARRAY
-                && first->element[0]->elements == 2
-                && first->element[0]->element[0]->type == REDIS_REPLY_STRING)
-            {
-                oldest = mxj_fwd_stream_id_ms(
-                             first->element[0]->element[0]->str,
-                             first->element[0]->element[0]->len);
+                sent--;
+
+                /* [[id, fields]] */
+
+                if (first->type == REDIS_REPLY_ARRAY && first->elements == 1
+                    && first->element[0]->type == REDIS_REPLY_ARRAY
+                    && first->element[0]->elements == 2
+                    && first->element[0]->element[0]->type
+                       == REDIS_REPLY_STRING)
+                {
+                    oldest = mxj_fwd_stream_id_ms(
+                                 first->element[0]->element[0]->str,
+                                 first->element[0]->element[0]->len);
+                }
+
+                freeReplyObject(first);
             }
 
-            freeReplyObject(first);
+            if (mxj_redis_demoted(fwd->r.c, reply)) {
+                /* a cluster's slot moved: the reconnect loads the map */
+                mxj_fwd_log("redis at %s: %s", fwd->r.address,
+                            fwd->r.c->errstr);
+                freeReplyObject(reply);
+                goto done;
+            }
+
+            pthread_mutex_lock(&fwd->run.mutex);
+
+            /* a wrong type counts as no work: the worker would only fail */
+
+            rooms[i]->work = (reply->type == REDIS_REPLY_INTEGER
+                              && reply->integer > 0);
+            rooms[i]->depth = reply->type == REDIS_REPLY_INTEGER
+                              ? reply->integer : 0;
+            rooms[i]->oldest_ms = oldest > 0 ? oldest : 0;
+
+            if (rooms[i]->work && !rooms[i]->grouped) {
+                rooms[i]->work = 0;
+            }
+
+            pthread_mutex_unlock(&fwd->run.mutex);
+
+            freeReplyObject(reply);
         }
-
-        pthread_mutex_lock(&fwd->run.mutex);
-
-        /* a wrong type counts as no work: the worker would only fail */
-
-        rooms[i]->work = (reply->type == REDIS_REPLY_INTEGER
-                          && reply->integer > 0);
-        rooms[i]->depth = reply->type == REDIS_REPLY_INTEGER
-                          ? reply->integer : 0;
-        rooms[i]->oldest_ms = oldest > 0 ? oldest : 0;
-
-        if (rooms[i]->work && !rooms[i]->grouped) {
-            rooms[i]->work = 0;
-        }
-
-        pthread_mutex_unlock(&fwd->run.mutex);
-
-        freeReplyObject(reply);
     }
 
     pthread_mutex_lock(&fwd->run.mutex);

@@ -50,8 +50,7 @@ mxj_fwd_worker(void *data)
     mxj_fwd_end_e     end;
     mxj_fwd_room_t   *room;
 
-    w->r = w->fwd->r;
-    w->r.c = NULL;
+    mxj_redis_copy(&w->r, &w->fwd->r);
 
     randombytes_buf(raw, sizeof(raw));
     sodium_bin2hex(w->token, sizeof(w->token), raw, sizeof(raw));
@@ -728,11 +727,13 @@ mxj_fwd_ack(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e)
     redisReply   *reply;
     redisContext *c;
 
-    c = w->r.c;
-
-    if (c == NULL || c->err) {
+    if (w->r.c == NULL || w->r.c->err
+        || mxj_redis_route(&w->r, room->outbox, strlen(room->outbox)) != 0)
+    {
         return -1;
     }
+
+    c = w->r.c;
 
     snprintf(ms, sizeof(ms), "%lld", (long long) mxj_run_wall_ms());
 
@@ -756,6 +757,7 @@ mxj_fwd_ack(mxj_fwd_worker_t *w, mxj_fwd_room_t *room, mxj_fwd_entry_t *e)
         if (reply->type == REDIS_REPLY_ERROR) {
             mxj_fwd_log("room=%s: acknowledging %s: %s", room->id, e->id,
                         reply->str);
+            (void) mxj_redis_demoted(c, reply);     /* a MOVED: the map */
             rc = -1;
         }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ctl_load_run.h"
+#include "mx_cluster.h"
 
 
 int
@@ -57,10 +58,31 @@ mxj_pipe_arg(mxj_pipe_t *p, const char *cmd, const char *key,
 int
 mxj_pipe_end(mxj_pipe_t *p)
 {
+    unsigned  slot;
+
     if (p->argc <= 2) {
         /* nothing to send (a hash with no field) */
         p->argc = 0;
         return 0;
+    }
+
+    if (p->r->cluster != NULL) {
+        /* one node's pipeline: a key of another slot waits for the
+         * replies due (a room's keys share one slot) */
+
+        slot = mx_cluster_slot(p->argv[1], p->lens[1]);
+
+        if (p->pending && slot != p->slot && mxj_pipe_drain(p) != 0) {
+            return -1;
+        }
+
+        if (p->pending == 0
+            && mxj_redis_route(p->r, p->argv[1], p->lens[1]) != 0)
+        {
+            return -1;
+        }
+
+        p->slot = slot;
     }
 
     if (redisAppendCommandArgv(p->r->c, (int) p->argc, p->argv, p->lens)

@@ -48,6 +48,7 @@ typedef struct {
     size_t          argc;
     size_t          arg_bytes;
     size_t          pending;        /* commands sent, replies not read */
+    unsigned        slot;           /* a cluster's: the pending ones' */
     size_t          pending_bytes;
     uint64_t        done_bytes;     /* for the progress line */
     uint64_t        total_bytes;

@@ -91,17 +91,30 @@ mxj_cmd_outbox(int argc, char **argv)
             goto done;
         }
 
-        k = redisAppendCommandArgv(r.c, 6, cmd, NULL);
+        /* a cluster: each room on its node, one at a time */
+
+        k = mxj_redis_route(&r, cmd[3], strlen(cmd[3])) != 0 ? REDIS_ERR
+            : redisAppendCommandArgv(r.c, 6, cmd, NULL);
         free((char *) cmd[3]);
         free((char *) cmd[4]);
 
         if (k != REDIS_OK) {
-            fprintf(stderr, "matrix-join-ctl: out of memory\n");
+            fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r.address,
+                    r.c != NULL && r.c->err ? r.c->errstr
+                                            : "out of memory");
+            goto done;
+        }
+
+        if (r.cluster != NULL
+            && redisGetReply(r.c, (void **) &replies[i]) != REDIS_OK)
+        {
+            fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r.address,
+                    r.c->errstr);
             goto done;
         }
     }
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; r.cluster == NULL && i < n; i++) {
         if (redisGetReply(r.c, (void **) &replies[i]) != REDIS_OK) {
             fprintf(stderr, "matrix-join-ctl: Redis at %s: %s\n", r.address,
                     r.c->errstr);

@@ -232,6 +232,7 @@ mxj_redis_connect(mxj_redis_t *r)
 static int
 mxj_redis_connect_once(mxj_redis_t *r)
 {
+    int               rc;
     char              err[128];
     redisReply       *reply;
     struct timeval    tv;
@@ -255,6 +256,12 @@ mxj_redis_connect_once(mxj_redis_t *r)
                 "%s\n", r->address, err);
         free(a);
         return -1;
+    }
+
+    if (a->cluster) {
+        rc = mxj_redis_cluster_connect(r, a);
+        free(a);
+        return rc;
     }
 
     /* with sentinels, a new lookup on every (re)connect: a failover */
@@ -355,8 +362,22 @@ mxj_redis_connect_once(mxj_redis_t *r)
 
 
 void
+mxj_redis_copy(mxj_redis_t *to, const mxj_redis_t *from)
+{
+    *to = *from;
+    to->c = NULL;
+    to->cluster = NULL;
+}
+
+
+void
 mxj_redis_close(mxj_redis_t *r)
 {
+    if (r->cluster != NULL) {
+        mxj_redis_cluster_close(r);
+        return;
+    }
+
     if (r->c != NULL) {
         redisFree(r->c);
         r->c = NULL;
@@ -392,7 +413,9 @@ mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
         return NULL;
     }
 
-    reply = redisCommandArgv(r->c, argc, argv, lens);
+    reply = r->cluster
+            ? mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0)
+            : redisCommandArgv(r->c, argc, argv, lens);
 
     if (reply == NULL) {
         mxj_redis_count_error();
@@ -409,7 +432,11 @@ mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
 redisReply *
 mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
 {
+    int          n, argc;
+    char        *cmd;
+    size_t       lens[64];
     va_list      args;
+    const char  *argv[64];
     redisReply  *reply;
 
     if (!mxj_redis_connected(r)) {
@@ -417,7 +444,32 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
     }
 
     va_start(args, fmt);
-    reply = redisvCommand(r->c, fmt, args);
+
+    if (r->cluster == NULL) {
+        reply = redisvCommand(r->c, fmt, args);
+
+    } else {
+        /* hiredis formats, and the arguments are routed as argv */
+        reply = NULL;
+        n = redisvFormatCommand(&cmd, fmt, args);
+
+        if (n > 0) {
+            argc = mxj_redis_cluster_argv(cmd, (size_t) n, 64, argv, lens);
+
+            if (argc > 0) {
+                reply = mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0);
+            }
+
+            free(cmd);
+        }
+
+        if (n <= 0 || (argc <= 0 && r->c->err == 0)) {
+            r->c->err = REDIS_ERR_OTHER;
+            snprintf(r->c->errstr, sizeof(r->c->errstr),
+                     "cannot format the command \"%.32s\"", fmt);
+        }
+    }
+
     va_end(args);
 
     if (reply == NULL) {
@@ -434,6 +486,20 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
 
 redisReply *
 mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
+    const char **argv, const size_t *lens)
+{
+    redisReply  *reply;
+
+    reply = mxj_redis_eval_raw(c, which, nkeys, argc, argv, lens);
+
+    (void) mxj_redis_demoted(c, reply);
+
+    return reply;
+}
+
+
+redisReply *
+mxj_redis_eval_raw(redisContext *c, mx_lua_e which, int nkeys, int argc,
     const char **argv, const size_t *lens)
 {
     int                     i, n;
@@ -490,8 +556,6 @@ mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys, int argc,
         mxj_redis_count_error();
     }
 
-    (void) mxj_redis_demoted(c, reply);
-
     return reply;
 }
 
@@ -506,7 +570,9 @@ mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
         return NULL;
     }
 
-    reply = mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
+    reply = r->cluster
+            ? mxj_redis_cluster_cmd(r, argc, argv, lens, 1, which, nkeys)
+            : mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
 
     if (!mxj_redis_reply_ok(r, reply)) {
         return NULL;
@@ -544,12 +610,20 @@ mxj_redis_demoted(redisContext *c, const redisReply *reply)
 {
     if (reply == NULL || reply->type != REDIS_REPLY_ERROR
         || (strstr(reply->str, "READONLY") == NULL
-            && strncmp(reply->str, "MASTERDOWN", 10) != 0))
+            && strncmp(reply->str, "MASTERDOWN", 10) != 0
+            && strncmp(reply->str, "MOVED ", 6) != 0
+            && strncmp(reply->str, "ASK ", 4) != 0
+            && strncmp(reply->str, "TRYAGAIN", 8) != 0
+            && strncmp(reply->str, "CLUSTERDOWN", 11) != 0))
     {
         return 0;
     }
 
-    /* refuses further commands: the reconnect asks the sentinels again */
+    /*
+     * refuses further commands: the reconnect asks the sentinels again,
+     * or loads the cluster's slot map again (a MOVED inside a caller's
+     * pipeline or MULTI: a slot moved, or a master failed over)
+     */
 
     if (c->err == 0) {
         mxj_redis_count_error();

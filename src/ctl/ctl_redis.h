@@ -14,7 +14,11 @@
 #include <hiredis/hiredis.h>
 
 #include "mx_lua.h"
+#include "mx_redis_addr.h"
 #include "mx_schema.h"
+
+
+typedef struct mxj_redis_cluster_s  mxj_redis_cluster_t;
 
 
 typedef struct {
@@ -24,7 +28,8 @@ typedef struct {
     const char     *password;   /* --password or MXJ_REDIS_PASSWORD */
     const char     *sentinel_password;  /* MXJ_REDIS_SENTINEL_PASSWORD */
     long            db;
-    redisContext   *c;
+    redisContext   *c;          /* with a cluster: the node routed to */
+    mxj_redis_cluster_t  *cluster;  /* ctl_redis_cluster.c; NULL without */
 } mxj_redis_t;
 
 
@@ -99,6 +104,38 @@ char *mxj_room_key(const mxj_redis_t *r, const char *room,
  */
 void mxj_redis_count_error(void);
 uint64_t mxj_redis_errors(void);
+
+/*
+ * Redis Cluster (--redis cluster:host:port ..., ctl_redis_cluster.c).
+ * mxj_redis_cmd(), mxj_redis_cmdf() and mxj_redis_script() route each
+ * command by its first key and follow MOVED and ASK; a caller that drives
+ * r->c itself (a pipeline, a MULTI block) first routes it with one of the
+ * keys it will use: all of them must share its slot (one room's keys do).
+ * Without a cluster these do nothing. mxj_redis_route(): 0, or -1 when the
+ * node cannot be reached (printed; r->c is marked failed).
+ */
+int mxj_redis_route(mxj_redis_t *r, const char *key, size_t len);
+
+/* The masters that own slots now (1 without a cluster), and routing r->c
+ * to the i-th of them: for SCAN, which walks one node. */
+size_t mxj_redis_masters(mxj_redis_t *r);
+int mxj_redis_route_master(mxj_redis_t *r, size_t i);
+
+/* A thread's copy of another's options: no connection, no cluster map. */
+void mxj_redis_copy(mxj_redis_t *to, const mxj_redis_t *from);
+
+/* for ctl_redis.c and the forwarder's wrappers */
+int mxj_redis_cluster_connect(mxj_redis_t *r, const mx_redis_addr_t *a);
+void mxj_redis_cluster_close(mxj_redis_t *r);
+void mxj_redis_cluster_free(mxj_redis_t *r);
+redisReply *mxj_redis_cluster_cmd(mxj_redis_t *r, int argc,
+    const char **argv, const size_t *lens, int script, mx_lua_e which,
+    int nkeys);
+int mxj_redis_cluster_argv(char *cmd, size_t len, int max,
+    const char **argv, size_t *lens);
+/* mxj_redis_eval() without the demoted check (a MOVED is followed) */
+redisReply *mxj_redis_eval_raw(redisContext *c, mx_lua_e which, int nkeys,
+    int argc, const char **argv, const size_t *lens);
 
 /* malloc'ed "P" + name + arg (arg may be NULL): mx_schema_global_key. */
 char *mxj_global_key(const mxj_redis_t *r, const char *name,

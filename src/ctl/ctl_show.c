@@ -133,7 +133,8 @@ mxj_cmd_show(int argc, char **argv)
 
     /* informative only: a key of another type (WRONGTYPE) prints nothing */
 
-    edge = redisCommand(r.c, "HVALS %s", key);
+    edge = mxj_redis_route(&r, key, strlen(key)) == 0
+           ? redisCommand(r.c, "HVALS %s", key) : NULL;
     free(key);
 
     printf("room: %s\n", room);
@@ -390,7 +391,7 @@ static int
 mxj_show_aliases(mxj_redis_t *r, const char *room)
 {
     char         *pattern, *p, cursor[32];
-    size_t        i, n, plen;
+    size_t        i, m, n, plen;
     const char   *s;
     redisReply   *scan, *keys, *vals;
 
@@ -414,51 +415,63 @@ mxj_show_aliases(mxj_redis_t *r, const char *room)
 
     memcpy(p, MX_KEY_ALIAS "*", sizeof(MX_KEY_ALIAS "*"));
 
-    strcpy(cursor, "0");
+    /* a cluster's keys are on its masters: a SCAN on each */
 
-    do {
-        scan = mxj_redis_cmdf(r, "SCAN %s MATCH %s COUNT 1000", cursor,
-                              pattern);
+    for (m = 0; m < mxj_redis_masters(r); m++) {
+        strcpy(cursor, "0");
 
-        if (scan == NULL) {
-            free(pattern);
-            return -1;
-        }
+        do {
+            if (mxj_redis_route_master(r, m) != 0) {
+                fprintf(stderr, "matrix-join-ctl: Redis at %s: cannot reach "
+                        "every master to list the aliases\n", r->address);
+                free(pattern);
+                return -1;
+            }
 
-        if (scan->type != REDIS_REPLY_ARRAY || scan->elements != 2) {
-            fprintf(stderr, "matrix-join-ctl: unexpected SCAN reply\n");
-            freeReplyObject(scan);
-            free(pattern);
-            return -1;
-        }
+            scan = mxj_redis_cmdf(r, "SCAN %s MATCH %s COUNT 1000", cursor,
+                                  pattern);
 
-        snprintf(cursor, sizeof(cursor), "%s", scan->element[0]->str);
-        keys = scan->element[1];
-        n = keys->elements;
+            if (scan == NULL) {
+                free(pattern);
+                return -1;
+            }
 
-        for (i = 0; i < n; i++) {
-            vals = mxj_redis_cmdf(r, "GET %b", keys->element[i]->str,
-                                  keys->element[i]->len);
-
-            if (vals == NULL) {
+            if (scan->type != REDIS_REPLY_ARRAY || scan->elements != 2) {
+                fprintf(stderr, "matrix-join-ctl: unexpected SCAN reply\n");
                 freeReplyObject(scan);
                 free(pattern);
                 return -1;
             }
 
-            if (vals->type == REDIS_REPLY_STRING
-                && strcmp(vals->str, room) == 0)
-            {
-                printf("alias: %s\n", keys->element[i]->str + plen
-                       + sizeof(MX_KEY_ALIAS) - 1);
+            snprintf(cursor, sizeof(cursor), "%s", scan->element[0]->str);
+            keys = scan->element[1];
+            n = keys->elements;
+
+            for (i = 0; i < n; i++) {
+                vals = mxj_redis_cmdf(r, "GET %b", keys->element[i]->str,
+                                      keys->element[i]->len);
+
+                if (vals == NULL) {
+                    freeReplyObject(scan);
+                    free(pattern);
+                    return -1;
+                }
+
+                if (vals->type == REDIS_REPLY_STRING
+                    && strcmp(vals->str, room) == 0)
+                {
+                    printf("alias: %s\n", keys->element[i]->str + plen
+                           + sizeof(MX_KEY_ALIAS) - 1);
+                }
+
+                freeReplyObject(vals);
             }
 
-            freeReplyObject(vals);
-        }
+            freeReplyObject(scan);
 
-        freeReplyObject(scan);
+        } while (strcmp(cursor, "0") != 0);
 
-    } while (strcmp(cursor, "0") != 0);
+    }
 
     free(pattern);
 

@@ -499,8 +499,7 @@ mxj_sync_as_start(mxj_sync_t *s)
     }
 
     as->s = s;
-    as->r = s->r;
-    as->r.c = NULL;
+    mxj_redis_copy(&as->r, &s->r);
     pthread_mutex_init(&as->mutex, NULL);
     pthread_cond_init(&as->cond, NULL);
 

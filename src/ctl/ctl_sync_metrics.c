@@ -59,9 +59,10 @@ mxj_sync_metrics_rooms(mxj_sync_t *s)
             return;
         }
 
-        reply = redisCommand(s->r.c, "HMGET %s %s %s %s %s", key,
-                             MX_META_LOADED_AT, MX_META_STALE,
-                             MX_META_LIVE_PENDING, MX_META_EDGE_JOINS);
+        reply = mxj_redis_route(&s->r, key, strlen(key)) != 0 ? NULL
+                : redisCommand(s->r.c, "HMGET %s %s %s %s %s", key,
+                               MX_META_LOADED_AT, MX_META_STALE,
+                               MX_META_LIVE_PENDING, MX_META_EDGE_JOINS);
         free(key);
 
         if (reply == NULL) {

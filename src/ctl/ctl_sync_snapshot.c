@@ -253,6 +253,13 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
     mxj_sync_map_t    joins;
     mxj_sync_join_t  *j;
 
+    if (mxj_redis_route(&p->s->r, p->k_unconfirmed,
+                        strlen(p->k_unconfirmed))
+        != 0)
+    {
+        return -1;
+    }
+
     c = p->s->r.c;
     memset(&joins, 0, sizeof(mxj_sync_map_t));
     now = mxj_run_wall_ms();
@@ -328,6 +335,7 @@ mxj_sync_bookkeep(mxj_sync_pass_t *p)
         }
 
         if (reply->type == REDIS_REPLY_ERROR) {
+            (void) mxj_redis_demoted(c, reply);     /* a MOVED: the map */
             rc = -1;
         }
 

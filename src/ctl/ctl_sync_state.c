@@ -106,6 +106,13 @@ mxj_sync_pool_redis(mxj_sync_pass_t *p)
         }
     }
 
+    if (mxj_redis_route(r, k[6], strlen(k[6])) != 0) {
+        mxj_sync_fail(p, "Redis at %s: %s", r->address, r->c->errstr);
+        goto done;
+    }
+
+    ctx = r->c;
+
     redisAppendCommand(ctx, "MULTI");
     redisAppendCommand(ctx, "HGET %s generation", k[6]);
     redisAppendCommand(ctx, "HGETALL %s", k[0]);
@@ -131,6 +138,7 @@ mxj_sync_pool_redis(mxj_sync_pass_t *p)
     }
 
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 7) {
+        (void) mxj_redis_demoted(ctx, reply);       /* a MOVED: the map */
         mxj_sync_fail(p, "reading the snapshot: unexpected reply");
         goto done;
     }
