@@ -490,6 +490,13 @@ ngx_http_matrix_join_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_value(mmcf->redis.db, 0);
     ngx_conf_init_msec_value(mmcf->redis.timeout, 1000);
+
+    if (mmcf->redis.cluster && mmcf->redis.db != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "matrix_redis_db %i: Redis Cluster has only "
+                           "database 0", mmcf->redis.db);
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_init_size_value(mmcf->send_join_cache, 256 * 1024 * 1024);
 
     if (mmcf->send_join_cache) {

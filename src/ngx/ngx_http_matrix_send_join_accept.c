@@ -706,6 +706,9 @@ ngx_http_matrix_send_join_accept(ngx_http_request_t *r,
     argv[2] = "16";
     argvlen[2] = 2;
 
+    /* a cluster: MULTI on the node of the room's keys */
+    ngx_matrix_redis_route((u_char *) argv[3], argvlen[3]);
+
     lr[0] = "MULTI";
     lrlen[0] = 5;
 
@@ -935,6 +938,9 @@ ngx_http_matrix_send_join_accepted(ngx_http_request_t *r, void *data,
     kept->ctx = ctx;
     cln->handler = ngx_http_matrix_send_join_kept_free;
     cln->data = kept->res;
+
+    /* a cluster: WAIT on the node that took the join */
+    ngx_matrix_redis_route(sj->keys[0].data, sj->keys[0].len);
 
     rc = ngx_matrix_redis_wait(r, ngx_http_matrix_send_join_durable, kept);
     if (rc != NGX_OK) {

@@ -316,6 +316,9 @@ ngx_http_matrix_state_read(ngx_http_request_t *r, ngx_http_matrix_ctx_t *ctx)
     argv[2] = "16";
     argvlen[2] = 2;
 
+    /* a cluster: MULTI on the node of the room's keys */
+    ngx_matrix_redis_route((u_char *) argv[3], argvlen[3]);
+
     lr[0] = "MULTI";
     lrlen[0] = 5;
 

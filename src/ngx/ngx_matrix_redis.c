@@ -28,12 +28,24 @@
  * sentinel names: asked on a second, short-lived context before each
  * connect, every second while connected, and after a WAIT that fell
  * short; commands that come during the lookup wait for it in rd->waiting.
+ *
+ * With Redis Cluster (matrix_redis cluster:host:port ...), each master has
+ * a record of its own (a connection, its backoff, its hang detection) and
+ * every command goes to the one that owns its first key's slot (a room's
+ * keys share one: docs/redis-schema.md); a command with no key (MULTI,
+ * EXEC, WAIT) goes where the one before it went, or where the caller
+ * pointed with ngx_matrix_redis_route(). The slot map comes from CLUSTER
+ * SLOTS: asked at start, after a MOVED and when a node's connection is
+ * lost (a failover). A MOVED or ASK answer to a command outside MULTI is
+ * followed at once (a few times at most), with the command's own timer;
+ * inside MULTI it fails the transaction (EXECABORT), as a reshard may.
  */
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "mx_cluster.h"
 #include "mx_redis_addr.h"
 #include "mx_schema.h"
 #include "ngx_matrix_redis.h"
@@ -48,6 +60,12 @@
 
 /* while connected, a sentinel is asked this often whether it still is */
 #define NGX_MATRIX_REDIS_SENTINEL_RECHECK       1000
+
+/* Redis Cluster: nodes known, redirections per command, and the least
+ * time between two CLUSTER SLOTS */
+#define NGX_MATRIX_REDIS_NODES                  64
+#define NGX_MATRIX_REDIS_REDIRECTS              5
+#define NGX_MATRIX_REDIS_REFRESH_MIN            100
 
 
 typedef enum {
@@ -86,8 +104,29 @@ typedef struct {
     char                         conn_host[NGX_SOCKADDR_STRLEN + 1];
     int                          conn_port;     /* what rd->ac is to */
 
+    /* Redis Cluster: the node's address (numeric), its index */
+    char                         node_host[NGX_SOCKADDR_STRLEN + 1];
+    int                          node_port;
+    ngx_uint_t                   node;
+
     unsigned                     exiting:1;
+    unsigned                     in_multi:1;    /* MULTI sent, no EXEC yet */
 } ngx_matrix_redis_t;
+
+
+typedef struct {
+    ngx_matrix_redis_t          *nodes[NGX_MATRIX_REDIS_NODES];
+    ngx_uint_t                   nnodes;
+    u_char                       slot[MX_CLUSTER_SLOTS];   /* node index */
+    ngx_matrix_redis_t          *last;      /* keyless commands go there */
+    redisAsyncContext           *refreshing;    /* CLUSTER SLOTS on it */
+    ngx_msec_t                   refreshed;     /* when the last one went */
+    ngx_event_t                  refresh;
+    ngx_uint_t                   refreshes;
+    ngx_uint_t                   redirects;
+    ngx_cycle_t                 *cycle;
+    ngx_matrix_redis_conf_t     *conf;
+} ngx_matrix_redis_cluster_t;
 
 
 typedef struct {
@@ -100,6 +139,8 @@ typedef struct {
     mx_lua_e                     script;
     ngx_uint_t                   context;       /* rd->context when sent */
     ngx_uint_t                   reads;         /* rd->reads when sent */
+    ngx_matrix_redis_t          *rd;            /* the node it went to */
+    ngx_uint_t                   redirects;
     int                          nkeys;
     int                          argc;
     char                       **argv;          /* a copy, for NOSCRIPT */
@@ -107,6 +148,8 @@ typedef struct {
     unsigned                     is_script:1;
     unsigned                     retried:1;
     unsigned                     timed_out:1;
+    unsigned                     in_multi:1;    /* queued inside MULTI */
+    unsigned                     asking:1;      /* ASKING first (ASK) */
 } ngx_matrix_redis_op_t;
 
 
@@ -170,7 +213,21 @@ static void ngx_matrix_redis_op_free(ngx_matrix_redis_op_t *op);
 
 
 /* the worker's only context */
-static ngx_matrix_redis_t  *ngx_matrix_redis;
+static ngx_matrix_redis_t  *ngx_matrix_redis;  /* the first node's */
+static ngx_matrix_redis_cluster_t  *ngx_matrix_redis_cl;
+
+static ngx_matrix_redis_t *ngx_matrix_redis_node(const char *host, int port);
+static void ngx_matrix_redis_init_rd(ngx_matrix_redis_t *rd,
+    ngx_matrix_redis_conf_t *rcf, ngx_log_t *log);
+static void ngx_matrix_redis_exit_rd(ngx_matrix_redis_t *rd);
+static ngx_matrix_redis_t *ngx_matrix_redis_pick(int argc, const char **argv,
+    const size_t *argvlen, ngx_uint_t is_script, int nkeys);
+static void ngx_matrix_redis_refresh(ngx_matrix_redis_t *rd);
+static void ngx_matrix_redis_refresh_timer(ngx_event_t *ev);
+static void ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r,
+    void *privdata);
+static ngx_int_t ngx_matrix_redis_redirect(ngx_matrix_redis_t *rd,
+    ngx_matrix_redis_op_t *op, redisReply *reply);
 
 
 const char *
@@ -300,6 +357,31 @@ ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
         return NGX_CONF_ERROR;
     }
 
+    if (a->cluster) {
+        rcf->cluster = 1;
+        rcf->nseeds = a->nhosts;
+        rcf->seeds = ngx_pcalloc(cf->pool,
+                                 a->nhosts * sizeof(ngx_matrix_redis_host_t));
+        if (rcf->seeds == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        for (i = 0; i < a->nhosts; i++) {
+            if (ngx_matrix_redis_resolve(cf, &rcf->address, &a->hosts[i],
+                                         &rcf->seeds[i].host,
+                                         &rcf->seeds[i].port)
+                != NGX_CONF_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        rcf->host = rcf->seeds[0].host;
+        rcf->port = rcf->seeds[0].port;
+
+        return NGX_CONF_OK;
+    }
+
     if (a->master[0] == '\0') {
         return ngx_matrix_redis_resolve(cf, &rcf->address, &a->hosts[0],
                                         &rcf->host, &rcf->port);
@@ -333,28 +415,55 @@ ngx_matrix_redis_parse_address(ngx_conf_t *cf, ngx_matrix_redis_conf_t *rcf,
 ngx_int_t
 ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
 {
-    ngx_matrix_redis_t  *rd;
+    ngx_uint_t                   i;
+    ngx_matrix_redis_t          *rd;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    if (rcf->cluster) {
+        cl = ngx_pcalloc(cycle->pool, sizeof(ngx_matrix_redis_cluster_t));
+        if (cl == NULL) {
+            return NGX_ERROR;
+        }
+
+        cl->cycle = cycle;
+        cl->conf = rcf;
+        cl->refresh.handler = ngx_matrix_redis_refresh_timer;
+        cl->refresh.log = cycle->log;
+        cl->refresh.cancelable = 1;
+        ngx_matrix_redis_cl = cl;
+
+        /* the seeds are nodes; every slot is the first's until the map
+         * comes (a MOVED says otherwise sooner) */
+
+        for (i = 0; i < rcf->nseeds; i++) {
+            if (ngx_matrix_redis_node((char *) rcf->seeds[i].host.data,
+                                      rcf->seeds[i].port)
+                == NULL)
+            {
+                return NGX_ERROR;
+            }
+        }
+
+        rd = cl->nodes[0];
+        cl->last = rd;
+        ngx_matrix_redis = rd;
+
+        if (ngx_process == NGX_PROCESS_WORKER
+            || ngx_process == NGX_PROCESS_SINGLE)
+        {
+            (void) ngx_matrix_redis_connect(rd);
+            ngx_matrix_redis_refresh(rd);
+        }
+
+        return NGX_OK;
+    }
 
     rd = ngx_pcalloc(cycle->pool, sizeof(ngx_matrix_redis_t));
     if (rd == NULL) {
         return NGX_ERROR;
     }
 
-    rd->conf = rcf;
-    rd->log = cycle->log;
-    rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
-    rd->next_connect = ngx_current_msec;
-
-    rd->lookup_timer.handler = ngx_matrix_redis_lookup_timeout;
-    rd->lookup_timer.data = rd;
-    rd->lookup_timer.log = cycle->log;
-    rd->lookup_timer.cancelable = 1;
-    ngx_queue_init(&rd->waiting);
-
-    rd->recheck.handler = ngx_matrix_redis_recheck;
-    rd->recheck.data = rd;
-    rd->recheck.log = cycle->log;
-    rd->recheck.cancelable = 1;
+    ngx_matrix_redis_init_rd(rd, rcf, cycle->log);
 
     ngx_matrix_redis = rd;
 
@@ -370,16 +479,63 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
 }
 
 
+static void
+ngx_matrix_redis_init_rd(ngx_matrix_redis_t *rd, ngx_matrix_redis_conf_t *rcf,
+    ngx_log_t *log)
+{
+    rd->conf = rcf;
+    rd->log = log;
+    rd->backoff = NGX_MATRIX_REDIS_BACKOFF_MIN;
+    rd->next_connect = ngx_current_msec;
+
+    rd->lookup_timer.handler = ngx_matrix_redis_lookup_timeout;
+    rd->lookup_timer.data = rd;
+    rd->lookup_timer.log = log;
+    rd->lookup_timer.cancelable = 1;
+    ngx_queue_init(&rd->waiting);
+
+    rd->recheck.handler = ngx_matrix_redis_recheck;
+    rd->recheck.data = rd;
+    rd->recheck.log = log;
+    rd->recheck.cancelable = 1;
+}
+
+
 void
 ngx_matrix_redis_exit_worker(void)
 {
-    redisAsyncContext   *ac;
-    ngx_matrix_redis_t  *rd;
+    ngx_uint_t                   i;
+    ngx_matrix_redis_cluster_t  *cl;
 
-    rd = ngx_matrix_redis;
-    if (rd == NULL) {
-        return;
+    cl = ngx_matrix_redis_cl;
+
+    if (cl != NULL) {
+        if (cl->refresh.timer_set) {
+            ngx_del_timer(&cl->refresh);
+        }
+
+        for (i = 0; i < cl->nnodes; i++) {
+            cl->nodes[i]->exiting = 1;
+        }
+
+        for (i = 0; i < cl->nnodes; i++) {
+            ngx_matrix_redis_exit_rd(cl->nodes[i]);
+        }
+
+        ngx_matrix_redis_cl = NULL;
+
+    } else if (ngx_matrix_redis != NULL) {
+        ngx_matrix_redis_exit_rd(ngx_matrix_redis);
     }
+
+    ngx_matrix_redis = NULL;
+}
+
+
+static void
+ngx_matrix_redis_exit_rd(ngx_matrix_redis_t *rd)
+{
+    redisAsyncContext  *ac;
 
     rd->exiting = 1;
 
@@ -404,8 +560,6 @@ ngx_matrix_redis_exit_worker(void)
         redisAsyncFree(rd->ac);
         rd->ac = NULL;
     }
-
-    ngx_matrix_redis = NULL;
 }
 
 
@@ -421,11 +575,16 @@ ngx_matrix_redis_connect(ngx_matrix_redis_t *rd)
         return NGX_DECLINED;    /* backing off after a failure */
     }
 
-    max = rcf->nsentinels ? NGX_MATRIX_REDIS_BACKOFF_SENTINEL_MAX
-                          : NGX_MATRIX_REDIS_BACKOFF_MAX;
+    max = (rcf->nsentinels || rcf->cluster)
+          ? NGX_MATRIX_REDIS_BACKOFF_SENTINEL_MAX
+          : NGX_MATRIX_REDIS_BACKOFF_MAX;
 
     rd->next_connect = ngx_current_msec + rd->backoff;
     rd->backoff = ngx_min(rd->backoff * 2, max);
+
+    if (rcf->cluster) {
+        return ngx_matrix_redis_open(rd, rd->node_host, rd->node_port);
+    }
 
     if (rcf->nsentinels == 0) {
         return ngx_matrix_redis_open(rd, (char *) rcf->host.data, rcf->port);
@@ -557,8 +716,12 @@ ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
         redisAsyncCommand(ac, ngx_matrix_redis_role_reply, NULL, "ROLE");
     }
 
-    redisAsyncCommand(ac, ngx_matrix_redis_schema_reply, NULL, "GET %bschema",
-                      rcf->prefix.data, rcf->prefix.len);
+    /* a cluster's schema key is on one node: asked there, with the map */
+
+    if (!rcf->cluster) {
+        redisAsyncCommand(ac, ngx_matrix_redis_schema_reply, NULL,
+                          "GET %bschema", rcf->prefix.data, rcf->prefix.len);
+    }
 
     /* the scripts this binary was built with (src/lua, mx_lua_scripts[]) */
 
@@ -1040,6 +1203,14 @@ ngx_matrix_redis_lost(ngx_matrix_redis_t *rd, const char *why)
     rd->ac = NULL;
     rd->broken = NULL;
     rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+    rd->in_multi = 0;
+
+    /* a cluster's master lost: a failover may be under way, ask another
+     * node which master serves its slots now */
+
+    if (ngx_matrix_redis_cl && !rd->exiting) {
+        ngx_matrix_redis_refresh(NULL);
+    }
 }
 
 
@@ -1081,11 +1252,17 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply          *reply = r;
     ngx_matrix_redis_t  *rd = ac->data;
 
+    ngx_uint_t  i, bad;
+
     if (reply == NULL || rd->broken == ac) {
         return;
     }
 
     rd->schema_bad = 0;
+
+    if (ngx_matrix_redis_cl && reply->type == REDIS_REPLY_ERROR) {
+        return;     /* the map moved on since: the next refresh asks */
+    }
 
     if (reply->type == REDIS_REPLY_STRING
         && (reply->len != sizeof(MX_SCHEMA_VERSION) - 1
@@ -1099,6 +1276,16 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
                       MX_SCHEMA_VERSION ")", &rd->conf->address,
                       (size_t) ngx_min(reply->len, 32), reply->str,
                       &rd->conf->prefix);
+    }
+
+    /* a cluster's one schema key speaks for every node */
+
+    if (ngx_matrix_redis_cl) {
+        bad = rd->schema_bad;
+
+        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
+            ngx_matrix_redis_cl->nodes[i]->schema_bad = bad;
+        }
     }
 }
 
@@ -1235,7 +1422,9 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     ngx_matrix_redis_t     *rd;
     ngx_matrix_redis_op_t  *op;
 
-    rd = ngx_matrix_redis;
+    rd = ngx_matrix_redis_cl
+         ? ngx_matrix_redis_pick(argc, argv, argvlen, is_script, nkeys)
+         : ngx_matrix_redis;
 
     if (rd == NULL) {
         return NGX_MATRIX_REDIS_UNAVAILABLE;
@@ -1280,6 +1469,7 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
     }
 
     op->argc = argc;
+    op->rd = rd;
     op->request = r;
     op->handler = handler;
     op->data = data;
@@ -1341,7 +1531,7 @@ ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op)
     size_t                sargvlen[64];
     char                  nkeys[NGX_INT_T_LEN + 1];
 
-    rd = ngx_matrix_redis;
+    rd = op->rd;
 
     argc = op->argc;
     argv = (const char **) op->argv;
@@ -1378,6 +1568,33 @@ ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op)
         argc += 3;
     }
 
+    if (op->asking) {
+        /* ASK: the node importing the slot serves this command only */
+        if (redisAsyncCommand(rd->ac, NULL, NULL, "ASKING") != REDIS_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    /* a MOVED inside MULTI is the transaction's to fail, not followed */
+
+    if (argvlen[0] == 5 && ngx_strncasecmp((u_char *) argv[0],
+                                           (u_char *) "MULTI", 5) == 0)
+    {
+        rd->in_multi = 1;
+
+    } else if ((argvlen[0] == 4
+                && ngx_strncasecmp((u_char *) argv[0], (u_char *) "EXEC", 4)
+                   == 0)
+               || (argvlen[0] == 7
+                   && ngx_strncasecmp((u_char *) argv[0],
+                                      (u_char *) "DISCARD", 7) == 0))
+    {
+        rd->in_multi = 0;
+
+    } else {
+        op->in_multi = rd->in_multi;
+    }
+
     rc = redisAsyncCommandArgv(rd->ac, ngx_matrix_redis_reply, op, argc,
                                argv, argvlen);
 
@@ -1410,6 +1627,8 @@ ngx_matrix_redis_wait(ngx_http_request_t *r,
     }
 
     rcf = ngx_matrix_redis->conf;
+
+    /* with a cluster, the node of the last command (the caller routes) */
 
     argv[0] = "WAIT";
     argvlen[0] = 4;
@@ -1454,6 +1673,12 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     if (reply->type == REDIS_REPLY_ERROR) {
 
+        if (ngx_matrix_redis_cl && ngx_matrix_redis_redirect(rd, op, reply)
+            == NGX_OK)
+        {
+            return;     /* sent to the node named, with the same timer */
+        }
+
         if (op->is_script && !op->retried
             && ngx_strncmp(reply->str, "NOSCRIPT", 8) == 0
             && !rd->exiting && rd->ac == ac)
@@ -1496,46 +1721,42 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
     ngx_matrix_redis_status_e status, const char *err)
 {
     ngx_http_request_t  *r;
+    ngx_matrix_redis_t  *rd;
 
     if (op->timer.timer_set) {
         ngx_del_timer(&op->timer);
     }
 
-    if (ngx_matrix_redis) {
-        ngx_matrix_redis->outstanding--;    /* before the handler reads it */
-    }
+    rd = op->rd;
+
+    rd->outstanding--;      /* before the handler reads it */
 
     r = op->request;
 
-    if (status == NGX_MATRIX_REDIS_OK && ngx_matrix_redis
-        && ngx_matrix_redis->schema_bad)
-    {
+    if (status == NGX_MATRIX_REDIS_OK && rd->schema_bad) {
         /* queued before the schema check answered: do not trust it */
         status = NGX_MATRIX_REDIS_SCHEMA_ERROR;
         reply = NULL;
     }
 
-    if (status != NGX_MATRIX_REDIS_OK && !op->timed_out && ngx_matrix_redis
-        && !ngx_matrix_redis->exiting)
-    {
+    if (status != NGX_MATRIX_REDIS_OK && !op->timed_out && !rd->exiting) {
         /* matrix_join_redis_errors_total: each failed command once (a
          * timed out one was counted by its timer) */
         ngx_http_matrix_metrics_redis_error();
     }
 
     if (r == NULL && op->cleanup == NULL && status != NGX_MATRIX_REDIS_OK
-        && ngx_matrix_redis && !ngx_matrix_redis->exiting)
+        && !rd->exiting)
     {
         /* a write no request waits for: its failure is only logged */
-        ngx_log_error(NGX_LOG_WARN, ngx_matrix_redis->log, 0,
+        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
                       "redis %V: %*s failed: %s",
-                      &ngx_matrix_redis->conf->address, op->argvlen[0],
+                      &rd->conf->address, op->argvlen[0],
                       op->argv[0],
                       err ? err : ngx_matrix_redis_status_text(status));
     }
 
-    if (r && !op->timed_out && ngx_matrix_redis && !ngx_matrix_redis->exiting)
-    {
+    if (r && !op->timed_out && !rd->exiting) {
         op->request = NULL;
         op->cleanup->handler = NULL;
 
@@ -1564,7 +1785,7 @@ ngx_matrix_redis_timeout(ngx_event_t *ev)
      */
 
     op->timed_out = 1;
-    rd = ngx_matrix_redis;
+    rd = op->rd;
 
     ngx_http_matrix_metrics_redis_error();
 
@@ -1622,6 +1843,11 @@ ngx_matrix_redis_hung(ngx_matrix_redis_t *rd)
     rd->ac = NULL;
     rd->broken = NULL;
     rd->state = NGX_MATRIX_REDIS_DISCONNECTED;
+    rd->in_multi = 0;
+
+    if (ngx_matrix_redis_cl) {
+        ngx_matrix_redis_refresh(NULL);
+    }
 
     /* the next request reconnects, after the current backoff */
     rd->next_connect = ngx_current_msec + rd->backoff;
@@ -1642,6 +1868,403 @@ static void
 ngx_matrix_redis_op_free(ngx_matrix_redis_op_t *op)
 {
     ngx_free(op);
+}
+
+
+/*
+ * Redis Cluster: the node records, routing, the slot map and redirections.
+ */
+
+static ngx_matrix_redis_t *
+ngx_matrix_redis_node(const char *host, int port)
+{
+    ngx_uint_t                   i;
+    ngx_matrix_redis_t          *rd;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    for (i = 0; i < cl->nnodes; i++) {
+        if (cl->nodes[i]->node_port == port
+            && ngx_strcmp(cl->nodes[i]->node_host, host) == 0)
+        {
+            return cl->nodes[i];
+        }
+    }
+
+    if (cl->nnodes == NGX_MATRIX_REDIS_NODES
+        || ngx_strlen(host) > NGX_SOCKADDR_STRLEN)
+    {
+        ngx_log_error(NGX_LOG_ERR, cl->cycle->log, 0,
+                      "redis cluster: more than %d nodes, \"%s:%d\" is not "
+                      "used", NGX_MATRIX_REDIS_NODES, host, port);
+        return NULL;
+    }
+
+    /* hiredis resolves a name while blocking: numeric addresses only */
+
+    if (ngx_inet_addr((u_char *) host, ngx_strlen(host)) == INADDR_NONE
+#if (NGX_HAVE_INET6)
+        && ngx_strchr(host, ':') == NULL
+#endif
+        )
+    {
+        ngx_log_error(NGX_LOG_ERR, cl->cycle->log, 0,
+                      "redis cluster: node \"%s:%d\" is not a numeric "
+                      "address (cluster-preferred-endpoint-type ip)", host,
+                      port);
+        return NULL;
+    }
+
+    rd = ngx_pcalloc(cl->cycle->pool, sizeof(ngx_matrix_redis_t));
+    if (rd == NULL) {
+        return NULL;
+    }
+
+    ngx_matrix_redis_init_rd(rd, cl->conf, cl->cycle->log);
+
+    ngx_cpystrn((u_char *) rd->node_host, (u_char *) host,
+                sizeof(rd->node_host));
+    rd->node_port = port;
+    rd->node = cl->nnodes;
+    rd->schema_bad = cl->nnodes ? cl->nodes[0]->schema_bad : 0;
+
+    cl->nodes[cl->nnodes++] = rd;
+
+    return rd;
+}
+
+
+/* The node a command goes to: its first key's slot's, else the last. */
+
+static ngx_matrix_redis_t *
+ngx_matrix_redis_pick(int argc, const char **argv, const size_t *argvlen,
+    ngx_uint_t is_script, int nkeys)
+{
+    int                          k;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    if (is_script) {
+        k = nkeys > 0 ? 0 : -1;
+
+    } else {
+        k = mx_cluster_key_index(argc, argv, argvlen);
+    }
+
+    if (k >= 0 && k < argc) {
+        cl->last = cl->nodes[cl->slot[mx_cluster_slot(argv[k],
+                                                      argvlen[k])]];
+    }
+
+    return cl->last;
+}
+
+
+void
+ngx_matrix_redis_route(const u_char *key, size_t len)
+{
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    if (cl != NULL) {
+        cl->last = cl->nodes[cl->slot[mx_cluster_slot((const char *) key,
+                                                      len)]];
+    }
+}
+
+
+/*
+ * CLUSTER SLOTS on a connected node (rd, or any when NULL): one at a time,
+ * at most every NGX_MATRIX_REDIS_REFRESH_MIN ms (a timer takes the rest).
+ */
+
+static void
+ngx_matrix_redis_refresh(ngx_matrix_redis_t *rd)
+{
+    ngx_uint_t                   i;
+    ngx_msec_int_t               since;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    if (cl == NULL || cl->refreshing != NULL || cl->refresh.timer_set
+        || ngx_terminate || ngx_exiting)
+    {
+        return;
+    }
+
+    since = (ngx_msec_int_t) (ngx_current_msec - cl->refreshed);
+
+    if (cl->refreshes && since >= 0 && since < NGX_MATRIX_REDIS_REFRESH_MIN)
+    {
+        ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN - since);
+        return;
+    }
+
+    if (rd == NULL || rd->ac == NULL || rd->exiting) {
+        rd = NULL;
+
+        for (i = 0; i < cl->nnodes; i++) {
+            if (cl->nodes[i]->ac != NULL
+                && cl->nodes[i]->state == NGX_MATRIX_REDIS_CONNECTED
+                && !cl->nodes[i]->exiting)
+            {
+                rd = cl->nodes[i];
+                break;
+            }
+        }
+    }
+
+    if (rd == NULL) {
+        /* none connected: connect to the next that may answer, and ask
+         * again soon */
+
+        for (i = 0; i < cl->nnodes; i++) {
+            if (cl->nodes[(cl->refreshes + i) % cl->nnodes]->ac == NULL
+                && ngx_matrix_redis_connect(
+                       cl->nodes[(cl->refreshes + i) % cl->nnodes])
+                   == NGX_OK)
+            {
+                break;
+            }
+        }
+
+        cl->refreshes++;
+        cl->refreshed = ngx_current_msec;
+        ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN);
+        return;
+    }
+
+    if (redisAsyncCommand(rd->ac, ngx_matrix_redis_slots_reply, NULL,
+                          "CLUSTER SLOTS")
+        == REDIS_OK)
+    {
+        cl->refreshing = rd->ac;
+        cl->refreshes++;
+        cl->refreshed = ngx_current_msec;
+    }
+}
+
+
+static void
+ngx_matrix_redis_refresh_timer(ngx_event_t *ev)
+{
+    ngx_matrix_redis_refresh(NULL);
+}
+
+
+/* [[start, end, [host, port, id, ...], replicas...], ...] */
+
+static void
+ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    redisReply                  *reply = r;
+    ngx_matrix_redis_t          *rd = ac->data;
+
+    u_char                      *key;
+    size_t                       klen;
+    char                         host[NGX_SOCKADDR_STRLEN + 1];
+    long long                    a, b, s;
+    ngx_uint_t                   i, covered;
+    ngx_matrix_redis_conf_t     *rcf;
+    redisReply                  *range, *m;
+    ngx_matrix_redis_t          *node;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    if (cl == NULL) {
+        return;
+    }
+
+    if (cl->refreshing == ac) {
+        cl->refreshing = NULL;
+    }
+
+    if (reply == NULL || rd->broken == ac || rd->exiting
+        || reply->type != REDIS_REPLY_ARRAY)
+    {
+        if (reply != NULL && reply->type == REDIS_REPLY_ERROR) {
+            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                          "redis cluster %s:%d: CLUSTER SLOTS: %s",
+                          rd->node_host, rd->node_port, reply->str);
+        }
+
+        if (!rd->exiting) {
+            ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN);
+        }
+
+        return;
+    }
+
+    covered = 0;
+
+    for (i = 0; i < reply->elements; i++) {
+        range = reply->element[i];
+
+        if (range->type != REDIS_REPLY_ARRAY || range->elements < 3
+            || range->element[0]->type != REDIS_REPLY_INTEGER
+            || range->element[1]->type != REDIS_REPLY_INTEGER
+            || range->element[2]->type != REDIS_REPLY_ARRAY
+            || range->element[2]->elements < 2
+            || range->element[2]->element[0]->type != REDIS_REPLY_STRING
+            || range->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+        {
+            continue;
+        }
+
+        a = range->element[0]->integer;
+        b = range->element[1]->integer;
+        m = range->element[2];
+
+        if (a < 0 || b >= MX_CLUSTER_SLOTS || a > b
+            || m->element[0]->len > NGX_SOCKADDR_STRLEN)
+        {
+            continue;
+        }
+
+        if (m->element[0]->len == 0
+            || (m->element[0]->len == 1 && m->element[0]->str[0] == '?'))
+        {
+            /* Redis 7: an unknown endpoint is the node asked */
+            node = rd;
+
+        } else {
+            ngx_memcpy(host, m->element[0]->str, m->element[0]->len);
+            host[m->element[0]->len] = '\0';
+
+            node = ngx_matrix_redis_node(host,
+                                         (int) m->element[1]->integer);
+        }
+
+        if (node == NULL) {
+            continue;
+        }
+
+        for (s = a; s <= b; s++) {
+            cl->slot[s] = (u_char) node->node;
+        }
+
+        covered += (ngx_uint_t) (b - a + 1);
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "redis cluster: %ui slots on %ui nodes", covered,
+                   cl->nnodes);
+
+    if (covered < MX_CLUSTER_SLOTS) {
+        /* a failover under way: the rest is asked for again soon */
+        ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN * 5);
+    }
+
+    /* the schema check, on the node of its key */
+
+    rcf = cl->conf;
+    key = ngx_alloc(rcf->prefix.len + sizeof(MX_KEY_SCHEMA), rd->log);
+    if (key == NULL) {
+        return;
+    }
+
+    klen = ngx_cpymem(ngx_cpymem(key, rcf->prefix.data, rcf->prefix.len),
+                      MX_KEY_SCHEMA, sizeof(MX_KEY_SCHEMA) - 1) - key;
+
+    node = cl->nodes[cl->slot[mx_cluster_slot((char *) key, klen)]];
+
+    if (node->ac == NULL) {
+        (void) ngx_matrix_redis_connect(node);
+    }
+
+    if (node->ac != NULL) {
+        redisAsyncCommand(node->ac, ngx_matrix_redis_schema_reply, NULL,
+                          "GET %b", key, klen);
+    }
+
+    ngx_free(key);
+}
+
+
+/*
+ * A MOVED or ASK answer: the command goes to the node named (a MOVED also
+ * updates the map, and asks for all of it). NGX_OK when it was sent, with
+ * its timer; NGX_DECLINED when the reply is the caller's.
+ */
+
+static ngx_int_t
+ngx_matrix_redis_redirect(ngx_matrix_redis_t *rd, ngx_matrix_redis_op_t *op,
+    redisReply *reply)
+{
+    int                          kind;
+    unsigned                     slot;
+    mx_redis_host_t              to;
+    ngx_matrix_redis_t          *node;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    kind = mx_cluster_redirect(reply->str, reply->len, &slot, &to);
+
+    if (kind == 0) {
+        if (ngx_strncmp(reply->str, "CLUSTERDOWN", 11) == 0
+            || ngx_strncmp(reply->str, "TRYAGAIN", 8) == 0)
+        {
+            ngx_matrix_redis_refresh(rd);
+        }
+
+        return NGX_DECLINED;
+    }
+
+    cl->redirects++;
+
+    node = ngx_matrix_redis_node(to.host[0] ? to.host : rd->node_host,
+                                 to.port);
+
+    if (kind == MX_CLUSTER_MOVED) {
+        if (node != NULL) {
+            cl->slot[slot] = (u_char) node->node;
+        }
+
+        ngx_matrix_redis_refresh(node);
+    }
+
+    if (node == NULL || op->in_multi || rd->exiting
+        || op->redirects >= NGX_MATRIX_REDIS_REDIRECTS)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (node->ac == NULL) {
+        (void) ngx_matrix_redis_connect(node);
+
+        if (node->ac == NULL) {
+            return NGX_DECLINED;
+        }
+    }
+
+    op->redirects++;
+    op->asking = (kind == MX_CLUSTER_ASK);
+
+    rd->outstanding--;
+    op->rd = node;
+
+    if (ngx_matrix_redis_send_op(op) != NGX_OK) {
+        op->rd = rd;
+        rd->outstanding++;
+        return NGX_DECLINED;
+    }
+
+    node->outstanding++;
+    op->context = node->context;
+    op->reads = node->reads;
+
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, rd->log, 0,
+                   "redis cluster: %s slot %ud to %s:%d",
+                   kind == MX_CLUSTER_MOVED ? "MOVED" : "ASK", slot,
+                   node->node_host, node->node_port);
+
+    return NGX_OK;
 }
 
 

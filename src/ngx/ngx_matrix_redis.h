@@ -39,6 +39,9 @@ typedef struct {
     ngx_str_t                    master;        /* Sentinel's name, or "" */
     ngx_matrix_redis_host_t     *sentinels;
     ngx_uint_t                   nsentinels;
+    ngx_flag_t                   cluster;       /* "cluster:host:port ..." */
+    ngx_matrix_redis_host_t     *seeds;         /* its nodes to ask first */
+    ngx_uint_t                   nseeds;
     ngx_uint_t                   wait_replicas; /* matrix_redis_wait; 0 off */
     ngx_msec_t                   wait_timeout;
     ngx_flag_t                   wait_set;
@@ -100,6 +103,14 @@ ngx_int_t ngx_matrix_redis_wait(ngx_http_request_t *r,
  * leaves the connection when it names another (a WAIT that fell short).
  */
 void ngx_matrix_redis_suspect(void);
+
+/*
+ * Redis Cluster: the next command with no key of its own (MULTI, EXEC,
+ * WAIT) goes to the node of this key; a command with a key sets it too.
+ * Call it before a MULTI block or a WAIT with one of the keys they are
+ * about. Nothing without a cluster.
+ */
+void ngx_matrix_redis_route(const u_char *key, size_t len);
 
 /* For scripts run inside MULTI: their SHA-1 (hex) and source. */
 const char *ngx_matrix_redis_script_sha1(mx_lua_e script);
