@@ -673,6 +673,11 @@ ngx_matrix_redis_open(ngx_matrix_redis_t *rd, const char *host, int port)
                         sizeof(rd->last_error));
         (void) p;
         redisAsyncFree(ac);
+
+        if (ngx_matrix_redis_cl) {
+            ngx_matrix_redis_refresh(NULL);     /* a master gone? */
+        }
+
         return NGX_ERROR;
     }
 
@@ -1436,6 +1441,14 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         /* with Sentinel, a command may wait for the lookup in flight */
 
         if (rd->ac == NULL && rd->sac == NULL) {
+
+            /* a cluster's master that cannot be reached: which one serves
+             * its slots now? (at most every 100 ms) */
+
+            if (ngx_matrix_redis_cl) {
+                ngx_matrix_redis_refresh(NULL);
+            }
+
             return NGX_MATRIX_REDIS_UNAVAILABLE;
         }
     }

@@ -329,10 +329,7 @@ class ClusterSet:
         Notes its slots and replicas on it (for wait_failover) and in
         self.down. Returns it."""
         node = node or self.slot_owner(0)
-        v = self.view()
-        node.slots_at_kill = set(v.get(node.id, {}).get("slots", ()))
-        node.replicas_at_kill = [n for n in self.nodes
-                                 if v.get(n.id, {}).get("master") == node.id]
+        self._note_at_kill(node)
         node.proc.send_signal(signal.SIGKILL)
         node.proc.wait()
         self.down.append(node)
@@ -391,8 +388,16 @@ class ClusterSet:
                                    f"{timeout:.0f} s: {why}")
             time.sleep(0.05)
 
+    def _note_at_kill(self, node):
+        v = self.view()
+        node.slots_at_kill = set(v.get(node.id, {}).get("slots", ()))
+        node.replicas_at_kill = [n for n in self.nodes
+                                 if v.get(n.id, {}).get("master") == node.id]
+
     def stop_node(self, node):
-        """SIGSTOP `node` (noted in self.down)."""
+        """SIGSTOP `node` (noted in self.down, its slots and replicas on
+        it as kill9 notes them)."""
+        self._note_at_kill(node)
         node.proc.send_signal(signal.SIGSTOP)
         node.stopped = True
         self.down.append(node)
@@ -402,6 +407,14 @@ class ClusterSet:
         """SIGCONT a node stopped by stop_node."""
         node.proc.send_signal(signal.SIGCONT)
         node.stopped = False
+        return node
+
+    def restart_node(self, node, timeout=30.0):
+        """Starts a killed node again (its folder, its nodes.conf: the same
+        node id); a master replaced meanwhile comes back as a replica of
+        its successor. Waits until the cluster is ok with it in sync."""
+        node.start()
+        self.wait_ok(timeout)
         return node
 
     # -- resharding --------------------------------------------------------

@@ -66,6 +66,7 @@ from mxj_joiner import Joiner, send_join_target  # noqa: E402
 from mxj_nginx import CTL, Nginx  # noqa: E402
 from mxj_redis import RedisServer  # noqa: E402
 from mxj_sentinel import SentinelSet  # noqa: E402
+from mxj_cluster import ClusterSet  # noqa: E402
 from mxj_remote import KeyServer, RemoteServer  # noqa: E402
 from mxj_upstream import Answer, Hang, Upstream  # noqa: E402
 
@@ -166,7 +167,7 @@ class Edge:
     def __init__(self, workers=2, rooms=3, seed=0, http_extra="",
                  server_extra="", main_extra="", key_server=KeyServer,
                  forwarder=True, worker_connections=1024, members=None,
-                 sentinel=False):
+                 sentinel=False, cluster=False):
         self.worker_connections = worker_connections
         self.http_extra = http_extra
         self.server_extra = server_extra
@@ -174,7 +175,9 @@ class Edge:
         self.with_forwarder = forwarder
         self.tmp = Path(tempfile.mkdtemp(prefix="mxj-fault-"))
         # sentinel: a master, two replicas and three sentinels instead
+        # cluster: three masters and three replicas
         self.redis = (SentinelSet() if sentinel
+                      else ClusterSet() if cluster
                       else RedisServer(aof=True)).start()
         self.nginx = Nginx(workers=workers)
         self.remotes = [remote_server(n) for n in ORIGINS]
@@ -196,6 +199,7 @@ class Edge:
         self.killed_workers = []
         self.generation = 0
         self.redis_down = []        # [monotonic kill, monotonic up or None]
+        self.down_rooms = None      # a cluster's: the rooms Redis was down for
         self.notes = []             # what a fault saw, for the problems
 
     # -- setup ---------------------------------------------------------------
@@ -577,6 +581,62 @@ def _sentinel_cont(edge):
     edge.redis.down[-1].proc.send_signal(signal.SIGCONT)
 
 
+def _cluster_master(edge):
+    """The master of the first room's slot (the one under load most)."""
+    return edge.redis.master_of(edge.rooms[0].room_id)
+
+
+def _cluster_down_rooms(edge, node):
+    """A cluster's outage is its master's rooms' only."""
+    edge.down_rooms = {r.room_id for r in edge.rooms
+                       if edge.redis.master_of(r.room_id) is node}
+
+
+def _cluster_kill(edge):
+    node = _cluster_master(edge)
+    _cluster_down_rooms(edge, node)
+    edge.redis.kill9(node)
+    edge.redis_down.append([time.monotonic(), None])
+
+
+def _cluster_failover(edge):
+    """Until a replica serves the lost master's slots (the outage ends)."""
+    edge.notes_failover = edge.redis.wait_failover(edge.redis.down[-1])
+    if edge.redis_down and edge.redis_down[-1][1] is None:
+        edge.redis_down[-1][1] = time.monotonic()
+
+
+def _cluster_failover_restart(edge):
+    """After the failover the killed node is started again: it comes back
+    as a replica of its successor, which has none until then (one replica
+    per master), so WAIT 1 refuses that shard's joins until it does."""
+    _cluster_failover(edge)
+    edge.redis.restart_node(edge.redis.down[-1])
+
+
+def _cluster_stop(edge):
+    node = _cluster_master(edge)
+    _cluster_down_rooms(edge, node)
+    edge.redis.stop_node(node)
+    edge.redis_down.append([time.monotonic(), None])
+
+
+def _cluster_cont(edge):
+    """After the failover the old master runs again: the cluster makes it
+    a replica of the new one (what it alone held is dropped)."""
+    _cluster_failover(edge)
+    edge.redis.cont_node(edge.redis.down[-1])
+
+
+def _cluster_move(edge):
+    """The first room's slot moved to another master, its keys a few at a
+    time (MIGRATE, 50 ms apart: the ASK window) under the load."""
+    slot = edge.redis.keyslot(edge.rooms[0].room_id)
+    src = _cluster_master(edge)
+    to = [m for m in edge.redis.masters() if m is not src][0]
+    edge.notes_moved = edge.redis.move_slot(slot, to, pause=0.05, batch=5)
+
+
 def _reload(edge):
     edge.reconfigure()
 
@@ -667,6 +727,19 @@ FAULTS = {
                       "Sentinel, matrix_redis_wait 1 100ms: SIGSTOP of the "
                       "master until the failover, then SIGCONT (it comes "
                       "back as a replica)"),
+    "cluster-kill": (_cluster_kill, _cluster_failover_restart, 0, False,
+                     "Redis Cluster (3 masters, 3 replicas), "
+                     "matrix_redis_wait 1 100ms: kill -9 of the master of "
+                     "the busiest room's slot, restarted after the failover "
+                     "(it comes back as a replica)"),
+    "cluster-stop": (_cluster_stop, _cluster_cont, 3, False,
+                     "Redis Cluster, matrix_redis_wait 1 100ms: SIGSTOP of "
+                     "that master until the failover, then SIGCONT (it "
+                     "comes back as a replica)"),
+    "cluster-move": (_cluster_move, _nothing, 0, False,
+                     "Redis Cluster: the busiest room's slot moved to "
+                     "another master under the load (MIGRATE 5 keys at a "
+                     "time, 50 ms apart)"),
     "big-room": (_redis_kill, _redis_restart, 2, False,
                  "one room of {members} members (send_join answers of "
                  "{answer_mb:.0f} MB), kill -9 of redis-server restarted "
@@ -683,6 +756,10 @@ ROW_OPTIONS = {
     # Sentinel rows (t/fault/mxj_sentinel.py): WAIT 1 before each 200
     "sentinel-kill": {"sentinel": True, "wait": "1 100ms"},
     "sentinel-stop": {"sentinel": True, "wait": "1 100ms"},
+    # Cluster rows (t/fault/mxj_cluster.py): WAIT 1 on the room's master
+    "cluster-kill": {"cluster": True, "wait": "1 100ms"},
+    "cluster-stop": {"cluster": True, "wait": "1 100ms"},
+    "cluster-move": {"cluster": True},
 }
 
 # Rows in which a worker is killed on purpose (one must have been).
@@ -698,8 +775,11 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
     rate = min(rate, opts.get("rate", rate))
     members = members or opts.get("members")
     fault_at = seconds / 3 if fault_at is None else fault_at
-    sentinel = opts.get("sentinel", False)
-    edge = Edge(seed=seed, members=members, sentinel=sentinel,
+    # a failover (Sentinel's or a cluster's) takes as long as it takes
+    sentinel = opts.get("sentinel", False) or opts.get("cluster", False)
+    edge = Edge(seed=seed, members=members,
+                sentinel=opts.get("sentinel", False),
+                cluster=opts.get("cluster", False),
                 http_extra=f"matrix_redis_wait {opts['wait']};"
                 if opts.get("wait") else "")
     problems = []
@@ -796,7 +876,9 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
         # have happened, so each must reach the homeserver again (or be
         # left in the outbox)
         in_outage = {s.event_id for v in delivered.values() for s in v
-                     if edge.in_outage(s.answered_mono)}
+                     if edge.in_outage(s.answered_mono)
+                     and (edge.down_rooms is None
+                          or s.room_id in edge.down_rooms)}
         not_again = [e for e in in_outage
                      if len(delivered[e]) < 2 and e not in outbox]
         if not_again:
@@ -857,6 +939,7 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
             max_latency=max((x.latency for x in results), default=0.0),
             answered_again_s=answered_again,
             failover_s=getattr(edge, "notes_failover", None),
+            moved_keys=getattr(edge, "notes_moved", None),
             # a failover the sentinels were asked for (late on their own)
             failover_nudged_s=(edge.redis.nudged[0]
                                if getattr(edge.redis, "nudged", None)
