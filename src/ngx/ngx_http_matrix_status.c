@@ -464,10 +464,13 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
     ngx_http_matrix_status_ctx_t *ctx)
 {
     json_t                            *doc, *redis, *room, *ob, *total, *cache;
+    json_t                            *nodes, *node, *cl;
     ngx_int_t                          rc;
+    ngx_uint_t                         i;
     json_int_t                         n[4];
     const char                        *id;
     ngx_matrix_chunks_stats_t          st;
+    ngx_matrix_redis_node_info_t       ni;
     ngx_http_matrix_join_main_conf_t  *mmcf;
 
     if (ctx->pending || ctx->done) {
@@ -504,6 +507,43 @@ ngx_http_matrix_status_done(ngx_http_request_t *r,
                       (json_int_t) ngx_matrix_redis_outstanding(),
                       "last_error", ngx_matrix_redis_last_error(),
                       "worker_pid", (json_int_t) ngx_pid);
+
+    /* a cluster: this worker's map and connections, node by node */
+
+    if (redis != NULL && mmcf->redis.cluster) {
+        nodes = json_array();
+
+        for (i = 0; nodes != NULL
+                    && ngx_matrix_redis_cluster_node(i, &ni) == NGX_OK; i++)
+        {
+            node = json_pack("{s:s, s:i, s:s, s:I, s:I, s:I, s:I, s:s}",
+                             "host", ni.host, "port", ni.port,
+                             "state", ni.state,
+                             "slots", (json_int_t) ni.slots,
+                             "connects", (json_int_t) ni.connects,
+                             "hung", (json_int_t) ni.hangs,
+                             "outstanding", (json_int_t) ni.outstanding,
+                             "last_error", ni.last_error);
+            if (node == NULL || json_array_append_new(nodes, node) != 0) {
+                json_decref(nodes);
+                nodes = NULL;
+            }
+        }
+
+        cl = nodes ? json_pack("{s:o, s:I, s:I}", "nodes", nodes,
+                               "slot_map_refreshes",
+                               (json_int_t)
+                               ngx_matrix_redis_cluster_refreshes(),
+                               "redirects",
+                               (json_int_t)
+                               ngx_matrix_redis_cluster_redirects())
+                   : NULL;
+
+        if (cl == NULL || json_object_set_new(redis, "cluster", cl) != 0) {
+            json_decref(redis);
+            redis = NULL;
+        }
+    }
 
     /* the totals of the rooms listed: the oldest age is the largest */
 

@@ -1708,6 +1708,20 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
             }
         }
 
+        /* a cluster reconfiguring (a slot moving, a failover): retry */
+
+        if (ngx_matrix_redis_cl
+            && (ngx_strncmp(reply->str, "TRYAGAIN", 8) == 0
+                || ngx_strncmp(reply->str, "CLUSTERDOWN", 11) == 0
+                || ngx_strncmp(reply->str, "MOVED ", 6) == 0
+                || ngx_strncmp(reply->str, "ASK ", 4) == 0
+                || ngx_strncmp(reply->str, "EXECABORT", 9) == 0))
+        {
+            ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+                                    reply->str);
+            return;
+        }
+
         ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_REPLY_ERROR,
                                 reply->str);
 
@@ -2325,11 +2339,115 @@ ngx_matrix_redis_status_text(ngx_matrix_redis_status_e status)
 }
 
 
+static const char *
+ngx_matrix_redis_rd_state(ngx_matrix_redis_t *rd)
+{
+    switch (rd->state) {
+
+    case NGX_MATRIX_REDIS_CONNECTED:
+        return rd->schema_bad ? "unsupported schema" : "connected";
+
+    case NGX_MATRIX_REDIS_CONNECTING:
+        return "connecting";
+
+    default:
+        return "disconnected";
+    }
+}
+
+
+/* a cluster: is node i serving slots in the map, and how many */
+
+static ngx_uint_t
+ngx_matrix_redis_node_slots(ngx_uint_t i)
+{
+    ngx_uint_t   s, n;
+    u_char      *slot;
+
+    slot = ngx_matrix_redis_cl->slot;
+    n = 0;
+
+    for (s = 0; s < MX_CLUSTER_SLOTS; s++) {
+        n += (slot[s] == i);
+    }
+
+    return n;
+}
+
+
+ngx_int_t
+ngx_matrix_redis_cluster_node(ngx_uint_t i, ngx_matrix_redis_node_info_t *ni)
+{
+    ngx_matrix_redis_t  *rd;
+
+    if (ngx_matrix_redis_cl == NULL || i >= ngx_matrix_redis_cl->nnodes) {
+        return NGX_DECLINED;
+    }
+
+    rd = ngx_matrix_redis_cl->nodes[i];
+
+    ni->host = rd->node_host;
+    ni->port = rd->node_port;
+    ni->state = ngx_matrix_redis_rd_state(rd);
+    ni->slots = ngx_matrix_redis_node_slots(i);
+    ni->connects = rd->connects;
+    ni->hangs = rd->hangs;
+    ni->outstanding = rd->outstanding;
+    ni->last_error = rd->last_error;
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_cluster_refreshes(void)
+{
+    return ngx_matrix_redis_cl ? ngx_matrix_redis_cl->refreshes : 0;
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_cluster_redirects(void)
+{
+    return ngx_matrix_redis_cl ? ngx_matrix_redis_cl->redirects : 0;
+}
+
+
 const char *
 ngx_matrix_redis_state(void)
 {
+    ngx_uint_t  i, up, serving;
+
     if (ngx_matrix_redis == NULL) {
         return "not configured";
+    }
+
+    if (ngx_matrix_redis_cl) {
+        /* the masters that serve slots: all, some or none connected */
+
+        up = 0;
+        serving = 0;
+
+        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
+            if (ngx_matrix_redis_node_slots(i) == 0) {
+                continue;
+            }
+
+            serving++;
+
+            if (ngx_matrix_redis_cl->nodes[i]->state
+                == NGX_MATRIX_REDIS_CONNECTED)
+            {
+                if (ngx_matrix_redis_cl->nodes[i]->schema_bad) {
+                    return "unsupported schema";
+                }
+
+                up++;
+            }
+        }
+
+        return up == serving ? "connected"
+               : up ? "partly connected" : "disconnected";
     }
 
     switch (ngx_matrix_redis->state) {
@@ -2350,6 +2468,18 @@ ngx_matrix_redis_state(void)
 ngx_uint_t
 ngx_matrix_redis_connects(void)
 {
+    ngx_uint_t  i, n;
+
+    if (ngx_matrix_redis_cl) {
+        n = 0;
+
+        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
+            n += ngx_matrix_redis_cl->nodes[i]->connects;
+        }
+
+        return n;
+    }
+
     return ngx_matrix_redis ? ngx_matrix_redis->connects : 0;
 }
 
@@ -2357,6 +2487,18 @@ ngx_matrix_redis_connects(void)
 ngx_uint_t
 ngx_matrix_redis_hangs(void)
 {
+    ngx_uint_t  i, n;
+
+    if (ngx_matrix_redis_cl) {
+        n = 0;
+
+        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
+            n += ngx_matrix_redis_cl->nodes[i]->hangs;
+        }
+
+        return n;
+    }
+
     return ngx_matrix_redis ? ngx_matrix_redis->hangs : 0;
 }
 
@@ -2364,6 +2506,18 @@ ngx_matrix_redis_hangs(void)
 ngx_uint_t
 ngx_matrix_redis_outstanding(void)
 {
+    ngx_uint_t  i, n;
+
+    if (ngx_matrix_redis_cl) {
+        n = 0;
+
+        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
+            n += ngx_matrix_redis_cl->nodes[i]->outstanding;
+        }
+
+        return n;
+    }
+
     return ngx_matrix_redis ? ngx_matrix_redis->outstanding : 0;
 }
 

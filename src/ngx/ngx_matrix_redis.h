@@ -120,7 +120,27 @@ const char *ngx_matrix_redis_script_source(mx_lua_e script);
 ngx_uint_t ngx_matrix_redis_http_status(ngx_matrix_redis_status_e status);
 const char *ngx_matrix_redis_status_text(ngx_matrix_redis_status_e status);
 
-/* Connection state for matrix_status: "connected", "connecting", ... */
+/* A Redis Cluster's node i for matrix_status; NGX_DECLINED past the end
+ * (or without a cluster). */
+typedef struct {
+    const char                  *host;
+    int                          port;
+    const char                  *state;
+    ngx_uint_t                   slots;         /* in this worker's map */
+    ngx_uint_t                   connects;
+    ngx_uint_t                   hangs;
+    ngx_uint_t                   outstanding;
+    const char                  *last_error;
+} ngx_matrix_redis_node_info_t;
+
+ngx_int_t ngx_matrix_redis_cluster_node(ngx_uint_t i,
+    ngx_matrix_redis_node_info_t *ni);
+ngx_uint_t ngx_matrix_redis_cluster_refreshes(void);   /* CLUSTER SLOTS */
+ngx_uint_t ngx_matrix_redis_cluster_redirects(void);   /* MOVED and ASK */
+
+/* Connection state for matrix_status: "connected", "connecting", ...;
+ * with a cluster, of the masters that serve slots ("partly connected"),
+ * and the counts below are the sum of every node's. */
 const char *ngx_matrix_redis_state(void);
 ngx_uint_t ngx_matrix_redis_connects(void);
 ngx_uint_t ngx_matrix_redis_hangs(void);         /* connections closed as hung */

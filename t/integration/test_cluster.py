@@ -12,8 +12,10 @@ joins are answered again. Time is recorded, never asserted."""
 
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
+import requests
 
 from mxj_nginx import CTL, TOP
 
@@ -22,7 +24,7 @@ import mxj_cluster  # noqa: E402
 import mxj_fault  # noqa: E402
 
 from test_send_join import (EDGE, Edge, answer_of, join,  # noqa: E402,F401
-                            new_room)
+                            new_room, send)
 
 sys.path.insert(0, str(TOP / "t" / "lib"))
 import mxj_joiner  # noqa: E402
@@ -79,7 +81,8 @@ def test_handshake_on_every_master(cedge, cluster):
     its room's master; the next template builds on it; no command was
     answered MOVED."""
     rooms = rooms_on_every_master(cluster, 3)
-    cedge.load(*rooms).start()
+    cedge.load(*rooms).start(locations="""
+        location = /status { matrix_status; }""")
     for k, room in enumerate(rooms):
         view = View(room)
         joiner = Joiner(cedge.remotes[k % 3], f"c{k}")
@@ -94,6 +97,219 @@ def test_handshake_on_every_master(cedge, cluster):
                                           f"n{k}"))
         assert mxj_joiner.ref_ids(tpl["prev_events"]) == [got["event"]]
     assert moved(cluster) == {}
+
+    # matrix_status: the worker's map, the masters the real cluster has
+    st = requests.get(f"http://127.0.0.1:{cedge.port}/status",
+                      timeout=10).json()
+    assert st["redis"]["state"] == "connected", st["redis"]
+    nodes = st["redis"]["cluster"]["nodes"]
+    serving = {n["port"]: n["slots"] for n in nodes if n["slots"]}
+    real = {m.port: len(cluster.view()[m.id]["slots"])
+            for m in cluster.masters()}
+    assert serving == real, (serving, real)
+    assert sum(serving.values()) == 16384
+    assert all(n["state"] == "connected" for n in nodes if n["slots"])
+    assert st["redis"]["cluster"]["redirects"] == 0
+    assert len(st["rooms"]) == len(rooms)
+
+
+DIR = "/_matrix/federation/v1/query/directory"
+
+
+def status(edge):
+    return requests.get(f"http://127.0.0.1:{edge.port}/status",
+                        timeout=10).json()
+
+
+def other_master(cluster, node):
+    return [m for m in cluster.masters() if m is not node][0]
+
+
+def test_a_moved_slot_is_followed(cedge, cluster):
+    """A room's slot moved to another master after the worker learnt the
+    map: the next join's first command is answered MOVED, followed at
+    once (the join answered 200 and judged), the map refreshed, and the
+    join after it is not redirected again."""
+    room = new_room()
+    cedge.load(room).start(locations="""
+        location = /status { matrix_status; }""")
+    view = View(room)
+    join(cedge, room, view, Joiner(cedge.remotes[0], "before"))
+    assert status(cedge)["redis"]["cluster"]["redirects"] == 0
+    src = cluster.master_of(room.room_id)
+    dst = other_master(cluster, src)
+    assert cluster.move_slot(cluster.keyslot(room.room_id), dst) > 0
+    assert cluster.master_of(room.room_id) is dst
+    _, _, got = join(cedge, room, view, Joiner(cedge.remotes[1], "after"))
+    st = status(cedge)["redis"]["cluster"]
+    assert st["redirects"] >= 1, st
+    moved_once = st["redirects"]
+    join(cedge, room, view, Joiner(cedge.remotes[2], "again"))
+    assert status(cedge)["redis"]["cluster"]["redirects"] == moved_once
+    # the outbox moved with the slot: both joins on the new master
+    key = cedge.key(room, "outbox")
+    assert cluster.node_client(dst).xlen(key) == 3
+    assert got["event"] in [f[b"event_id"].decode()
+                            for _, f in cedge.outbox(room)]
+
+
+def half_migrated(cluster, key):
+    """key's slot set MIGRATING on its master and IMPORTING on another,
+    and key alone moved there: the source answers ASK for it. Returns
+    (slot, source, destination)."""
+    slot = cluster.keyslot(key)
+    src = cluster.master_of(key)
+    dst = other_master(cluster, src)
+    s, d = cluster.node_client(src), cluster.node_client(dst)
+    d.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src.id)
+    s.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst.id)
+    s.execute_command("MIGRATE", "127.0.0.1", dst.port, key, 0, 5000)
+    return slot, src, dst
+
+
+def finish_migration(cluster, slot, dst):
+    for m in cluster.masters():
+        cluster.node_client(m).execute_command("CLUSTER", "SETSLOT", slot,
+                                               "NODE", dst.id)
+    cluster.wait_ok()
+
+
+def test_an_asked_key_is_followed(cedge, cluster):
+    """The directory's alias key has moved to the node importing its
+    slot while the slot is still the source's: the source answers ASK,
+    the module asks the other node (ASKING first) and answers 200 with
+    the room; the map is not changed by an ASK."""
+    room = new_room()
+    cedge.load(room).start(locations=f"""
+        location = {DIR} {{ matrix_directory; }}
+        location = /status {{ matrix_status; }}""")
+    akey = f"mxj:alias:{room.alias}"
+    assert cluster.client().get(akey).decode() == room.room_id
+    target = DIR + "?room_alias=" + urllib.parse.quote(room.alias, safe="")
+    auth = [cedge.remotes[0].auth_header("GET", target, EDGE)]
+    rep = send(cedge.port, "GET", target, auth=auth)
+    assert rep.status == 200, rep
+    before = status(cedge)["redis"]["cluster"]
+    slot, src, dst = half_migrated(cluster, akey)
+    try:
+        rep = send(cedge.port, "GET", target, auth=auth)
+        assert rep.status == 200, rep
+        assert rep.json()["room_id"] == room.room_id
+        st = status(cedge)["redis"]["cluster"]
+        assert st["redirects"] == before["redirects"] + 1, st
+        # still the source's slot in this worker's map
+        served = {n["port"]: n["slots"] for n in st["nodes"]}
+        assert served == {n["port"]: n["slots"] for n in before["nodes"]}
+    finally:
+        finish_migration(cluster, slot, dst)
+
+
+def ctl(*args, env=None):
+    return subprocess.run([str(CTL), *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_ctl_follows_moved_and_ask(cluster, tmp_path):
+    """matrix-join-ctl on a cluster: load, show and rooms find each room's
+    master; show follows ASK (the room's meta alone moved to the
+    importing node) and, once the slot moved, MOVED."""
+    room = new_room()
+    path = tmp_path / "snap.json"
+    room.write(path)
+    p = ctl("load", "--redis", cluster.address, str(path))
+    assert p.returncode == 0, p.stderr
+    p = ctl("show", "--redis", cluster.address, room.room_id)
+    assert p.returncode == 0, p.stderr
+    assert f"room: {room.room_id}" in p.stdout
+    assert f"alias: {room.alias}" in p.stdout
+    meta = f"mxj:{{{room.room_id}}}:meta"
+    slot, src, dst = half_migrated(cluster, meta)
+    try:
+        p = ctl("show", "--redis", cluster.address, room.room_id)
+        assert p.returncode == 0, p.stderr
+        assert "room_version: 10" in p.stdout, p.stdout
+    finally:
+        # the rest of the slot's keys, then the slot
+        s = cluster.node_client(src)
+        keys = s.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+        if keys:
+            s.execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000,
+                              "KEYS", *keys)
+        finish_migration(cluster, slot, dst)
+    p = ctl("show", "--redis", cluster.address, room.room_id)
+    assert p.returncode == 0, p.stderr
+    assert "room_version: 10" in p.stdout
+    p = ctl("rooms", "--redis", cluster.address)
+    assert p.returncode == 0 and room.room_id in p.stdout, p.stderr
+
+
+def test_ctl_refuses_a_database_on_a_cluster(cluster):
+    p = ctl("rooms", "--redis", cluster.address, "--db", "1")
+    assert p.returncode == 1
+    assert "Redis Cluster has only database 0 (--db 1)" in p.stderr
+
+
+def test_ctl_no_node_answers(tmp_path):
+    from mxj_nginx import free_port
+    addr = f"cluster:127.0.0.1:{free_port()} 127.0.0.1:{free_port()}"
+    p = ctl("rooms", "--redis", addr)
+    assert p.returncode == 1
+    assert "cannot connect to Redis Cluster node 127.0.0.1:" in p.stderr
+    assert f'no node of the Redis Cluster "{addr}" gave its slot map' \
+        in p.stderr
+
+
+@pytest.mark.parametrize("conf,expect", [
+    ("matrix_redis cluster:127.0.0.1:7000 unix:/tmp/r.sock;",
+     "cluster nodes are asked over TCP"),
+    ("matrix_redis cluster:unix:/tmp/r.sock;",
+     "cluster nodes are asked over TCP"),
+    ("matrix_redis cluster:127.0.0.1:7000; matrix_redis_db 2;",
+     "matrix_redis_db 2: Redis Cluster has only database 0"),
+])
+def test_configuration_errors(nginx, conf, expect):
+    nginx.write_conf(f"""
+        matrix_server_name {EDGE};
+        {conf}
+        server {{ listen 127.0.0.1:$PORT; }}
+        """)
+    rc, out = nginx.test_config()
+    assert rc != 0
+    assert expect in out, out
+
+
+class Unreachable:
+    """A cluster address none of whose seeds answers."""
+
+    def __init__(self):
+        from mxj_nginx import free_port
+        self.address = f"cluster:127.0.0.1:{free_port()}"
+
+    def client(self):
+        return None
+
+
+def test_no_node_reachable_is_a_matrix_5xx(nginx, tmp_path):
+    """A cluster none of whose seeds answers: a make_join is answered 503
+    M_UNKNOWN in JSON (no fallback configured; as with one Redis down),
+    the error log says why, the worker keeps running."""
+    e = Edge(nginx, Unreachable(), tmp_path)
+    nginx.allowed_log.append("connection failed")
+    try:
+        e.start(fallback=False)
+        room = new_room()
+        target = ("/_matrix/federation/v1/make_join/"
+                  + urllib.parse.quote(room.room_id, safe="") + "/"
+                  + urllib.parse.quote("@x:remote.test", safe="")
+                  + "?ver=10")
+        rep = send(e.port, "GET", target,
+                   auth=[e.remotes[0].auth_header("GET", target, EDGE)])
+        assert rep.status == 503, rep
+        assert rep.json() == {"errcode": "M_UNKNOWN", "error":
+                              "the room cache (Redis) is unavailable"}
+        assert "Connection refused" in nginx.log_text()
+    finally:
+        e.stop()
 
 
 @pytest.mark.parametrize("fault", ["cluster-kill", "cluster-stop",
