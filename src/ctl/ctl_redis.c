@@ -374,7 +374,8 @@ void
 mxj_redis_close(mxj_redis_t *r)
 {
     if (r->cluster != NULL) {
-        mxj_redis_cluster_close(r);
+        /* the map too: the next connect loads it again */
+        mxj_redis_cluster_free(r);
         return;
     }
 

@@ -126,7 +126,6 @@ void mxj_redis_copy(mxj_redis_t *to, const mxj_redis_t *from);
 
 /* for ctl_redis.c and the forwarder's wrappers */
 int mxj_redis_cluster_connect(mxj_redis_t *r, const mx_redis_addr_t *a);
-void mxj_redis_cluster_close(mxj_redis_t *r);
 void mxj_redis_cluster_free(mxj_redis_t *r);
 redisReply *mxj_redis_cluster_cmd(mxj_redis_t *r, int argc,
     const char **argv, const size_t *lens, int script, mx_lua_e which,

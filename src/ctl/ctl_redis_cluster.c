@@ -315,20 +315,24 @@ mxj_redis_cluster_connect(mxj_redis_t *r, const mx_redis_addr_t *a)
         r->cluster = cl;
     }
 
-    if (mxj_cluster_load(r) != 0) {
-        return -1;
+    if (mxj_cluster_load(r) == 0) {
+        /* the connection keyless commands go to first: the map's node of
+         * slot 0 */
+
+        r->c = mxj_cluster_connect_node(r, r->cluster->slot[0]);
+
+        if (r->c != NULL) {
+            return 0;
+        }
     }
 
-    /* the connection keyless commands go to first: the map's node of
-     * slot 0 */
+    mxj_redis_cluster_free(r);
 
-    r->c = mxj_cluster_connect_node(r, r->cluster->slot[0]);
-
-    return r->c ? 0 : -1;
+    return -1;
 }
 
 
-void
+static void
 mxj_redis_cluster_close(mxj_redis_t *r)
 {
     size_t                i;
