@@ -278,6 +278,45 @@ def test_configuration_errors(nginx, conf, expect):
     assert expect in out, out
 
 
+def test_a_cluster_with_a_password(nginx, tmp_path):
+    """Every node requires a password (requirepass, masterauth): the CLI
+    (--password) and the module (matrix_redis_password) authenticate on
+    each master's connection; a wrong one is refused by both, by name."""
+    c = mxj_cluster.ClusterSet(password="s3cret").start()
+    try:
+        e = Edge(nginx, c, tmp_path)
+        rooms = rooms_on_every_master(c, 2)
+        path = tmp_path / "snap.json"
+        for room in rooms:
+            room.write(path)
+            p = ctl("load", "--redis", c.address, "--password", "s3cret",
+                    str(path))
+            assert p.returncode == 0, p.stderr
+        p = ctl("rooms", "--redis", c.address, "--password", "wrong")
+        assert p.returncode == 1
+        assert "AUTH failed" in p.stderr, p.stderr
+        e.start(http_extra="matrix_redis_password s3cret;")
+        for k, room in enumerate(rooms):
+            join(e, room, View(room), Joiner(e.remotes[k], f"pw{k}"))
+        e.stop()
+        nginx.stop()
+        nginx.allowed_log.append("AUTH failed")
+        e2 = Edge(nginx, c, tmp_path)
+        e2.start(fallback=False, http_extra="matrix_redis_password wrong;")
+        target = ("/_matrix/federation/v1/make_join/"
+                  + urllib.parse.quote(rooms[0].room_id, safe="") + "/"
+                  + urllib.parse.quote("@x:remote.test", safe="")
+                  + "?ver=10")
+        rep = send(e2.port, "GET", target,
+                   auth=[e2.remotes[0].auth_header("GET", target, EDGE)])
+        assert rep.status == 503, rep
+        assert rep.json()["errcode"] == "M_UNKNOWN"
+        assert "AUTH failed" in nginx.log_text()
+        e2.stop()
+    finally:
+        c.cleanup()
+
+
 class Unreachable:
     """A cluster address none of whose seeds answers."""
 
