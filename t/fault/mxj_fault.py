@@ -637,6 +637,19 @@ def _cluster_move(edge):
     edge.notes_moved = edge.redis.move_slot(slot, to, pause=0.05, batch=5)
 
 
+def _cluster_reshard(edge):
+    """Every slot of the first room's master moved to another master by
+    redis-cli --cluster reshard (slot by slot, as operators do it) under
+    the load; notes the slots moved."""
+    src = _cluster_master(edge)
+    to = [m for m in edge.redis.masters() if m is not src][0]
+    n = len(edge.redis.view()[src.id]["slots"])
+    edge.redis.reshard(n, src, to)
+    if _cluster_master(edge) is not to:
+        edge.notes.append("cluster-reshard: the room did not move")
+    edge.notes_moved_slots = n
+
+
 def _reload(edge):
     edge.reconfigure()
 
@@ -740,6 +753,10 @@ FAULTS = {
                      "Redis Cluster: the busiest room's slot moved to "
                      "another master under the load (MIGRATE 5 keys at a "
                      "time, 50 ms apart)"),
+    "cluster-reshard": (_cluster_reshard, _nothing, 0, False,
+                        "Redis Cluster: every slot of the busiest room's "
+                        "master moved to another by redis-cli --cluster "
+                        "reshard under the load"),
     "big-room": (_redis_kill, _redis_restart, 2, False,
                  "one room of {members} members (send_join answers of "
                  "{answer_mb:.0f} MB), kill -9 of redis-server restarted "
@@ -760,6 +777,7 @@ ROW_OPTIONS = {
     "cluster-kill": {"cluster": True, "wait": "1 100ms"},
     "cluster-stop": {"cluster": True, "wait": "1 100ms"},
     "cluster-move": {"cluster": True},
+    "cluster-reshard": {"cluster": True},
 }
 
 # Rows in which a worker is killed on purpose (one must have been).
@@ -950,6 +968,7 @@ def run_row(fault, seconds=20.0, fault_at=None, rate=120, threads=8,
             answered_again_s=answered_again,
             failover_s=getattr(edge, "notes_failover", None),
             moved_keys=getattr(edge, "notes_moved", None),
+            moved_slots=getattr(edge, "notes_moved_slots", None),
             # a failover the sentinels were asked for (late on their own)
             failover_nudged_s=(edge.redis.nudged[0]
                                if getattr(edge.redis, "nudged", None)

@@ -317,6 +317,29 @@ def test_a_cluster_with_a_password(nginx, tmp_path):
         c.cleanup()
 
 
+def test_sync_on_a_cluster(cluster):
+    """matrix-join-ctl sync against a cluster: the first pass writes the
+    snapshot (every key equal to what the generated room computes, read
+    through a cluster client), an incremental pass after new members
+    applies them (its MULTI reads on the room's master), and no command
+    of the CLI's was answered MOVED."""
+    import test_sync
+    hs = test_sync.new_hs(members=40, servers=4)
+    try:
+        before = moved(cluster)
+        test_sync.synced(cluster, hs, hs.room.room_id)
+        test_sync.check_snapshot(cluster.client(), hs)
+        hs.add_members(5)
+        mark = hs.mark()
+        test_sync.synced(cluster, hs, hs.room.room_id)
+        test_sync.check_snapshot(cluster.client(), hs)
+        by = [h.endpoint for h in hs.hits_since(mark)]
+        assert by.count("state") == 0 and by.count("state_ids") == 1, by
+        assert moved(cluster) == before
+    finally:
+        hs.stop()
+
+
 class Unreachable:
     """A cluster address none of whose seeds answers."""
 
@@ -352,11 +375,12 @@ def test_no_node_reachable_is_a_matrix_5xx(nginx, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["cluster-kill", "cluster-stop",
-                                   "cluster-move"])
+                                   "cluster-move", "cluster-reshard"])
 def test_cluster_row(fault):
     """Under a steady load of make_joins and distinct send_joins: the
     master of the busiest room's slot killed (or stopped) until a replica
-    takes over, or that slot moved to another master. No join answered
+    takes over, that slot moved to another master by hand, or all of that
+    master's slots moved by redis-cli --cluster reshard. No join answered
     200 is lost (each compared with what the homeserver received once the
     forwarder, also on the cluster, drained the outboxes), every other
     answer is a Matrix JSON 5xx, no worker crashed, joins are answered 200
@@ -369,6 +393,8 @@ def test_cluster_row(fault):
     assert not row["problems"], "\n".join(row["problems"])
     if fault == "cluster-move":
         assert row["moved_keys"], row
+    elif fault == "cluster-reshard":
+        assert row["moved_slots"], row
     else:
         # the fault was felt (answers failed) and the failover happened
         assert row["errors"], row
