@@ -30,7 +30,9 @@ typedef struct {
 
 
 #define MXJ_REDIS_USAGE                                                       \
-    "  --redis ADDRESS     Redis: HOST:PORT or unix:/PATH\n"                  \
+    "  --redis ADDRESS     Redis: HOST:PORT or unix:/PATH; Sentinel:\n"       \
+    "                      'sentinel:NAME HOST:PORT,...'; Redis Cluster:\n"   \
+    "                      'cluster:HOST:PORT,HOST:PORT,...'\n"              \
     "  --prefix P          the key prefix, as matrix_redis_prefix (default\n" \
     "                      \"mxj:\"; no braces, spaces or control\n"          \
     "                      characters)\n"                                    \

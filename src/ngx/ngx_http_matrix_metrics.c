@@ -65,6 +65,8 @@ typedef struct {
     ngx_atomic_t   requests[NGX_HTTP_MATRIX_EP_N][NGX_HTTP_MATRIX_OUT_N];
     ngx_atomic_t   join_accepted;
     ngx_atomic_t   redis_errors;
+    ngx_atomic_t   redis_redirects;     /* a cluster's MOVED and ASK */
+    ngx_atomic_t   redis_slot_maps;     /* a cluster's CLUSTER SLOTS */
 
     /* request durations per endpoint: per bucket (the last: +Inf), sum */
     ngx_atomic_t   duration[NGX_HTTP_MATRIX_EP_N]
@@ -353,6 +355,20 @@ ngx_http_matrix_metrics_key_fetch(ngx_http_matrix_fetch_result_e res)
 
 
 void
+ngx_http_matrix_metrics_redis_cluster(ngx_uint_t redirect)
+{
+    ngx_http_matrix_metrics_shm_t  *m;
+
+    m = ngx_http_matrix_metrics_cycle();
+
+    if (m) {
+        (void) ngx_atomic_fetch_add(redirect ? &m->redis_redirects
+                                             : &m->redis_slot_maps, 1);
+    }
+}
+
+
+void
 ngx_http_matrix_metrics_redis_error(void)
 {
     ngx_http_matrix_metrics_shm_t  *m;
@@ -532,8 +548,17 @@ ngx_http_matrix_metrics_handler(ngx_http_request_t *r)
             "failed (an error reply, a timeout, the connection gone before "
             "the reply) and Redis connections that failed or were lost.\n"
             "# TYPE matrix_join_redis_errors_total counter\n"
-            "matrix_join_redis_errors_total %uA\n",
-            m->join_accepted, m->redis_errors);
+            "matrix_join_redis_errors_total %uA\n"
+            "# HELP matrix_join_redis_cluster_redirects_total MOVED and "
+            "ASK answers of a Redis Cluster (matrix_redis cluster:...).\n"
+            "# TYPE matrix_join_redis_cluster_redirects_total counter\n"
+            "matrix_join_redis_cluster_redirects_total %uA\n"
+            "# HELP matrix_join_redis_cluster_slot_maps_total CLUSTER "
+            "SLOTS asked for a Redis Cluster's slot map.\n"
+            "# TYPE matrix_join_redis_cluster_slot_maps_total counter\n"
+            "matrix_join_redis_cluster_slot_maps_total %uA\n",
+            m->join_accepted, m->redis_errors, m->redis_redirects,
+            m->redis_slot_maps);
 
     mmcf = ngx_http_get_module_main_conf(r, ngx_http_matrix_join_module);
     ngx_matrix_chunks_stats(mmcf->send_join_zone, &st);

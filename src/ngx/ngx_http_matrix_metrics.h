@@ -72,6 +72,8 @@ void ngx_http_matrix_metrics_join_accepted(void);
 
 /* A Redis command failed, or a connection failed or was lost. */
 void ngx_http_matrix_metrics_redis_error(void);
+/* a Redis Cluster's redirect (1: MOVED or ASK) or slot map asked (0) */
+void ngx_http_matrix_metrics_redis_cluster(ngx_uint_t redirect);
 
 char *ngx_http_matrix_metrics(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

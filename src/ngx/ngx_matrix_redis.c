@@ -2072,6 +2072,7 @@ ngx_matrix_redis_refresh(ngx_matrix_redis_t *rd)
         cl->refreshing = rd->ac;
         cl->refreshes++;
         cl->refreshed = ngx_current_msec;
+        ngx_http_matrix_metrics_redis_cluster(0);
     }
 }
 
@@ -2244,6 +2245,7 @@ ngx_matrix_redis_redirect(ngx_matrix_redis_t *rd, ngx_matrix_redis_op_t *op,
     }
 
     cl->redirects++;
+    ngx_http_matrix_metrics_redis_cluster(1);
 
     node = ngx_matrix_redis_node(to.host[0] ? to.host : rd->node_host,
                                  to.port);

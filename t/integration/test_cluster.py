@@ -82,7 +82,8 @@ def test_handshake_on_every_master(cedge, cluster):
     answered MOVED."""
     rooms = rooms_on_every_master(cluster, 3)
     cedge.load(*rooms).start(locations="""
-        location = /status { matrix_status; }""")
+        location = /status { matrix_status; }
+        location = /metrics { matrix_metrics; }""")
     for k, room in enumerate(rooms):
         view = View(room)
         joiner = Joiner(cedge.remotes[k % 3], f"c{k}")
@@ -112,6 +113,12 @@ def test_handshake_on_every_master(cedge, cluster):
     assert st["redis"]["cluster"]["redirects"] == 0
     assert len(st["rooms"]) == len(rooms)
 
+    # matrix_metrics: the machine's counts (one worker here)
+    m = metrics(cedge)
+    assert m["matrix_join_redis_cluster_redirects_total"] == 0
+    assert m["matrix_join_redis_cluster_slot_maps_total"] == \
+        st["redis"]["cluster"]["slot_map_refreshes"] >= 1
+
 
 DIR = "/_matrix/federation/v1/query/directory"
 
@@ -125,6 +132,13 @@ def other_master(cluster, node):
     return [m for m in cluster.masters() if m is not node][0]
 
 
+def metrics(edge):
+    from test_metrics import parse
+    text = requests.get(f"http://127.0.0.1:{edge.port}/metrics",
+                        timeout=10).text
+    return {k: v for k, v in parse(text).items() if isinstance(k, str)}
+
+
 def test_a_moved_slot_is_followed(cedge, cluster):
     """A room's slot moved to another master after the worker learnt the
     map: the next join's first command is answered MOVED, followed at
@@ -132,7 +146,8 @@ def test_a_moved_slot_is_followed(cedge, cluster):
     join after it is not redirected again."""
     room = new_room()
     cedge.load(room).start(locations="""
-        location = /status { matrix_status; }""")
+        location = /status { matrix_status; }
+        location = /metrics { matrix_metrics; }""")
     view = View(room)
     join(cedge, room, view, Joiner(cedge.remotes[0], "before"))
     assert status(cedge)["redis"]["cluster"]["redirects"] == 0
@@ -144,6 +159,8 @@ def test_a_moved_slot_is_followed(cedge, cluster):
     st = status(cedge)["redis"]["cluster"]
     assert st["redirects"] >= 1, st
     moved_once = st["redirects"]
+    assert metrics(cedge)["matrix_join_redis_cluster_redirects_total"] \
+        == moved_once
     join(cedge, room, view, Joiner(cedge.remotes[2], "again"))
     assert status(cedge)["redis"]["cluster"]["redirects"] == moved_once
     # the outbox moved with the slot: both joins on the new master
@@ -297,7 +314,7 @@ def test_a_cluster_with_a_password(nginx, tmp_path):
         assert "AUTH failed" in p.stderr, p.stderr
         e.start(http_extra="matrix_redis_password s3cret;")
         for k, room in enumerate(rooms):
-            join(e, room, View(room), Joiner(e.remotes[k], f"pw{k}"))
+            join(e, room, View(room), Joiner(e.remotes[k % 3], f"pw{k}"))
         e.stop()
         nginx.stop()
         nginx.allowed_log.append("AUTH failed")
