@@ -27,6 +27,7 @@
 #include "ctl.h"
 #include "ctl_redis.h"
 #include "mx_cluster.h"
+#include "mx_cluster_slots.h"
 
 
 #define MXJ_CLUSTER_NODES      64
@@ -153,10 +154,11 @@ mxj_cluster_connect_node(mxj_redis_t *r, int i)
 static int
 mxj_cluster_load_from(mxj_redis_t *r, int asked)
 {
-    int                   j;
+    int                   j, port;
     long long             a, b, s;
-    size_t                i, covered;
-    redisReply           *reply, *range, *m;
+    size_t                i, covered, hostlen;
+    const char           *host;
+    redisReply           *reply;
     redisContext         *c;
     mx_redis_host_t       h;
     mxj_redis_cluster_t  *cl;
@@ -189,38 +191,20 @@ mxj_cluster_load_from(mxj_redis_t *r, int asked)
     covered = 0;
 
     for (i = 0; i < reply->elements; i++) {
-        range = reply->element[i];
-
-        if (range->type != REDIS_REPLY_ARRAY || range->elements < 3
-            || range->element[0]->type != REDIS_REPLY_INTEGER
-            || range->element[1]->type != REDIS_REPLY_INTEGER
-            || range->element[2]->type != REDIS_REPLY_ARRAY
-            || range->element[2]->elements < 2
-            || range->element[2]->element[0]->type != REDIS_REPLY_STRING
-            || range->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+        if (!mx_cluster_slots_range(reply->element[i], &a, &b, &host,
+                                    &hostlen, &port)
+            || hostlen >= sizeof(h.host))
         {
             continue;
         }
 
-        a = range->element[0]->integer;
-        b = range->element[1]->integer;
-        m = range->element[2];
-
-        if (a < 0 || b >= MX_CLUSTER_SLOTS || a > b
-            || m->element[0]->len >= sizeof(h.host))
-        {
-            continue;
-        }
-
-        memset(&h, 0, sizeof(h));
-
-        if (m->element[0]->len == 0 || strcmp(m->element[0]->str, "?") == 0)
-        {
+        if (host == NULL) {
             h = cl->nodes[asked].host;
 
         } else {
-            memcpy(h.host, m->element[0]->str, m->element[0]->len);
-            h.port = (int) m->element[1]->integer;
+            memset(&h, 0, sizeof(h));
+            memcpy(h.host, host, hostlen);
+            h.port = port;
         }
 
         j = mxj_cluster_node(cl, &h);

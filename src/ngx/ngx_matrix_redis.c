@@ -46,6 +46,7 @@
 #include <ngx_http.h>
 
 #include "mx_cluster.h"
+#include "mx_cluster_slots.h"
 #include "mx_redis_addr.h"
 #include "mx_schema.h"
 #include "ngx_matrix_redis.h"
@@ -118,7 +119,8 @@ typedef struct {
     ngx_matrix_redis_t          *nodes[NGX_MATRIX_REDIS_NODES];
     ngx_uint_t                   nnodes;
     u_char                       slot[MX_CLUSTER_SLOTS];   /* node index */
-    ngx_matrix_redis_t          *last;      /* keyless commands go there */
+    ngx_int_t                    last_slot; /* keyless commands go there */
+    ngx_queue_t                  waiting;   /* ops sent once mapped */
     redisAsyncContext           *refreshing;    /* CLUSTER SLOTS on it */
     ngx_msec_t                   refreshed;     /* when the last one went */
     ngx_event_t                  refresh;
@@ -126,6 +128,7 @@ typedef struct {
     ngx_uint_t                   redirects;
     ngx_cycle_t                 *cycle;
     ngx_matrix_redis_conf_t     *conf;
+    unsigned                     mapped:1;  /* a CLUSTER SLOTS answered */
 } ngx_matrix_redis_cluster_t;
 
 
@@ -140,6 +143,7 @@ typedef struct {
     ngx_uint_t                   context;       /* rd->context when sent */
     ngx_uint_t                   reads;         /* rd->reads when sent */
     ngx_matrix_redis_t          *rd;            /* the node it went to */
+    ngx_int_t                    slot;          /* a cluster's, or -1 */
     ngx_uint_t                   redirects;
     int                          nkeys;
     int                          argc;
@@ -221,7 +225,8 @@ static void ngx_matrix_redis_init_rd(ngx_matrix_redis_t *rd,
     ngx_matrix_redis_conf_t *rcf, ngx_log_t *log);
 static void ngx_matrix_redis_exit_rd(ngx_matrix_redis_t *rd);
 static ngx_matrix_redis_t *ngx_matrix_redis_pick(int argc, const char **argv,
-    const size_t *argvlen, ngx_uint_t is_script, int nkeys);
+    const size_t *argvlen, ngx_uint_t is_script, int nkeys, ngx_int_t *slot);
+static void ngx_matrix_redis_cluster_flush(void);
 static void ngx_matrix_redis_refresh(ngx_matrix_redis_t *rd);
 static void ngx_matrix_redis_refresh_timer(ngx_event_t *ev);
 static void ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r,
@@ -445,7 +450,8 @@ ngx_matrix_redis_init_worker(ngx_cycle_t *cycle, ngx_matrix_redis_conf_t *rcf)
         }
 
         rd = cl->nodes[0];
-        cl->last = rd;
+        cl->last_slot = -1;
+        ngx_queue_init(&cl->waiting);
         ngx_matrix_redis = rd;
 
         if (ngx_process == NGX_PROCESS_WORKER
@@ -517,6 +523,8 @@ ngx_matrix_redis_exit_worker(void)
         for (i = 0; i < cl->nnodes; i++) {
             cl->nodes[i]->exiting = 1;
         }
+
+        ngx_matrix_redis_cluster_flush();   /* answered "unavailable" */
 
         for (i = 0; i < cl->nnodes; i++) {
             ngx_matrix_redis_exit_rd(cl->nodes[i]);
@@ -1423,12 +1431,14 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
 {
     u_char                 *p;
     size_t                  size;
-    ngx_int_t               i, rc;
+    ngx_int_t               i, rc, slot;
     ngx_matrix_redis_t     *rd;
     ngx_matrix_redis_op_t  *op;
 
+    slot = -1;
     rd = ngx_matrix_redis_cl
-         ? ngx_matrix_redis_pick(argc, argv, argvlen, is_script, nkeys)
+         ? ngx_matrix_redis_pick(argc, argv, argvlen, is_script, nkeys,
+                                 &slot)
          : ngx_matrix_redis;
 
     if (rd == NULL) {
@@ -1483,6 +1493,7 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
 
     op->argc = argc;
     op->rd = rd;
+    op->slot = slot;
     op->request = r;
     op->handler = handler;
     op->data = data;
@@ -1503,6 +1514,13 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
 
     if (rd->ac == NULL) {
         ngx_queue_insert_tail(&rd->waiting, &op->queue);
+        rc = NGX_OK;
+
+    } else if (ngx_matrix_redis_cl && !ngx_matrix_redis_cl->mapped
+               && ngx_matrix_redis_cl->refreshing)
+    {
+        /* a cluster's first map is on its way: where to send is in it */
+        ngx_queue_insert_tail(&ngx_matrix_redis_cl->waiting, &op->queue);
         rc = NGX_OK;
 
     } else {
@@ -1966,7 +1984,7 @@ ngx_matrix_redis_node(const char *host, int port)
 
 static ngx_matrix_redis_t *
 ngx_matrix_redis_pick(int argc, const char **argv, const size_t *argvlen,
-    ngx_uint_t is_script, int nkeys)
+    ngx_uint_t is_script, int nkeys, ngx_int_t *slot)
 {
     int                          k;
     ngx_matrix_redis_cluster_t  *cl;
@@ -1981,11 +1999,12 @@ ngx_matrix_redis_pick(int argc, const char **argv, const size_t *argvlen,
     }
 
     if (k >= 0 && k < argc) {
-        cl->last = cl->nodes[cl->slot[mx_cluster_slot(argv[k],
-                                                      argvlen[k])]];
+        cl->last_slot = mx_cluster_slot(argv[k], argvlen[k]);
     }
 
-    return cl->last;
+    *slot = cl->last_slot;
+
+    return cl->nodes[cl->last_slot >= 0 ? cl->slot[cl->last_slot] : 0];
 }
 
 
@@ -1997,8 +2016,52 @@ ngx_matrix_redis_route(const u_char *key, size_t len)
     cl = ngx_matrix_redis_cl;
 
     if (cl != NULL) {
-        cl->last = cl->nodes[cl->slot[mx_cluster_slot((const char *) key,
-                                                      len)]];
+        cl->last_slot = mx_cluster_slot((const char *) key, len);
+    }
+}
+
+
+/*
+ * The commands that came before the first map: each to the node its slot
+ * has now, in their order (a MULTI block stays together: its commands
+ * share a slot), or answered "unavailable".
+ */
+
+static void
+ngx_matrix_redis_cluster_flush(void)
+{
+    ngx_queue_t                 *q;
+    ngx_matrix_redis_t          *node;
+    ngx_matrix_redis_op_t       *op;
+    ngx_matrix_redis_cluster_t  *cl;
+
+    cl = ngx_matrix_redis_cl;
+
+    while (!ngx_queue_empty(&cl->waiting)) {
+        q = ngx_queue_head(&cl->waiting);
+        ngx_queue_remove(q);
+        op = ngx_queue_data(q, ngx_matrix_redis_op_t, queue);
+
+        node = cl->nodes[op->slot >= 0 ? cl->slot[op->slot] : 0];
+
+        op->rd->outstanding--;
+        node->outstanding++;
+        op->rd = node;
+
+        if (node->ac == NULL && !node->exiting) {
+            (void) ngx_matrix_redis_connect(node);
+        }
+
+        if (node->ac != NULL && !node->exiting
+            && ngx_matrix_redis_send_op(op) == NGX_OK)
+        {
+            op->context = node->context;
+            op->reads = node->reads;
+            continue;
+        }
+
+        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
+                                NULL);
     }
 }
 
@@ -2092,13 +2155,14 @@ ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply                  *reply = r;
     ngx_matrix_redis_t          *rd = ac->data;
 
+    int                          port;
     u_char                      *key;
-    size_t                       klen;
+    size_t                       klen, namelen;
     char                         host[NGX_SOCKADDR_STRLEN + 1];
     long long                    a, b, s;
+    const char                  *name;
     ngx_uint_t                   i, covered;
     ngx_matrix_redis_conf_t     *rcf;
-    redisReply                  *range, *m;
     ngx_matrix_redis_t          *node;
     ngx_matrix_redis_cluster_t  *cl;
 
@@ -2123,6 +2187,7 @@ ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r, void *privdata)
 
         if (!rd->exiting) {
             ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN);
+            ngx_matrix_redis_cluster_flush();
         }
 
         return;
@@ -2131,41 +2196,21 @@ ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r, void *privdata)
     covered = 0;
 
     for (i = 0; i < reply->elements; i++) {
-        range = reply->element[i];
-
-        if (range->type != REDIS_REPLY_ARRAY || range->elements < 3
-            || range->element[0]->type != REDIS_REPLY_INTEGER
-            || range->element[1]->type != REDIS_REPLY_INTEGER
-            || range->element[2]->type != REDIS_REPLY_ARRAY
-            || range->element[2]->elements < 2
-            || range->element[2]->element[0]->type != REDIS_REPLY_STRING
-            || range->element[2]->element[1]->type != REDIS_REPLY_INTEGER)
+        if (!mx_cluster_slots_range(reply->element[i], &a, &b, &name,
+                                    &namelen, &port)
+            || namelen > NGX_SOCKADDR_STRLEN)
         {
             continue;
         }
 
-        a = range->element[0]->integer;
-        b = range->element[1]->integer;
-        m = range->element[2];
-
-        if (a < 0 || b >= MX_CLUSTER_SLOTS || a > b
-            || m->element[0]->len > NGX_SOCKADDR_STRLEN)
-        {
-            continue;
-        }
-
-        if (m->element[0]->len == 0
-            || (m->element[0]->len == 1 && m->element[0]->str[0] == '?'))
-        {
-            /* Redis 7: an unknown endpoint is the node asked */
-            node = rd;
+        if (name == NULL) {
+            node = rd;      /* Redis 7: an unknown endpoint, the node asked */
 
         } else {
-            ngx_memcpy(host, m->element[0]->str, m->element[0]->len);
-            host[m->element[0]->len] = '\0';
+            ngx_memcpy(host, name, namelen);
+            host[namelen] = '\0';
 
-            node = ngx_matrix_redis_node(host,
-                                         (int) m->element[1]->integer);
+            node = ngx_matrix_redis_node(host, port);
         }
 
         if (node == NULL) {
@@ -2187,6 +2232,12 @@ ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r, void *privdata)
         /* a failover under way: the rest is asked for again soon */
         ngx_add_timer(&cl->refresh, NGX_MATRIX_REDIS_REFRESH_MIN * 5);
     }
+
+    if (covered) {
+        cl->mapped = 1;
+    }
+
+    ngx_matrix_redis_cluster_flush();
 
     /* the schema check, on the node of its key */
 
@@ -2467,8 +2518,10 @@ ngx_matrix_redis_state(void)
 }
 
 
-ngx_uint_t
-ngx_matrix_redis_connects(void)
+/* a count of the connection's, or of every node's with a cluster */
+
+static ngx_uint_t
+ngx_matrix_redis_sum(size_t off)
 {
     ngx_uint_t  i, n;
 
@@ -2476,51 +2529,36 @@ ngx_matrix_redis_connects(void)
         n = 0;
 
         for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
-            n += ngx_matrix_redis_cl->nodes[i]->connects;
+            n += *(ngx_uint_t *) ((u_char *) ngx_matrix_redis_cl->nodes[i]
+                                  + off);
         }
 
         return n;
     }
 
-    return ngx_matrix_redis ? ngx_matrix_redis->connects : 0;
+    return ngx_matrix_redis
+           ? *(ngx_uint_t *) ((u_char *) ngx_matrix_redis + off) : 0;
+}
+
+
+ngx_uint_t
+ngx_matrix_redis_connects(void)
+{
+    return ngx_matrix_redis_sum(offsetof(ngx_matrix_redis_t, connects));
 }
 
 
 ngx_uint_t
 ngx_matrix_redis_hangs(void)
 {
-    ngx_uint_t  i, n;
-
-    if (ngx_matrix_redis_cl) {
-        n = 0;
-
-        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
-            n += ngx_matrix_redis_cl->nodes[i]->hangs;
-        }
-
-        return n;
-    }
-
-    return ngx_matrix_redis ? ngx_matrix_redis->hangs : 0;
+    return ngx_matrix_redis_sum(offsetof(ngx_matrix_redis_t, hangs));
 }
 
 
 ngx_uint_t
 ngx_matrix_redis_outstanding(void)
 {
-    ngx_uint_t  i, n;
-
-    if (ngx_matrix_redis_cl) {
-        n = 0;
-
-        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
-            n += ngx_matrix_redis_cl->nodes[i]->outstanding;
-        }
-
-        return n;
-    }
-
-    return ngx_matrix_redis ? ngx_matrix_redis->outstanding : 0;
+    return ngx_matrix_redis_sum(offsetof(ngx_matrix_redis_t, outstanding));
 }
 
 

@@ -78,9 +78,17 @@ class Server:
         self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT)
         wait_port(self.port, self.proc)
-        self.id = self.client(decode_responses=True).execute_command(
-            "CLUSTER", "MYID")
-        return self
+        # a restarted node answers LOADING while it reads its AOF
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.id = self.client(decode_responses=True) \
+                    .execute_command("CLUSTER", "MYID")
+                return self
+            except redis_py.exceptions.BusyLoadingError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def client(self, **kw):
         """A plain redis.Redis to this node."""

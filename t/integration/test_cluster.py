@@ -84,6 +84,11 @@ def test_handshake_on_every_master(cedge, cluster):
     cedge.load(*rooms).start(locations="""
         location = /status { matrix_status; }
         location = /metrics { matrix_metrics; }""")
+    # (commands that come before a worker's first map wait for it: no
+    # redirect at start either)
+    poll_map(cedge)
+    before = moved(cluster)
+    assert before == {}, before
     for k, room in enumerate(rooms):
         view = View(room)
         joiner = Joiner(cedge.remotes[k % 3], f"c{k}")
@@ -97,7 +102,7 @@ def test_handshake_on_every_master(cedge, cluster):
         tpl = cedge.template(room, Joiner(cedge.remotes[(k + 1) % 3],
                                           f"n{k}"))
         assert mxj_joiner.ref_ids(tpl["prev_events"]) == [got["event"]]
-    assert moved(cluster) == {}
+    assert moved(cluster) == before
 
     # matrix_status: the worker's map, the masters the real cluster has
     st = requests.get(f"http://127.0.0.1:{cedge.port}/status",
@@ -132,6 +137,19 @@ def other_master(cluster, node):
     return [m for m in cluster.masters() if m is not node][0]
 
 
+def poll_map(edge, timeout=30):
+    """Until the worker's map gives every slot to a master that owns
+    some (the first CLUSTER SLOTS answered)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = status(edge)["redis"]["cluster"]["nodes"]
+        if len([n for n in nodes if n["slots"]]) >= 3:
+            return nodes
+        assert time.monotonic() < deadline, nodes
+        time.sleep(0.05)
+
+
 def metrics(edge):
     from test_metrics import parse
     text = requests.get(f"http://127.0.0.1:{edge.port}/metrics",
@@ -148,6 +166,7 @@ def test_a_moved_slot_is_followed(cedge, cluster):
     cedge.load(room).start(locations="""
         location = /status { matrix_status; }
         location = /metrics { matrix_metrics; }""")
+    poll_map(cedge)
     view = View(room)
     join(cedge, room, view, Joiner(cedge.remotes[0], "before"))
     assert status(cedge)["redis"]["cluster"]["redirects"] == 0
@@ -204,6 +223,7 @@ def test_an_asked_key_is_followed(cedge, cluster):
     assert cluster.client().get(akey).decode() == room.room_id
     target = DIR + "?room_alias=" + urllib.parse.quote(room.alias, safe="")
     auth = [cedge.remotes[0].auth_header("GET", target, EDGE)]
+    poll_map(cedge)
     rep = send(cedge.port, "GET", target, auth=auth)
     assert rep.status == 200, rep
     before = status(cedge)["redis"]["cluster"]

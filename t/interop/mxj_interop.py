@@ -46,7 +46,7 @@ UNSTABLE_VERSION = "org.matrix.msc2176"
 # users of B and C, one or more per scenario (a server already in a room
 # joins further users itself, without the edge)
 B_USERS = ["bob", "bert", "uma", "rita", "rosa", "kim", "bart", "dora",
-           "ursula", "fay", "stella", "sam"]
+           "ursula", "fay", "stella", "sam", "mia"]
 C_USERS = ["carol"]
 
 
@@ -67,6 +67,7 @@ def rooms_plan():
         ("down", dict(), True),
         ("reads", dict(), True),
         ("loaded", dict(), True),
+        ("counted", dict(), True),
         # a version Synapse offers and the edge does not: sync refuses it
         ("unstable", dict(version=UNSTABLE_VERSION), True),
     ]

@@ -162,3 +162,54 @@ def test_state_at_the_extremity_a_pass_loaded(world):
             else:
                 assert sorted(map(canon, e[k])) == sorted(map(canon, a[k])), \
                     (path, k)
+
+
+def kind_of(path):
+    """The endpoint of a request path: "send_join", "state_ids", "send",
+    "key/v2/server", ..."""
+    path = path.split("?")[0]
+    for prefix in ("/_matrix/federation/v1/", "/_matrix/federation/v2/",
+                   "/_matrix/"):
+        if path.startswith(prefix):
+            rest = path[len(prefix):]
+            return rest.split("/")[0] if prefix != "/_matrix/" \
+                else "/".join(rest.split("/")[:3])
+    return path
+
+
+def test_what_a_joining_synapse_asks_after_its_join(world, capsys):
+    """Measured (issue 21, item 5): every request that reaches the edge
+    from the moment a Synapse 1.67 user (a full-state joiner) joins
+    through it until a message each way has landed, by endpoint and by
+    who answered it. The edge's share is asserted only where it is the
+    point: the send_join and every read of the room's state (/state,
+    /state_ids) are the module's, so that nothing growing with the
+    room's state reaches A for this join; the rest is printed (and
+    written down in docs/interop.md)."""
+    from collections import Counter
+    mia = world.users["mia"]
+    since = len(world.access())
+    room_id, _ = join_through_edge(world, mia, "counted")
+    replay_lands(world, room_id, mia.user_id)
+    mia.send(room_id, "from mia")
+    poll("mia's message on A", lambda: any(
+        e["content"].get("body") == "from mia"
+        for e in world.alice.messages(room_id)))
+    world.alice.send(room_id, "from alice")
+    poll("alice's message on B", lambda: any(
+        e["content"].get("body") == "from alice"
+        for e in mia.messages(room_id)))
+    rows = world.access()[since:]
+    counts = Counter((kind_of(path), "edge" if module else "A")
+                     for _method, path, _status, module, _o in rows)
+    with capsys.disabled():
+        print("\nrequests at the edge during a join and a message each "
+              "way:")
+        for (k, who), n in sorted(counts.items()):
+            print(f"  {k:24} {who:5} {n}")
+    to_a = [(m, p, s) for m, p, s, module, _o in rows
+            if not module and kind_of(p) in ("send_join", "state",
+                                             "state_ids", "make_join")]
+    assert not to_a, f"handed to A: {to_a}"
+    assert counts[("send_join", "edge")] >= 1, counts
+    assert counts[("make_join", "edge")] >= 1, counts
