@@ -203,8 +203,11 @@ def test_what_a_joining_synapse_asks_after_its_join(world, capsys):
     rows = world.access()[since:]
     counts = Counter((kind_of(path), "edge" if module else "A")
                      for _method, path, _status, module, _o in rows)
-    join_id = world.redis.client().hget(f"mxj:{{{room_id}}}:edge_m",
-                                        mia.user_id).decode()
+    # the join's event ID, from its send_join (the edge's record of it
+    # goes once sync has seen A apply it)
+    join_id = [urllib.parse.unquote(path.split("?")[0].split("/")[-1])
+               for _m, path, _s, module, _o in rows
+               if kind_of(path) == "send_join" and module][-1]
 
     def event(eid):
         return world.federation_get(
