@@ -239,7 +239,10 @@ mxj_cluster_load_from(mxj_redis_t *r, int asked)
 }
 
 
-/* The map from the first node that gives it: the known ones, the seeds. */
+/*
+ * The map from the first node that gives it: the known ones, the seeds.
+ * Returns that node's index, or -1.
+ */
 
 static int
 mxj_cluster_load(mxj_redis_t *r)
@@ -253,7 +256,7 @@ mxj_cluster_load(mxj_redis_t *r)
 
     for (i = 0; i < n; i++) {
         if (mxj_cluster_load_from(r, (int) i) == 0) {
-            return 0;
+            return (int) i;
         }
     }
 
@@ -261,7 +264,7 @@ mxj_cluster_load(mxj_redis_t *r)
         j = mxj_cluster_node(cl, &cl->seeds[i]);
 
         if (j >= (int) n && mxj_cluster_load_from(r, j) == 0) {
-            return 0;
+            return j;
         }
     }
 
@@ -299,11 +302,13 @@ mxj_redis_cluster_connect(mxj_redis_t *r, const mx_redis_addr_t *a)
         r->cluster = cl;
     }
 
-    if (mxj_cluster_load(r) == 0) {
-        /* the connection keyless commands go to first: the map's node of
-         * slot 0 */
+    i = (size_t) mxj_cluster_load(r);
 
-        r->c = mxj_cluster_connect_node(r, r->cluster->slot[0]);
+    if (i != (size_t) -1) {
+        /* the connection keyless commands go to first: the node that gave
+         * the map (a master down in a failover does not stop the rest) */
+
+        r->c = mxj_cluster_connect_node(r, (int) i);
 
         if (r->c != NULL) {
             return 0;
@@ -443,7 +448,7 @@ mxj_redis_cluster_cmd(mxj_redis_t *r, int argc, const char **argv,
 
         if (kind == MX_CLUSTER_MOVED) {
             /* the slot moved for good (a reshard, a failover): the map */
-            if (mxj_cluster_load(r) != 0) {
+            if (mxj_cluster_load(r) < 0) {
                 return NULL;
             }
 
