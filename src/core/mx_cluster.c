@@ -159,6 +159,26 @@ mx_cluster_key_index(int argc, const char **argv, const size_t *lens)
 
 
 int
+mx_cluster_retry_error(const char *err, size_t len)
+{
+    size_t        i, n;
+
+    static const char  *words[] = { "MOVED ", "ASK ", "TRYAGAIN",
+                                    "CLUSTERDOWN" };
+
+    for (i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+        n = strlen(words[i]);
+
+        if (len >= n && memcmp(err, words[i], n) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+int
 mx_cluster_redirect(const char *err, size_t len, unsigned *slot,
     mx_redis_host_t *node)
 {

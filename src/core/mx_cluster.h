@@ -41,4 +41,10 @@ int mx_cluster_key_index(int argc, const char **argv, const size_t *lens);
 int mx_cluster_redirect(const char *err, size_t len, unsigned *slot,
     mx_redis_host_t *node);
 
+/*
+ * 1 for an error reply that a cluster in change gives and a later try
+ * (with a fresh slot map) may not: MOVED, ASK, TRYAGAIN, CLUSTERDOWN.
+ */
+int mx_cluster_retry_error(const char *err, size_t len);
+
 #endif /* MX_CLUSTER_H */

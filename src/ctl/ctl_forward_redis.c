@@ -86,9 +86,7 @@ mxj_fwd_cmd(mxj_redis_t *r, int argc, const char **argv, const size_t *lens)
         return NULL;
     }
 
-    reply = r->cluster
-            ? mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0)
-            : redisCommandArgv(r->c, argc, argv, lens);
+    reply = mxj_redis_argv(r, argc, argv, lens);
 
     if (reply == NULL) {
         mxj_redis_count_error();
@@ -123,13 +121,7 @@ mxj_fwd_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
         return NULL;
     }
 
-    if (r->cluster) {
-        reply = mxj_redis_cluster_cmd(r, argc, argv, lens, 1, which, nkeys);
-        (void) mxj_redis_demoted(r->c, reply);
-
-    } else {
-        reply = mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
-    }
+    reply = mxj_redis_evalr(r, which, nkeys, argc, argv, lens);
 
     if (reply == NULL) {
         mxj_fwd_log("redis at %s: %s", r->address,

@@ -12,6 +12,7 @@
 
 #include "ctl.h"
 #include "ctl_redis.h"
+#include "mx_cluster.h"
 #include "mx_redis_addr.h"
 
 
@@ -414,9 +415,7 @@ mxj_redis_cmd(mxj_redis_t *r, int argc, const char **argv,
         return NULL;
     }
 
-    reply = r->cluster
-            ? mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0)
-            : redisCommandArgv(r->c, argc, argv, lens);
+    reply = mxj_redis_argv(r, argc, argv, lens);
 
     if (reply == NULL) {
         mxj_redis_count_error();
@@ -458,7 +457,7 @@ mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...)
             argc = mxj_redis_cluster_argv(cmd, (size_t) n, 64, argv, lens);
 
             if (argc > 0) {
-                reply = mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0);
+                reply = mxj_redis_argv(r, argc, argv, lens);
             }
 
             free(cmd);
@@ -571,13 +570,38 @@ mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
         return NULL;
     }
 
-    reply = r->cluster
-            ? mxj_redis_cluster_cmd(r, argc, argv, lens, 1, which, nkeys)
-            : mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
+    reply = mxj_redis_evalr(r, which, nkeys, argc, argv, lens);
 
     if (!mxj_redis_reply_ok(r, reply)) {
         return NULL;
     }
+
+    return reply;
+}
+
+
+redisReply *
+mxj_redis_argv(mxj_redis_t *r, int argc, const char **argv,
+    const size_t *lens)
+{
+    return r->cluster ? mxj_redis_cluster_cmd(r, argc, argv, lens, 0, 0, 0)
+                      : redisCommandArgv(r->c, argc, argv, lens);
+}
+
+
+redisReply *
+mxj_redis_evalr(mxj_redis_t *r, mx_lua_e which, int nkeys, int argc,
+    const char **argv, const size_t *lens)
+{
+    redisReply  *reply;
+
+    if (r->cluster == NULL) {
+        return mxj_redis_eval(r->c, which, nkeys, argc, argv, lens);
+    }
+
+    reply = mxj_redis_cluster_cmd(r, argc, argv, lens, 1, which, nkeys);
+
+    (void) mxj_redis_demoted(r->c, reply);
 
     return reply;
 }
@@ -612,10 +636,7 @@ mxj_redis_demoted(redisContext *c, const redisReply *reply)
     if (reply == NULL || reply->type != REDIS_REPLY_ERROR
         || (strstr(reply->str, "READONLY") == NULL
             && strncmp(reply->str, "MASTERDOWN", 10) != 0
-            && strncmp(reply->str, "MOVED ", 6) != 0
-            && strncmp(reply->str, "ASK ", 4) != 0
-            && strncmp(reply->str, "TRYAGAIN", 8) != 0
-            && strncmp(reply->str, "CLUSTERDOWN", 11) != 0))
+            && !mx_cluster_retry_error(reply->str, reply->len)))
     {
         return 0;
     }

@@ -70,6 +70,17 @@ redisReply *mxj_redis_cmdf(mxj_redis_t *r, const char *fmt, ...);
 redisReply *mxj_redis_eval(redisContext *c, mx_lua_e which, int nkeys,
     int argc, const char **argv, const size_t *lens);
 
+/*
+ * One command, or a script as mxj_redis_eval() runs it, on r: routed by
+ * its first key and redirected with a cluster. The reply as Redis gave
+ * it, an error reply included, or NULL when a connection failed. Prints
+ * nothing (the forwarder's wrappers log their own way).
+ */
+redisReply *mxj_redis_argv(mxj_redis_t *r, int argc, const char **argv,
+    const size_t *lens);
+redisReply *mxj_redis_evalr(mxj_redis_t *r, mx_lua_e which, int nkeys,
+    int argc, const char **argv, const size_t *lens);
+
 /* mxj_redis_eval() with mxj_redis_cmd()'s error handling. */
 redisReply *mxj_redis_script(mxj_redis_t *r, mx_lua_e which, int nkeys,
     int argc, const char **argv, const size_t *lens);
@@ -124,7 +135,7 @@ int mxj_redis_route_master(mxj_redis_t *r, size_t i);
 /* A thread's copy of another's options: no connection, no cluster map. */
 void mxj_redis_copy(mxj_redis_t *to, const mxj_redis_t *from);
 
-/* for ctl_redis.c and the forwarder's wrappers */
+/* ctl_redis.c's, behind mxj_redis_connect(), _argv() and _evalr() */
 int mxj_redis_cluster_connect(mxj_redis_t *r, const mx_redis_addr_t *a);
 void mxj_redis_cluster_free(mxj_redis_t *r);
 redisReply *mxj_redis_cluster_cmd(mxj_redis_t *r, int argc,

@@ -128,6 +128,7 @@ typedef struct {
     ngx_uint_t                   redirects;
     ngx_cycle_t                 *cycle;
     ngx_matrix_redis_conf_t     *conf;
+    ngx_uint_t                   schema_bad;    /* its one schema key's */
     unsigned                     mapped:1;  /* a CLUSTER SLOTS answered */
 } ngx_matrix_redis_cluster_t;
 
@@ -227,6 +228,9 @@ static void ngx_matrix_redis_exit_rd(ngx_matrix_redis_t *rd);
 static ngx_matrix_redis_t *ngx_matrix_redis_pick(int argc, const char **argv,
     const size_t *argvlen, ngx_uint_t is_script, int nkeys, ngx_int_t *slot);
 static void ngx_matrix_redis_cluster_flush(void);
+static ngx_uint_t ngx_matrix_redis_schema_bad(ngx_matrix_redis_t *rd);
+static void ngx_matrix_redis_dispatch(ngx_matrix_redis_op_t *op,
+    ngx_matrix_redis_t *rd);
 static void ngx_matrix_redis_refresh(ngx_matrix_redis_t *rd);
 static void ngx_matrix_redis_refresh_timer(ngx_event_t *ev);
 static void ngx_matrix_redis_slots_reply(redisAsyncContext *ac, void *r,
@@ -1051,17 +1055,32 @@ ngx_matrix_redis_flush(ngx_matrix_redis_t *rd)
         ngx_queue_remove(q);
         op = ngx_queue_data(q, ngx_matrix_redis_op_t, queue);
 
-        if (rd->ac != NULL && !rd->exiting
-            && ngx_matrix_redis_send_op(op) == NGX_OK)
-        {
-            op->context = rd->context;
-            op->reads = rd->reads;
-            continue;
-        }
-
-        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
-                                NULL);
+        ngx_matrix_redis_dispatch(op, rd);
     }
+}
+
+
+/*
+ * A command that waited (for a sentinel's answer, a cluster's first map)
+ * sent on rd, where it is counted from now on, or answered "unavailable".
+ */
+
+static void
+ngx_matrix_redis_dispatch(ngx_matrix_redis_op_t *op, ngx_matrix_redis_t *rd)
+{
+    op->rd->outstanding--;
+    rd->outstanding++;
+    op->rd = rd;
+
+    if (rd->ac != NULL && !rd->exiting
+        && ngx_matrix_redis_send_op(op) == NGX_OK)
+    {
+        op->context = rd->context;
+        op->reads = rd->reads;
+        return;
+    }
+
+    ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE, NULL);
 }
 
 
@@ -1265,24 +1284,29 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
     redisReply          *reply = r;
     ngx_matrix_redis_t  *rd = ac->data;
 
-    ngx_uint_t  i, bad;
+    ngx_uint_t  *bad;
 
     if (reply == NULL || rd->broken == ac) {
         return;
     }
 
-    rd->schema_bad = 0;
+    /* a cluster's one schema key speaks for every node */
+
+    bad = ngx_matrix_redis_cl ? &ngx_matrix_redis_cl->schema_bad
+                              : &rd->schema_bad;
 
     if (ngx_matrix_redis_cl && reply->type == REDIS_REPLY_ERROR) {
         return;     /* the map moved on since: the next refresh asks */
     }
+
+    *bad = 0;
 
     if (reply->type == REDIS_REPLY_STRING
         && (reply->len != sizeof(MX_SCHEMA_VERSION) - 1
             || ngx_strncmp(reply->str, MX_SCHEMA_VERSION, reply->len)
                != 0))
     {
-        rd->schema_bad = 1;
+        *bad = 1;
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "redis %V: unsupported schema version \"%*s\" under "
                       "prefix \"%V\" (this module knows "
@@ -1290,16 +1314,14 @@ ngx_matrix_redis_schema_reply(redisAsyncContext *ac, void *r, void *privdata)
                       (size_t) ngx_min(reply->len, 32), reply->str,
                       &rd->conf->prefix);
     }
+}
 
-    /* a cluster's one schema key speaks for every node */
 
-    if (ngx_matrix_redis_cl) {
-        bad = rd->schema_bad;
-
-        for (i = 0; i < ngx_matrix_redis_cl->nnodes; i++) {
-            ngx_matrix_redis_cl->nodes[i]->schema_bad = bad;
-        }
-    }
+static ngx_uint_t
+ngx_matrix_redis_schema_bad(ngx_matrix_redis_t *rd)
+{
+    return ngx_matrix_redis_cl ? ngx_matrix_redis_cl->schema_bad
+                               : rd->schema_bad;
 }
 
 
@@ -1463,7 +1485,7 @@ ngx_matrix_redis_start(ngx_http_request_t *r, ngx_matrix_redis_handler_pt
         }
     }
 
-    if (rd->schema_bad) {
+    if (ngx_matrix_redis_schema_bad(rd)) {
         return NGX_MATRIX_REDIS_SCHEMA_ERROR;
     }
 
@@ -1606,10 +1628,15 @@ ngx_matrix_redis_send_op(ngx_matrix_redis_op_t *op)
         }
     }
 
-    /* a MOVED inside MULTI is the transaction's to fail, not followed */
+    /* a cluster: a MOVED inside MULTI is the transaction's to fail, not
+     * followed */
 
-    if (argvlen[0] == 5 && ngx_strncasecmp((u_char *) argv[0],
-                                           (u_char *) "MULTI", 5) == 0)
+    if (ngx_matrix_redis_cl == NULL) {
+        /* void */
+
+    } else if (argvlen[0] == 5
+               && ngx_strncasecmp((u_char *) argv[0], (u_char *) "MULTI", 5)
+                  == 0)
     {
         rd->in_multi = 1;
 
@@ -1726,13 +1753,11 @@ ngx_matrix_redis_reply(redisAsyncContext *ac, void *r, void *privdata)
             }
         }
 
-        /* a cluster reconfiguring (a slot moving, a failover): retry */
+        /* a cluster reconfiguring (a slot moving, a failover): retry;
+         * EXECABORT is a MULTI whose commands were answered so */
 
         if (ngx_matrix_redis_cl
-            && (ngx_strncmp(reply->str, "TRYAGAIN", 8) == 0
-                || ngx_strncmp(reply->str, "CLUSTERDOWN", 11) == 0
-                || ngx_strncmp(reply->str, "MOVED ", 6) == 0
-                || ngx_strncmp(reply->str, "ASK ", 4) == 0
+            && (mx_cluster_retry_error(reply->str, reply->len)
                 || ngx_strncmp(reply->str, "EXECABORT", 9) == 0))
         {
             ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
@@ -1778,7 +1803,7 @@ ngx_matrix_redis_finish(ngx_matrix_redis_op_t *op, redisReply *reply,
 
     r = op->request;
 
-    if (status == NGX_MATRIX_REDIS_OK && rd->schema_bad) {
+    if (status == NGX_MATRIX_REDIS_OK && ngx_matrix_redis_schema_bad(rd)) {
         /* queued before the schema check answered: do not trust it */
         status = NGX_MATRIX_REDIS_SCHEMA_ERROR;
         reply = NULL;
@@ -1972,7 +1997,6 @@ ngx_matrix_redis_node(const char *host, int port)
                 sizeof(rd->node_host));
     rd->node_port = port;
     rd->node = cl->nnodes;
-    rd->schema_bad = cl->nnodes ? cl->nodes[0]->schema_bad : 0;
 
     cl->nodes[cl->nnodes++] = rd;
 
@@ -2044,24 +2068,11 @@ ngx_matrix_redis_cluster_flush(void)
 
         node = cl->nodes[op->slot >= 0 ? cl->slot[op->slot] : 0];
 
-        op->rd->outstanding--;
-        node->outstanding++;
-        op->rd = node;
-
         if (node->ac == NULL && !node->exiting) {
             (void) ngx_matrix_redis_connect(node);
         }
 
-        if (node->ac != NULL && !node->exiting
-            && ngx_matrix_redis_send_op(op) == NGX_OK)
-        {
-            op->context = node->context;
-            op->reads = node->reads;
-            continue;
-        }
-
-        ngx_matrix_redis_finish(op, NULL, NGX_MATRIX_REDIS_UNAVAILABLE,
-                                NULL);
+        ngx_matrix_redis_dispatch(op, node);
     }
 }
 
@@ -2286,10 +2297,8 @@ ngx_matrix_redis_redirect(ngx_matrix_redis_t *rd, ngx_matrix_redis_op_t *op,
     kind = mx_cluster_redirect(reply->str, reply->len, &slot, &to);
 
     if (kind == 0) {
-        if (ngx_strncmp(reply->str, "CLUSTERDOWN", 11) == 0
-            || ngx_strncmp(reply->str, "TRYAGAIN", 8) == 0)
-        {
-            ngx_matrix_redis_refresh(rd);
+        if (mx_cluster_retry_error(reply->str, reply->len)) {
+            ngx_matrix_redis_refresh(rd);   /* TRYAGAIN, CLUSTERDOWN */
         }
 
         return NGX_DECLINED;
@@ -2398,7 +2407,8 @@ ngx_matrix_redis_rd_state(ngx_matrix_redis_t *rd)
     switch (rd->state) {
 
     case NGX_MATRIX_REDIS_CONNECTED:
-        return rd->schema_bad ? "unsupported schema" : "connected";
+        return ngx_matrix_redis_schema_bad(rd) ? "unsupported schema"
+                                               : "connected";
 
     case NGX_MATRIX_REDIS_CONNECTING:
         return "connecting";
@@ -2491,7 +2501,7 @@ ngx_matrix_redis_state(void)
             if (ngx_matrix_redis_cl->nodes[i]->state
                 == NGX_MATRIX_REDIS_CONNECTED)
             {
-                if (ngx_matrix_redis_cl->nodes[i]->schema_bad) {
+                if (ngx_matrix_redis_cl->schema_bad) {
                     return "unsupported schema";
                 }
 
@@ -2503,18 +2513,7 @@ ngx_matrix_redis_state(void)
                : up ? "partly connected" : "disconnected";
     }
 
-    switch (ngx_matrix_redis->state) {
-
-    case NGX_MATRIX_REDIS_CONNECTED:
-        return ngx_matrix_redis->schema_bad ? "unsupported schema"
-                                            : "connected";
-
-    case NGX_MATRIX_REDIS_CONNECTING:
-        return "connecting";
-
-    default:
-        return "disconnected";
-    }
+    return ngx_matrix_redis_rd_state(ngx_matrix_redis);
 }
 
 

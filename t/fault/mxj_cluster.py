@@ -30,7 +30,8 @@ from pathlib import Path
 import redis as redis_py
 from redis.cluster import ClusterNode, RedisCluster
 
-from mxj_nginx import free_port, wait_port
+import mxj_sentinel
+from mxj_nginx import free_port
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
@@ -40,19 +41,15 @@ NSLOTS = 16384
 _ERR = (redis_py.exceptions.RedisError, OSError)
 
 
-class Server:
-    """One cluster node: a redis-server process, its port, its folder."""
+class Server(mxj_sentinel.Server):
+    """One cluster node: mxj_sentinel's data node (its folder, port,
+    client, stop) with cluster mode, a bus port and its node id."""
 
     def __init__(self, root, name, password=None):
-        self.dir = root / name
-        self.dir.mkdir()
-        self.name = name
-        self.port = free_port()
+        super().__init__(root, name, password=password)
         self.cport = free_port()
         while self.cport == self.port:
             self.cport = free_port()
-        self.password = password
-        self.proc = None
         self.id = None          # the cluster node id, once started
         self.stopped = False    # SIGSTOPped by stop_node
 
@@ -60,24 +57,14 @@ class Server:
         return f"<{self.name} 127.0.0.1:{self.port} {self.id or ''}>"
 
     def args(self):
-        a = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.dir), "--save", "",
-             "--logfile", str(self.dir / "redis.log"),
-             "--appendonly", "yes", "--appendfsync", "always",
-             "--cluster-enabled", "yes",
-             "--cluster-config-file", str(self.dir / "nodes.conf"),
-             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--cluster-port", str(self.cport)]
-        if self.password:
-            # every node may become a master, and replicate from one
-            a += ["--requirepass", self.password,
-                  "--masterauth", self.password]
-        return a
+        return super().args() + [
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(self.dir / "nodes.conf"),
+            "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+            "--cluster-port", str(self.cport)]
 
     def start(self):
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT)
-        wait_port(self.port, self.proc)
+        super().start()
         # a restarted node answers LOADING while it reads its AOF
         deadline = time.monotonic() + 30
         while True:
@@ -90,31 +77,13 @@ class Server:
                     raise
                 time.sleep(0.05)
 
-    def client(self, **kw):
-        """A plain redis.Redis to this node."""
-        kw.setdefault("password", self.password)
-        return redis_py.Redis(host="127.0.0.1", port=self.port,
-                              socket_timeout=kw.pop("socket_timeout", 5),
-                              **kw)
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def live(self):
         """Alive and not stopped: it will answer."""
         return self.alive() and not self.stopped
 
     def stop(self):
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.stopped = False
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.stopped = False    # SIGCONT first, then SIGTERM
+        super().stop()
 
 
 def _parse_nodes(text):

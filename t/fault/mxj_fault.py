@@ -592,11 +592,17 @@ def _cluster_down_rooms(edge, node):
                        if edge.redis.master_of(r.room_id) is node}
 
 
-def _cluster_kill(edge):
+def _cluster_take_down(edge, how):
+    """how (kill9 or stop_node) to the master of the first room's slot;
+    the outage begins, for that master's rooms."""
     node = _cluster_master(edge)
     _cluster_down_rooms(edge, node)
-    edge.redis.kill9(node)
+    how(node)
     edge.redis_down.append([time.monotonic(), None])
+
+
+def _cluster_kill(edge):
+    _cluster_take_down(edge, edge.redis.kill9)
 
 
 def _cluster_failover(edge):
@@ -615,10 +621,7 @@ def _cluster_failover_restart(edge):
 
 
 def _cluster_stop(edge):
-    node = _cluster_master(edge)
-    _cluster_down_rooms(edge, node)
-    edge.redis.stop_node(node)
-    edge.redis_down.append([time.monotonic(), None])
+    _cluster_take_down(edge, edge.redis.stop_node)
 
 
 def _cluster_cont(edge):
